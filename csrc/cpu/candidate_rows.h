@@ -1,0 +1,125 @@
+// The computational core shared by gathered_logits and bitmap_sparse_matmul on
+// the CPU: exact logits for a ragged set of (query row, label id) entries, and
+// their gradients. Both ops reduce to "entry k belongs to row row_of(k) and
+// label ids[k]" (ids == -1 is padding), so one implementation serves both.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <limits>
+#include <vector>
+
+#include "lss/common.h"
+#include "vector_math.h"
+
+namespace lss::cpu {
+
+struct CandidateEntries {
+  const int32_t* ids;     // [nnz] label per entry, -1 = padding
+  const int32_t* row_of;  // [nnz] query row per entry, or nullptr when fixed width
+  int64_t width;          // entries per row when row_of == nullptr
+  int64_t nnz;
+  int64_t row(int64_t k) const { return row_of ? int64_t(row_of[k]) : k / width; }
+};
+
+// How many entries ahead to prefetch weight rows: the rows are random, so the
+// hardware prefetcher cannot guess them.
+constexpr int64_t kPrefetchDistance = 8;
+
+inline void prefetch_row(const void* p, int64_t bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 1);
+#else
+  (void)p; (void)bytes;
+#endif
+}
+
+// out[k] = <x[row(k)], W[ids[k]]> + bias[ids[k]], -inf where ids[k] == -1.
+// x_acc is x converted to the accumulator type, [B, d] contiguous.
+template <typename scalar_t>
+void candidate_logits_forward(const acc_t<scalar_t>* x_acc, const scalar_t* weight,
+                              const scalar_t* bias, int64_t d, const CandidateEntries& e,
+                              scalar_t* out) {
+  using acc = acc_t<scalar_t>;
+  const int64_t row_bytes = d * int64_t(sizeof(scalar_t));
+  at::parallel_for(0, e.nnz, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t ahead = k + kPrefetchDistance;
+      if (ahead < end && e.ids[ahead] >= 0) prefetch_row(weight + int64_t(e.ids[ahead]) * d, row_bytes);
+      const int32_t id = e.ids[k];
+      if (id < 0) {
+        out[k] = scalar_t(-std::numeric_limits<acc>::infinity());
+        continue;
+      }
+      acc v = dot(x_acc + e.row(k) * d, weight + int64_t(id) * d, d);
+      if (bias) v += acc(bias[id]);
+      out[k] = scalar_t(v);
+    }
+  });
+}
+
+// grad_x[b] = sum over entries k of row b: grad[k] * W[ids[k]].
+template <typename scalar_t>
+void candidate_logits_grad_x(const acc_t<scalar_t>* grad_acc, const scalar_t* weight, int64_t d,
+                             int64_t rows, const int64_t* row_begin, const CandidateEntries& e,
+                             acc_t<scalar_t>* grad_x) {
+  const int64_t row_bytes = d * int64_t(sizeof(scalar_t));
+  at::parallel_for(0, rows, 1, [&](int64_t rb, int64_t re) {
+    for (int64_t b = rb; b < re; ++b) {
+      auto* gx = grad_x + b * d;
+      std::fill(gx, gx + d, acc_t<scalar_t>(0));
+      const int64_t kb = row_begin ? row_begin[b] : b * e.width;
+      const int64_t ke = row_begin ? row_begin[b + 1] : (b + 1) * e.width;
+      for (int64_t k = kb; k < ke; ++k) {
+        const int64_t ahead = k + kPrefetchDistance;
+        if (ahead < ke && e.ids[ahead] >= 0) prefetch_row(weight + int64_t(e.ids[ahead]) * d, row_bytes);
+        const int32_t id = e.ids[k];
+        if (id >= 0) axpy(grad_acc[k], weight + int64_t(id) * d, gx, d);
+      }
+    }
+  });
+}
+
+// grad_W[i] = sum over entries k with ids[k] == i: grad[k] * x[row(k)], and
+// grad_b[i] = sum of those grad[k]. Entries are bucketed by label first
+// (counting sort), so each touched row is written by one thread, in a fixed
+// order: deterministic, no atomics, and untouched rows stay zero.
+template <typename scalar_t>
+void candidate_logits_grad_weight(const acc_t<scalar_t>* grad_acc, const acc_t<scalar_t>* x_acc,
+                                  int64_t d, int64_t num_labels, const CandidateEntries& e,
+                                  scalar_t* grad_w, scalar_t* grad_b) {
+  using acc = acc_t<scalar_t>;
+  std::vector<int64_t> start(size_t(num_labels) + 1, 0);
+  for (int64_t k = 0; k < e.nnz; ++k)
+    if (e.ids[k] >= 0) ++start[size_t(e.ids[k]) + 1];
+  for (int64_t i = 0; i < num_labels; ++i) start[size_t(i) + 1] += start[size_t(i)];
+  std::vector<int64_t> order(static_cast<size_t>(start[size_t(num_labels)]));
+  {
+    std::vector<int64_t> cursor(start.begin(), start.end() - 1);
+    for (int64_t k = 0; k < e.nnz; ++k)
+      if (e.ids[k] >= 0) order[size_t(cursor[size_t(e.ids[k])]++)] = k;
+  }
+  at::parallel_for(0, num_labels, 1024, [&](int64_t lb, int64_t le) {
+    std::vector<acc> row(static_cast<size_t>(d));
+    for (int64_t i = lb; i < le; ++i) {
+      const int64_t sb = start[size_t(i)], se = start[size_t(i) + 1];
+      if (sb == se) continue;
+      std::fill(row.begin(), row.end(), acc(0));
+      acc gb = 0;
+      for (int64_t s = sb; s < se; ++s) {
+        const int64_t k = order[size_t(s)];
+        axpy(grad_acc[k], x_acc + e.row(k) * d, row.data(), d);
+        gb += grad_acc[k];
+      }
+      if (grad_w) {
+        scalar_t* gw = grad_w + i * d;
+        for (int64_t j = 0; j < d; ++j) gw[j] = scalar_t(row[size_t(j)]);
+      }
+      if (grad_b) grad_b[i] = scalar_t(gb);
+    }
+  });
+}
+
+}  // namespace lss::cpu

@@ -1,0 +1,112 @@
+// gathered_logits on the CPU: logits[b, m] = <x[b], W[ids[b, m]]> + bias[ids[b, m]]
+// for per-query candidate ids (int32 [B, M], -1 padded), and its backward.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+
+#include "candidate_rows.h"
+
+namespace lss::cpu {
+namespace {
+
+void check_gathered(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                    const c10::optional<at::Tensor>& bias, const at::Tensor& ids) {
+  TORCH_CHECK(x.dim() == 2, op, ": x must be [B, d], got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == x.size(1), op,
+              ": weight must be [N, d] with d = ", x.size(1), ", got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight dtype ",
+              weight.scalar_type(), " differs from x dtype ", x.scalar_type());
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must be [N] = [",
+                weight.size(0), "], got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), op, ": bias dtype differs from x dtype");
+  }
+  TORCH_CHECK(ids.dim() == 2 && ids.size(0) == x.size(0) && ids.scalar_type() == at::kInt, op,
+              ": ids must be int32 [B, M] with B = ", x.size(0), ", got ", ids.scalar_type(), " ",
+              ids.sizes());
+  TORCH_CHECK(weight.size(0) < (int64_t(1) << 31), op, ": at most 2^31 - 1 labels");
+}
+
+// Every id must be a label or -1; checked once up front so the kernels can
+// index the weight rows blindly.
+void check_ids_in_range(const char* op, const int32_t* ids, int64_t n, int64_t num_labels) {
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, n, 1 << 15, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      if (!candidate_id_valid(ids[i], num_labels)) bad = true;
+  });
+  TORCH_CHECK(!bad, op, ": ids must be -1 (padding) or in [0, ", num_labels, ")");
+}
+
+at::Tensor gathered_logits_cpu(const at::Tensor& x, const at::Tensor& weight,
+                               const c10::optional<at::Tensor>& bias, const at::Tensor& ids) {
+  check_gathered("gathered_logits", x, weight, bias, ids);
+  const int64_t B = x.size(0), d = x.size(1), M = ids.size(1), N = weight.size(0);
+  const at::Tensor idc = ids.contiguous();
+  check_ids_in_range("gathered_logits", idc.data_ptr<int32_t>(), B * M, N);
+  at::Tensor out = at::empty({B, M}, x.options());
+  if (B * M == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gathered_logits_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    const at::Tensor xa = x.to(c10::CppTypeToScalarType<acc>::value).contiguous();
+    const at::Tensor wc = weight.contiguous();
+    at::Tensor bc;
+    if (bias.has_value()) bc = bias->contiguous();
+    const CandidateEntries e{idc.data_ptr<int32_t>(), nullptr, M, B * M};
+    candidate_logits_forward<scalar_t>(xa.data_ptr<acc>(), wc.data_ptr<scalar_t>(),
+                                       bc.defined() ? bc.data_ptr<scalar_t>() : nullptr, d, e,
+                                       out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gathered_logits_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& ids,
+    bool need_x, bool need_weight, bool need_bias) {
+  check_gathered("gathered_logits_backward", x, weight, c10::nullopt, ids);
+  TORCH_CHECK(grad.sizes() == ids.sizes(), "gathered_logits_backward: grad must be ", ids.sizes(),
+              ", got ", grad.sizes());
+  const int64_t B = x.size(0), d = x.size(1), M = ids.size(1), N = weight.size(0);
+  const at::Tensor idc = ids.contiguous();
+  check_ids_in_range("gathered_logits_backward", idc.data_ptr<int32_t>(), B * M, N);
+  at::Tensor gx = need_x ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::empty({0}, x.options());
+  at::Tensor gw = need_weight ? at::zeros_like(weight, at::MemoryFormat::Contiguous) : at::empty({0}, weight.options());
+  at::Tensor gb = need_bias ? at::zeros({N}, weight.options()) : at::empty({0}, weight.options());
+  if (B * M == 0) {
+    if (need_x) gx.zero_();
+    return {gx, gw, gb};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gathered_logits_backward_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    constexpr auto acc_type = c10::CppTypeToScalarType<acc>::value;
+    // Padding positions carry -inf logits; their incoming gradient is ignored.
+    const at::Tensor ga = grad.to(acc_type).contiguous();
+    const at::Tensor wc = weight.contiguous();
+    const CandidateEntries e{idc.data_ptr<int32_t>(), nullptr, M, B * M};
+    if (need_x) {
+      at::Tensor gxa = at::empty({B, d}, x.options().dtype(acc_type));
+      candidate_logits_grad_x<scalar_t>(ga.data_ptr<acc>(), wc.data_ptr<scalar_t>(), d, B, nullptr,
+                                        e, gxa.data_ptr<acc>());
+      gx.copy_(gxa);
+    }
+    if (need_weight || need_bias) {
+      const at::Tensor xa = x.to(acc_type).contiguous();
+      candidate_logits_grad_weight<scalar_t>(ga.data_ptr<acc>(), xa.data_ptr<acc>(), d, N, e,
+                                             need_weight ? gw.data_ptr<scalar_t>() : nullptr,
+                                             need_bias ? gb.data_ptr<scalar_t>() : nullptr);
+    }
+  });
+  return {gx, gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lsskernels, CPU, m) {
+  m.impl("gathered_logits", &gathered_logits_cpu);
+  m.impl("gathered_logits_backward", &gathered_logits_backward_cpu);
+}
+
+}  // namespace lss::cpu

@@ -1,0 +1,52 @@
+// hash_codes on the CPU: codes[b, l] = sum_j 2^j [<x[b], proj[l, j]> > 0].
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "lss/common.h"
+#include "vector_math.h"
+
+namespace lss::cpu {
+
+at::Tensor hash_codes_cpu(const at::Tensor& x, const at::Tensor& proj) {
+  TORCH_CHECK(x.dim() == 2, "hash_codes: x must be [B, d], got ", x.sizes());
+  TORCH_CHECK(proj.dim() == 3, "hash_codes: proj must be [L, K, d], got ", proj.sizes());
+  TORCH_CHECK(proj.size(2) == x.size(1), "hash_codes: proj is [L, K, ", proj.size(2),
+              "] but x has d = ", x.size(1));
+  TORCH_CHECK(proj.size(1) >= 1 && proj.size(1) <= kMaxBits,
+              "hash_codes: K (bits per table) must be in [1, ", kMaxBits, "], got ", proj.size(1));
+  TORCH_CHECK(x.scalar_type() == proj.scalar_type(), "hash_codes: x and proj dtypes differ");
+  TORCH_CHECK(x.device().is_cpu() && proj.device().is_cpu(), "hash_codes: CPU kernel got non-CPU tensors");
+
+  const int64_t B = x.size(0), d = x.size(1), L = proj.size(0), K = proj.size(1);
+  at::Tensor codes = at::empty({B, L}, x.options().dtype(at::kInt));
+  if (B == 0 || L == 0) return codes;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "hash_codes_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    // The query side is converted once to the accumulator type; projections
+    // stay in their storage dtype and are converted inside the dot product.
+    const at::Tensor xa = x.to(c10::CppTypeToScalarType<acc>::value).contiguous();
+    const at::Tensor pc = proj.contiguous();
+    const acc* xp = xa.data_ptr<acc>();
+    const scalar_t* pp = pc.data_ptr<scalar_t>();
+    int32_t* out = codes.data_ptr<int32_t>();
+    at::parallel_for(0, B * L, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = i / L, l = i % L;
+        int32_t code = 0;
+        for (int64_t j = 0; j < K; ++j) {
+          const acc p = dot(xp + b * d, pp + (l * K + j) * d, d);
+          code = set_code_bit(code, int(j), p);
+        }
+        out[i] = code;
+      }
+    });
+  });
+  return codes;
+}
+
+TORCH_LIBRARY_IMPL(lsskernels, CPU, m) { m.impl("hash_codes", &hash_codes_cpu); }
+
+}  // namespace lss::cpu

@@ -1,0 +1,218 @@
+// build_tables, bucket_lookup and bucket_lookup_bitmap on the CPU.
+//
+// Tables are CSR per table: offsets int32 [L, 2^K + 1] and items int32 [L, T];
+// bucket c of table l is items[l, offsets[l, c] : offsets[l, c + 1]], labels
+// ascending. Every bucket a query touches is range-checked and every label it
+// reads is checked against num_labels, so a malformed table raises instead of
+// reading out of bounds.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+#include "lss/common.h"
+
+namespace lss::cpu {
+namespace {
+
+void check_tables(const char* op, const at::Tensor& codes, const at::Tensor& offsets,
+                  const at::Tensor& items, int64_t num_labels, int64_t min_hits) {
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kInt,
+              op, ": codes must be int32 [B, L], got ", codes.scalar_type(), " ", codes.sizes());
+  TORCH_CHECK(offsets.dim() == 2 && offsets.scalar_type() == at::kInt,
+              op, ": offsets must be int32 [L, 2^K + 1], got ", offsets.scalar_type(), " ",
+              offsets.sizes());
+  TORCH_CHECK(items.dim() == 2 && items.scalar_type() == at::kInt,
+              op, ": items must be int32 [L, T], got ", items.scalar_type(), " ", items.sizes());
+  TORCH_CHECK(codes.size(1) == offsets.size(0) && items.size(0) == offsets.size(0),
+              op, ": codes, offsets and items disagree on the number of tables: ",
+              codes.size(1), ", ", offsets.size(0), ", ", items.size(0));
+  const int64_t buckets = offsets.size(1) - 1;
+  TORCH_CHECK(buckets >= 2 && (buckets & (buckets - 1)) == 0 && buckets <= (int64_t(1) << kMaxBits),
+              op, ": offsets must have 2^K + 1 columns with 1 <= K <= ", kMaxBits, ", got ",
+              offsets.size(1));
+  TORCH_CHECK(codes.size(1) < kMaxTables, op, ": at most ", kMaxTables - 1, " tables");
+  TORCH_CHECK(num_labels >= 0 && num_labels < (int64_t(1) << 31), op,
+              ": num_labels must be in [0, 2^31), got ", num_labels);
+  TORCH_CHECK(min_hits >= 1, op, ": min_hits must be >= 1, got ", min_hits);
+}
+
+// Per-thread hit counters indexed by label, kept all-zero between queries so
+// a query costs O(items it reads), not O(num_labels).
+struct HitCounter {
+  std::vector<uint16_t> hits;
+  std::vector<int32_t> touched;
+  void reserve(int64_t num_labels) {
+    if (int64_t(hits.size()) < num_labels) hits.assign(size_t(num_labels), 0);
+  }
+  void clear() {
+    for (int32_t id : touched) hits[size_t(id)] = 0;
+    touched.clear();
+  }
+};
+thread_local HitCounter tls_counter;
+
+// Counts, for one query, how many of its L buckets hold each label. Returns
+// false (after leaving the counter clean) on an out-of-bounds table.
+bool count_hits(HitCounter& counter, const int32_t* query_codes, int64_t L,
+                const int32_t* offsets, int64_t offsets_stride, const int32_t* items,
+                int64_t items_per_table, int64_t num_labels, int64_t buckets) {
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t code = query_codes[l];
+    BucketRange r;
+    if (code < 0 || code >= buckets ||
+        !bucket_range(offsets + l * offsets_stride, code, items_per_table, &r)) {
+      counter.clear();
+      return false;
+    }
+    const int32_t* table_items = items + l * items_per_table;
+    for (int64_t i = r.begin; i < r.end; ++i) {
+      const int32_t id = table_items[i];
+      if (!label_in_range(id, num_labels)) {
+        counter.clear();
+        return false;
+      }
+      if (counter.hits[size_t(id)]++ == 0) counter.touched.push_back(id);
+    }
+  }
+  return true;
+}
+
+std::tuple<at::Tensor, at::Tensor> build_tables_cpu(const at::Tensor& codes, int64_t bits) {
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kInt,
+              "build_tables: codes must be int32 [N, L], got ", codes.scalar_type(), " ",
+              codes.sizes());
+  TORCH_CHECK(bits >= 1 && bits <= kMaxBits, "build_tables: bits must be in [1, ", kMaxBits,
+              "], got ", bits);
+  TORCH_CHECK(codes.size(0) < (int64_t(1) << 31), "build_tables: at most 2^31 - 1 labels");
+  const int64_t N = codes.size(0), L = codes.size(1), buckets = int64_t(1) << bits;
+  const at::Tensor c = codes.t().contiguous();  // [L, N]: one table per row
+  const int32_t* cp = c.data_ptr<int32_t>();
+  std::atomic<bool> bad_code{false};
+  at::parallel_for(0, N * L, 1 << 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      if (cp[i] < 0 || cp[i] >= buckets) bad_code = true;
+  });
+  TORCH_CHECK(!bad_code, "build_tables: codes must be in [0, 2^bits) = [0, ", buckets, ")");
+
+  at::Tensor offsets = at::zeros({L, buckets + 1}, codes.options());
+  at::Tensor items = at::empty({L, N}, codes.options());
+  int32_t* op = offsets.data_ptr<int32_t>();
+  int32_t* ip = items.data_ptr<int32_t>();
+  // Counting sort per table; labels are visited in ascending order, so each
+  // bucket comes out ascending.
+  at::parallel_for(0, L, 1, [&](int64_t lb, int64_t le) {
+    std::vector<int32_t> cursor;
+    for (int64_t l = lb; l < le; ++l) {
+      const int32_t* tc = cp + l * N;
+      int32_t* to = op + l * (buckets + 1);
+      for (int64_t n = 0; n < N; ++n) ++to[tc[n] + 1];
+      for (int64_t b = 0; b < buckets; ++b) to[b + 1] += to[b];
+      cursor.assign(to, to + buckets);
+      int32_t* ti = ip + l * N;
+      for (int64_t n = 0; n < N; ++n) ti[cursor[tc[n]]++] = int32_t(n);
+    }
+  });
+  return {offsets, items};
+}
+
+std::tuple<at::Tensor, at::Tensor> bucket_lookup_cpu(const at::Tensor& codes,
+                                                     const at::Tensor& offsets,
+                                                     const at::Tensor& items, int64_t num_labels,
+                                                     int64_t max_candidates, int64_t min_hits) {
+  check_tables("bucket_lookup", codes, offsets, items, num_labels, min_hits);
+  TORCH_CHECK(max_candidates >= 1, "bucket_lookup: max_candidates must be >= 1, got ",
+              max_candidates);
+  const int64_t B = codes.size(0), L = codes.size(1), M = max_candidates;
+  const int64_t buckets = offsets.size(1) - 1, T = items.size(1);
+  const at::Tensor cc = codes.contiguous(), oc = offsets.contiguous(), ic = items.contiguous();
+  at::Tensor ids = at::empty({B, M}, codes.options());
+  at::Tensor counts = at::empty({B}, codes.options());
+  const int32_t* cp = cc.data_ptr<int32_t>();
+  const int32_t* op = oc.data_ptr<int32_t>();
+  const int32_t* ip = ic.data_ptr<int32_t>();
+  int32_t* idp = ids.data_ptr<int32_t>();
+  int32_t* cntp = counts.data_ptr<int32_t>();
+  std::atomic<bool> malformed{false};
+
+  at::parallel_for(0, B, 1, [&](int64_t qb, int64_t qe) {
+    HitCounter& counter = tls_counter;
+    counter.reserve(num_labels);
+    std::vector<uint64_t> keys;
+    for (int64_t q = qb; q < qe; ++q) {
+      int32_t* out = idp + q * M;
+      keys.clear();
+      if (count_hits(counter, cp + q * L, L, op, buckets + 1, ip, T, num_labels, buckets)) {
+        for (int32_t id : counter.touched) {
+          const int h = counter.hits[size_t(id)];
+          if (h >= min_hits) keys.push_back(candidate_key(h, id));
+        }
+        counter.clear();
+      } else {
+        malformed = true;
+      }
+      // Only the first M keys in (hits desc, id asc) order are kept.
+      if (int64_t(keys.size()) > M) {
+        std::nth_element(keys.begin(), keys.begin() + M, keys.end());
+        keys.resize(size_t(M));
+      }
+      std::sort(keys.begin(), keys.end());
+      const int64_t n = int64_t(keys.size());
+      for (int64_t i = 0; i < n; ++i) out[i] = candidate_label(keys[size_t(i)]);
+      for (int64_t i = n; i < M; ++i) out[i] = -1;
+      cntp[q] = int32_t(n);
+    }
+  });
+  TORCH_CHECK(!malformed, "bucket_lookup: malformed tables: a code is outside [0, 2^K), a "
+              "bucket's offsets are decreasing or past items.size(1), or an item is outside "
+              "[0, num_labels)");
+  return {ids, counts};
+}
+
+at::Tensor bucket_lookup_bitmap_cpu(const at::Tensor& codes, const at::Tensor& offsets,
+                                    const at::Tensor& items, int64_t num_labels,
+                                    int64_t min_hits) {
+  check_tables("bucket_lookup_bitmap", codes, offsets, items, num_labels, min_hits);
+  const int64_t B = codes.size(0), L = codes.size(1);
+  const int64_t buckets = offsets.size(1) - 1, T = items.size(1);
+  const int64_t words = bitmap_words(num_labels);
+  const at::Tensor cc = codes.contiguous(), oc = offsets.contiguous(), ic = items.contiguous();
+  at::Tensor bitmap = at::zeros({B, words}, codes.options());
+  const int32_t* cp = cc.data_ptr<int32_t>();
+  const int32_t* op = oc.data_ptr<int32_t>();
+  const int32_t* ip = ic.data_ptr<int32_t>();
+  int32_t* bp = bitmap.data_ptr<int32_t>();
+  std::atomic<bool> malformed{false};
+
+  at::parallel_for(0, B, 1, [&](int64_t qb, int64_t qe) {
+    HitCounter& counter = tls_counter;
+    counter.reserve(num_labels);
+    for (int64_t q = qb; q < qe; ++q) {
+      uint32_t* row = reinterpret_cast<uint32_t*>(bp + q * words);
+      if (!count_hits(counter, cp + q * L, L, op, buckets + 1, ip, T, num_labels, buckets)) {
+        malformed = true;
+        continue;
+      }
+      for (int32_t id : counter.touched)
+        if (counter.hits[size_t(id)] >= min_hits) row[bitmap_word_of(id)] |= bitmap_mask_of(id);
+      counter.clear();
+    }
+  });
+  TORCH_CHECK(!malformed, "bucket_lookup_bitmap: malformed tables: a code is outside [0, 2^K), "
+              "a bucket's offsets are decreasing or past items.size(1), or an item is outside "
+              "[0, num_labels)");
+  return bitmap;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lsskernels, CPU, m) {
+  m.impl("build_tables", &build_tables_cpu);
+  m.impl("bucket_lookup", &bucket_lookup_cpu);
+  m.impl("bucket_lookup_bitmap", &bucket_lookup_bitmap_cpu);
+}
+
+}  // namespace lss::cpu

@@ -1,0 +1,137 @@
+// Sparse top-k on the CPU over the outputs of gathered_logits (fixed width,
+// -1 padded ids) and bitmap_sparse_matmul (packed values + bitmap).
+// Order: larger score first, ties by smaller label id; rows with fewer than k
+// candidates are filled with score -inf and label -1.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <limits>
+#include <vector>
+
+#include "lss/common.h"
+#include "vector_math.h"
+
+namespace lss::cpu {
+namespace {
+
+template <typename acc>
+struct Scored {
+  acc score;
+  int64_t label;
+};
+
+// Keeps the best k of `cand` at its front, sorted, and writes them out.
+template <typename scalar_t>
+void write_topk(std::vector<Scored<acc_t<scalar_t>>>& cand, int64_t k, scalar_t* scores,
+                int64_t* labels) {
+  using acc = acc_t<scalar_t>;
+  auto before = [](const Scored<acc>& a, const Scored<acc>& b) {
+    return topk_before(a.score, a.label, b.score, b.label);
+  };
+  const int64_t n = std::min<int64_t>(k, int64_t(cand.size()));
+  std::partial_sort(cand.begin(), cand.begin() + n, cand.end(), before);
+  for (int64_t i = 0; i < n; ++i) {
+    scores[i] = scalar_t(cand[size_t(i)].score);
+    labels[i] = cand[size_t(i)].label;
+  }
+  for (int64_t i = n; i < k; ++i) {
+    scores[i] = scalar_t(-std::numeric_limits<acc>::infinity());
+    labels[i] = -1;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_gathered_cpu(const at::Tensor& logits,
+                                                     const at::Tensor& ids, int64_t k) {
+  TORCH_CHECK(logits.dim() == 2, "topk_gathered: logits must be [B, M], got ", logits.sizes());
+  TORCH_CHECK(ids.scalar_type() == at::kInt && ids.sizes() == logits.sizes(),
+              "topk_gathered: ids must be int32 ", logits.sizes(), ", got ", ids.scalar_type(), " ",
+              ids.sizes());
+  TORCH_CHECK(k >= 1, "topk_gathered: k must be >= 1, got ", k);
+  const int64_t B = logits.size(0), M = logits.size(1);
+  at::Tensor scores = at::empty({B, k}, logits.options());
+  at::Tensor labels = at::empty({B, k}, logits.options().dtype(at::kLong));
+  const at::Tensor lc = logits.contiguous(), ic = ids.contiguous();
+  std::atomic<bool> bad{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "topk_gathered_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    const scalar_t* lp = lc.data_ptr<scalar_t>();
+    const int32_t* ip = ic.data_ptr<int32_t>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<Scored<acc>> cand;
+      for (int64_t b = b0; b < b1; ++b) {
+        cand.clear();
+        for (int64_t m = 0; m < M; ++m) {
+          const int32_t id = ip[b * M + m];
+          if (id >= 0) cand.push_back({acc(lp[b * M + m]), id});
+          else if (id != -1) bad = true;
+        }
+        write_topk<scalar_t>(cand, k, scores.data_ptr<scalar_t>() + b * k,
+                             labels.data_ptr<int64_t>() + b * k);
+      }
+    });
+  });
+  TORCH_CHECK(!bad, "topk_gathered: ids must be -1 (padding) or >= 0");
+  return {scores, labels};
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_packed_cpu(const at::Tensor& values,
+                                                   const at::Tensor& row_ptr,
+                                                   const at::Tensor& bitmap, int64_t k) {
+  TORCH_CHECK(values.dim() == 1, "topk_packed: values must be [nnz], got ", values.sizes());
+  TORCH_CHECK(bitmap.dim() == 2 && bitmap.scalar_type() == at::kInt,
+              "topk_packed: bitmap must be int32 [B, W], got ", bitmap.scalar_type(), " ",
+              bitmap.sizes());
+  const int64_t B = bitmap.size(0), W = bitmap.size(1);
+  TORCH_CHECK(row_ptr.dim() == 1 && row_ptr.numel() == B + 1 && row_ptr.scalar_type() == at::kLong,
+              "topk_packed: row_ptr must be int64 [B + 1] = [", B + 1, "], got ",
+              row_ptr.scalar_type(), " ", row_ptr.sizes());
+  TORCH_CHECK(k >= 1, "topk_packed: k must be >= 1, got ", k);
+  const at::Tensor vc = values.contiguous(), rc = row_ptr.contiguous(), bc = bitmap.contiguous();
+  const int64_t* rp = rc.data_ptr<int64_t>();
+  const uint32_t* bp = reinterpret_cast<const uint32_t*>(bc.data_ptr<int32_t>());
+  // row_ptr must be exactly the bitmap's prefix popcount: it is what makes
+  // values[row_ptr[b] + i] the i-th set bit of row b, and keeps reads in bounds.
+  TORCH_CHECK(rp[0] == 0 && rp[B] == values.numel(),
+              "topk_packed: row_ptr must start at 0 and end at values.numel() = ", values.numel());
+  std::atomic<bool> mismatch{false};
+  at::parallel_for(0, B, 64, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t c = 0;
+      for (int64_t w = 0; w < W; ++w) c += popcount32(bp[b * W + w]);
+      if (rp[b + 1] - rp[b] != c) mismatch = true;
+    }
+  });
+  TORCH_CHECK(!mismatch, "topk_packed: row_ptr does not match the bitmap's row popcounts");
+
+  at::Tensor scores = at::empty({B, k}, values.options());
+  at::Tensor labels = at::empty({B, k}, values.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "topk_packed_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    const scalar_t* vp = vc.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<Scored<acc>> cand;
+      for (int64_t b = b0; b < b1; ++b) {
+        cand.clear();
+        int64_t i = rp[b];
+        for (int64_t w = 0; w < W; ++w)
+          for (uint32_t v = bp[b * W + w]; v; v &= v - 1) cand.push_back({acc(vp[i++]), w * 32 + lowest_bit(v)});
+        write_topk<scalar_t>(cand, k, scores.data_ptr<scalar_t>() + b * k,
+                             labels.data_ptr<int64_t>() + b * k);
+      }
+    });
+  });
+  return {scores, labels};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lsskernels, CPU, m) {
+  m.impl("topk_gathered", &topk_gathered_cpu);
+  m.impl("topk_packed", &topk_packed_cpu);
+}
+
+}  // namespace lss::cpu

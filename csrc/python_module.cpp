@@ -1,0 +1,23 @@
+// The Python extension module lsskernels._C. Importing it runs the static
+// registrations (TORCH_LIBRARY in ops.cpp, TORCH_LIBRARY_IMPL per backend);
+// the few functions below only describe the build.
+#include <pybind11/pybind11.h>
+
+#include "cpu/vector_math.h"
+
+namespace {
+bool built_with_cuda() {
+#ifdef LSS_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "lsskernels C++/CUDA ops (registered under torch.ops.lsskernels)";
+  m.def("built_with_cuda", &built_with_cuda, "True when the CUDA kernels were compiled in");
+  m.def("cpu_vector_isa", &lss::cpu::vector_isa,
+        "Instruction set the CPU row kernels dispatched to on this machine");
+}

@@ -1,0 +1,39 @@
+"""lsskernels: Label Superior Sampling for wide output layers.
+
+Public API (see docs/api.md):
+    LSSLinear                      drop-in nn.Linear with sparse inference
+    hash_codes, build_tables, bucket_lookup, bucket_lookup_bitmap,
+    gathered_logits, bitmap_sparse_matmul, topk_gathered, topk_packed
+                                   the ops, with a backend= switch
+"""
+from ._ops import (
+    BACKENDS,
+    bitmap_sparse_matmul,
+    bucket_lookup,
+    bucket_lookup_bitmap,
+    build_tables,
+    cuda_kernels_built,
+    extension_loaded,
+    gathered_logits,
+    hash_codes,
+    topk_gathered,
+    topk_packed,
+)
+from .layer import LSSLinear
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "LSSLinear",
+    "bitmap_sparse_matmul",
+    "bucket_lookup",
+    "bucket_lookup_bitmap",
+    "build_tables",
+    "cuda_kernels_built",
+    "extension_loaded",
+    "gathered_logits",
+    "hash_codes",
+    "topk_gathered",
+    "topk_packed",
+]

@@ -1,0 +1,133 @@
+"""Argument validation for the public op wrappers.
+
+Every check raises before any kernel runs, with a message that names the
+argument and says what was expected (shape, dtype or device). Checks on
+*values* (codes in range, ids in range) cost a pass over the data and, on
+CUDA, a device sync; the C++/CUDA kernels repeat them with TORCH_CHECK, so the
+wrappers only run them where a kernel would not (the reference backend) or
+where they are cheap (small integer inputs on the CPU).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INT_DTYPES = (torch.int32, torch.int64)
+MAX_BITS = 30
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def tensor(name: str, t, ndim: Optional[int] = None, dtypes=None, what: str = "") -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor{(' ' + what) if what else ''}, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {what or f'a {ndim}-d tensor'}, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({names}), got {str(t.dtype).replace('torch.', '')}")
+    return t
+
+
+def same_device(*named: tuple) -> None:
+    """named: (name, tensor) pairs; every tensor must sit on the first one's device."""
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t is not None and t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; "
+                             "all inputs must be on the same device")
+
+
+def same_dtype(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; they must match")
+
+
+def integer(name: str, v, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, torch.SymInt):
+            return v
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if (low is not None and v < low) or (high is not None and v > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
+    return v
+
+
+def as_int32(name: str, t: torch.Tensor, low: int, high: Optional[int], check_values: bool) -> torch.Tensor:
+    """int32/int64 tensor -> int32, optionally checking low <= t < high first."""
+    if check_values and not _compiling() and t.numel() > 0:
+        lo, hi = int(t.min()), int(t.max())
+        if lo < low or (high is not None and hi >= high):
+            raise ValueError(f"{name} values must be in [{low}, {high if high is not None else 'inf'}), "
+                             f"got min {lo}, max {hi}")
+    return t if t.dtype == torch.int32 else t.to(torch.int32)
+
+
+def hash_codes_args(x, proj):
+    tensor("x", x, 2, FLOAT_DTYPES, "[B, d] floating point")
+    tensor("proj", proj, 3, FLOAT_DTYPES, "[L, K, d] floating point")
+    same_device(("x", x), ("proj", proj))
+    same_dtype("proj", proj, "x", x)
+    if proj.shape[2] != x.shape[1]:
+        raise ValueError(f"proj must be [L, K, d] with d = x.shape[1] = {x.shape[1]}, got {tuple(proj.shape)}")
+    if not 1 <= proj.shape[1] <= MAX_BITS:
+        raise ValueError(f"proj.shape[1] (bits per table K) must be in [1, {MAX_BITS}], got {proj.shape[1]}")
+
+
+def tables_args(codes, offsets, items, num_labels, min_hits, check_values):
+    tensor("codes", codes, 2, INT_DTYPES, "[B, L] int32")
+    tensor("offsets", offsets, 2, (torch.int32,), "[L, 2^K + 1] int32")
+    tensor("items", items, 2, (torch.int32,), "[L, T] int32")
+    same_device(("codes", codes), ("offsets", offsets), ("items", items))
+    num_tables = offsets.shape[0]
+    if codes.shape[1] != num_tables or items.shape[0] != num_tables:
+        raise ValueError(f"codes [B, L], offsets [L, 2^K + 1] and items [L, T] disagree on L: "
+                         f"{tuple(codes.shape)}, {tuple(offsets.shape)}, {tuple(items.shape)}")
+    buckets = offsets.shape[1] - 1
+    if buckets < 2 or buckets & (buckets - 1) or buckets > 1 << MAX_BITS:
+        raise ValueError(f"offsets must be [L, 2^K + 1] with 1 <= K <= {MAX_BITS}, got {tuple(offsets.shape)}")
+    integer("num_labels", num_labels, 0, 2**31 - 1)
+    integer("min_hits", min_hits, 1)
+    return as_int32("codes", codes, 0, buckets, check_values)
+
+
+def dense_layer_args(x, weight, bias):
+    tensor("x", x, 2, FLOAT_DTYPES, "[B, d] floating point")
+    tensor("weight", weight, 2, FLOAT_DTYPES, "[N, d] floating point")
+    same_dtype("weight", weight, "x", x)
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight must be [N, d] with d = x.shape[1] = {x.shape[1]}, got {tuple(weight.shape)}")
+    if bias is not None:
+        tensor("bias", bias, 1, FLOAT_DTYPES, "[N] floating point")
+        same_dtype("bias", bias, "x", x)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must be [N] = [{weight.shape[0]}], got {tuple(bias.shape)}")
+    same_device(("x", x), ("weight", weight), ("bias", bias))
+
+
+def gathered_args(x, weight, bias, ids, check_values):
+    dense_layer_args(x, weight, bias)
+    tensor("ids", ids, 2, INT_DTYPES, "[B, M] int32 label ids (-1 = padding)")
+    same_device(("x", x), ("ids", ids))
+    if ids.shape[0] != x.shape[0]:
+        raise ValueError(f"ids must be [B, M] with B = x.shape[0] = {x.shape[0]}, got {tuple(ids.shape)}")
+    return as_int32("ids", ids, -1, weight.shape[0], check_values)
+
+
+def bitmap_args(x, weight, bias, bitmap):
+    dense_layer_args(x, weight, bias)
+    words = (weight.shape[0] + 31) // 32
+    tensor("bitmap", bitmap, 2, (torch.int32,), f"int32 [B, ceil(N / 32)] = [{x.shape[0]}, {words}]")
+    same_device(("x", x), ("bitmap", bitmap))
+    if tuple(bitmap.shape) != (x.shape[0], words):
+        raise ValueError(f"bitmap must be int32 [B, ceil(N / 32)] = [{x.shape[0]}, {words}], got {tuple(bitmap.shape)}")
+
+
+def topk_k(k) -> int:
+    return integer("k", k, 1)

@@ -1,0 +1,323 @@
+"""Loading of the compiled ops, their fake kernels and autograd, and the
+public wrappers that validate arguments and dispatch to a backend.
+
+Backends (`backend=` on every wrapper):
+  "reference"  pure PyTorch (lsskernels/reference.py), any device
+  "cpu"        the C++ kernels under torch.ops.lsskernels, CPU tensors
+  "cuda"       the CUDA C++ kernels under torch.ops.lsskernels, CUDA tensors
+  "triton"     the Triton kernels (lsskernels/triton), CUDA tensors, or CPU
+               tensors under TRITON_INTERPRET=1
+  None         automatic: CUDA tensors use Triton where it imports, else the
+               CUDA C++ kernels; CPU tensors use the C++ kernels; without the
+               compiled extension everything falls back to the reference,
+               with a one-time warning.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional, Tuple
+
+import torch
+
+from . import _checks as checks
+from . import reference
+
+Tensor = torch.Tensor
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.lsskernels.*)
+
+    EXTENSION_ERROR: Optional[BaseException] = None
+except ImportError as exc:  # the package still works, on the reference
+    _C = None
+    EXTENSION_ERROR = exc
+
+_warned_fallback = False
+
+
+def extension_loaded() -> bool:
+    return _C is not None
+
+
+def cuda_kernels_built() -> bool:
+    return _C is not None and bool(_C.built_with_cuda())
+
+
+def _warn_fallback_once() -> None:
+    global _warned_fallback
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            f"lsskernels: compiled extension not available ({EXTENSION_ERROR}); "
+            "falling back to the pure-PyTorch reference (slow)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+    """The backend an op call runs on; raises ValueError for an impossible choice."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    if backend is None:
+        if device.type == "cuda":
+            if _triton_importable():
+                return "triton"
+            if cuda_kernels_built():
+                return "cuda"
+            _warn_fallback_once()
+            return "reference"
+        if device.type == "cpu" and extension_loaded():
+            return "cpu"
+        if device.type == "cpu":
+            _warn_fallback_once()
+        return "reference"
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs CPU tensors, got tensors on {device}")
+        if not extension_loaded():
+            raise RuntimeError(f"backend='cpu' needs the compiled extension: {EXTENSION_ERROR}")
+    if backend == "cuda":
+        if device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
+        if not cuda_kernels_built():
+            raise RuntimeError("backend='cuda' needs lsskernels built with CUDA (see docs/gpu.md)")
+    if backend == "triton":
+        interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+        if device.type != "cuda" and not (device.type == "cpu" and interpreted):
+            raise ValueError(f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device}")
+    return backend
+
+
+def _triton():
+    from . import triton as triton_ops
+
+    return triton_ops
+
+
+# --------------------------------------------------------------------------
+# Fake kernels (shapes only) so torch.compile can trace the ops, and autograd.
+# --------------------------------------------------------------------------
+if _C is not None:
+
+    @torch.library.register_fake("lsskernels::hash_codes")
+    def _hash_codes_fake(x, proj):
+        return x.new_empty((x.shape[0], proj.shape[0]), dtype=torch.int32)
+
+    @torch.library.register_fake("lsskernels::build_tables")
+    def _build_tables_fake(codes, bits):
+        n, num_tables = codes.shape
+        return (codes.new_empty((num_tables, (1 << bits) + 1), dtype=torch.int32),
+                codes.new_empty((num_tables, n), dtype=torch.int32))
+
+    @torch.library.register_fake("lsskernels::bucket_lookup")
+    def _bucket_lookup_fake(codes, offsets, items, num_labels, max_candidates, min_hits):
+        batch = codes.shape[0]
+        return (codes.new_empty((batch, max_candidates), dtype=torch.int32),
+                codes.new_empty((batch,), dtype=torch.int32))
+
+    @torch.library.register_fake("lsskernels::bucket_lookup_bitmap")
+    def _bucket_lookup_bitmap_fake(codes, offsets, items, num_labels, min_hits):
+        return codes.new_empty((codes.shape[0], (num_labels + 31) // 32), dtype=torch.int32)
+
+    @torch.library.register_fake("lsskernels::gathered_logits")
+    def _gathered_logits_fake(x, weight, bias, ids):
+        return x.new_empty(ids.shape)
+
+    def _grads_fake(x, weight, need_x, need_weight, need_bias):
+        return (x.new_empty(x.shape if need_x else (0,)),
+                weight.new_empty(weight.shape if need_weight else (0,)),
+                weight.new_empty((weight.shape[0],) if need_bias else (0,)))
+
+    @torch.library.register_fake("lsskernels::gathered_logits_backward")
+    def _gathered_logits_backward_fake(grad, x, weight, ids, need_x, need_weight, need_bias):
+        return _grads_fake(x, weight, need_x, need_weight, need_bias)
+
+    @torch.library.register_fake("lsskernels::bitmap_sparse_matmul")
+    def _bitmap_sparse_matmul_fake(x, weight, bias, bitmap):
+        nnz = torch.library.get_ctx().new_dynamic_size()
+        return x.new_empty((nnz,)), x.new_empty((x.shape[0] + 1,), dtype=torch.int64)
+
+    @torch.library.register_fake("lsskernels::bitmap_sparse_matmul_backward")
+    def _bitmap_sparse_matmul_backward_fake(grad_values, x, weight, bitmap, row_ptr, need_x, need_weight, need_bias):
+        return _grads_fake(x, weight, need_x, need_weight, need_bias)
+
+    @torch.library.register_fake("lsskernels::topk_gathered")
+    def _topk_gathered_fake(logits, ids, k):
+        batch = logits.shape[0]
+        return logits.new_empty((batch, k)), logits.new_empty((batch, k), dtype=torch.int64)
+
+    @torch.library.register_fake("lsskernels::topk_packed")
+    def _topk_packed_fake(values, row_ptr, bitmap, k):
+        batch = bitmap.shape[0]
+        return values.new_empty((batch, k)), values.new_empty((batch, k), dtype=torch.int64)
+
+    def _gathered_setup(ctx, inputs, output):
+        x, weight, bias, ids = inputs
+        ctx.save_for_backward(x, weight, ids)
+        ctx.has_bias = bias is not None
+
+    def _gathered_backward(ctx, grad):
+        x, weight, ids = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = bool(need_b and ctx.has_bias)
+        gx, gw, gb = torch.ops.lsskernels.gathered_logits_backward(
+            grad, x, weight, ids, bool(need_x), bool(need_w), need_b)
+        return (gx if need_x else None, gw if need_w else None, gb if need_b else None, None)
+
+    torch.library.register_autograd("lsskernels::gathered_logits", _gathered_backward,
+                                    setup_context=_gathered_setup)
+
+    def _bitmap_setup(ctx, inputs, output):
+        x, weight, bias, bitmap = inputs
+        ctx.save_for_backward(x, weight, bitmap, output[1])
+        ctx.has_bias = bias is not None
+
+    def _bitmap_backward(ctx, grad_values, _grad_row_ptr):
+        x, weight, bitmap, row_ptr = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = bool(need_b and ctx.has_bias)
+        gx, gw, gb = torch.ops.lsskernels.bitmap_sparse_matmul_backward(
+            grad_values, x, weight, bitmap, row_ptr, bool(need_x), bool(need_w), need_b)
+        return (gx if need_x else None, gw if need_w else None, gb if need_b else None, None)
+
+    torch.library.register_autograd("lsskernels::bitmap_sparse_matmul", _bitmap_backward,
+                                    setup_context=_bitmap_setup)
+
+
+# --------------------------------------------------------------------------
+# Public wrappers
+# --------------------------------------------------------------------------
+def _native(backend: str) -> bool:
+    return backend in ("cpu", "cuda")
+
+
+def hash_codes(x: Tensor, proj: Tensor, *, backend: Optional[str] = None) -> Tensor:
+    """Hash codes int32 [B, L]: bit j of codes[b, l] is [<x[b], proj[l, j]> > 0].
+
+    x: [B, d] float16/bfloat16/float32/float64; proj: [L, K, d], same dtype, K <= 30.
+    """
+    checks.hash_codes_args(x, proj)
+    backend = resolve_backend(backend, x.device)
+    if _native(backend):
+        return torch.ops.lsskernels.hash_codes(x, proj)
+    if backend == "triton":
+        return _triton().hash_codes(x, proj)
+    return reference.hash_codes(x, proj)
+
+
+def build_tables(codes: Tensor, bits: int, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """CSR hash tables from label codes [N, L]: offsets int32 [L, 2^bits + 1]
+    and items int32 [L, N], labels ascending within each bucket."""
+    checks.tensor("codes", codes, 2, checks.INT_DTYPES, "[N, L] int32 label codes")
+    checks.integer("bits", bits, 1, checks.MAX_BITS)
+    codes = checks.as_int32("codes", codes, 0, 1 << bits, check_values=True)
+    if codes.shape[0] >= 2**31:
+        raise ValueError(f"codes: at most 2^31 - 1 labels, got {codes.shape[0]}")
+    backend = resolve_backend(backend, codes.device)
+    if backend == "triton":
+        backend = "cuda" if cuda_kernels_built() and codes.is_cuda else "reference"  # no Triton build kernel: it runs once per index build
+    if _native(backend):
+        return torch.ops.lsskernels.build_tables(codes, bits)
+    return reference.build_tables(codes, bits)
+
+
+def bucket_lookup(codes: Tensor, offsets: Tensor, items: Tensor, num_labels: int, max_candidates: int,
+                  min_hits: int = 1, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Candidates of each query: ids int32 [B, max_candidates] (-1 padded,
+    more hits first, then ascending id) and counts int32 [B]."""
+    backend = resolve_backend(backend, codes.device if isinstance(codes, Tensor) else torch.device("cpu"))
+    codes = checks.tables_args(codes, offsets, items, num_labels, min_hits,
+                               check_values=backend == "reference" or not codes.is_cuda)
+    checks.integer("max_candidates", max_candidates, 1)
+    if _native(backend):
+        return torch.ops.lsskernels.bucket_lookup(codes, offsets, items, num_labels, max_candidates, min_hits)
+    if backend == "triton":
+        return _triton().bucket_lookup(codes, offsets, items, num_labels, max_candidates, min_hits)
+    return reference.bucket_lookup(codes, offsets, items, num_labels, max_candidates, min_hits)
+
+
+def bucket_lookup_bitmap(codes: Tensor, offsets: Tensor, items: Tensor, num_labels: int,
+                         min_hits: int = 1, *, backend: Optional[str] = None) -> Tensor:
+    """Candidates of each query as a bitmap int32 [B, ceil(num_labels / 32)]."""
+    backend = resolve_backend(backend, codes.device if isinstance(codes, Tensor) else torch.device("cpu"))
+    codes = checks.tables_args(codes, offsets, items, num_labels, min_hits,
+                               check_values=backend == "reference" or not codes.is_cuda)
+    if _native(backend):
+        return torch.ops.lsskernels.bucket_lookup_bitmap(codes, offsets, items, num_labels, min_hits)
+    if backend == "triton":
+        return _triton().bucket_lookup_bitmap(codes, offsets, items, num_labels, min_hits)
+    return reference.bucket_lookup_bitmap(codes, offsets, items, num_labels, min_hits)
+
+
+def gathered_logits(x: Tensor, weight: Tensor, bias: Optional[Tensor], ids: Tensor, *,
+                    backend: Optional[str] = None) -> Tensor:
+    """Exact logits of per-query candidates: [B, M] in x's dtype, -inf where
+    ids == -1. Differentiable in x, weight and bias."""
+    backend = resolve_backend(backend, x.device if isinstance(x, Tensor) else torch.device("cpu"))
+    ids = checks.gathered_args(x, weight, bias, ids, check_values=backend == "reference")
+    if _native(backend):
+        return torch.ops.lsskernels.gathered_logits(x, weight, bias, ids)
+    if backend == "triton":
+        return _triton().gathered_logits(x, weight, bias, ids)
+    return reference.gathered_logits(x, weight, bias, ids)
+
+
+def bitmap_sparse_matmul(x: Tensor, weight: Tensor, bias: Optional[Tensor], bitmap: Tensor, *,
+                         backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Exact logits of every (b, label) set in the bitmap: (values [nnz] in
+    x's dtype, packed row by row in ascending label order, row_ptr int64
+    [B + 1]). Differentiable in x, weight and bias."""
+    backend = resolve_backend(backend, x.device if isinstance(x, Tensor) else torch.device("cpu"))
+    checks.bitmap_args(x, weight, bias, bitmap)
+    if _native(backend):
+        return torch.ops.lsskernels.bitmap_sparse_matmul(x, weight, bias, bitmap)
+    if backend == "triton":
+        return _triton().bitmap_sparse_matmul(x, weight, bias, bitmap)
+    return reference.bitmap_sparse_matmul(x, weight, bias, bitmap)
+
+
+def topk_gathered(logits: Tensor, ids: Tensor, k: int, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Top-k of gathered logits: (scores [B, k], labels int64 [B, k]), larger
+    score first, ties by smaller label; -inf / -1 where fewer than k."""
+    checks.tensor("logits", logits, 2, checks.FLOAT_DTYPES, "[B, M] floating point")
+    checks.tensor("ids", ids, 2, checks.INT_DTYPES, "[B, M] label ids (-1 = padding)")
+    if ids.shape != logits.shape:
+        raise ValueError(f"ids must have logits' shape {tuple(logits.shape)}, got {tuple(ids.shape)}")
+    checks.same_device(("logits", logits), ("ids", ids))
+    k = checks.topk_k(k)
+    backend = resolve_backend(backend, logits.device)
+    ids = checks.as_int32("ids", ids, -1, None, check_values=backend == "reference")
+    if _native(backend):
+        return torch.ops.lsskernels.topk_gathered(logits, ids, k)
+    if backend == "triton":
+        return _triton().topk_gathered(logits, ids, k)
+    return reference.topk_gathered(logits, ids, k)
+
+
+def topk_packed(values: Tensor, row_ptr: Tensor, bitmap: Tensor, k: int, *,
+                backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Top-k per row of bitmap_sparse_matmul's packed output."""
+    checks.tensor("values", values, 1, checks.FLOAT_DTYPES, "[nnz] floating point")
+    checks.tensor("row_ptr", row_ptr, 1, (torch.int64,), "int64 [B + 1]")
+    checks.tensor("bitmap", bitmap, 2, (torch.int32,), "int32 [B, W]")
+    checks.same_device(("values", values), ("row_ptr", row_ptr), ("bitmap", bitmap))
+    if row_ptr.shape[0] != bitmap.shape[0] + 1:
+        raise ValueError(f"row_ptr must be [B + 1] = [{bitmap.shape[0] + 1}], got {tuple(row_ptr.shape)}")
+    k = checks.topk_k(k)
+    backend = resolve_backend(backend, values.device)
+    if _native(backend):
+        return torch.ops.lsskernels.topk_packed(values, row_ptr, bitmap, k)
+    if backend == "triton":
+        return _triton().topk_packed(values, row_ptr, bitmap, k)
+    return reference.topk_packed(values, row_ptr, bitmap, k)
