@@ -60,8 +60,9 @@ def integer(name: str, v, low: Optional[int] = None, high: Optional[int] = None)
 
 
 def as_int32(name: str, t: torch.Tensor, low: int, high: Optional[int], check_values: bool) -> torch.Tensor:
-    """int32/int64 tensor -> int32, optionally checking low <= t < high first."""
-    if check_values and not _compiling() and t.numel() > 0:
+    """int32/int64 tensor -> int32, checking low <= t < high first where asked,
+    and always for int64 input (a blind cast would wrap 2^32 + 1 to 1)."""
+    if (check_values or t.dtype == torch.int64) and not _compiling() and t.numel() > 0:
         lo, hi = int(t.min()), int(t.max())
         if lo < low or (high is not None and hi >= high):
             raise ValueError(f"{name} values must be in [{low}, {high if high is not None else 'inf'}), "

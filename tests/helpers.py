@@ -1,0 +1,74 @@
+"""Shared test helpers: random inputs, poisoned outputs, tolerance table."""
+from __future__ import annotations
+
+import torch
+
+import lsskernels
+from lsskernels import reference
+
+# Per-dtype tolerances for float outputs (logits, grads) against the
+# reference. Both sides accumulate in fp32 (fp64 for fp64); what differs is
+# the summation order and, for 16-bit types, the rounding of the result.
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=2e-2),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+}
+# Grads sum many products, and for 16-bit types are rounded once more.
+GRAD_TOLERANCES = {
+    torch.float64: dict(rtol=1e-9, atol=1e-9),
+    torch.float32: dict(rtol=1e-4, atol=1e-4),
+    torch.bfloat16: dict(rtol=3e-2, atol=6e-2),
+    torch.float16: dict(rtol=5e-3, atol=1e-2),
+}
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, seed: int, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen(seed)).to(dtype)
+
+
+def random_ids(batch: int, width: int, num_labels: int, seed: int, pad_fraction: float = 0.2,
+               duplicates: bool = True) -> torch.Tensor:
+    """int32 [B, M] ids in [-1, N): some padding, some duplicates."""
+    g = gen(seed)
+    ids = torch.randint(0, num_labels, (batch, width), generator=g, dtype=torch.int64)
+    if duplicates and width > 1:
+        ids[:, -1] = ids[:, 0]
+    pad = torch.rand(batch, width, generator=g) < pad_fraction
+    return ids.masked_fill(pad, -1).to(torch.int32)
+
+
+def random_tables(num_labels: int, num_tables: int, bits: int, seed: int):
+    """Tables from random codes, skewed so some buckets are empty and some big."""
+    g = gen(seed)
+    buckets = 1 << bits
+    # Squaring a uniform skews codes towards low buckets: empty high buckets.
+    u = torch.rand(num_labels, num_tables, generator=g)
+    codes = (u * u * buckets).to(torch.int64).clamp_(max=buckets - 1).to(torch.int32)
+    offsets, items = reference.build_tables(codes, bits)
+    return codes, offsets, items
+
+
+def random_query_codes(batch: int, num_tables: int, bits: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 1 << bits, (batch, num_tables), generator=gen(seed), dtype=torch.int32)
+
+
+def poison_like(t: torch.Tensor) -> torch.Tensor:
+    """Garbage of t's shape and dtype: a kernel that forgets to write an
+    element cannot pass by luck."""
+    if t.is_floating_point():
+        return torch.full_like(t, float("nan"))
+    return torch.full_like(t, -12345)
+
+
+def poison_heap(num_bytes: int) -> None:
+    """Fill and free a block of num_bytes so that the next allocation of that
+    size (a kernel's output) likely starts as 0xFF garbage rather than zeros."""
+    if num_bytes > 0:
+        torch.full((num_bytes,), 0xFF, dtype=torch.uint8)
