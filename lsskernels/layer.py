@@ -23,7 +23,7 @@ from torch import nn
 
 from . import _checks as checks
 from . import _ops
-from .hashing import label_codes, query_codes, simhash_projections
+from .hashing import EXTRA_DIMS, label_codes, query_codes, simhash_projections
 from .tables import build_label_tables, bucket_size_stats, validate_tables
 
 Tensor = torch.Tensor
@@ -68,7 +68,7 @@ class LSSLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self._reset_linear_parameters()
-        proj = simhash_projections(num_tables, bits, in_features + 1, seed=seed, device=device)
+        proj = simhash_projections(num_tables, bits, in_features, seed=seed, device=device)
         self.register_buffer("query_proj", proj)
         self.register_buffer("label_proj", proj.clone())
         self.register_buffer("offsets", torch.zeros(num_tables, (1 << bits) + 1, dtype=torch.int32, device=device))
@@ -128,6 +128,16 @@ class LSSLinear(nn.Module):
             # Random SimHash tables are a pure function of the weights: keep
             # them in sync. (Fitted tables are rebuilt only by fit().)
             self.rebuild_tables()
+
+    def fit(self, queries: Tensor, labels: Tensor, *, seed: int = 0, **options):
+        """Learn the hash from (hidden vector, label) pairs so that queries
+        collide with their correct labels, and fill the buckets label-superior
+        style. queries [n, d] float; labels int64 [n] or [n, m] padded with -1.
+        Options and algorithm: lsskernels/training.py (FitConfig). Returns a
+        FitReport (loss, label recall and candidates per epoch)."""
+        from .training import fit
+
+        return fit(self, queries, labels, seed=seed, **options)
 
     def table_stats(self) -> dict:
         stats = bucket_size_stats(self.offsets)
@@ -211,7 +221,7 @@ class LSSLinear(nn.Module):
             extra = state_dict.get(prefix + "_extra_state", self.get_extra_state())
             bits = int(extra.get("bits", self.bits)) if isinstance(extra, dict) else self.bits
             num_tables = int(extra.get("num_tables", self.num_tables)) if isinstance(extra, dict) else self.num_tables
-            dim = self.in_features + 1
+            dim = self.in_features + EXTRA_DIMS
             for name in ("query_proj", "label_proj"):
                 t = incoming[name]
                 if not isinstance(t, Tensor) or tuple(t.shape) != (num_tables, bits, dim) or not t.is_floating_point():

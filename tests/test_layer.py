@@ -99,7 +99,8 @@ def test_tables_follow_weight_updates():
     with torch.no_grad():
         layer.weight.mul_(-1.0)
     # Random SimHash tables are rebuilt from the new weights on next use.
-    codes = lss.hash_codes(torch.cat([layer.weight, layer.bias[:, None]], 1), layer.label_proj)
+    from lsskernels.hashing import label_codes
+    codes = label_codes(layer.weight, layer.bias, layer.label_proj)
     offsets, items = reference.build_tables(codes, layer.bits)
     layer.candidates(x)
     assert torch.equal(layer.offsets, offsets) and torch.equal(layer.items, items)

@@ -1,0 +1,63 @@
+# The README's commands. Each target creates .venv if missing and installs
+# what it needs, so `make demo` and `make test` work on a fresh machine.
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY         := $(VENV)/bin/python
+PIP        := $(VENV)/bin/pip
+CMAKE_DIR  ?= build/cmake
+export MAX_JOBS ?= 2
+
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu') setup.py pyproject.toml
+
+.PHONY: all venv build demo test test-python test-cpp bench bench-full gpu-build clean
+
+all: build
+
+# Stamp files make the install steps run once per venv (and the build again
+# when a C++ source changes).
+$(VENV)/.deps:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)" numpy pybind11 ninja pytest triton hypothesis setuptools wheel tqdm
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.deps
+build: $(VENV)/.built
+
+# The main job: dense nn.Linear vs LSSLinear on an embedded synthetic task.
+demo: build
+	$(PY) -m lsskernels.demo
+
+test: test-python test-cpp
+
+test-python: build
+	$(PY) -m pytest tests -q
+
+# The CMake build for C++ users, with a C++ program calling the ops.
+test-cpp: build
+	cmake -S . -B $(CMAKE_DIR) -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" > /dev/null
+	cmake --build $(CMAKE_DIR) -j $(MAX_JOBS)
+	ctest --test-dir $(CMAKE_DIR) --output-on-failure
+
+$(VENV)/.bench-deps: $(VENV)/.deps
+	$(PIP) install -q matplotlib faiss-cpu hnswlib
+	touch $@
+
+bench: build $(VENV)/.bench-deps
+	$(PY) -m bench --quick
+
+bench-full: build $(VENV)/.bench-deps
+	$(PY) -m bench
+
+# CUDA build against torch 2.14.1 (CUDA 13.0) in .venv-gpu: wheel, install,
+# kernel registration check, ptxas report, Triton ahead-of-time compile.
+gpu-build:
+	bash tools/gpu_build.sh
+
+clean:
+	rm -rf build dist $(CMAKE_DIR) *.egg-info lsskernels/*.so

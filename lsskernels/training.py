@@ -1,0 +1,309 @@
+"""LSSLinear.fit(): learn the hash so that queries collide with their correct
+labels (Label Superior Sampling), then fill the buckets label-superior style.
+
+Two parts, alternated for a few epochs:
+
+1. **Learned projections.** Query-side Q and label-side P, both [L, K, d + 2]
+   (asymmetric), start from the layer's SimHash projections. A relaxed sign,
+   s = tanh(alpha * z / rms(z)), turns projections z into soft codes; the
+   agreement of a query and a label in table l is <s_q, s_y> / K (1 when all K
+   bits agree, i.e. they collide). Per table, a softmax cross-entropy over
+   [true label, hard negatives, random negatives] with temperature tau makes
+   the true label agree more than the negatives. Hard negatives are labels
+   the *current* tables retrieve for the query that are not its labels: the
+   ones that waste the candidate budget. The agreements are computed with
+   lsskernels.gathered_logits (and its autograd) over the soft codes of only
+   the labels in the batch: no dense [B, N] product.
+
+2. **Label-superior buckets.** After each epoch the tables are rebuilt: every
+   label sits in the bucket its P-code selects (so labels never seen in
+   training stay reachable), and every training label is also inserted into
+   the buckets its training queries fall in under Q. Buckets are then capped
+   at max_bucket_size, keeping the labels inserted by the most training
+   queries (a label's own P-bucket counts as half a query), so the
+   candidate budget holds.
+
+Each epoch reports loss, label recall (fraction of held-out training queries
+whose true label is among the candidates) and mean candidates per query.
+Deterministic for a given seed on a given device and thread count.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, List, Optional
+
+import torch
+
+from . import _checks as checks
+from . import _ops
+from .hashing import augment_labels, augment_queries, label_norms
+
+if TYPE_CHECKING:
+    from .layer import LSSLinear
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class FitConfig:
+    epochs: int = 4
+    batch_size: int = 512
+    lr: float = 2e-2
+    hard_negatives: int = 32       # per query, from the current tables
+    random_negatives: int = 32     # per query, uniform over labels
+    temperature: float = 0.1       # tau of the per-table softmax over agreements
+    sharpness: float = 2.0         # alpha of the relaxed sign tanh(alpha * z / rms(z))
+    max_bucket_size: Optional[int] = None  # default: 2 * max_candidates / num_tables
+    own_bucket_weight: float = 0.5  # insertion weight of a label's own P-bucket
+    holdout: int = 2000            # training queries kept aside to measure label recall
+    learn_projections: bool = True
+    progress: bool = True
+
+
+@dataclass
+class FitReport:
+    """What fit() did, epoch by epoch (also printed when progress=True)."""
+    epochs: List[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def last(self) -> dict:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def _labels_matrix(labels: Tensor, n: int, num_labels: int) -> Tensor:
+    checks.tensor("labels", labels, None, (torch.int64, torch.int32), "int64 [n] or [n, m] (-1 padded)")
+    if labels.dim() not in (1, 2) or labels.shape[0] != n:
+        raise ValueError(f"labels must be [n] or [n, m] with n = queries.shape[0] = {n}, got {tuple(labels.shape)}")
+    y = labels.to(torch.int64)
+    y = y.unsqueeze(1) if y.dim() == 1 else y
+    if y.numel() and (int(y.min()) < -1 or int(y.max()) >= num_labels):
+        raise ValueError(f"labels must be in [0, {num_labels}) or -1 (padding), got min {int(y.min())}, max {int(y.max())}")
+    if y.numel() and not bool((y >= 0).any(1).all()):
+        raise ValueError("every query needs at least one label (a row of labels is all -1)")
+    return y
+
+
+def _soft_codes(v: Tensor, proj: Tensor, sharpness: float) -> Tensor:
+    """tanh(alpha * <v, proj[l, k]> / rms) as [L, n, K]; rms per (table, bit)
+    over the batch, detached, keeps tanh in its sensitive range."""
+    z = torch.einsum("nd,lkd->lnk", v, proj)
+    rms = z.detach().pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-6)
+    return torch.tanh(sharpness * z / rms)
+
+
+def _first_label(y: Tensor, gen: torch.Generator) -> Tensor:
+    """One valid label per row, drawn uniformly among the row's labels."""
+    valid = y >= 0
+    pick = torch.rand(y.shape, generator=gen, device="cpu").to(y.device).masked_fill(~valid, -1.0)
+    return y.gather(1, pick.argmax(1, keepdim=True)).squeeze(1)
+
+
+@torch.no_grad()
+def label_superior_tables(layer: "LSSLinear", queries: Tensor, y: Tensor, cfg: FitConfig,
+                          chunk: int = 1 << 15):
+    """Tables with every label in its own P-bucket plus each training label in
+    the Q-buckets of its training queries, capped per bucket by insertion
+    weight. Returns (offsets, items) in the layer's table format."""
+    num_labels, num_tables, bits = layer.out_features, layer.num_tables, layer.bits
+    device = layer.weight.device
+    buckets = 1 << bits
+    cap = cfg.max_bucket_size or max(1, (2 * layer.max_candidates) // num_tables)
+    from .hashing import label_codes, query_codes
+
+    own = label_codes(layer.weight, layer.bias, layer.label_proj)  # [N, L]
+    table_ids = torch.arange(num_tables, device=device, dtype=torch.int64)
+    keys = [((table_ids * buckets + own.to(torch.int64)) * num_labels
+             + torch.arange(num_labels, device=device).unsqueeze(1)).reshape(-1)]
+    weights = [torch.full((num_labels * num_tables,), cfg.own_bucket_weight, device=device)]
+    for start in range(0, queries.shape[0], chunk):
+        xq = queries[start : start + chunk].to(layer.weight.dtype)
+        yq = y[start : start + chunk]
+        qc = query_codes(xq, layer.query_proj).to(torch.int64)  # [n, L]
+        bucket = table_ids * buckets + qc  # [n, L]
+        k = (bucket.unsqueeze(2) * num_labels + yq.unsqueeze(1))  # [n, L, m]
+        valid = (yq >= 0).unsqueeze(1).expand_as(k)
+        keys.append(k[valid])
+        weights.append(torch.ones(int(valid.sum()), device=device))
+    keys_all = torch.cat(keys)
+    uniq, inverse = torch.unique(keys_all, return_inverse=True)
+    score = torch.zeros(uniq.numel(), device=device).index_add_(0, inverse, torch.cat(weights))
+    bucket_of = uniq // num_labels
+    label_of = uniq % num_labels
+    # Rank within each bucket by (score desc, label asc): uniq is sorted by
+    # (bucket, label), so a stable sort by score then a stable sort by bucket
+    # gives (bucket, score desc, label asc).
+    order = torch.sort(score, descending=True, stable=True).indices
+    order = order[torch.sort(bucket_of[order], stable=True).indices]
+    b_sorted = bucket_of[order]
+    counts = torch.bincount(b_sorted, minlength=num_tables * buckets)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.numel(), device=device) - starts[b_sorted]
+    kept = order[rank < cap]
+    kept = kept[torch.sort(uniq[kept]).indices]  # back to (bucket, label asc)
+    kb, kl = bucket_of[kept], label_of[kept]
+    sizes = torch.bincount(kb, minlength=num_tables * buckets).view(num_tables, buckets)
+    offsets = torch.zeros(num_tables, buckets + 1, dtype=torch.int64, device=device)
+    offsets[:, 1:] = torch.cumsum(sizes, 1)
+    per_table = offsets[:, -1]
+    width = int(per_table.max()) if num_tables else 0
+    items = torch.full((num_tables, width), -1, dtype=torch.int32, device=device)
+    table_of = kb // buckets
+    table_start = torch.cumsum(per_table, 0) - per_table
+    pos = torch.arange(kept.numel(), device=device) - table_start[table_of]
+    items[table_of, pos] = kl.to(torch.int32)
+    return offsets.to(torch.int32), items
+
+
+@torch.no_grad()
+def label_recall(layer: "LSSLinear", queries: Tensor, y: Tensor, batch: int = 1024) -> tuple:
+    """(fraction of queries with a true label among the candidates, mean candidates)."""
+    hits, cands = 0, 0.0
+    for start in range(0, queries.shape[0], batch):
+        xq = queries[start : start + batch].to(layer.weight.dtype)
+        ids, counts = layer.candidates(xq)
+        yq = y[start : start + batch]
+        found = ((ids.to(torch.int64).unsqueeze(2) == yq.unsqueeze(1)) & (yq.unsqueeze(1) >= 0)).any(2).any(1)
+        hits += int(found.sum())
+        cands += float(counts.to(torch.float64).sum())
+    n = max(1, queries.shape[0])
+    return hits / n, cands / n
+
+
+def _install_tables(layer: "LSSLinear", offsets: Tensor, items: Tensor) -> None:
+    layer.offsets, layer.items = offsets, items
+    layer.fitted = True
+    layer._indexed_version = layer._weights_version()
+
+
+def fit(layer: "LSSLinear", queries: Tensor, labels: Tensor, *, seed: int = 0, **options) -> FitReport:
+    """Learn the layer's hash from (hidden vector, label) pairs; see the module
+    docstring. queries [n, d] float; labels int64 [n] or [n, m] (-1 padded).
+    Options: the fields of FitConfig."""
+    unknown = set(options) - set(FitConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"fit() got unknown options {sorted(unknown)}; valid: {sorted(FitConfig.__dataclass_fields__)}")
+    cfg = FitConfig(**options)
+    checks.tensor("queries", queries, 2, checks.FLOAT_DTYPES, f"[n, {layer.in_features}] floating point")
+    if queries.shape[1] != layer.in_features:
+        raise ValueError(f"queries must be [n, in_features = {layer.in_features}], got {tuple(queries.shape)}")
+    if queries.shape[0] == 0:
+        raise ValueError("queries is empty: fit() needs at least one (query, label) pair")
+    checks.integer("epochs", cfg.epochs, 0)
+    checks.integer("batch_size", cfg.batch_size, 1)
+    device = layer.weight.device
+    queries = queries.to(device)
+    y = _labels_matrix(labels, queries.shape[0], layer.out_features).to(device)
+
+    t_start = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    n = queries.shape[0]
+    perm = torch.randperm(n, generator=gen).to(device)
+    n_hold = min(cfg.holdout, n // 5)
+    hold, train = perm[:n_hold], perm[n_hold:]
+    # Held-out queries only measure recall until the final rebuild.
+    xq_train, y_train = queries[train], y[train]
+    xq_hold, y_hold = queries[hold], y[hold]
+
+    report = FitReport()
+    log = _progress_logger(cfg.progress)
+    recall0, cand0 = label_recall(layer, xq_hold, y_hold)
+    report.epochs.append({"epoch": 0, "loss": float("nan"), "recall": recall0, "candidates": cand0})
+    log(report.epochs[-1])
+
+    weight = layer.weight.detach()
+    bias = layer.bias.detach() if layer.bias is not None else None
+    norm_bound = float(label_norms(weight, bias).max())
+    q_proj = layer.query_proj.detach().clone().to(torch.float32).requires_grad_(True)
+    p_proj = layer.label_proj.detach().clone().to(torch.float32).requires_grad_(True)
+    opt = torch.optim.Adam([q_proj, p_proj], lr=cfg.lr)
+    K = layer.bits
+
+    for epoch in range(1, cfg.epochs + 1):
+        # Rebuild with the current projections so hard negatives are real.
+        offsets, items = label_superior_tables(layer, xq_train, y_train, cfg)
+        _install_tables(layer, offsets, items)
+        total, steps = 0.0, 0
+        if cfg.learn_projections and xq_train.shape[0]:
+            order = torch.randperm(xq_train.shape[0], generator=gen).to(device)
+            for start in range(0, order.numel(), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                xb, yb = xq_train[idx].to(torch.float32), y_train[idx]
+                loss = _batch_loss(layer, xb, yb, weight, bias, norm_bound, q_proj, p_proj, K, cfg, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    layer.query_proj.copy_(q_proj)
+                    layer.label_proj.copy_(p_proj)
+                total += float(loss)
+                steps += 1
+        # Recall is measured on held-out queries whose labels were not
+        # inserted from them: what a new query sees.
+        offsets, items = label_superior_tables(layer, xq_train, y_train, cfg)
+        _install_tables(layer, offsets, items)
+        recall, cands = label_recall(layer, xq_hold, y_hold)
+        report.epochs.append({"epoch": epoch, "loss": total / max(1, steps), "recall": recall, "candidates": cands,
+                              "seconds": time.perf_counter() - t_start})
+        log(report.epochs[-1])
+    # The final tables use every pair, held-out ones included.
+    offsets, items = label_superior_tables(layer, queries, y, cfg)
+    _install_tables(layer, offsets, items)
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def _batch_loss(layer, xb, yb, weight, bias, norm_bound, q_proj, p_proj, K, cfg, gen) -> Tensor:
+    """Per-table softmax cross-entropy of code agreement: the true label
+    (column 0) against hard and random negatives."""
+    device = xb.device
+    B, L = xb.shape[0], layer.num_tables
+    positive = _first_label(yb, gen)  # [B]
+    cand, _ = layer.candidates(xb.to(weight.dtype))
+    cand = cand[:, : cfg.hard_negatives].to(torch.int64) if cfg.hard_negatives else cand[:, :0].to(torch.int64)
+    is_true = (cand.unsqueeze(2) == yb.unsqueeze(1)).any(2)
+    rand = torch.randint(0, layer.out_features, (B, cfg.random_negatives), generator=gen).to(device)
+    # A negative that is one of the query's labels (or padding) is masked out.
+    hard = cand.masked_fill(is_true | (cand < 0), -1)
+    rand = rand.masked_fill((rand.unsqueeze(2) == yb.unsqueeze(1)).any(2), -1)
+    ids = torch.cat([positive.unsqueeze(1), hard, rand], 1)  # [B, J]
+    uniq, local = torch.unique(ids.clamp(min=0), return_inverse=True)
+    vecs = augment_labels(weight[uniq], bias[uniq] if bias is not None else None, norm_bound).to(torch.float32)
+    s_label = _soft_codes(vecs, p_proj, cfg.sharpness)  # [L, U, K]
+    s_query = _soft_codes(augment_queries(xb), q_proj, cfg.sharpness)  # [L, B, K]
+    U = uniq.numel()
+    # All tables in one gathered_logits call: table l's rows/labels are offset.
+    table = torch.arange(L, device=device).view(L, 1, 1)
+    flat_ids = (local.view(1, B, -1) + table * U).masked_fill(ids.view(1, B, -1) < 0, -1)
+    agree = _ops.gathered_logits(s_query.reshape(L * B, K), s_label.reshape(L * U, K), None,
+                                 flat_ids.reshape(L * B, -1).to(torch.int32)) / K
+    logits = agree / cfg.temperature  # -inf where masked
+    target = torch.zeros(L * B, dtype=torch.int64, device=device)
+    return torch.nn.functional.cross_entropy(logits, target)
+
+
+def _progress_logger(enabled: bool):
+    bar = None
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc="LSS fit", unit="epoch", leave=True)
+        except ImportError:
+            bar = None
+
+    def log(row: dict) -> None:
+        if not enabled:
+            return
+        text = (f"epoch {row['epoch']}: loss {row['loss']:.4f}  label recall {row['recall']:.3f}  "
+                f"candidates/query {row['candidates']:.0f}")
+        if bar is not None:
+            if row["epoch"] > 0:
+                bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", recall=f"{row['recall']:.3f}", cands=f"{row['candidates']:.0f}")
+            bar.write(text)
+        else:
+            print(text, flush=True)
+
+    return log
