@@ -23,6 +23,13 @@ Two parts, alternated for a few epochs:
    queries (a label's own P-bucket counts as half a query), so the
    candidate budget holds.
 
+   With teacher_topk = k > 0 (default 1), each training query is also paired
+   with the k labels the full dense layer ranks first for it: those are the
+   labels that decide whether LSS agrees with full inference, and on real data
+   the dense top-1 is often not the annotated label. This costs one dense pass
+   over the training queries (chunked, O(n N d) FLOPs, once per fit); the
+   training loop itself never forms a dense [B, N] product.
+
 Each epoch reports loss, label recall (fraction of held-out training queries
 whose true label is among the candidates) and mean candidates per query.
 Deterministic for a given seed on a given device and thread count.
@@ -58,6 +65,8 @@ class FitConfig:
     max_bucket_size: Optional[int] = None  # default: 2 * max_candidates / num_tables
     own_bucket_weight: float = 0.5  # insertion weight of a label's own P-bucket
     holdout: int = 2000            # training queries kept aside to measure label recall
+    teacher_topk: int = 1          # also insert the layer's own dense top-k for each training query
+    teacher_chunk: int = 256       # queries per dense block of the teacher pass
     learn_projections: bool = True
     progress: bool = True
 
@@ -83,6 +92,24 @@ def _labels_matrix(labels: Tensor, n: int, num_labels: int) -> Tensor:
     if y.numel() and not bool((y >= 0).any(1).all()):
         raise ValueError("every query needs at least one label (a row of labels is all -1)")
     return y
+
+
+@torch.no_grad()
+def dense_teacher_labels(layer: "LSSLinear", queries: Tensor, k: int, chunk: int = 256) -> Tensor:
+    """The layer's own top-k labels for each query, int64 [n, k], by chunked
+    dense inference (fp32 accumulation)."""
+    out = torch.empty(queries.shape[0], k, dtype=torch.int64, device=queries.device)
+    for start in range(0, queries.shape[0], chunk):
+        xq = queries[start : start + chunk].to(layer.weight.dtype)
+        logits = torch.nn.functional.linear(xq, layer.weight, layer.bias)
+        out[start : start + chunk] = torch.topk(logits, k, dim=1).indices
+    return out
+
+
+def _with_teacher(y: Tensor, teacher: Tensor) -> Tensor:
+    """Append teacher labels to y, as -1 where they repeat one of y's labels."""
+    dup = (teacher.unsqueeze(2) == y.unsqueeze(1)).any(2)
+    return torch.cat([y, teacher.masked_fill(dup, -1)], 1)
 
 
 def _soft_codes(v: Tensor, proj: Tensor, sharpness: float) -> Tensor:
@@ -195,8 +222,12 @@ def fit(layer: "LSSLinear", queries: Tensor, labels: Tensor, *, seed: int = 0, *
     device = layer.weight.device
     queries = queries.to(device)
     y = _labels_matrix(labels, queries.shape[0], layer.out_features).to(device)
+    checks.integer("teacher_topk", cfg.teacher_topk, 0, layer.out_features)
 
     t_start = time.perf_counter()
+    y_given = y  # recall is reported against the caller's labels only
+    if cfg.teacher_topk:
+        y = _with_teacher(y, dense_teacher_labels(layer, queries, cfg.teacher_topk, cfg.teacher_chunk))
     gen = torch.Generator().manual_seed(seed)
     n = queries.shape[0]
     perm = torch.randperm(n, generator=gen).to(device)
@@ -204,7 +235,7 @@ def fit(layer: "LSSLinear", queries: Tensor, labels: Tensor, *, seed: int = 0, *
     hold, train = perm[:n_hold], perm[n_hold:]
     # Held-out queries only measure recall until the final rebuild.
     xq_train, y_train = queries[train], y[train]
-    xq_hold, y_hold = queries[hold], y[hold]
+    xq_hold, y_hold = queries[hold], y_given[hold]
 
     report = FitReport()
     log = _progress_logger(cfg.progress)
@@ -237,7 +268,7 @@ def fit(layer: "LSSLinear", queries: Tensor, labels: Tensor, *, seed: int = 0, *
                 with torch.no_grad():
                     layer.query_proj.copy_(q_proj)
                     layer.label_proj.copy_(p_proj)
-                total += float(loss)
+                total += float(loss.detach())
                 steps += 1
         # Recall is measured on held-out queries whose labels were not
         # inserted from them: what a new query sees.
