@@ -23,7 +23,7 @@ from torch import nn
 
 from . import _checks as checks
 from . import _ops
-from .hashing import EXTRA_DIMS, label_codes, query_codes, simhash_projections
+from .hashing import EXTRA_DIMS, augment_queries, label_codes, query_codes, simhash_projections
 from .tables import build_label_tables, bucket_size_stats, validate_tables
 
 Tensor = torch.Tensor
@@ -157,9 +157,21 @@ class LSSLinear(nn.Module):
         """Candidate ids int32 [B, M] (-1 padded, more hits first) and counts [B]
         for flat queries x [B, d]."""
         self._ensure_index()
+        if self._use_native_ops(x):
+            # The layer's own buffers were validated when built or loaded, so
+            # the per-call Python checks of the public wrappers are skipped.
+            ops = torch.ops.lsskernels
+            codes = ops.hash_codes(augment_queries(x), self.query_proj.to(x.dtype))
+            return ops.bucket_lookup(codes, self.offsets, self.items, self.out_features,
+                                     self.max_candidates, self.min_hits)
         codes = query_codes(x, self.query_proj, backend=self._native_backend())
         return _ops.bucket_lookup(codes, self.offsets, self.items, self.out_features,
                                   self.max_candidates, self.min_hits, backend=self._native_backend())
+
+    def _use_native_ops(self, x: Tensor) -> bool:
+        if self.backend is None:
+            return _ops.resolve_backend(None, x.device) in ("cpu", "cuda") and x.device == self.offsets.device
+        return self.backend in ("cpu", "cuda")
 
     def sparse_logits(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Exact logits of the candidates: (logits [..., M] with -inf padding,
@@ -176,8 +188,12 @@ class LSSLinear(nn.Module):
         checks.topk_k(k)
         flat, lead = self._flat(x)
         ids, _ = self.candidates(flat)
-        logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self.backend)
-        scores, labels = _ops.topk_gathered(logits, ids, k, backend=self.backend)
+        if self._use_native_ops(flat):
+            logits = torch.ops.lsskernels.gathered_logits(flat, self.weight, self.bias, ids)
+            scores, labels = torch.ops.lsskernels.topk_gathered(logits, ids, k)
+        else:
+            logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self.backend)
+            scores, labels = _ops.topk_gathered(logits, ids, k, backend=self.backend)
         return scores.reshape(lead + (k,)), labels.reshape(lead + (k,))
 
     def forward(self, x: Tensor) -> Tensor:
