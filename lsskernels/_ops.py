@@ -265,7 +265,10 @@ def gathered_logits(x: Tensor, weight: Tensor, bias: Optional[Tensor], ids: Tens
     """Exact logits of per-query candidates: [B, M] in x's dtype, -inf where
     ids == -1. Differentiable in x, weight and bias."""
     backend = resolve_backend(backend, x.device if isinstance(x, Tensor) else torch.device("cpu"))
-    ids = checks.gathered_args(x, weight, bias, ids, check_values=backend == "reference")
+    # Kernels check id ranges themselves, except the reference and the
+    # interpreted Triton kernels.
+    ids = checks.gathered_args(x, weight, bias, ids,
+                               check_values=backend == "reference" or (backend == "triton" and not x.is_cuda))
     if _native(backend):
         return torch.ops.lsskernels.gathered_logits(x, weight, bias, ids)
     if backend == "triton":
@@ -297,7 +300,8 @@ def topk_gathered(logits: Tensor, ids: Tensor, k: int, *, backend: Optional[str]
     checks.same_device(("logits", logits), ("ids", ids))
     k = checks.topk_k(k)
     backend = resolve_backend(backend, logits.device)
-    ids = checks.as_int32("ids", ids, -1, None, check_values=backend == "reference")
+    ids = checks.as_int32("ids", ids, -1, None,
+                          check_values=backend == "reference" or (backend == "triton" and not logits.is_cuda))
     if _native(backend):
         return torch.ops.lsskernels.topk_gathered(logits, ids, k)
     if backend == "triton":
