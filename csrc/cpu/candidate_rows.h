@@ -20,7 +20,7 @@ struct CandidateEntries {
   const int32_t* row_of;  // [nnz] query row per entry, or nullptr when fixed width
   int64_t width;          // entries per row when row_of == nullptr
   int64_t nnz;
-  int64_t row(int64_t k) const { return row_of ? int64_t(row_of[k]) : k / width; }
+  int64_t row(int64_t k) const { return entry_row(k, row_of, width); }
 };
 
 // How many entries ahead to prefetch weight rows: the rows are random, so the

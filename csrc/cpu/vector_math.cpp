@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "lss/common.h"
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define LSS_MULTIVERSION \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -13,8 +15,9 @@ namespace lss::cpu {
 namespace {
 
 // 32 independent partial sums: wide enough for two AVX-512 FMA chains, and a
-// fixed summation order, so results do not depend on the thread count.
-constexpr int kLanes = 32;
+// fixed summation order, so results do not depend on the thread count. The
+// CUDA warp dot reproduces this order (lss::kDotLanes in lss/common.h).
+constexpr int kLanes = kDotLanes;
 
 inline float bf16_to_float(uint16_t bits) {
   uint32_t u = uint32_t(bits) << 16;

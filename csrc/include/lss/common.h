@@ -108,6 +108,21 @@ LSS_HOST_DEVICE bool candidate_id_valid(int64_t id, int64_t num_labels) {
   return id >= -1 && id < num_labels;
 }
 
+// ------------------------------------------------------------ dot products
+// The CPU dot product (csrc/cpu/vector_math.cpp) keeps kDotLanes partial sums,
+// lane j owning elements j, j + kDotLanes, ... of the full blocks, adds them in
+// lane order and then the tail element by element. The CUDA warp dot
+// (csrc/cuda/device_utils.cuh) maps one CPU lane to one CUDA lane and sums in
+// the same order, so both backends round the same way.
+constexpr int kDotLanes = 32;
+
+// ----------------------------------------------------------- candidate rows
+// The query row of candidate entry k: row_of[k] for a ragged (bitmap-decoded)
+// entry list, k / width for fixed-width per-query ids [B, width].
+LSS_HOST_DEVICE int64_t entry_row(int64_t k, const int32_t* row_of, int64_t width) {
+  return row_of ? int64_t(row_of[k]) : k / width;
+}
+
 // ---------------------------------------------------------------- top-k
 // Order of the top-k: larger score first, ties by smaller label id, so the
 // result is deterministic whatever the kernel's traversal order. NaN ranks
