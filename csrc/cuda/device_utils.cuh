@@ -73,8 +73,8 @@ __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(
 
 // <x, w> for one warp, every lane returning the same value, summed exactly as
 // lss::cpu::dot: kDotLanes partial sums over the full blocks of kDotLanes
-// elements (lane j owns elements j, j + 32, ...), added in lane order to 0,
-// then the tail added element by element.
+// elements (lane j owns elements j, j + 32, ...), reduced as a tree (lane j +=
+// lane j + off, off = 16 ... 1), then the tail added element by element.
 static_assert(kDotLanes == 32, "the warp dot maps one CPU lane to one CUDA lane");
 template <typename W>
 __device__ __forceinline__ float warp_dot(const float* __restrict__ x, const W* __restrict__ w,
@@ -83,9 +83,10 @@ __device__ __forceinline__ float warp_dot(const float* __restrict__ x, const W* 
   float part = 0.0f;
 #pragma unroll 4
   for (int64_t i = lane; i < full; i += kDotLanes) part = madd(x[i], to_acc(w[i]), part);
-  float s = 0.0f;
+  // Tree reduction in lss::cpu::dot's order: lane j += lane j + off.
 #pragma unroll
-  for (int j = 0; j < kDotLanes; ++j) s = add_rn(s, __shfl_sync(kFullMask, part, j));
+  for (int off = kDotLanes / 2; off > 0; off >>= 1) part = add_rn(part, __shfl_down_sync(kFullMask, part, off));
+  float s = __shfl_sync(kFullMask, part, 0);
   const int rem = int(d - full);
   if (rem > 0) {  // warp-uniform
     float xt = 0.0f, wt = 0.0f;

@@ -110,10 +110,11 @@ LSS_HOST_DEVICE bool candidate_id_valid(int64_t id, int64_t num_labels) {
 
 // ------------------------------------------------------------ dot products
 // The CPU dot product (csrc/cpu/vector_math.cpp) keeps kDotLanes partial sums,
-// lane j owning elements j, j + kDotLanes, ... of the full blocks, adds them in
-// lane order and then the tail element by element. The CUDA warp dot
-// (csrc/cuda/device_utils.cuh) maps one CPU lane to one CUDA lane and sums in
-// the same order, so both backends round the same way.
+// lane j owning elements j, j + kDotLanes, ... of the full blocks, reduces them
+// as a tree (lane j += lane j + off for off = 16, 8, 4, 2, 1), then adds the
+// tail element by element. The CUDA warp dot (csrc/cuda/device_utils.cuh) maps
+// one CPU lane to one CUDA lane and reduces with __shfl_down_sync in the same
+// order, so both backends round the same way.
 constexpr int kDotLanes = 32;
 
 // ----------------------------------------------------------- candidate rows
