@@ -1,0 +1,139 @@
+"""The evaluation problems of the e2e, accuracy and scaling sections: a wide
+output layer (weight [N, d], bias [N]) with the hidden vectors of training
+and test queries and their labels.
+
+* synthetic: lsskernels.data.make_synthetic_task, whose generator gives the
+  output layer directly (full mode N = 670K, d = 128).
+* wordnet: lsskernels.data.make_wordnet_task (Debian's wordnet-base), with
+  the small bag-of-words model of bench/wordnet_model.py trained (or loaded
+  from the cache) to produce the layer and the hidden vectors.
+
+Quick mode uses small versions of both (synthetic N = 50K; WordNet verbs
+only) and says so in every table. Problems are memoized per process, so
+`python -m bench all` builds each once.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Optional
+
+import torch
+
+from bench.common import RunContext, config_key
+from bench.methods import LSSConfig
+from bench.wordnet_model import WordNetModelConfig, hidden_vectors, load_or_train
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    num_labels: int = 670_000
+    dim: int = 128
+    num_train: int = 100_000
+    num_test: int = 5_000
+    seed: int = 0
+
+
+SYNTHETIC = {"full": SyntheticConfig(), "quick": SyntheticConfig(50_000, 64, 20_000, 1_000)}
+WORDNET = {"full": WordNetModelConfig(), "quick": WordNetModelConfig(parts=("verb",), epochs=3)}
+
+# LSSLinear knobs per problem and mode (command-line options override them);
+# the candidate budget M stays at most 2% of N.
+LSS_KNOBS = {
+    "wordnet": {"full": LSSConfig(tables=16, bits=9, candidates=640),
+                "quick": LSSConfig(tables=16, bits=8, candidates=160, epochs=2)},
+    "synthetic": {"full": LSSConfig(tables=16, bits=11, candidates=4096),
+                  "quick": LSSConfig(tables=16, bits=9, candidates=512, epochs=2)},
+}
+
+
+@dataclass
+class Problem:
+    name: str              # "synthetic" or "wordnet"
+    title: str             # for tables: says which size / variant
+    weight: torch.Tensor   # [N, d]
+    bias: torch.Tensor     # [N]
+    train_x: torch.Tensor  # [n, d] hidden vectors
+    train_y: torch.Tensor  # [n] or [n, m] (-1 padded)
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    setup: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.weight.shape[1]
+
+    def describe(self) -> Dict[str, object]:
+        return {"name": self.name, "title": self.title, "num_labels": self.num_labels, "dim": self.dim,
+                "train": self.train_x.shape[0], "test": self.test_x.shape[0], **self.setup}
+
+
+_PROBLEMS: Dict[str, Problem] = {}
+
+
+def synthetic_problem(cfg: SyntheticConfig, log=print) -> Problem:
+    from lsskernels.data import make_synthetic_task
+
+    key = "synthetic-" + config_key(asdict(cfg))
+    if key not in _PROBLEMS:
+        start = time.perf_counter()
+        task = make_synthetic_task(cfg.num_labels, cfg.dim, cfg.num_train, cfg.num_test, seed=cfg.seed)
+        seconds = time.perf_counter() - start
+        log(f"  synthetic task N={cfg.num_labels:,} d={cfg.dim}: generated in {seconds:.1f} s")
+        _PROBLEMS[key] = Problem(
+            "synthetic", f"synthetic, N={cfg.num_labels:,}, d={cfg.dim}", task.weight.contiguous(),
+            task.bias.contiguous(), task.train_x, task.train_y, task.test_x, task.test_y,
+            {"config": asdict(cfg), "generate_seconds": seconds})
+    return _PROBLEMS[key]
+
+
+def wordnet_problem(cfg: WordNetModelConfig, cache_dir=None, log=print, root: Optional[str] = None,
+                    **task_kwargs) -> Problem:
+    """task_kwargs go to make_wordnet_task (tests use a fixture root)."""
+    from lsskernels.data import make_wordnet_task
+
+    key = "wordnet-" + config_key({"model": asdict(cfg), "root": root, "task": task_kwargs})
+    if key not in _PROBLEMS:
+        start = time.perf_counter()
+        if root is not None:
+            task_kwargs["root"] = root
+        task = make_wordnet_task(parts=cfg.parts, **task_kwargs)
+        load_seconds = time.perf_counter() - start
+        log(f"  wordnet task ({'+'.join(cfg.parts)}): N={task.num_labels:,} labels, vocabulary "
+            f"{task.input_dim:,}, {len(task.train_x):,} train / {len(task.test_x):,} test rows, "
+            f"built in {load_seconds:.1f} s")
+        model, info = load_or_train(task, cfg, cache_dir, log)
+        with torch.no_grad():
+            train_h = hidden_vectors(model, task.train_x)
+            test_h = hidden_vectors(model, task.test_x)
+        variant = "all parts of speech" if len(cfg.parts) == 4 else "+".join(cfg.parts) + " only"
+        _PROBLEMS[key] = Problem(
+            "wordnet", f"WordNet ({variant}), N={task.num_labels:,}, d={cfg.dim}",
+            model.out.weight.detach().contiguous(), model.out.bias.detach().contiguous(),
+            train_h.contiguous(), task.train_y, test_h.contiguous(), task.test_y,
+            {"model": asdict(cfg), "vocabulary": task.input_dim, "task_seconds": load_seconds,
+             "model_train_seconds": info["train_seconds"], "model_cached": info["cached"],
+             "model_history": info["history"], "model_cache": info.get("cache")})
+    return _PROBLEMS[key]
+
+
+def wordnet_available(root: str = "/usr/share/wordnet") -> bool:
+    import os
+
+    return all(os.path.exists(os.path.join(root, f"data.{p}")) for p in ("noun", "verb", "adj", "adv"))
+
+
+def get_problem(ctx: RunContext, name: str, *, synthetic: Optional[SyntheticConfig] = None,
+                wordnet: Optional[WordNetModelConfig] = None) -> Problem:
+    mode = "quick" if ctx.quick else "full"
+    if name == "synthetic":
+        return synthetic_problem(synthetic or SYNTHETIC[mode], ctx.log)
+    if name == "wordnet":
+        return wordnet_problem(wordnet or WORDNET[mode], ctx.cache_dir, ctx.log)
+    raise ValueError(f"unknown problem {name!r}; expected 'synthetic' or 'wordnet'")
+
+

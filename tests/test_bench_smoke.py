@@ -1,0 +1,187 @@
+"""Smoke tests of the benchmark suite (bench/): every section runs in-process
+on tiny sizes and writes its outputs, so the benchmark code cannot rot.
+Nothing here asserts on time. FAISS / hnswlib parts are skipped (the
+sections report "not installed") when those packages are missing."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+pytest.importorskip("matplotlib")
+
+from bench import accuracy, e2e, evaluate, ops, scaling, tasks  # noqa: E402
+from bench.common import RunContext, config_key, time_per_query  # noqa: E402
+from bench.methods import LSSConfig, faiss_available, hnswlib_available  # noqa: E402
+
+FIXTURE_WORDNET = ROOT / "tests" / "data" / "wordnet"
+FAKE_RATES = {"read_GBps": 10.0, "copy_GBps": 10.0, "bandwidth_GBps": 10.0, "matmul_GFLOPs": 50.0,
+              "matmul_size": 64, "stream_MB": 1.0}
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    context = RunContext(tmp_path, quick=True, threads=1, verbose=False)
+    context.min_time_override = 0.005
+    return context
+
+
+@pytest.fixture(autouse=True)
+def _fresh_suites():
+    evaluate.reset()
+    yield
+    evaluate.reset()
+
+
+def _read(ctx, base):
+    return json.loads((ctx.out_dir / f"{base}-quick.json").read_text())
+
+
+def test_ids_to_bitmap_matches_dense_mask():
+    gen = torch.Generator().manual_seed(0)
+    n = 77
+    ids = torch.randint(0, n, (3, 20), generator=gen)
+    bitmap = ops.ids_to_bitmap(ids, n)
+    assert bitmap.dtype == torch.int32 and bitmap.shape == (3, 3)
+    bits = ((bitmap.to(torch.int64).unsqueeze(2) >> torch.arange(32)) & 1).reshape(3, -1)[:, :n].bool()
+    want = torch.zeros(3, n, dtype=torch.bool)
+    want[torch.arange(3).unsqueeze(1), ids] = True
+    assert torch.equal(bits, want)
+
+
+def test_ops_plan_prunes_with_reasons():
+    plan = ops.build_plan(ops.FULL_GRID, FAKE_RATES, "full")
+    assert {p.op for p in plan} == set(ops.OPS)
+    # hash_codes depends on d and B only; topk_gathered on B and M only.
+    assert len([p for p in plan if p.op == "hash_codes"]) == 12
+    assert len([p for p in plan if p.op == "topk_gathered"]) == 12
+    skipped = [p for p in plan if p.skip]
+    assert any("M > N/4" in p.skip for p in skipped)
+    assert any("memory" in p.skip for p in skipped)  # e.g. backward at N=3M, d=512
+    assert all(p.memory <= ops.MEMORY_LIMIT for p in plan if not p.skip)
+    assert ops.distinct_rows(1000, 1) == pytest.approx(1.0)
+    assert ops.distinct_rows(1000, 1e6) == pytest.approx(1000.0)
+
+
+def test_ops_section_tiny(ctx):
+    grid = {"N": [1000], "d": [16], "B": [1, 3], "M": [64, 300]}
+    payload = ops.run(ctx, grid=grid, min_time=0.001, rates=FAKE_RATES)
+    rows = payload["rows"]
+    ran = [r for r in rows if r["ms"] != "skipped"]
+    assert {r["op"] for r in ran} == set(ops.OPS)
+    assert any(r["ms"] == "skipped" and "M > N/4" in r["note"] for r in rows)  # M=300 > 1000/4
+    for r in ran:
+        assert r["ms"] > 0 and r["GB/s"] > 0
+    assert any("dense / op" in r for r in ran)
+    saved = _read(ctx, "ops")
+    assert saved["machine"]["threads"] == torch.get_num_threads() and "git_commit" in saved["machine"]
+    assert (ctx.out_dir / "ops-quick.md").exists()
+
+
+def test_scaling_section_tiny(ctx):
+    grid = {"N": [500, 2000], "N_batch": [1, 4], "batch_N": 2000, "B": [1, 4]}
+    payload = scaling.run(ctx, candidates=32, dim=16, grid=grid)
+    assert len(payload["rows_n"]) == 4 and len(payload["rows_batch"]) == 2
+    for r in payload["rows_n"] + payload["rows_batch"]:
+        assert 0 < r["candidates"] <= 32 and r["lss ms/q"] > 0
+    for name in ("scaling_n-quick.png", "scaling_batch-quick.png", "scaling-quick.json"):
+        assert (ctx.out_dir / name).stat().st_size > 0
+
+
+def _tiny_synthetic():
+    return tasks.synthetic_problem(tasks.SyntheticConfig(3000, 16, 1500, 200), log=lambda *a: None)
+
+
+TINY_LSS = LSSConfig(tables=4, bits=5, candidates=60, epochs=1, fit_options=(("holdout", 100),))
+
+
+def test_e2e_and_accuracy_tiny(ctx):
+    problem = _tiny_synthetic()
+    # Named "wordnet" too, so the acceptance checks run.
+    as_wordnet = replace(problem, name="wordnet", title="tiny synthetic posing as wordnet")
+    problems = [(problem, TINY_LSS, {}), (as_wordnet, TINY_LSS, {"eval_queries": 100})]
+    out = e2e.run(ctx, problems)
+    rows = out["results"][0]["rows"]
+    methods = [r["method"] for r in rows]
+    assert rows[0]["matched"] == "reference" and any("naive gather" in m for m in methods)
+    lss_row = next(r for r in rows if r.get("family") == "lss-fit")
+    assert 0 <= lss_row["P@1"] <= 1 and 0 < lss_row["candidates"] <= TINY_LSS.candidates
+    assert lss_row["speed-up b1"] > 0
+    naive = next(r for r in rows if r.get("family") == "naive-gather")
+    assert naive["P@1"] == pytest.approx(lss_row["P@1"])  # same candidates, same exact logits
+    if faiss_available():
+        assert any(r.get("family") == "faiss-hnsw" for r in rows)
+        assert out["results"][0]["sweeps"]["faiss-ivf"][0]["computed %"] > 0
+    if hnswlib_available():
+        assert any(r.get("family") == "hnswlib" for r in rows)
+
+    acc = accuracy.run(ctx, problems)
+    first, second = acc["results"]
+    assert first["acceptance"] is None and len(second["acceptance"]) == 3
+    fams = [r.get("family") for r in first["rows"]]
+    assert fams[:3] == ["dense", "lss-fit", "lss-random"]
+    dense = first["rows"][0]
+    assert dense["P@1"] == pytest.approx(dense["agree"] * 0 + dense["P@1"]) and dense["agree"] == 1.0
+    assert first["fit"]["epochs"]
+    assert (ctx.out_dir / "accuracy-quick.png").stat().st_size > 0
+    saved = _read(ctx, "accuracy")
+    assert saved["machine"]["mode"] == "quick"
+    assert "P@1" in (ctx.out_dir / "e2e-quick.md").read_text()
+
+
+def test_pick_matched():
+    rows = [{"P@1": 0.50, "ms/q b1": 1.0}, {"P@1": 0.595, "ms/q b1": 2.0}, {"P@1": 0.60, "ms/q b1": 3.0}]
+    assert evaluate.pick_matched(rows, 0.60)["ms/q b1"] == 2.0
+    assert evaluate.pick_matched(rows, 0.60, 0.0)["ms/q b1"] == 3.0
+    best = evaluate.pick_matched(rows, 0.9)
+    assert best["P@1"] == 0.60 and best["matched"].startswith("no")
+
+
+def test_wordnet_model_trains_once_then_loads_from_cache(tmp_path):
+    if not (FIXTURE_WORDNET / "data.noun").exists():
+        pytest.skip("WordNet fixture missing")
+    cfg = tasks.WordNetModelConfig(dim=8, epochs=1, batch_size=4)
+    logs = []
+    first = tasks.wordnet_problem(cfg, tmp_path, logs.append, root=str(FIXTURE_WORDNET), min_token_count=1)
+    assert first.setup["model_cached"] is False
+    assert first.train_x.shape == (first.train_y.shape[0], 8) and first.weight.shape[1] == 8
+    assert list(tmp_path.glob("wordnet-model-*.pt"))
+    tasks._PROBLEMS.clear()
+    second = tasks.wordnet_problem(cfg, tmp_path, logs.append, root=str(FIXTURE_WORDNET), min_token_count=1)
+    assert second.setup["model_cached"] is True
+    assert torch.equal(first.weight, second.weight) and torch.equal(first.test_x, second.test_x)
+
+
+def test_main_plan_and_helpers(tmp_path, capsys):
+    from bench.__main__ import main, parse_args
+
+    args = parse_args(["e2e", "accuracy", "--quick", "--wordnet-candidates", "100"])
+    assert args.sections == ["e2e", "accuracy"] and args.wordnet_candidates == 100
+    assert parse_args([]).sections == ["ops", "scaling", "e2e", "accuracy"]
+    assert main(["ops", "--plan", "--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert "ops plan" in capsys.readouterr().out
+    assert config_key({"a": 1}) == config_key({"a": 1}) != config_key({"a": 2})
+    x = torch.randn(10, 4)
+    assert time_per_query(lambda xb: xb.sum(), x, 32, min_time=0.001) > 0  # batch larger than the queries
+
+
+def test_main_e2e_on_tiny_synthetic_through_the_cli(tmp_path, capsys):
+    from bench.__main__ import main
+
+    argv = ["e2e", "--quick", "--threads", "1", "--out", str(tmp_path), "--min-time", "0.005", "--quiet",
+            "--tasks", "synthetic", "--synthetic-labels", "3000", "--synthetic-train", "1000",
+            "--synthetic-test", "100", "--synthetic-tables", "4", "--synthetic-bits", "5",
+            "--synthetic-candidates", "60", "--synthetic-epochs", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "End to end, synthetic, N=3,000" in out
+    saved = json.loads((tmp_path / "e2e-quick.json").read_text())
+    assert saved["results"][0]["lss"]["candidates"] == 60
