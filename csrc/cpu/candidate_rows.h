@@ -45,11 +45,11 @@ void candidate_logits_forward(const acc_t<scalar_t>* x_acc, const scalar_t* weig
                               scalar_t* out) {
   using acc = acc_t<scalar_t>;
   const int64_t row_bytes = d * int64_t(sizeof(scalar_t));
-  // At least ~2^19 multiply-adds per task: a batch-1 query (M = 2000, d = 128)
-  // runs inline on the calling thread. Waking a second OpenMP thread costs
-  // more than that work, and when the other core is busy it can cost
-  // milliseconds (measured: 8 ms per call on a shared 2-core machine).
-  const int64_t grain = std::max<int64_t>(64, (int64_t(1) << 19) / std::max<int64_t>(d, 1));
+  // 256 entries per task: a batch-1 query (M = 2000) uses both cores, which
+  // on an idle machine halves its time (measured: 0.206 vs 0.585 ms cold at
+  // d = 128). On a machine whose other core is busy, waking the second
+  // OpenMP thread can instead cost milliseconds; see docs/performance.md.
+  const int64_t grain = 256;
   at::parallel_for(0, e.nnz, grain, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int64_t ahead = k + kPrefetchDistance;
