@@ -51,18 +51,50 @@ void candidate_logits_forward(const acc_t<scalar_t>* x_acc, const scalar_t* weig
   // OpenMP thread can instead cost milliseconds; see docs/performance.md.
   const int64_t grain = 256;
   at::parallel_for(0, e.nnz, grain, [&](int64_t begin, int64_t end) {
+    // Valid entries are queued and computed four at a time (dot4).
+    const acc* qx[4];
+    const scalar_t* qw[4];
+    int64_t qk[4];
+    int queued = 0;
+    auto flush = [&] {
+      acc v[4];
+      if (queued == 4) {
+        dot4(qx, qw, d, v);
+      } else {
+        for (int j = 0; j < queued; ++j) v[j] = dot(qx[j], qw[j], d);
+      }
+      for (int j = 0; j < queued; ++j) {
+        if (bias) v[j] += acc(bias[e.ids[qk[j]]]);
+        out[qk[j]] = scalar_t(v[j]);
+      }
+      queued = 0;
+    };
+    // Fixed-width entries: the query row advances with k, no division per entry.
+    int64_t row = e.row_of ? 0 : begin / e.width;
+    int64_t row_end = e.row_of ? 0 : (row + 1) * e.width;
     for (int64_t k = begin; k < end; ++k) {
       const int64_t ahead = k + kPrefetchDistance;
-      if (ahead < end && e.ids[ahead] >= 0) prefetch_row(weight + int64_t(e.ids[ahead]) * d, row_bytes);
+      if (ahead < end && e.ids[ahead] >= 0) {
+        prefetch_row(weight + int64_t(e.ids[ahead]) * d, row_bytes);
+        if (bias) prefetch_row(bias + e.ids[ahead], 1);
+      }
+      if (!e.row_of) {
+        while (k >= row_end) {
+          ++row;
+          row_end += e.width;
+        }
+      }
       const int32_t id = e.ids[k];
       if (id < 0) {
         out[k] = scalar_t(-std::numeric_limits<acc>::infinity());
         continue;
       }
-      acc v = dot(x_acc + e.row(k) * d, weight + int64_t(id) * d, d);
-      if (bias) v += acc(bias[id]);
-      out[k] = scalar_t(v);
+      qx[queued] = x_acc + (e.row_of ? int64_t(e.row_of[k]) : row) * d;
+      qw[queued] = weight + int64_t(id) * d;
+      qk[queued] = k;
+      if (++queued == 4) flush();
     }
+    flush();
   });
 }
 

@@ -44,6 +44,57 @@ void write_topk(std::vector<Scored<acc_t<scalar_t>>>& cand, int64_t k, scalar_t*
   }
 }
 
+// Up to this k the top-k of a row is kept in a sorted buffer filled in one
+// pass: after the first few hundred entries almost every candidate fails the
+// single comparison with the current k-th best (about k ln(M / k) inserts), so
+// a batch-1 row of M = 2000 takes ~2 us instead of collecting and
+// partial-sorting all M (~10 us). Larger k collect and partial-sort.
+constexpr int64_t kStreamingTopK = 64;
+
+template <typename acc>
+struct TopKBuffer {
+  Scored<acc> best[kStreamingTopK];
+  int64_t k, n = 0;
+  explicit TopKBuffer(int64_t k_) : k(k_) {}
+  void offer(acc score, int64_t label) {
+    if (n == k && !topk_before(score, label, best[n - 1].score, best[n - 1].label)) return;
+    int64_t i = n < k ? n++ : n - 1;  // the slot being vacated
+    while (i > 0 && topk_before(score, label, best[i - 1].score, best[i - 1].label)) {
+      best[i] = best[i - 1];
+      --i;
+    }
+    best[i] = {score, label};
+  }
+  template <typename scalar_t>
+  void write(scalar_t* scores, int64_t* labels) const {
+    for (int64_t i = 0; i < n; ++i) {
+      scores[i] = scalar_t(best[i].score);
+      labels[i] = best[i].label;
+    }
+    for (int64_t i = n; i < k; ++i) {
+      scores[i] = scalar_t(-std::numeric_limits<acc>::infinity());
+      labels[i] = -1;
+    }
+  }
+};
+
+// Calls emit(score, label) for every candidate of a row, then writes the row's
+// top-k: streaming for small k, collect + partial sort otherwise.
+template <typename scalar_t, typename ForEach>
+void row_topk(int64_t k, std::vector<Scored<acc_t<scalar_t>>>& scratch, scalar_t* scores,
+              int64_t* labels, const ForEach& for_each) {
+  using acc = acc_t<scalar_t>;
+  if (k <= kStreamingTopK) {
+    TopKBuffer<acc> buffer(k);
+    for_each([&](acc score, int64_t label) { buffer.offer(score, label); });
+    buffer.write(scores, labels);
+  } else {
+    scratch.clear();
+    for_each([&](acc score, int64_t label) { scratch.push_back({score, label}); });
+    write_topk<scalar_t>(scratch, k, scores, labels);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> topk_gathered_cpu(const at::Tensor& logits,
                                                      const at::Tensor& ids, int64_t k) {
   TORCH_CHECK(logits.dim() == 2, "topk_gathered: logits must be [B, M], got ", logits.sizes());
@@ -63,14 +114,14 @@ std::tuple<at::Tensor, at::Tensor> topk_gathered_cpu(const at::Tensor& logits,
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<Scored<acc>> cand;
       for (int64_t b = b0; b < b1; ++b) {
-        cand.clear();
-        for (int64_t m = 0; m < M; ++m) {
-          const int32_t id = ip[b * M + m];
-          if (id >= 0) cand.push_back({acc(lp[b * M + m]), id});
-          else if (id != -1) bad = true;
-        }
-        write_topk<scalar_t>(cand, k, scores.data_ptr<scalar_t>() + b * k,
-                             labels.data_ptr<int64_t>() + b * k);
+        row_topk<scalar_t>(k, cand, scores.data_ptr<scalar_t>() + b * k, labels.data_ptr<int64_t>() + b * k,
+                           [&](const auto& emit) {
+                             for (int64_t m = 0; m < M; ++m) {
+                               const int32_t id = ip[b * M + m];
+                               if (id >= 0) emit(acc(lp[b * M + m]), id);
+                               else if (id != -1) bad = true;
+                             }
+                           });
       }
     });
   });
@@ -115,12 +166,12 @@ std::tuple<at::Tensor, at::Tensor> topk_packed_cpu(const at::Tensor& values,
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<Scored<acc>> cand;
       for (int64_t b = b0; b < b1; ++b) {
-        cand.clear();
-        int64_t i = rp[b];
-        for (int64_t w = 0; w < W; ++w)
-          for (uint32_t v = bp[b * W + w]; v; v &= v - 1) cand.push_back({acc(vp[i++]), w * 32 + lowest_bit(v)});
-        write_topk<scalar_t>(cand, k, scores.data_ptr<scalar_t>() + b * k,
-                             labels.data_ptr<int64_t>() + b * k);
+        row_topk<scalar_t>(k, cand, scores.data_ptr<scalar_t>() + b * k, labels.data_ptr<int64_t>() + b * k,
+                           [&](const auto& emit) {
+                             int64_t i = rp[b];
+                             for (int64_t w = 0; w < W; ++w)
+                               for (uint32_t v = bp[b * W + w]; v; v &= v - 1) emit(acc(vp[i++]), w * 32 + lowest_bit(v));
+                           });
       }
     });
   });
