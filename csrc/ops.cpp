@@ -33,4 +33,9 @@ TORCH_LIBRARY(lsskernels, m) {
   // (scores [B, k] in logits' dtype, labels int64 [B, k]); -inf / -1 where fewer than k
   m.def("topk_gathered(Tensor logits, Tensor ids, int k) -> (Tensor, Tensor)");
   m.def("topk_packed(Tensor values, Tensor row_ptr, Tensor bitmap, int k) -> (Tensor, Tensor)");
+  // LSSLinear.predict in one call: hash_codes of [x, 1, 0] -> bucket_lookup ->
+  // gathered_logits -> topk_gathered (a composite, csrc/predict_topk.cpp)
+  m.def(
+      "predict_topk(Tensor x, Tensor query_proj, Tensor offsets, Tensor items, Tensor weight, "
+      "Tensor? bias, int num_labels, int max_candidates, int min_hits, int k) -> (Tensor, Tensor)");
 }

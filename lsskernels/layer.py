@@ -187,11 +187,16 @@ class LSSLinear(nn.Module):
         ids int64 [..., k]); -inf / -1 where a query has fewer than k candidates."""
         checks.topk_k(k)
         flat, lead = self._flat(x)
-        ids, _ = self.candidates(flat)
         if self._use_native_ops(flat):
-            logits = torch.ops.lsskernels.gathered_logits(flat, self.weight, self.bias, ids)
-            scores, labels = torch.ops.lsskernels.topk_gathered(logits, ids, k)
+            # One op for the whole pipeline (hash, lookup, logits, top-k): at
+            # batch 1 the per-op Python overhead is as large as the kernels.
+            # The layer's buffers were validated when built or loaded.
+            self._ensure_index()
+            scores, labels = torch.ops.lsskernels.predict_topk(
+                flat, self.query_proj, self.offsets, self.items, self.weight, self.bias, self.out_features,
+                self.max_candidates, self.min_hits, k)
         else:
+            ids, _ = self.candidates(flat)
             logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self.backend)
             scores, labels = _ops.topk_gathered(logits, ids, k, backend=self.backend)
         return scores.reshape(lead + (k,)), labels.reshape(lead + (k,))

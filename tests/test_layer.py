@@ -69,6 +69,21 @@ def test_predict_is_topk_among_candidates():
         assert bool((ids[b, n:] == -1).all())
 
 
+@pytest.mark.skipif(not lss.extension_loaded(), reason="compiled extension not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_fused_predict_equals_the_op_by_op_pipeline(dtype):
+    # predict's native path is one predict_topk call; it must give the same
+    # bits as hash -> lookup -> gathered logits -> top-k called one by one.
+    _, layer = make_layer(n=333, d=37, max_candidates=50)
+    layer = layer.to(dtype).eval()
+    x = randn(6, 37, seed=11).to(dtype)
+    scores, labels = layer.predict(x, k=7)
+    ids, _ = layer.candidates(x)
+    logits = lss.gathered_logits(x, layer.weight, layer.bias, ids, backend="cpu")
+    want_scores, want_labels = lss.topk_gathered(logits, ids, 7, backend="cpu")
+    assert torch.equal(labels, want_labels) and torch.equal(scores, want_scores)
+
+
 def test_predict_pads_when_fewer_candidates_than_k():
     _, layer = make_layer(n=100, num_tables=1, bits=8, max_candidates=3)
     scores, ids = layer.predict(randn(4, 24, seed=5), k=6)

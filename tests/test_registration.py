@@ -20,6 +20,14 @@ def test_cpu_kernel_registered(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lsskernels::{op}", "CPU")
 
 
+def test_predict_topk_is_a_composite():
+    # No kernel of its own per device: it calls the ops above, so it runs
+    # wherever they do and torch.compile traces through it.
+    name = "lsskernels::predict_topk"
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeImplicitAutograd")
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU")
+
+
 def _samples():
     ops = torch.ops.lsskernels
     x, proj = randn(3, 9, seed=1), randn(4, 5, 9, seed=2)
@@ -46,10 +54,12 @@ def _samples():
                                                      row_ptr, True, True, True)),
         (ops.topk_gathered.default, (logits.detach(), ids, 4)),
         (ops.topk_packed.default, (values.detach(), row_ptr, bitmap, 4)),
+        (ops.predict_topk.default, (x.detach(), randn(4, 5, 11, seed=16), offsets, items, w.detach(), b.detach(),
+                                    70, 16, 1, 3)),
     ]
 
 
-@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("case", range(13))
 def test_opcheck(case):
     op, args = _samples()[case]
     # bitmap_sparse_matmul's output size is data-dependent; aot_dispatch_dynamic

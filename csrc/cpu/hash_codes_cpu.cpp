@@ -35,11 +35,18 @@ at::Tensor hash_codes_cpu(const at::Tensor& x, const at::Tensor& proj) {
     at::parallel_for(0, B * L, 64, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / L, l = i % L;
+        const acc* xb = xp + b * d;
+        const scalar_t* pl = pp + l * K * d;
         int32_t code = 0;
-        for (int64_t j = 0; j < K; ++j) {
-          const acc p = dot(xp + b * d, pp + (l * K + j) * d, d);
-          code = set_code_bit(code, int(j), p);
+        int64_t j = 0;
+        for (; j + 4 <= K; j += 4) {  // four projections at a time (dot4)
+          const acc* xs[4] = {xb, xb, xb, xb};
+          const scalar_t* ps[4] = {pl + j * d, pl + (j + 1) * d, pl + (j + 2) * d, pl + (j + 3) * d};
+          acc p[4];
+          dot4(xs, ps, d, p);
+          for (int t = 0; t < 4; ++t) code = set_code_bit(code, int(j + t), p[t]);
         }
+        for (; j < K; ++j) code = set_code_bit(code, int(j), dot(xb, pl + j * d, d));
         out[i] = code;
       }
     });
