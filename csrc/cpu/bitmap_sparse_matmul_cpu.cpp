@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "candidate_rows.h"
+#include "lss/arg_checks.h"
 
 namespace lss::cpu {
 namespace {
@@ -28,13 +29,6 @@ struct DecodedBitmap {
   at::Tensor cols;     // int32 [nnz], ascending within a row
   at::Tensor row_of;   // int32 [nnz]
 };
-
-void check_bitmap(const char* op, const at::Tensor& bitmap, int64_t rows, int64_t num_labels) {
-  TORCH_CHECK(bitmap.dim() == 2 && bitmap.scalar_type() == at::kInt && bitmap.size(0) == rows &&
-                  bitmap.size(1) == bitmap_words(num_labels),
-              op, ": bitmap must be int32 [B, ceil(N / 32)] = [", rows, ", ",
-              bitmap_words(num_labels), "], got ", bitmap.scalar_type(), " ", bitmap.sizes());
-}
 
 DecodedBitmap decode_bitmap(const char* op, const at::Tensor& bitmap, int64_t num_labels) {
   const int64_t B = bitmap.size(0), words = bitmap.size(1);
@@ -78,20 +72,6 @@ DecodedBitmap decode_bitmap(const char* op, const at::Tensor& bitmap, int64_t nu
     }
   });
   return {row_ptr, cols, row_of};
-}
-
-void check_dense_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
-                      const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2, op, ": x must be [B, d], got ", x.sizes());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == x.size(1), op,
-              ": weight must be [N, d] with d = ", x.size(1), ", got ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight dtype differs from x dtype");
-  TORCH_CHECK(weight.size(0) < (int64_t(1) << 31), op, ": at most 2^31 - 1 labels");
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must be [N] = [",
-                weight.size(0), "], got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), op, ": bias dtype differs from x dtype");
-  }
 }
 
 // Fraction of the union tile [B, U] that must be wanted for the GEMM path to

@@ -8,26 +8,16 @@
 #include <atomic>
 
 #include "candidate_rows.h"
+#include "lss/arg_checks.h"
 
 namespace lss::cpu {
 namespace {
 
+// The checks of the CUDA host code (lss/arg_checks.h), in the same order.
 void check_gathered(const char* op, const at::Tensor& x, const at::Tensor& weight,
                     const c10::optional<at::Tensor>& bias, const at::Tensor& ids) {
-  TORCH_CHECK(x.dim() == 2, op, ": x must be [B, d], got ", x.sizes());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == x.size(1), op,
-              ": weight must be [N, d] with d = ", x.size(1), ", got ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight dtype ",
-              weight.scalar_type(), " differs from x dtype ", x.scalar_type());
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must be [N] = [",
-                weight.size(0), "], got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), op, ": bias dtype differs from x dtype");
-  }
-  TORCH_CHECK(ids.dim() == 2 && ids.size(0) == x.size(0) && ids.scalar_type() == at::kInt, op,
-              ": ids must be int32 [B, M] with B = ", x.size(0), ", got ", ids.scalar_type(), " ",
-              ids.sizes());
-  TORCH_CHECK(weight.size(0) < (int64_t(1) << 31), op, ": at most 2^31 - 1 labels");
+  check_dense_args(op, x, weight, bias);
+  check_ids_shape(op, x, ids);
 }
 
 // Every id must be a label or -1; checked once up front so the kernels can
@@ -67,8 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gathered_logits_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& ids,
     bool need_x, bool need_weight, bool need_bias) {
   check_gathered("gathered_logits_backward", x, weight, c10::nullopt, ids);
-  TORCH_CHECK(grad.sizes() == ids.sizes(), "gathered_logits_backward: grad must be ", ids.sizes(),
-              ", got ", grad.sizes());
+  check_gathered_grad(grad, ids);
   const int64_t B = x.size(0), d = x.size(1), M = ids.size(1), N = weight.size(0);
   const at::Tensor idc = ids.contiguous();
   check_ids_in_range("gathered_logits_backward", idc.data_ptr<int32_t>(), B * M, N);

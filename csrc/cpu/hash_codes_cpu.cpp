@@ -4,19 +4,14 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "lss/arg_checks.h"
 #include "lss/common.h"
 #include "vector_math.h"
 
 namespace lss::cpu {
 
 at::Tensor hash_codes_cpu(const at::Tensor& x, const at::Tensor& proj) {
-  TORCH_CHECK(x.dim() == 2, "hash_codes: x must be [B, d], got ", x.sizes());
-  TORCH_CHECK(proj.dim() == 3, "hash_codes: proj must be [L, K, d], got ", proj.sizes());
-  TORCH_CHECK(proj.size(2) == x.size(1), "hash_codes: proj is [L, K, ", proj.size(2),
-              "] but x has d = ", x.size(1));
-  TORCH_CHECK(proj.size(1) >= 1 && proj.size(1) <= kMaxBits,
-              "hash_codes: K (bits per table) must be in [1, ", kMaxBits, "], got ", proj.size(1));
-  TORCH_CHECK(x.scalar_type() == proj.scalar_type(), "hash_codes: x and proj dtypes differ");
+  check_hash_codes(x, proj);
   TORCH_CHECK(x.device().is_cpu() && proj.device().is_cpu(), "hash_codes: CPU kernel got non-CPU tensors");
 
   const int64_t B = x.size(0), d = x.size(1), L = proj.size(0), K = proj.size(1);

@@ -13,32 +13,11 @@
 #include <atomic>
 #include <vector>
 
+#include "lss/arg_checks.h"
 #include "lss/common.h"
 
 namespace lss::cpu {
 namespace {
-
-void check_tables(const char* op, const at::Tensor& codes, const at::Tensor& offsets,
-                  const at::Tensor& items, int64_t num_labels, int64_t min_hits) {
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kInt,
-              op, ": codes must be int32 [B, L], got ", codes.scalar_type(), " ", codes.sizes());
-  TORCH_CHECK(offsets.dim() == 2 && offsets.scalar_type() == at::kInt,
-              op, ": offsets must be int32 [L, 2^K + 1], got ", offsets.scalar_type(), " ",
-              offsets.sizes());
-  TORCH_CHECK(items.dim() == 2 && items.scalar_type() == at::kInt,
-              op, ": items must be int32 [L, T], got ", items.scalar_type(), " ", items.sizes());
-  TORCH_CHECK(codes.size(1) == offsets.size(0) && items.size(0) == offsets.size(0),
-              op, ": codes, offsets and items disagree on the number of tables: ",
-              codes.size(1), ", ", offsets.size(0), ", ", items.size(0));
-  const int64_t buckets = offsets.size(1) - 1;
-  TORCH_CHECK(buckets >= 2 && (buckets & (buckets - 1)) == 0 && buckets <= (int64_t(1) << kMaxBits),
-              op, ": offsets must have 2^K + 1 columns with 1 <= K <= ", kMaxBits, ", got ",
-              offsets.size(1));
-  TORCH_CHECK(codes.size(1) < kMaxTables, op, ": at most ", kMaxTables - 1, " tables");
-  TORCH_CHECK(num_labels >= 0 && num_labels < (int64_t(1) << 31), op,
-              ": num_labels must be in [0, 2^31), got ", num_labels);
-  TORCH_CHECK(min_hits >= 1, op, ": min_hits must be >= 1, got ", min_hits);
-}
 
 // Per-thread hit counters indexed by label, kept all-zero between queries so
 // a query costs O(items it reads), not O(num_labels).
@@ -82,12 +61,7 @@ bool count_hits(HitCounter& counter, const int32_t* query_codes, int64_t L,
 }
 
 std::tuple<at::Tensor, at::Tensor> build_tables_cpu(const at::Tensor& codes, int64_t bits) {
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kInt,
-              "build_tables: codes must be int32 [N, L], got ", codes.scalar_type(), " ",
-              codes.sizes());
-  TORCH_CHECK(bits >= 1 && bits <= kMaxBits, "build_tables: bits must be in [1, ", kMaxBits,
-              "], got ", bits);
-  TORCH_CHECK(codes.size(0) < (int64_t(1) << 31), "build_tables: at most 2^31 - 1 labels");
+  check_build_tables(codes, bits);
   const int64_t N = codes.size(0), L = codes.size(1), buckets = int64_t(1) << bits;
   const at::Tensor c = codes.t().contiguous();  // [L, N]: one table per row
   const int32_t* cp = c.data_ptr<int32_t>();
@@ -124,8 +98,7 @@ std::tuple<at::Tensor, at::Tensor> bucket_lookup_cpu(const at::Tensor& codes,
                                                      const at::Tensor& items, int64_t num_labels,
                                                      int64_t max_candidates, int64_t min_hits) {
   check_tables("bucket_lookup", codes, offsets, items, num_labels, min_hits);
-  TORCH_CHECK(max_candidates >= 1, "bucket_lookup: max_candidates must be >= 1, got ",
-              max_candidates);
+  check_max_candidates(max_candidates);
   const int64_t B = codes.size(0), L = codes.size(1), M = max_candidates;
   const int64_t buckets = offsets.size(1) - 1, T = items.size(1);
   const at::Tensor cc = codes.contiguous(), oc = offsets.contiguous(), ic = items.contiguous();

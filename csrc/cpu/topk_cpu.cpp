@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "lss/arg_checks.h"
 #include "lss/common.h"
 #include "vector_math.h"
 
@@ -97,11 +98,7 @@ void row_topk(int64_t k, std::vector<Scored<acc_t<scalar_t>>>& scratch, scalar_t
 
 std::tuple<at::Tensor, at::Tensor> topk_gathered_cpu(const at::Tensor& logits,
                                                      const at::Tensor& ids, int64_t k) {
-  TORCH_CHECK(logits.dim() == 2, "topk_gathered: logits must be [B, M], got ", logits.sizes());
-  TORCH_CHECK(ids.scalar_type() == at::kInt && ids.sizes() == logits.sizes(),
-              "topk_gathered: ids must be int32 ", logits.sizes(), ", got ", ids.scalar_type(), " ",
-              ids.sizes());
-  TORCH_CHECK(k >= 1, "topk_gathered: k must be >= 1, got ", k);
+  check_topk_gathered(logits, ids, k);
   const int64_t B = logits.size(0), M = logits.size(1);
   at::Tensor scores = at::empty({B, k}, logits.options());
   at::Tensor labels = at::empty({B, k}, logits.options().dtype(at::kLong));
@@ -132,15 +129,8 @@ std::tuple<at::Tensor, at::Tensor> topk_gathered_cpu(const at::Tensor& logits,
 std::tuple<at::Tensor, at::Tensor> topk_packed_cpu(const at::Tensor& values,
                                                    const at::Tensor& row_ptr,
                                                    const at::Tensor& bitmap, int64_t k) {
-  TORCH_CHECK(values.dim() == 1, "topk_packed: values must be [nnz], got ", values.sizes());
-  TORCH_CHECK(bitmap.dim() == 2 && bitmap.scalar_type() == at::kInt,
-              "topk_packed: bitmap must be int32 [B, W], got ", bitmap.scalar_type(), " ",
-              bitmap.sizes());
+  check_topk_packed(values, row_ptr, bitmap, k);
   const int64_t B = bitmap.size(0), W = bitmap.size(1);
-  TORCH_CHECK(row_ptr.dim() == 1 && row_ptr.numel() == B + 1 && row_ptr.scalar_type() == at::kLong,
-              "topk_packed: row_ptr must be int64 [B + 1] = [", B + 1, "], got ",
-              row_ptr.scalar_type(), " ", row_ptr.sizes());
-  TORCH_CHECK(k >= 1, "topk_packed: k must be >= 1, got ", k);
   const at::Tensor vc = values.contiguous(), rc = row_ptr.contiguous(), bc = bitmap.contiguous();
   const int64_t* rp = rc.data_ptr<int64_t>();
   const uint32_t* bp = reinterpret_cast<const uint32_t*>(bc.data_ptr<int32_t>());

@@ -1,8 +1,9 @@
-// Host side of the CUDA kernels: argument checks (the CPU kernels' TORCH_CHECKs
-// and messages), allocation through the caching allocator, the device guard,
-// the current stream, reading back the device status word, and the
-// TORCH_LIBRARY_IMPL(lsskernels, CUDA, m) registration. The kernels
-// themselves are in tables.cu, logits.cu and topk.cu (interface: launch.h).
+// Host side of the CUDA kernels: argument checks (the CPU kernels' checks from
+// lss/arg_checks.h, plus the device checks), allocation through the caching
+// allocator, the device guard, the current stream, reading back the device
+// status word, and the TORCH_LIBRARY_IMPL(lsskernels, CUDA, m) registration.
+// The kernels themselves are in tables.cu, logits.cu and topk.cu (interface:
+// launch.h).
 //
 // Value checks (codes, ids, table contents, row_ptr) run inside the kernels,
 // which never read out of bounds on malformed input: they skip the access and
@@ -24,6 +25,7 @@
 #include <initializer_list>
 
 #include "launch.h"
+#include "lss/arg_checks.h"
 #include "lss/common.h"
 
 namespace lss::cuda {
@@ -99,13 +101,7 @@ int bit_width(int64_t v) {  // bits needed for values in [0, v]
 
 // ------------------------------------------------------------- hash codes
 at::Tensor hash_codes_cuda(const at::Tensor& x, const at::Tensor& proj) {
-  TORCH_CHECK(x.dim() == 2, "hash_codes: x must be [B, d], got ", x.sizes());
-  TORCH_CHECK(proj.dim() == 3, "hash_codes: proj must be [L, K, d], got ", proj.sizes());
-  TORCH_CHECK(proj.size(2) == x.size(1), "hash_codes: proj is [L, K, ", proj.size(2),
-              "] but x has d = ", x.size(1));
-  TORCH_CHECK(proj.size(1) >= 1 && proj.size(1) <= kMaxBits,
-              "hash_codes: K (bits per table) must be in [1, ", kMaxBits, "], got ", proj.size(1));
-  TORCH_CHECK(x.scalar_type() == proj.scalar_type(), "hash_codes: x and proj dtypes differ");
+  check_hash_codes(x, proj);
   check_cuda("hash_codes", {&x, &proj});
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t B = x.size(0), d = x.size(1), L = proj.size(0), K = proj.size(1);
@@ -121,12 +117,7 @@ at::Tensor hash_codes_cuda(const at::Tensor& x, const at::Tensor& proj) {
 
 // ------------------------------------------------------------------ tables
 std::tuple<at::Tensor, at::Tensor> build_tables_cuda(const at::Tensor& codes, int64_t bits) {
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kInt,
-              "build_tables: codes must be int32 [N, L], got ", codes.scalar_type(), " ",
-              codes.sizes());
-  TORCH_CHECK(bits >= 1 && bits <= kMaxBits, "build_tables: bits must be in [1, ", kMaxBits,
-              "], got ", bits);
-  TORCH_CHECK(codes.size(0) < (int64_t(1) << 31), "build_tables: at most 2^31 - 1 labels");
+  check_build_tables(codes, bits);
   check_cuda("build_tables", {&codes});
   const c10::cuda::CUDAGuard guard(codes.device());
   const int64_t N = codes.size(0), L = codes.size(1), buckets = int64_t(1) << bits;
@@ -157,26 +148,10 @@ std::tuple<at::Tensor, at::Tensor> build_tables_cuda(const at::Tensor& codes, in
   return {offsets, items};
 }
 
+// The shared checks (lss/arg_checks.h), then the devices.
 void check_tables(const char* op, const at::Tensor& codes, const at::Tensor& offsets,
                   const at::Tensor& items, int64_t num_labels, int64_t min_hits) {
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kInt,
-              op, ": codes must be int32 [B, L], got ", codes.scalar_type(), " ", codes.sizes());
-  TORCH_CHECK(offsets.dim() == 2 && offsets.scalar_type() == at::kInt,
-              op, ": offsets must be int32 [L, 2^K + 1], got ", offsets.scalar_type(), " ",
-              offsets.sizes());
-  TORCH_CHECK(items.dim() == 2 && items.scalar_type() == at::kInt,
-              op, ": items must be int32 [L, T], got ", items.scalar_type(), " ", items.sizes());
-  TORCH_CHECK(codes.size(1) == offsets.size(0) && items.size(0) == offsets.size(0),
-              op, ": codes, offsets and items disagree on the number of tables: ",
-              codes.size(1), ", ", offsets.size(0), ", ", items.size(0));
-  const int64_t buckets = offsets.size(1) - 1;
-  TORCH_CHECK(buckets >= 2 && (buckets & (buckets - 1)) == 0 && buckets <= (int64_t(1) << kMaxBits),
-              op, ": offsets must have 2^K + 1 columns with 1 <= K <= ", kMaxBits, ", got ",
-              offsets.size(1));
-  TORCH_CHECK(codes.size(1) < kMaxTables, op, ": at most ", kMaxTables - 1, " tables");
-  TORCH_CHECK(num_labels >= 0 && num_labels < (int64_t(1) << 31), op,
-              ": num_labels must be in [0, 2^31), got ", num_labels);
-  TORCH_CHECK(min_hits >= 1, op, ": min_hits must be >= 1, got ", min_hits);
+  lss::check_tables(op, codes, offsets, items, num_labels, min_hits);
   check_cuda(op, {&codes, &offsets, &items});
 }
 
@@ -221,8 +196,7 @@ std::tuple<at::Tensor, at::Tensor> bucket_lookup_cuda(const at::Tensor& codes,
                                                       int64_t max_candidates, int64_t min_hits) {
   const char* op = "bucket_lookup";
   check_tables(op, codes, offsets, items, num_labels, min_hits);
-  TORCH_CHECK(max_candidates >= 1, "bucket_lookup: max_candidates must be >= 1, got ",
-              max_candidates);
+  check_max_candidates(max_candidates);
   const c10::cuda::CUDAGuard guard(codes.device());
   const cudaStream_t stream = current_stream();
   const int64_t B = codes.size(0), M = max_candidates;
@@ -269,18 +243,12 @@ at::Tensor bucket_lookup_bitmap_cuda(const at::Tensor& codes, const at::Tensor& 
 }
 
 // ----------------------------------------------------------------- logits
+// The shared checks (lss/arg_checks.h), then the devices and the dtypes the
+// kernels are built for.
 void check_dense_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
                       const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2, op, ": x must be [B, d], got ", x.sizes());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == x.size(1), op,
-              ": weight must be [N, d] with d = ", x.size(1), ", got ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight dtype ",
-              weight.scalar_type(), " differs from x dtype ", x.scalar_type());
-  TORCH_CHECK(weight.size(0) < (int64_t(1) << 31), op, ": at most 2^31 - 1 labels");
+  lss::check_dense_args(op, x, weight, bias);
   if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must be [N] = [",
-                weight.size(0), "], got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), op, ": bias dtype differs from x dtype");
     check_cuda(op, {&x, &weight, &*bias});
   } else {
     check_cuda(op, {&x, &weight});
@@ -289,9 +257,7 @@ void check_dense_args(const char* op, const at::Tensor& x, const at::Tensor& wei
 }
 
 void check_ids(const char* op, const at::Tensor& x, const at::Tensor& ids) {
-  TORCH_CHECK(ids.dim() == 2 && ids.size(0) == x.size(0) && ids.scalar_type() == at::kInt, op,
-              ": ids must be int32 [B, M] with B = ", x.size(0), ", got ", ids.scalar_type(), " ",
-              ids.sizes());
+  check_ids_shape(op, x, ids);
   TORCH_CHECK(ids.numel() < (int64_t(1) << 31), op, ": at most 2^31 - 1 candidates per call");
   check_cuda(op, {&x, &ids});
 }
@@ -351,8 +317,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gathered_logits_backward_cuda(
   const char* op = "gathered_logits_backward";
   check_dense_args(op, x, weight, c10::nullopt);
   check_ids(op, x, ids);
-  TORCH_CHECK(grad.sizes() == ids.sizes(), "gathered_logits_backward: grad must be ", ids.sizes(),
-              ", got ", grad.sizes());
+  check_gathered_grad(grad, ids);
   check_cuda(op, {&x, &grad});
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = current_stream();
@@ -380,13 +345,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gathered_logits_backward_cuda(
 }
 
 // ----------------------------------------------------------------- bitmaps
-void check_bitmap(const char* op, const at::Tensor& bitmap, int64_t rows, int64_t num_labels) {
-  TORCH_CHECK(bitmap.dim() == 2 && bitmap.scalar_type() == at::kInt && bitmap.size(0) == rows &&
-                  bitmap.size(1) == bitmap_words(num_labels),
-              op, ": bitmap must be int32 [B, ceil(N / 32)] = [", rows, ", ",
-              bitmap_words(num_labels), "], got ", bitmap.scalar_type(), " ", bitmap.sizes());
-}
-
 // row_ptr of a bitmap, and its nnz; raises on bits past num_labels.
 struct RowPtr {
   at::Tensor row_ptr;
@@ -533,11 +491,7 @@ void run_topk(const char* op, DType dt, int64_t B, int64_t k, int64_t max_per_ro
 std::tuple<at::Tensor, at::Tensor> topk_gathered_cuda(const at::Tensor& logits,
                                                       const at::Tensor& ids, int64_t k) {
   const char* op = "topk_gathered";
-  TORCH_CHECK(logits.dim() == 2, "topk_gathered: logits must be [B, M], got ", logits.sizes());
-  TORCH_CHECK(ids.scalar_type() == at::kInt && ids.sizes() == logits.sizes(),
-              "topk_gathered: ids must be int32 ", logits.sizes(), ", got ", ids.scalar_type(), " ",
-              ids.sizes());
-  TORCH_CHECK(k >= 1, "topk_gathered: k must be >= 1, got ", k);
+  check_topk_gathered(logits, ids, k);
   check_cuda(op, {&logits, &ids});
   const DType dt = dtype_of(op, logits);
   const c10::cuda::CUDAGuard guard(logits.device());
@@ -562,15 +516,8 @@ std::tuple<at::Tensor, at::Tensor> topk_packed_cuda(const at::Tensor& values,
                                                     const at::Tensor& row_ptr,
                                                     const at::Tensor& bitmap, int64_t k) {
   const char* op = "topk_packed";
-  TORCH_CHECK(values.dim() == 1, "topk_packed: values must be [nnz], got ", values.sizes());
-  TORCH_CHECK(bitmap.dim() == 2 && bitmap.scalar_type() == at::kInt,
-              "topk_packed: bitmap must be int32 [B, W], got ", bitmap.scalar_type(), " ",
-              bitmap.sizes());
+  check_topk_packed(values, row_ptr, bitmap, k);
   const int64_t B = bitmap.size(0), W = bitmap.size(1);
-  TORCH_CHECK(row_ptr.dim() == 1 && row_ptr.numel() == B + 1 && row_ptr.scalar_type() == at::kLong,
-              "topk_packed: row_ptr must be int64 [B + 1] = [", B + 1, "], got ",
-              row_ptr.scalar_type(), " ", row_ptr.sizes());
-  TORCH_CHECK(k >= 1, "topk_packed: k must be >= 1, got ", k);
   TORCH_CHECK(W < (int64_t(1) << 26), "topk_packed: the CUDA kernel supports label ids < 2^31 "
               "(bitmap.size(1) < 2^26), got ", W, " words");
   check_cuda(op, {&values, &row_ptr, &bitmap});

@@ -1,0 +1,127 @@
+// Host-side argument checks shared by the CPU kernels (csrc/cpu) and the CUDA
+// host wrappers (csrc/cuda/ops_cuda.cpp). Both validate the same
+// preconditions with the same messages, so a malformed input fails
+// identically on either device; keeping one copy keeps it that way.
+//
+// Only shapes, dtypes and scalar arguments are checked here. Device checks,
+// device-specific limits and scans of tensor values stay with each backend.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "lss/common.h"
+
+namespace lss {
+
+// ---------------------------------------------------------------- hash codes
+inline void check_hash_codes(const at::Tensor& x, const at::Tensor& proj) {
+  TORCH_CHECK(x.dim() == 2, "hash_codes: x must be [B, d], got ", x.sizes());
+  TORCH_CHECK(proj.dim() == 3, "hash_codes: proj must be [L, K, d], got ", proj.sizes());
+  TORCH_CHECK(proj.size(2) == x.size(1), "hash_codes: proj is [L, K, ", proj.size(2),
+              "] but x has d = ", x.size(1));
+  TORCH_CHECK(proj.size(1) >= 1 && proj.size(1) <= kMaxBits,
+              "hash_codes: K (bits per table) must be in [1, ", kMaxBits, "], got ", proj.size(1));
+  TORCH_CHECK(x.scalar_type() == proj.scalar_type(), "hash_codes: x and proj dtypes differ");
+}
+
+// -------------------------------------------------------------------- tables
+inline void check_build_tables(const at::Tensor& codes, int64_t bits) {
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kInt,
+              "build_tables: codes must be int32 [N, L], got ", codes.scalar_type(), " ",
+              codes.sizes());
+  TORCH_CHECK(bits >= 1 && bits <= kMaxBits, "build_tables: bits must be in [1, ", kMaxBits,
+              "], got ", bits);
+  TORCH_CHECK(codes.size(0) < (int64_t(1) << 31), "build_tables: at most 2^31 - 1 labels");
+}
+
+// The tables and query codes of bucket_lookup and bucket_lookup_bitmap.
+inline void check_tables(const char* op, const at::Tensor& codes, const at::Tensor& offsets,
+                         const at::Tensor& items, int64_t num_labels, int64_t min_hits) {
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kInt,
+              op, ": codes must be int32 [B, L], got ", codes.scalar_type(), " ", codes.sizes());
+  TORCH_CHECK(offsets.dim() == 2 && offsets.scalar_type() == at::kInt,
+              op, ": offsets must be int32 [L, 2^K + 1], got ", offsets.scalar_type(), " ",
+              offsets.sizes());
+  TORCH_CHECK(items.dim() == 2 && items.scalar_type() == at::kInt,
+              op, ": items must be int32 [L, T], got ", items.scalar_type(), " ", items.sizes());
+  TORCH_CHECK(codes.size(1) == offsets.size(0) && items.size(0) == offsets.size(0),
+              op, ": codes, offsets and items disagree on the number of tables: ",
+              codes.size(1), ", ", offsets.size(0), ", ", items.size(0));
+  const int64_t buckets = offsets.size(1) - 1;
+  TORCH_CHECK(buckets >= 2 && (buckets & (buckets - 1)) == 0 && buckets <= (int64_t(1) << kMaxBits),
+              op, ": offsets must have 2^K + 1 columns with 1 <= K <= ", kMaxBits, ", got ",
+              offsets.size(1));
+  TORCH_CHECK(codes.size(1) < kMaxTables, op, ": at most ", kMaxTables - 1, " tables");
+  TORCH_CHECK(num_labels >= 0 && num_labels < (int64_t(1) << 31), op,
+              ": num_labels must be in [0, 2^31), got ", num_labels);
+  TORCH_CHECK(min_hits >= 1, op, ": min_hits must be >= 1, got ", min_hits);
+}
+
+inline void check_max_candidates(int64_t max_candidates) {
+  TORCH_CHECK(max_candidates >= 1, "bucket_lookup: max_candidates must be >= 1, got ",
+              max_candidates);
+}
+
+// -------------------------------------------------------------------- logits
+// x [B, d], weight [N, d] and the optional bias [N] of the logits ops.
+inline void check_dense_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                             const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2, op, ": x must be [B, d], got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == x.size(1), op,
+              ": weight must be [N, d] with d = ", x.size(1), ", got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight dtype ",
+              weight.scalar_type(), " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK(weight.size(0) < (int64_t(1) << 31), op, ": at most 2^31 - 1 labels");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must be [N] = [",
+                weight.size(0), "], got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), op, ": bias dtype differs from x dtype");
+  }
+}
+
+// Per-query candidate ids of gathered_logits(_backward): int32 [B, M].
+inline void check_ids_shape(const char* op, const at::Tensor& x, const at::Tensor& ids) {
+  TORCH_CHECK(ids.dim() == 2 && ids.size(0) == x.size(0) && ids.scalar_type() == at::kInt, op,
+              ": ids must be int32 [B, M] with B = ", x.size(0), ", got ", ids.scalar_type(), " ",
+              ids.sizes());
+}
+
+inline void check_gathered_grad(const at::Tensor& grad, const at::Tensor& ids) {
+  TORCH_CHECK(grad.sizes() == ids.sizes(), "gathered_logits_backward: grad must be ", ids.sizes(),
+              ", got ", grad.sizes());
+}
+
+// A candidate bitmap: int32 [rows, ceil(num_labels / 32)].
+inline void check_bitmap(const char* op, const at::Tensor& bitmap, int64_t rows,
+                         int64_t num_labels) {
+  TORCH_CHECK(bitmap.dim() == 2 && bitmap.scalar_type() == at::kInt && bitmap.size(0) == rows &&
+                  bitmap.size(1) == bitmap_words(num_labels),
+              op, ": bitmap must be int32 [B, ceil(N / 32)] = [", rows, ", ",
+              bitmap_words(num_labels), "], got ", bitmap.scalar_type(), " ", bitmap.sizes());
+}
+
+// --------------------------------------------------------------------- top-k
+inline void check_topk_gathered(const at::Tensor& logits, const at::Tensor& ids, int64_t k) {
+  TORCH_CHECK(logits.dim() == 2, "topk_gathered: logits must be [B, M], got ", logits.sizes());
+  TORCH_CHECK(ids.scalar_type() == at::kInt && ids.sizes() == logits.sizes(),
+              "topk_gathered: ids must be int32 ", logits.sizes(), ", got ", ids.scalar_type(), " ",
+              ids.sizes());
+  TORCH_CHECK(k >= 1, "topk_gathered: k must be >= 1, got ", k);
+}
+
+// Shapes only: whether row_ptr matches the bitmap's popcounts is checked by
+// each backend (on the host for the CPU, in the kernel for CUDA).
+inline void check_topk_packed(const at::Tensor& values, const at::Tensor& row_ptr,
+                              const at::Tensor& bitmap, int64_t k) {
+  TORCH_CHECK(values.dim() == 1, "topk_packed: values must be [nnz], got ", values.sizes());
+  TORCH_CHECK(bitmap.dim() == 2 && bitmap.scalar_type() == at::kInt,
+              "topk_packed: bitmap must be int32 [B, W], got ", bitmap.scalar_type(), " ",
+              bitmap.sizes());
+  const int64_t B = bitmap.size(0);
+  TORCH_CHECK(row_ptr.dim() == 1 && row_ptr.numel() == B + 1 && row_ptr.scalar_type() == at::kLong,
+              "topk_packed: row_ptr must be int64 [B + 1] = [", B + 1, "], got ",
+              row_ptr.scalar_type(), " ", row_ptr.sizes());
+  TORCH_CHECK(k >= 1, "topk_packed: k must be >= 1, got ", k);
+}
+
+}  // namespace lss
