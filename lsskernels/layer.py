@@ -181,24 +181,28 @@ class LSSLinear(nn.Module):
         logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self.backend)
         return logits.reshape(lead + (-1,)), ids.reshape(lead + (-1,))
 
-    @torch.no_grad()
     def predict(self, x: Tensor, k: int = 1) -> Tuple[Tensor, Tensor]:
         """Top-k labels among the candidates: (scores [..., k] in x's dtype,
-        ids int64 [..., k]); -inf / -1 where a query has fewer than k candidates."""
+        ids int64 [..., k]); -inf / -1 where a query has fewer than k candidates.
+        No gradient flows through predict."""
         checks.topk_k(k)
         flat, lead = self._flat(x)
         if self._use_native_ops(flat):
             # One op for the whole pipeline (hash, lookup, logits, top-k): at
             # batch 1 the per-op Python overhead is as large as the kernels.
-            # The layer's buffers were validated when built or loaded.
+            # It runs below autograd, so no no_grad() context is needed. The
+            # layer's buffers were validated when built or loaded.
             self._ensure_index()
             scores, labels = torch.ops.lsskernels.predict_topk(
                 flat, self.query_proj, self.offsets, self.items, self.weight, self.bias, self.out_features,
                 self.max_candidates, self.min_hits, k)
         else:
-            ids, _ = self.candidates(flat)
-            logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self.backend)
-            scores, labels = _ops.topk_gathered(logits, ids, k, backend=self.backend)
+            with torch.no_grad():
+                ids, _ = self.candidates(flat)
+                logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self.backend)
+                scores, labels = _ops.topk_gathered(logits, ids, k, backend=self.backend)
+        if len(lead) == 1:
+            return scores, labels
         return scores.reshape(lead + (k,)), labels.reshape(lead + (k,))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 // hash_codes on the CPU: codes[b, l] = sum_j 2^j [<x[b], proj[l, j]> > 0].
 #include <ATen/ATen.h>
+#include <algorithm>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -27,7 +28,10 @@ at::Tensor hash_codes_cpu(const at::Tensor& x, const at::Tensor& proj) {
     const acc* xp = xa.data_ptr<acc>();
     const scalar_t* pp = pc.data_ptr<scalar_t>();
     int32_t* out = codes.data_ptr<int32_t>();
-    at::parallel_for(0, B * L, 64, [&](int64_t begin, int64_t end) {
+    // About 32K multiply-adds per task: a batch-1 query with many tables
+    // (L = 64, K = 14, d = 130: 116K) still uses both cores.
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, K * d));
+    at::parallel_for(0, B * L, grain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / L, l = i % L;
         const acc* xb = xp + b * d;

@@ -60,6 +60,50 @@ bool count_hits(HitCounter& counter, const int32_t* query_codes, int64_t L,
   return true;
 }
 
+// The first M touched labels in (hits desc, id asc) order, by a counting
+// sort on hits (at most L + 1 levels) and a sort of ids within each level
+// kept: cheaper than sorting (hits, id) keys over everything touched (the
+// lookup's main cost at batch 1 with L = 64 tables).
+struct CandidateOrder {
+  std::vector<int64_t> level_count, level_start;
+  std::vector<int32_t> ids;
+  int64_t write_first(const HitCounter& counter, int64_t min_hits, int64_t M, int32_t* out) {
+    // Hits are at most L for well-formed tables; sizing by the largest seen
+    // keeps a bucket with repeated labels from indexing past the levels.
+    int64_t top = 0;
+    for (int32_t id : counter.touched) top = std::max<int64_t>(top, counter.hits[size_t(id)]);
+    level_count.assign(size_t(top) + 1, 0);
+    for (int32_t id : counter.touched) ++level_count[counter.hits[size_t(id)]];
+    // Levels from top down to `lowest` are kept; `lowest` may be cut at M.
+    int64_t kept = 0, lowest = top + 1;
+    for (int64_t h = top; h >= std::max<int64_t>(min_hits, 1) && kept < M; --h) {
+      kept += level_count[size_t(h)];
+      lowest = h;
+    }
+    if (lowest > top) return 0;
+    // level_start[h] ends up at the start of level h's segment (filled backwards).
+    level_start.assign(size_t(top) + 2, 0);
+    for (int64_t h = top; h >= lowest; --h) level_start[size_t(h)] = level_start[size_t(h) + 1] + level_count[size_t(h)];
+    ids.resize(size_t(level_start[size_t(lowest)]));
+    for (int32_t id : counter.touched) {
+      const int64_t h = counter.hits[size_t(id)];
+      if (h >= lowest) ids[size_t(--level_start[size_t(h)])] = id;
+    }
+    int64_t n = 0;
+    for (int64_t h = top; h >= lowest && n < M; --h) {
+      auto begin = ids.begin() + level_start[size_t(h)];
+      auto end = begin + level_count[size_t(h)];
+      const int64_t take = std::min<int64_t>(level_count[size_t(h)], M - n);
+      if (take < end - begin) std::nth_element(begin, begin + take, end);
+      std::sort(begin, begin + take);
+      std::copy(begin, begin + take, out + n);
+      n += take;
+    }
+    return n;
+  }
+};
+thread_local CandidateOrder tls_order;
+
 std::tuple<at::Tensor, at::Tensor> build_tables_cpu(const at::Tensor& codes, int64_t bits) {
   check_build_tables(codes, bits);
   const int64_t N = codes.size(0), L = codes.size(1), buckets = int64_t(1) << bits;
@@ -114,27 +158,16 @@ std::tuple<at::Tensor, at::Tensor> bucket_lookup_cpu(const at::Tensor& codes,
   at::parallel_for(0, B, 1, [&](int64_t qb, int64_t qe) {
     HitCounter& counter = tls_counter;
     counter.reserve(num_labels);
-    std::vector<uint64_t> keys;
+    CandidateOrder& order = tls_order;
     for (int64_t q = qb; q < qe; ++q) {
       int32_t* out = idp + q * M;
-      keys.clear();
+      int64_t n = 0;
       if (count_hits(counter, cp + q * L, L, op, buckets + 1, ip, T, num_labels, buckets)) {
-        for (int32_t id : counter.touched) {
-          const int h = counter.hits[size_t(id)];
-          if (h >= min_hits) keys.push_back(candidate_key(h, id));
-        }
+        n = order.write_first(counter, min_hits, M, out);
         counter.clear();
       } else {
         malformed = true;
       }
-      // Only the first M keys in (hits desc, id asc) order are kept.
-      if (int64_t(keys.size()) > M) {
-        std::nth_element(keys.begin(), keys.begin() + M, keys.end());
-        keys.resize(size_t(M));
-      }
-      std::sort(keys.begin(), keys.end());
-      const int64_t n = int64_t(keys.size());
-      for (int64_t i = 0; i < n; ++i) out[i] = candidate_label(keys[size_t(i)]);
       for (int64_t i = n; i < M; ++i) out[i] = -1;
       cntp[q] = int32_t(n);
     }

@@ -80,6 +80,12 @@ inline void axpy_impl(float a, const W* __restrict w, float* __restrict y, int64
 // off = 16, 8, 4, 2, 1), so every ISA with FMA gives the same bits.
 #if defined(__GNUC__) && defined(__x86_64__)
 #define LSS_HAVE_X86_KERNELS 1
+// GCC 12 flags the intrinsics' own _mm512_undefined_*() placeholders as
+// "may be used uninitialized", and warns that returning __m512 from a
+// function changes the ABI; both are internal to this file and harmless.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 #define LSS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma,f16c")))
 #define LSS_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -181,6 +187,7 @@ LSS_TARGET_AVX2 inline float dot_avx2(const float* __restrict x, const W* __rest
   for (; i < n; ++i) s += x[i] * Load::Scalar::load(w, i);
   return s;
 }
+#pragma GCC diagnostic pop
 #endif
 
 LSS_MULTIVERSION float dot_f32_generic(const float* x, const float* w, int64_t n) {
