@@ -28,6 +28,8 @@ EXPECTED_OPS = [
     "bitmap_sparse_matmul", "bitmap_sparse_matmul_backward",
     "topk_gathered", "topk_packed",
 ]
+# Composites of the ops above (no kernel per device; csrc/predict_topk.cpp).
+COMPOSITE_OPS = ["predict_topk"]
 
 # Kernels allowed to spill, with the reason (documented in docs/gpu.md).
 ALLOWED_SPILLS: dict[str, str] = {}
@@ -63,13 +65,18 @@ def check_registrations():
 
     names = sorted(n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
                    if n.startswith("lsskernels::"))
-    check(sorted(EXPECTED_OPS) == names,
-          f"torch.ops.lsskernels has exactly the {len(EXPECTED_OPS)} expected ops ({len(names)} found)")
-    for name in names:
+    expected = sorted(EXPECTED_OPS + COMPOSITE_OPS)
+    check(expected == names,
+          f"torch.ops.lsskernels has exactly the {len(expected)} expected ops ({len(names)} found)")
+    for name in EXPECTED_OPS:
         qual = f"lsskernels::{name}"
         cuda = torch._C._dispatch_has_kernel_for_dispatch_key(qual, "CUDA")
         cpu = torch._C._dispatch_has_kernel_for_dispatch_key(qual, "CPU")
         check(cuda and cpu, f"{qual:40s} CUDA kernel: {cuda}, CPU kernel: {cpu}")
+    for name in COMPOSITE_OPS:
+        qual = f"lsskernels::{name}"
+        composite = torch._C._dispatch_has_kernel_for_dispatch_key(qual, "CompositeImplicitAutograd")
+        check(composite, f"{qual:40s} composite (CompositeImplicitAutograd): {composite}")
 
 
 # --------------------------------------------------------------------------
