@@ -35,7 +35,9 @@ demo: build
 
 test: test-python test-cpp
 
-test-python: build
+# The benchmark extras (matplotlib, faiss-cpu, hnswlib) are installed too, so
+# tests/test_bench_smoke.py runs every benchmark section, ANN indexes included.
+test-python: build $(VENV)/.bench-deps
 	$(PY) -m pytest tests -q
 
 # The CMake build for C++ users, with a C++ program calling the ops.
