@@ -1,5 +1,7 @@
 #include "vector_math.h"
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -210,17 +212,34 @@ LSS_MULTIVERSION void axpy_f16(float a, const uint16_t* w, float* y, int64_t n) 
   axpy_impl<LoadF16>(a, w, y, n);
 }
 
-// Picked once at load time: the hand-written kernel for the best ISA the CPU
-// has, else the target_clones generic one.
+// The level of the hand-written dot kernels, picked once at load time: the
+// best the CPU has (4 = AVX-512, 3 = AVX2 + FMA, 0 = the target_clones generic
+// code), lowered by LSS_CPU_ISA=avx2|generic so that tests can run every path
+// on one machine (tests/test_cpu_isa.py). The target_clones functions (axpy,
+// the generic dots) keep their own per-CPU choice.
+int cpu_level() {
+#if defined(LSS_HAVE_X86_KERNELS)
+  __builtin_cpu_init();
+  int level = __builtin_cpu_supports("x86-64-v4") ? 4 : __builtin_cpu_supports("x86-64-v3") ? 3 : 0;
+  if (const char* forced = std::getenv("LSS_CPU_ISA")) {
+    if (std::strcmp(forced, "avx2") == 0) level = std::min(level, 3);
+    else if (std::strcmp(forced, "generic") == 0) level = 0;
+  }
+  return level;
+#else
+  return 0;
+#endif
+}
+
 template <typename W>
 using DotFn = float (*)(const float*, const W*, int64_t);
 
 template <typename W, typename A512, typename A2>
 DotFn<W> pick_dot(DotFn<W> generic) {
 #if defined(LSS_HAVE_X86_KERNELS)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return &dot_avx512<A512, W>;
-  if (__builtin_cpu_supports("x86-64-v3")) return &dot_avx2<A2, W>;
+  const int level = cpu_level();
+  if (level >= 4) return &dot_avx512<A512, W>;
+  if (level >= 3) return &dot_avx2<A2, W>;
 #endif
   return generic;
 }
@@ -248,8 +267,7 @@ void dot4_by_one(DotFn<W> one, const float* const x[4], const W* const w[4], int
 template <typename W, typename A512>
 Dot4Fn<W> pick_dot4() {
 #if defined(LSS_HAVE_X86_KERNELS)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return &dot4_avx512<A512, W>;
+  if (cpu_level() >= 4) return &dot4_avx512<A512, W>;
 #endif
   return nullptr;
 }
@@ -311,14 +329,12 @@ void axpy(double a, const double* w, double* y, int64_t n) {
 }
 
 const char* vector_isa() {
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
-  if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2+FMA)";
-  return "x86-64 baseline";
-#else
-  return "compiler default";
-#endif
+  const bool forced = std::getenv("LSS_CPU_ISA") != nullptr;
+  switch (cpu_level()) {
+    case 4: return forced ? "x86-64-v4 (AVX-512), LSS_CPU_ISA set" : "x86-64-v4 (AVX-512)";
+    case 3: return forced ? "x86-64-v3 (AVX2+FMA), LSS_CPU_ISA set" : "x86-64-v3 (AVX2+FMA)";
+    default: return forced ? "generic (target_clones), LSS_CPU_ISA set" : "generic (target_clones)";
+  }
 }
 
 }  // namespace lss::cpu
