@@ -8,8 +8,6 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
-#include "lss/common.h"
-
 namespace lss {
 namespace {
 

@@ -222,7 +222,9 @@ def test_bitmap_with_stray_bits_past_num_labels_is_rejected():
 
 # -------------------------------------------------------------------- top-k
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("batch,width,k", [(1, 1, 1), (1, 5, 10), (4, 37, 3), (7, 200, 20)])
+# k = 64 is the largest k of the streaming path; larger k collect and partial-sort.
+@pytest.mark.parametrize("batch,width,k", [(1, 1, 1), (1, 5, 10), (4, 37, 3), (7, 200, 20), (3, 300, 64),
+                                           (3, 300, 100)])
 def test_topk_gathered(dtype, batch, width, k):
     seed = batch * width + k
     ids = random_ids(batch, width, 10_000, seed, pad_fraction=0.3)
@@ -236,7 +238,7 @@ def test_topk_gathered(dtype, batch, width, k):
 
 
 @pytest.mark.parametrize("batch,num_labels,density,k", [(1, 1, 1.0, 1), (3, 70, 0.2, 5), (6, 1000, 0.01, 20),
-                                                        (2, 33, 0.0, 4)])
+                                                        (2, 33, 0.0, 4), (2, 1000, 0.2, 100)])
 def test_topk_packed(batch, num_labels, density, k):
     seed = batch + num_labels
     bitmap = random_bitmap(batch, num_labels, density, seed)

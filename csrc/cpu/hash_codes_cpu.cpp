@@ -1,9 +1,10 @@
 // hash_codes on the CPU: codes[b, l] = sum_j 2^j [<x[b], proj[l, j]> > 0].
 #include <ATen/ATen.h>
-#include <algorithm>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <algorithm>
 
 #include "lss/arg_checks.h"
 #include "lss/common.h"

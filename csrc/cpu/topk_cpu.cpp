@@ -25,6 +25,19 @@ struct Scored {
   int64_t label;
 };
 
+// Writes the n best (already sorted) entries, then -inf / -1 up to k.
+template <typename scalar_t>
+void write_row(const Scored<acc_t<scalar_t>>* best, int64_t n, int64_t k, scalar_t* scores, int64_t* labels) {
+  for (int64_t i = 0; i < n; ++i) {
+    scores[i] = scalar_t(best[i].score);
+    labels[i] = best[i].label;
+  }
+  for (int64_t i = n; i < k; ++i) {
+    scores[i] = scalar_t(-std::numeric_limits<acc_t<scalar_t>>::infinity());
+    labels[i] = -1;
+  }
+}
+
 // Keeps the best k of `cand` at its front, sorted, and writes them out.
 template <typename scalar_t>
 void write_topk(std::vector<Scored<acc_t<scalar_t>>>& cand, int64_t k, scalar_t* scores,
@@ -35,14 +48,7 @@ void write_topk(std::vector<Scored<acc_t<scalar_t>>>& cand, int64_t k, scalar_t*
   };
   const int64_t n = std::min<int64_t>(k, int64_t(cand.size()));
   std::partial_sort(cand.begin(), cand.begin() + n, cand.end(), before);
-  for (int64_t i = 0; i < n; ++i) {
-    scores[i] = scalar_t(cand[size_t(i)].score);
-    labels[i] = cand[size_t(i)].label;
-  }
-  for (int64_t i = n; i < k; ++i) {
-    scores[i] = scalar_t(-std::numeric_limits<acc>::infinity());
-    labels[i] = -1;
-  }
+  write_row<scalar_t>(cand.data(), n, k, scores, labels);
 }
 
 // Up to this k the top-k of a row is kept in a sorted buffer filled in one
@@ -66,17 +72,6 @@ struct TopKBuffer {
     }
     best[i] = {score, label};
   }
-  template <typename scalar_t>
-  void write(scalar_t* scores, int64_t* labels) const {
-    for (int64_t i = 0; i < n; ++i) {
-      scores[i] = scalar_t(best[i].score);
-      labels[i] = best[i].label;
-    }
-    for (int64_t i = n; i < k; ++i) {
-      scores[i] = scalar_t(-std::numeric_limits<acc>::infinity());
-      labels[i] = -1;
-    }
-  }
 };
 
 // Calls emit(score, label) for every candidate of a row, then writes the row's
@@ -88,7 +83,7 @@ void row_topk(int64_t k, std::vector<Scored<acc_t<scalar_t>>>& scratch, scalar_t
   if (k <= kStreamingTopK) {
     TopKBuffer<acc> buffer(k);
     for_each([&](acc score, int64_t label) { buffer.offer(score, label); });
-    buffer.write(scores, labels);
+    write_row<scalar_t>(buffer.best, buffer.n, k, scores, labels);
   } else {
     scratch.clear();
     for_each([&](acc score, int64_t label) { scratch.push_back({score, label}); });
