@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "lss/common.h"
@@ -24,77 +25,48 @@ struct CandidateEntries {
   int64_t row(int64_t k) const { return entry_row(k, row_of, width); }
 };
 
-// How many entries ahead to prefetch weight rows: the rows are random, so the
-// hardware prefetcher cannot guess them.
-constexpr int64_t kPrefetchDistance = 8;
-
-inline void prefetch_row(const void* p, int64_t bytes) {
-#if defined(__GNUC__) || defined(__clang__)
-  const char* c = static_cast<const char*>(p);
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 1);
-#else
-  (void)p; (void)bytes;
-#endif
-}
+// Entries per gathered_dots call for bf16 / fp16 logits (see below).
+constexpr int64_t kLogitBlock = 1024;
 
 // out[k] = <x[row(k)], W[ids[k]]> + bias[ids[k]], -inf where ids[k] == -1.
-// x_acc is x converted to the accumulator type, [B, d] contiguous.
+// x_acc is x converted to the accumulator type, [B, d] contiguous. Entries
+// are handed to gathered_dots one query row (segment) at a time.
 template <typename scalar_t>
 void candidate_logits_forward(const acc_t<scalar_t>* x_acc, const scalar_t* weight,
                               const scalar_t* bias, int64_t d, const CandidateEntries& e,
                               scalar_t* out) {
   using acc = acc_t<scalar_t>;
-  const int64_t row_bytes = d * int64_t(sizeof(scalar_t));
+  // fp32 and fp64 logits are written in place; bf16 / fp16 ones go through a
+  // small fp32 buffer and are rounded once, as before.
+  constexpr bool kInPlace = std::is_same_v<acc, scalar_t>;
   // 256 entries per task: a batch-1 query (M = 2000) uses both cores, which
   // on an idle machine halves its time (measured with the first, scalar dot
   // kernel: 0.206 vs 0.585 ms cold at d = 128). On a machine whose other core is busy, waking the second
   // OpenMP thread can instead cost milliseconds; see docs/performance.md.
   const int64_t grain = 256;
   at::parallel_for(0, e.nnz, grain, [&](int64_t begin, int64_t end) {
-    // Valid entries are queued and computed four at a time (dot4).
-    const acc* qx[4];
-    const scalar_t* qw[4];
-    int64_t qk[4];
-    int queued = 0;
-    auto flush = [&] {
-      acc v[4];
-      if (queued == 4) {
-        dot4(qx, qw, d, v);
+    std::vector<acc> buffer(kInPlace ? 0 : kLogitBlock);
+    int64_t k = begin;
+    while (k < end) {
+      const int64_t row = e.row(k);
+      int64_t stop = k + 1;
+      if (e.row_of) {
+        while (stop < end && e.row_of[stop] == e.row_of[k]) ++stop;
       } else {
-        for (int j = 0; j < queued; ++j) v[j] = dot(qx[j], qw[j], d);
+        stop = std::min(end, (row + 1) * e.width);
       }
-      for (int j = 0; j < queued; ++j) {
-        if (bias) v[j] += acc(bias[e.ids[qk[j]]]);
-        out[qk[j]] = scalar_t(v[j]);
-      }
-      queued = 0;
-    };
-    // Fixed-width entries: the query row advances with k, no division per entry.
-    int64_t row = e.row_of ? 0 : begin / e.width;
-    int64_t row_end = e.row_of ? 0 : (row + 1) * e.width;
-    for (int64_t k = begin; k < end; ++k) {
-      const int64_t ahead = k + kPrefetchDistance;
-      if (ahead < end && e.ids[ahead] >= 0) {
-        prefetch_row(weight + int64_t(e.ids[ahead]) * d, row_bytes);
-        if (bias) prefetch_row(bias + e.ids[ahead], 1);
-      }
-      if (!e.row_of) {
-        while (k >= row_end) {
-          ++row;
-          row_end += e.width;
+      const acc* x = x_acc + row * d;
+      if constexpr (kInPlace) {
+        gathered_dots(x, weight, bias, d, e.ids + k, stop - k, out + k);
+      } else {
+        for (int64_t s = k; s < stop; s += kLogitBlock) {
+          const int64_t n = std::min(kLogitBlock, stop - s);
+          gathered_dots(x, weight, bias, d, e.ids + s, n, buffer.data());
+          for (int64_t j = 0; j < n; ++j) out[s + j] = scalar_t(buffer[j]);
         }
       }
-      const int32_t id = e.ids[k];
-      if (id < 0) {
-        out[k] = scalar_t(-std::numeric_limits<acc>::infinity());
-        continue;
-      }
-      qx[queued] = x_acc + (e.row_of ? int64_t(e.row_of[k]) : row) * d;
-      qw[queued] = weight + int64_t(id) * d;
-      qk[queued] = k;
-      if (++queued == 4) flush();
+      k = stop;
     }
-    flush();
   });
 }
 
@@ -104,6 +76,7 @@ void candidate_logits_grad_x(const acc_t<scalar_t>* grad_acc, const scalar_t* we
                              int64_t rows, const int64_t* row_begin, const CandidateEntries& e,
                              acc_t<scalar_t>* grad_x) {
   const int64_t row_bytes = d * int64_t(sizeof(scalar_t));
+  const int64_t distance = prefetch_distance(row_bytes);
   at::parallel_for(0, rows, 1, [&](int64_t rb, int64_t re) {
     for (int64_t b = rb; b < re; ++b) {
       auto* gx = grad_x + b * d;
@@ -111,7 +84,7 @@ void candidate_logits_grad_x(const acc_t<scalar_t>* grad_acc, const scalar_t* we
       const int64_t kb = row_begin ? row_begin[b] : b * e.width;
       const int64_t ke = row_begin ? row_begin[b + 1] : (b + 1) * e.width;
       for (int64_t k = kb; k < ke; ++k) {
-        const int64_t ahead = k + kPrefetchDistance;
+        const int64_t ahead = k + distance;
         if (ahead < ke && e.ids[ahead] >= 0) prefetch_row(weight + int64_t(e.ids[ahead]) * d, row_bytes);
         const int32_t id = e.ids[k];
         if (id >= 0) axpy(grad_acc[k], weight + int64_t(id) * d, gx, d);

@@ -8,6 +8,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace lss::cpu {
@@ -24,6 +25,44 @@ void dot4(const float* const x[4], const float* const w[4], int64_t n, float out
 void dot4(const float* const x[4], const c10::BFloat16* const w[4], int64_t n, float out[4]);
 void dot4(const float* const x[4], const c10::Half* const w[4], int64_t n, float out[4]);
 void dot4(const double* const x[4], const double* const w[4], int64_t n, double out[4]);
+
+// Logits of one query against a list of weight rows:
+// out[j] = dot(x, W[ids[j]]) + bias[ids[j]] (no bias term when bias is null),
+// -inf where ids[j] < 0. Bit-identical to dot() plus the bias in fp32 (fp64
+// for double); ids must already be checked to be -1 or rows of W. The whole
+// loop (prefetch ahead, four rows at a time) runs in the ISA-specific code.
+void gathered_dots(const float* x, const float* weight, const float* bias, int64_t d, const int32_t* ids,
+                   int64_t n, float* out);
+void gathered_dots(const float* x, const c10::BFloat16* weight, const c10::BFloat16* bias, int64_t d,
+                   const int32_t* ids, int64_t n, float* out);
+void gathered_dots(const float* x, const c10::Half* weight, const c10::Half* bias, int64_t d, const int32_t* ids,
+                   int64_t n, float* out);
+void gathered_dots(const double* x, const double* weight, const double* bias, int64_t d, const int32_t* ids,
+                   int64_t n, double* out);
+
+// How far ahead to prefetch weight rows: the rows are random, so the hardware
+// prefetcher cannot guess them. Measured on the 2-vCPU EPYC (d = 128 fp32,
+// 2,000 random rows of a 343 MB matrix, 2 threads): 8 rows ahead with
+// prefetcht2 took 36 us, 16-64 rows (8-32 KB) ahead with prefetcht1 23-29 us;
+// further ahead gained nothing. So the distance is a byte budget, turned into
+// rows per call.
+constexpr int64_t kPrefetchBytes = 16 * 1024;
+
+inline int64_t prefetch_distance(int64_t row_bytes) {
+  return std::clamp<int64_t>(kPrefetchBytes / std::max<int64_t>(row_bytes, 1), 4, 64);
+}
+
+// Prefetch into L2 (prefetcht1, locality 2): L1 is too small to hold 16 KB of
+// rows in flight next to the queries.
+inline void prefetch_row(const void* p, int64_t bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 2);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
 
 // y[i] += a * w[i]
 void axpy(float a, const float* w, float* y, int64_t n);
