@@ -112,7 +112,27 @@ def dense_layer_args(x, weight, bias):
     same_device(("x", x), ("weight", weight), ("bias", bias))
 
 
+def _well_formed_gathered(x, weight, bias, ids) -> bool:
+    """Every check of gathered_args at once, for int32 ids (int64 ones need a
+    value check): one expression, ~3x cheaper than the named checks, which
+    matters at batch 1 where the kernel itself takes tens of microseconds."""
+    T = torch.Tensor
+    if not (isinstance(x, T) and isinstance(weight, T) and isinstance(ids, T)):
+        return False
+    dtype, device = x.dtype, x.device
+    if not (x.dim() == 2 and weight.dim() == 2 and ids.dim() == 2 and dtype in FLOAT_DTYPES
+            and weight.dtype == dtype and ids.dtype == torch.int32
+            and weight.shape[1] == x.shape[1] and ids.shape[0] == x.shape[0]
+            and weight.device == device and ids.device == device):
+        return False
+    return bias is None or (isinstance(bias, T) and bias.dim() == 1 and bias.dtype == dtype
+                            and bias.shape[0] == weight.shape[0] and bias.device == device)
+
+
 def gathered_args(x, weight, bias, ids, check_values):
+    if not check_values and _well_formed_gathered(x, weight, bias, ids):
+        return ids
+    # Something is off (or values must be checked): the named checks say what.
     dense_layer_args(x, weight, bias)
     tensor("ids", ids, 2, INT_DTYPES, "[B, M] int32 label ids (-1 = padding)")
     same_device(("x", x), ("ids", ids))
@@ -128,6 +148,15 @@ def bitmap_args(x, weight, bias, bitmap):
     same_device(("x", x), ("bitmap", bitmap))
     if tuple(bitmap.shape) != (x.shape[0], words):
         raise ValueError(f"bitmap must be int32 [B, ceil(N / 32)] = [{x.shape[0]}, {words}], got {tuple(bitmap.shape)}")
+
+
+def well_formed_topk_gathered(logits, ids, k) -> bool:
+    """All of topk_gathered's argument checks at once for the common call
+    (int32 ids, a plain int k); see _well_formed_gathered."""
+    T = torch.Tensor
+    return (isinstance(logits, T) and isinstance(ids, T) and type(k) is int and k >= 1
+            and logits.dim() == 2 and logits.dtype in FLOAT_DTYPES and ids.dtype == torch.int32
+            and ids.shape == logits.shape and ids.device == logits.device)
 
 
 def topk_k(k) -> int:

@@ -237,6 +237,39 @@ def test_topk_gathered(dtype, batch, width, k):
     torch.testing.assert_close(scores, ref_scores, equal_nan=True, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("k", [1, 10, 64])
+@pytest.mark.parametrize("width", [15, 16, 17, 2000])
+def test_topk_gathered_fp32_skip_ahead(width, k):
+    """The fp32 streaming path skips 16 entries at a time to the ones that can
+    enter the top-k: NaN, +-inf and ties placed late (after the buffer is
+    full) and at the vector tail must still be found exactly as the reference
+    finds them."""
+    seed = width + 7 * k
+    ids = random_ids(2, width, 1_000_000, seed, pad_fraction=0.1)
+    logits = (randn(2, width, seed=seed + 1) * 3).round()
+    g = torch.Generator().manual_seed(seed + 2)
+    for row in range(2):
+        late = torch.randint(width // 2, width, (4,), generator=g)
+        logits[row, late[0]] = float("nan")
+        logits[row, late[1]] = float("inf")
+        logits[row, late[2]] = float("-inf")
+        logits[row, late[3]] = logits[row].nan_to_num(neginf=0, posinf=0).max()  # a tie with the best
+    logits[1, -1] = float("nan")  # the scalar tail
+    scores, labels = lss.topk_gathered(logits, ids, k, backend="cpu")
+    ref_scores, ref_labels = reference.topk_gathered(logits, ids, k)
+    assert torch.equal(labels, ref_labels)
+    torch.testing.assert_close(scores, ref_scores, equal_nan=True, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not lss.extension_loaded(), reason="compiled extension not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_topk_gathered_kernel_rejects_ids_below_minus_one(dtype):
+    ids = torch.zeros(1, 40, dtype=torch.int32)
+    ids[0, 33] = -2
+    with pytest.raises(RuntimeError, match=r"ids must be -1 \(padding\) or >= 0"):
+        torch.ops.lsskernels.topk_gathered(randn(1, 40, seed=1, dtype=dtype), ids, 5)
+
+
 @pytest.mark.parametrize("batch,num_labels,density,k", [(1, 1, 1.0, 1), (3, 70, 0.2, 5), (6, 1000, 0.01, 20),
                                                         (2, 33, 0.0, 4), (2, 1000, 0.2, 100)])
 def test_topk_packed(batch, num_labels, density, k):

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "lss/arg_checks.h"
@@ -74,6 +75,32 @@ struct TopKBuffer {
   }
 };
 
+// The fp32 streaming top-k of one gathered row, skipping ahead with
+// next_topk_candidate to the entries that can still enter the buffer; same
+// result as offering every entry. Returns false if an id is below -1.
+bool streaming_topk_f32(const float* logits, const int32_t* ids, int64_t M, int64_t k, float* scores,
+                        int64_t* labels) {
+  int32_t lowest = 0;
+  for (int64_t m = 0; m < M; ++m) lowest = std::min(lowest, ids[m]);
+  TopKBuffer<float> buffer(k);
+  const float none = -std::numeric_limits<float>::infinity();
+  for (int64_t m = 0; m < M; ++m) {
+    const float threshold = buffer.n == k ? buffer.best[k - 1].score : none;
+    m += next_topk_candidate(logits + m, ids + m, M - m, threshold);
+    if (m == M) break;
+    buffer.offer(logits[m], ids[m]);
+  }
+  write_row<float>(buffer.best, buffer.n, k, scores, labels);
+  return lowest >= -1;
+}
+
+// Other dtypes take row_topk (the caller checks the dtype first).
+template <typename scalar_t>
+bool streaming_topk_f32(const scalar_t*, const int32_t*, int64_t, int64_t, scalar_t*, int64_t*) {
+  TORCH_INTERNAL_ASSERT(false, "streaming_topk_f32 called for a non-float dtype");
+  return false;
+}
+
 // Calls emit(score, label) for every candidate of a row, then writes the row's
 // top-k: streaming for small k, collect + partial sort otherwise.
 template <typename scalar_t, typename ForEach>
@@ -106,6 +133,12 @@ std::tuple<at::Tensor, at::Tensor> topk_gathered_cpu(const at::Tensor& logits,
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<Scored<acc>> cand;
       for (int64_t b = b0; b < b1; ++b) {
+        if (k <= kStreamingTopK && std::is_same_v<scalar_t, float>) {
+          if (!streaming_topk_f32(lp + b * M, ip + b * M, M, k, scores.data_ptr<scalar_t>() + b * k,
+                                  labels.data_ptr<int64_t>() + b * k))
+            bad = true;
+          continue;
+        }
         row_topk<scalar_t>(k, cand, scores.data_ptr<scalar_t>() + b * k, labels.data_ptr<int64_t>() + b * k,
                            [&](const auto& emit) {
                              for (int64_t m = 0; m < M; ++m) {

@@ -88,6 +88,7 @@ inline void axpy_impl(float a, const W* __restrict w, float* __restrict y, int64
 // function changes the ABI; both are internal to this file and harmless.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 #define LSS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma,f16c")))
@@ -245,6 +246,22 @@ LSS_TARGET_AVX512 void gathered_dots_avx512(const float* __restrict x, const W* 
     const float v = dot_avx512<Load>(x, weight + int64_t(id) * d, d);
     out[queue[t]] = bias ? v + Load::Scalar::load(bias, id) : v;
   }
+}
+
+LSS_TARGET_AVX512 int64_t next_topk_candidate_avx512(const float* scores, const int32_t* ids, int64_t n,
+                                                    float threshold) {
+  const __m512 t = _mm512_set1_ps(threshold);
+  const __m512i zero = _mm512_setzero_si512();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    // not-less-than, unordered: true for NaN, like the scalar test below.
+    const __mmask16 keep = _mm512_cmp_ps_mask(_mm512_loadu_ps(scores + j), t, _CMP_NLT_UQ) &
+                           _mm512_cmpge_epi32_mask(_mm512_loadu_si512(ids + j), zero);
+    if (keep) return j + __builtin_ctz(keep);
+  }
+  for (; j < n; ++j)
+    if (ids[j] >= 0 && !(scores[j] < threshold)) return j;
+  return n;
 }
 
 template <typename Load, typename W>
@@ -420,6 +437,23 @@ const GatheredFn<uint16_t> gathered_bf16 = &gathered_bf16_by_row;
 const GatheredFn<uint16_t> gathered_f16 = &gathered_f16_by_row;
 #endif
 
+int64_t next_topk_candidate_generic(const float* scores, const int32_t* ids, int64_t n, float threshold) {
+  for (int64_t j = 0; j < n; ++j)
+    if (ids[j] >= 0 && !(scores[j] < threshold)) return j;
+  return n;
+}
+
+using NextCandidateFn = int64_t (*)(const float*, const int32_t*, int64_t, float);
+
+NextCandidateFn pick_next_candidate() {
+#if defined(LSS_HAVE_X86_KERNELS)
+  if (cpu_level() >= 4) return &next_topk_candidate_avx512;
+#endif
+  return &next_topk_candidate_generic;
+}
+
+const NextCandidateFn next_candidate = pick_next_candidate();
+
 }  // namespace
 
 float dot(const float* x, const float* w, int64_t n) { return dot_f32(x, w, n); }
@@ -476,6 +510,10 @@ void gathered_dots(const double* x, const double* weight, const double* bias, in
     const double v = dot(x, weight + int64_t(id) * d, d);
     out[j] = bias ? v + bias[id] : v;
   }
+}
+
+int64_t next_topk_candidate(const float* scores, const int32_t* ids, int64_t n, float threshold) {
+  return next_candidate(scores, ids, n, threshold);
 }
 
 void axpy(float a, const float* w, float* y, int64_t n) { axpy_f32(a, w, y, n); }
