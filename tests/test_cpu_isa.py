@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(not lss.extension_loaded(), reason="compiled ext
 
 TESTS = Path(__file__).resolve().parent
 
-# Computes gathered logits (d = 128 full blocks, d = 75 with a tail, four-row
+# Computes gathered logits (d = 64, 128, 256: the AVX-512 kernels compiled for
+# those sizes; d = 75: the any-d kernel with a tail; four-row
 # groups and leftovers) and hash codes in each dtype, and saves them.
 SCRIPT = """
 import sys, torch
@@ -32,7 +33,7 @@ from helpers import randn, random_ids
 torch.set_num_threads(1)
 out = {{"isa": _ops._C.cpu_vector_isa()}}
 for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-    for d in (128, 75):
+    for d in (64, 128, 256, 75):
         x, w, b = randn(3, d, seed=1).to(dtype), randn(300, d, seed=2).to(dtype), randn(300, seed=3).to(dtype)
         ids = random_ids(3, 37, 300, seed=4)
         out[(str(dtype), d, "logits")] = torch.ops.lsskernels.gathered_logits(x, w, b, ids)
@@ -76,7 +77,7 @@ def test_generic_path_matches_the_reference(tmp_path):
     got = run_with_isa("generic", tmp_path)
     for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         tol = TOLERANCES[dtype]
-        for d in (128, 75):
+        for d in (64, 128, 256, 75):
             x, w, b = randn(3, d, seed=1).to(dtype), randn(300, d, seed=2).to(dtype), randn(300, seed=3).to(dtype)
             ids = random_ids(3, 37, 300, seed=4)
             want = reference.gathered_logits(x, w, b, ids)
