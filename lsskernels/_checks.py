@@ -112,27 +112,26 @@ def dense_layer_args(x, weight, bias):
     same_device(("x", x), ("weight", weight), ("bias", bias))
 
 
-def _well_formed_gathered(x, weight, bias, ids) -> bool:
-    """Every check of gathered_args at once, for int32 ids (int64 ones need a
-    value check): one expression, ~3x cheaper than the named checks, which
-    matters at batch 1 where the kernel itself takes tens of microseconds."""
+def well_formed_gathered_cpu(x, weight, bias, ids) -> bool:
+    """Every check of gathered_args at once, for CPU tensors and int32 ids
+    (int64 ones need a value check): ~3x cheaper than the named checks, which
+    matters at batch 1 where the kernel itself takes tens of microseconds.
+    The fast path of lsskernels.gathered_logits on the CPU backend; the named
+    checks run whenever this is False."""
     T = torch.Tensor
-    if not (isinstance(x, T) and isinstance(weight, T) and isinstance(ids, T)):
+    if not (isinstance(x, T) and isinstance(weight, T) and isinstance(ids, T)
+            and x.is_cpu and weight.is_cpu and ids.is_cpu):
         return False
-    dtype, device = x.dtype, x.device
-    if not (x.dim() == 2 and weight.dim() == 2 and ids.dim() == 2 and dtype in FLOAT_DTYPES
-            and weight.dtype == dtype and ids.dtype == torch.int32
-            and weight.shape[1] == x.shape[1] and ids.shape[0] == x.shape[0]
-            and weight.device == device and ids.device == device):
+    x_shape, w_shape, ids_shape, dtype = x.shape, weight.shape, ids.shape, x.dtype
+    if not (len(x_shape) == 2 and len(w_shape) == 2 and len(ids_shape) == 2
+            and w_shape[1] == x_shape[1] and ids_shape[0] == x_shape[0]
+            and dtype in FLOAT_DTYPES and weight.dtype is dtype and ids.dtype is torch.int32):
         return False
-    return bias is None or (isinstance(bias, T) and bias.dim() == 1 and bias.dtype == dtype
-                            and bias.shape[0] == weight.shape[0] and bias.device == device)
+    return bias is None or (isinstance(bias, T) and bias.is_cpu and bias.dtype is dtype
+                            and len(bias.shape) == 1 and bias.shape[0] == w_shape[0])
 
 
 def gathered_args(x, weight, bias, ids, check_values):
-    if not check_values and _well_formed_gathered(x, weight, bias, ids):
-        return ids
-    # Something is off (or values must be checked): the named checks say what.
     dense_layer_args(x, weight, bias)
     tensor("ids", ids, 2, INT_DTYPES, "[B, M] int32 label ids (-1 = padding)")
     same_device(("x", x), ("ids", ids))
@@ -150,13 +149,13 @@ def bitmap_args(x, weight, bias, bitmap):
         raise ValueError(f"bitmap must be int32 [B, ceil(N / 32)] = [{x.shape[0]}, {words}], got {tuple(bitmap.shape)}")
 
 
-def well_formed_topk_gathered(logits, ids, k) -> bool:
-    """All of topk_gathered's argument checks at once for the common call
-    (int32 ids, a plain int k); see _well_formed_gathered."""
+def well_formed_topk_gathered_cpu(logits, ids, k) -> bool:
+    """All of topk_gathered's argument checks at once for the common CPU call
+    (int32 ids, a plain int k); see well_formed_gathered_cpu."""
     T = torch.Tensor
-    return (isinstance(logits, T) and isinstance(ids, T) and type(k) is int and k >= 1
-            and logits.dim() == 2 and logits.dtype in FLOAT_DTYPES and ids.dtype == torch.int32
-            and ids.shape == logits.shape and ids.device == logits.device)
+    return (isinstance(logits, T) and isinstance(ids, T) and logits.is_cpu and ids.is_cpu
+            and type(k) is int and k >= 1 and len(logits.shape) == 2 and logits.dtype in FLOAT_DTYPES
+            and ids.dtype is torch.int32 and ids.shape == logits.shape)
 
 
 def topk_k(k) -> int:
