@@ -85,7 +85,7 @@ void candidate_logits_grad_x(const acc_t<scalar_t>* grad_acc, const scalar_t* we
       const int64_t ke = row_begin ? row_begin[b + 1] : (b + 1) * e.width;
       for (int64_t k = kb; k < ke; ++k) {
         const int64_t ahead = k + distance;
-        if (ahead < ke && e.ids[ahead] >= 0) prefetch_row(weight + int64_t(e.ids[ahead]) * d, row_bytes);
+        if (ahead < ke) prefetch_candidate<scalar_t>(weight, nullptr, d, row_bytes, e.ids[ahead]);
         const int32_t id = e.ids[k];
         if (id >= 0) axpy(grad_acc[k], weight + int64_t(id) * d, gx, d);
       }

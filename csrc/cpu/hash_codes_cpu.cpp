@@ -40,10 +40,9 @@ at::Tensor hash_codes_cpu(const at::Tensor& x, const at::Tensor& proj) {
         int32_t code = 0;
         int64_t j = 0;
         for (; j + 4 <= K; j += 4) {  // four projections at a time (dot4)
-          const acc* xs[4] = {xb, xb, xb, xb};
           const scalar_t* ps[4] = {pl + j * d, pl + (j + 1) * d, pl + (j + 2) * d, pl + (j + 3) * d};
           acc p[4];
-          dot4(xs, ps, d, p);
+          dot4(xb, ps, d, p);
           for (int t = 0; t < 4; ++t) code = set_code_bit(code, int(j + t), p[t]);
         }
         for (; j < K; ++j) code = set_code_bit(code, int(j), dot(xb, pl + j * d, d));

@@ -94,13 +94,6 @@ bool streaming_topk_f32(const float* logits, const int32_t* ids, int64_t M, int6
   return lowest >= -1;
 }
 
-// Other dtypes take row_topk (the caller checks the dtype first).
-template <typename scalar_t>
-bool streaming_topk_f32(const scalar_t*, const int32_t*, int64_t, int64_t, scalar_t*, int64_t*) {
-  TORCH_INTERNAL_ASSERT(false, "streaming_topk_f32 called for a non-float dtype");
-  return false;
-}
-
 // Calls emit(score, label) for every candidate of a row, then writes the row's
 // top-k: streaming for small k, collect + partial sort otherwise.
 template <typename scalar_t, typename ForEach>
@@ -118,6 +111,27 @@ void row_topk(int64_t k, std::vector<Scored<acc_t<scalar_t>>>& scratch, scalar_t
   }
 }
 
+// One row of topk_gathered: fp32 rows with a small k skip ahead
+// (streaming_topk_f32); every other row offers each entry to row_topk.
+template <typename scalar_t>
+void gathered_row_topk(const scalar_t* logits, const int32_t* ids, int64_t M, int64_t k,
+                       std::vector<Scored<acc_t<scalar_t>>>& scratch, scalar_t* scores, int64_t* labels,
+                       std::atomic<bool>& bad) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (k <= kStreamingTopK) {
+      if (!streaming_topk_f32(logits, ids, M, k, scores, labels)) bad = true;
+      return;
+    }
+  }
+  using acc = acc_t<scalar_t>;
+  row_topk<scalar_t>(k, scratch, scores, labels, [&](const auto& emit) {
+    for (int64_t m = 0; m < M; ++m) {
+      if (ids[m] >= 0) emit(acc(logits[m]), ids[m]);
+      else if (ids[m] != -1) bad = true;
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> topk_gathered_cpu(const at::Tensor& logits,
                                                      const at::Tensor& ids, int64_t k) {
   check_topk_gathered(logits, ids, k);
@@ -133,20 +147,8 @@ std::tuple<at::Tensor, at::Tensor> topk_gathered_cpu(const at::Tensor& logits,
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<Scored<acc>> cand;
       for (int64_t b = b0; b < b1; ++b) {
-        if (k <= kStreamingTopK && std::is_same_v<scalar_t, float>) {
-          if (!streaming_topk_f32(lp + b * M, ip + b * M, M, k, scores.data_ptr<scalar_t>() + b * k,
-                                  labels.data_ptr<int64_t>() + b * k))
-            bad = true;
-          continue;
-        }
-        row_topk<scalar_t>(k, cand, scores.data_ptr<scalar_t>() + b * k, labels.data_ptr<int64_t>() + b * k,
-                           [&](const auto& emit) {
-                             for (int64_t m = 0; m < M; ++m) {
-                               const int32_t id = ip[b * M + m];
-                               if (id >= 0) emit(acc(lp[b * M + m]), id);
-                               else if (id != -1) bad = true;
-                             }
-                           });
+        gathered_row_topk<scalar_t>(lp + b * M, ip + b * M, M, k, cand, scores.data_ptr<scalar_t>() + b * k,
+                                    labels.data_ptr<int64_t>() + b * k, bad);
       }
     });
   });

@@ -52,6 +52,9 @@ struct LoadBF16 {
 struct LoadF16 {
   static float load(const uint16_t* p, int64_t i) { return half_to_float(p[i]); }
 };
+struct LoadF64 {
+  static double load(const double* p, int64_t i) { return p[i]; }
+};
 
 template <typename Load, typename W>
 inline float dot_impl(const float* __restrict x, const W* __restrict w, int64_t n) {
@@ -84,7 +87,7 @@ inline void axpy_impl(float a, const W* __restrict w, float* __restrict y, int64
 #if defined(__GNUC__) && defined(__x86_64__)
 #define LSS_HAVE_X86_KERNELS 1
 // GCC 12 flags the intrinsics' own _mm512_undefined_*() placeholders as
-// "may be used uninitialized", and warns that returning __m512 from a
+// "(may be) used uninitialized", and warns that returning __m512 from a
 // function changes the ABI; both are internal to this file and harmless.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -159,11 +162,12 @@ LSS_TARGET_AVX512 inline float dot_avx512(const float* __restrict x, const W* __
   return s;
 }
 
-// Four dots sharing one x: the four accumulator pairs are named (not an array)
-// so they stay in registers through the reduction.
+// Four dots sharing one x (a query against four rows, or four projections):
+// the accumulator pairs are named, not an array, so they stay in registers
+// through the reduction.
 template <typename Load, typename W>
-LSS_TARGET_AVX512 inline void dot4_same_x_avx512(const float* __restrict x, const W* w0, const W* w1,
-                                                 const W* w2, const W* w3, int64_t n, float out[4]) {
+LSS_TARGET_AVX512 inline void dot4_avx512(const float* __restrict x, const W* w0, const W* w1, const W* w2,
+                                          const W* w3, int64_t n, float out[4]) {
   __m512 l0 = _mm512_setzero_ps(), h0 = l0, l1 = l0, h1 = l0, l2 = l0, h2 = l0, l3 = l0, h3 = l0;
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -190,21 +194,8 @@ LSS_TARGET_AVX512 inline void dot4_same_x_avx512(const float* __restrict x, cons
 }
 
 template <typename Load, typename W>
-LSS_TARGET_AVX512 void dot4_avx512(const float* const x[4], const W* const w[4], int64_t n, float out[4]) {
-  __m512 lo[4], hi[4];
-  for (int j = 0; j < 4; ++j) lo[j] = hi[j] = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < 4; ++j) {
-      lo[j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[j] + i), Load::load(w[j] + i), lo[j]);
-      hi[j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[j] + i + 16), Load::load(w[j] + i + 16), hi[j]);
-    }
-  }
-  for (int j = 0; j < 4; ++j) {
-    float s = reduce32_tree(lo[j], hi[j]);
-    for (int64_t t = i; t < n; ++t) s += x[j][t] * Load::Scalar::load(w[j], t);
-    out[j] = s;
-  }
+LSS_TARGET_AVX512 void dot4_avx512_rows(const float* x, const W* const w[4], int64_t n, float out[4]) {
+  dot4_avx512<Load>(x, w[0], w[1], w[2], w[3], n, out);
 }
 
 // The whole gathered loop for one query in one AVX-512 function: prefetch
@@ -220,18 +211,11 @@ LSS_TARGET_AVX512 void gathered_dots_avx512(const float* __restrict x, const W* 
   const int64_t d = kDim > 0 ? kDim : runtime_d;
   const int64_t row_bytes = d * int64_t(sizeof(W));
   const int64_t distance = prefetch_distance(row_bytes);
-  for (int64_t j = 0; j < std::min(n, distance); ++j)
-    if (ids[j] >= 0) prefetch_row(weight + int64_t(ids[j]) * d, row_bytes);
+  for (int64_t j = 0; j < std::min(n, distance); ++j) prefetch_candidate(weight, bias, d, row_bytes, ids[j]);
   int64_t queue[4];
   int queued = 0;
   for (int64_t j = 0; j < n; ++j) {
-    if (j + distance < n) {
-      const int32_t ahead = ids[j + distance];
-      if (ahead >= 0) {
-        prefetch_row(weight + int64_t(ahead) * d, row_bytes);
-        if (bias) prefetch_row(bias + ahead, 1);
-      }
-    }
+    if (j + distance < n) prefetch_candidate(weight, bias, d, row_bytes, ids[j + distance]);
     if (ids[j] < 0) {
       out[j] = -std::numeric_limits<float>::infinity();
       continue;
@@ -239,8 +223,8 @@ LSS_TARGET_AVX512 void gathered_dots_avx512(const float* __restrict x, const W* 
     queue[queued] = j;
     if (++queued < 4) continue;
     float v[4];
-    dot4_same_x_avx512<Load>(x, weight + int64_t(ids[queue[0]]) * d, weight + int64_t(ids[queue[1]]) * d,
-                             weight + int64_t(ids[queue[2]]) * d, weight + int64_t(ids[queue[3]]) * d, d, v);
+    dot4_avx512<Load>(x, weight + int64_t(ids[queue[0]]) * d, weight + int64_t(ids[queue[1]]) * d,
+                      weight + int64_t(ids[queue[2]]) * d, weight + int64_t(ids[queue[3]]) * d, d, v);
     for (int t = 0; t < 4; ++t)
       out[queue[t]] = bias ? v[t] + Load::Scalar::load(bias, ids[queue[t]]) : v[t];
     queued = 0;
@@ -350,19 +334,19 @@ const DotFn<uint16_t> dot_f16 = &dot_f16_generic;
 #endif
 
 template <typename W>
-using Dot4Fn = void (*)(const float* const[4], const W* const[4], int64_t, float[4]);
+using Dot4Fn = void (*)(const float*, const W* const[4], int64_t, float[4]);
 
 // Without AVX-512 the four dots run one after the other (AVX2 has too few
 // registers to interleave four 32-lane accumulators).
 template <typename W>
-void dot4_by_one(DotFn<W> one, const float* const x[4], const W* const w[4], int64_t n, float out[4]) {
-  for (int j = 0; j < 4; ++j) out[j] = one(x[j], w[j], n);
+void dot4_by_one(DotFn<W> one, const float* x, const W* const w[4], int64_t n, float out[4]) {
+  for (int j = 0; j < 4; ++j) out[j] = one(x, w[j], n);
 }
 
 template <typename W, typename A512>
 Dot4Fn<W> pick_dot4() {
 #if defined(LSS_HAVE_X86_KERNELS)
-  if (cpu_level() >= 4) return &dot4_avx512<A512, W>;
+  if (cpu_level() >= 4) return &dot4_avx512_rows<A512, W>;
 #endif
   return nullptr;
 }
@@ -378,31 +362,28 @@ const Dot4Fn<uint16_t> dot4_f16 = nullptr;
 #endif
 
 template <typename W>
-void dot4_dispatch(Dot4Fn<W> four, DotFn<W> one, const float* const x[4], const W* const w[4], int64_t n,
+void dot4_dispatch(Dot4Fn<W> four, DotFn<W> one, const float* x, const W* const w[4], int64_t n,
                    float out[4]) {
   if (four) four(x, w, n, out);
   else dot4_by_one(one, x, w, n, out);
 }
 
-// gathered_dots below AVX-512: the same loop, one dot call per valid entry.
-template <typename Load, typename W>
-void gathered_dots_by_row(DotFn<W> one, const float* x, const W* weight, const W* bias, int64_t d,
-                          const int32_t* ids, int64_t n, float* out) {
+// gathered_dots below AVX-512, and for fp64: the same loop, one dot call per
+// valid entry.
+template <typename Load, typename Acc, typename W, typename Dot>
+void gathered_dots_by_row(Dot one, const Acc* x, const W* weight, const W* bias, int64_t d, const int32_t* ids,
+                          int64_t n, Acc* out) {
   const int64_t row_bytes = d * int64_t(sizeof(W));
   const int64_t distance = prefetch_distance(row_bytes);
-  for (int64_t j = 0; j < std::min(n, distance); ++j)
-    if (ids[j] >= 0) prefetch_row(weight + int64_t(ids[j]) * d, row_bytes);
+  for (int64_t j = 0; j < std::min(n, distance); ++j) prefetch_candidate(weight, bias, d, row_bytes, ids[j]);
   for (int64_t j = 0; j < n; ++j) {
-    if (j + distance < n && ids[j + distance] >= 0) {
-      prefetch_row(weight + int64_t(ids[j + distance]) * d, row_bytes);
-      if (bias) prefetch_row(bias + ids[j + distance], 1);
-    }
+    if (j + distance < n) prefetch_candidate(weight, bias, d, row_bytes, ids[j + distance]);
     const int32_t id = ids[j];
     if (id < 0) {
-      out[j] = -std::numeric_limits<float>::infinity();
+      out[j] = -std::numeric_limits<Acc>::infinity();
       continue;
     }
-    const float v = one(x, weight + int64_t(id) * d, d);
+    const Acc v = one(x, weight + int64_t(id) * d, d);
     out[j] = bias ? v + Load::load(bias, id) : v;
   }
 }
@@ -492,17 +473,17 @@ double dot(const double* x, const double* w, int64_t n) {
   return s;
 }
 
-void dot4(const float* const x[4], const float* const w[4], int64_t n, float out[4]) {
+void dot4(const float* x, const float* const w[4], int64_t n, float out[4]) {
   dot4_dispatch(dot4_f32, dot_f32, x, w, n, out);
 }
-void dot4(const float* const x[4], const c10::BFloat16* const w[4], int64_t n, float out[4]) {
+void dot4(const float* x, const c10::BFloat16* const w[4], int64_t n, float out[4]) {
   dot4_dispatch(dot4_bf16, dot_bf16, x, reinterpret_cast<const uint16_t* const*>(w), n, out);
 }
-void dot4(const float* const x[4], const c10::Half* const w[4], int64_t n, float out[4]) {
+void dot4(const float* x, const c10::Half* const w[4], int64_t n, float out[4]) {
   dot4_dispatch(dot4_f16, dot_f16, x, reinterpret_cast<const uint16_t* const*>(w), n, out);
 }
-void dot4(const double* const x[4], const double* const w[4], int64_t n, double out[4]) {
-  for (int j = 0; j < 4; ++j) out[j] = dot(x[j], w[j], n);
+void dot4(const double* x, const double* const w[4], int64_t n, double out[4]) {
+  for (int j = 0; j < 4; ++j) out[j] = dot(x, w[j], n);
 }
 
 void gathered_dots(const float* x, const float* weight, const float* bias, int64_t d, const int32_t* ids,
@@ -521,18 +502,8 @@ void gathered_dots(const float* x, const c10::Half* weight, const c10::Half* bia
 }
 void gathered_dots(const double* x, const double* weight, const double* bias, int64_t d, const int32_t* ids,
                    int64_t n, double* out) {
-  const int64_t row_bytes = d * int64_t(sizeof(double));
-  const int64_t distance = prefetch_distance(row_bytes);
-  for (int64_t j = 0; j < n; ++j) {
-    if (j + distance < n && ids[j + distance] >= 0) prefetch_row(weight + int64_t(ids[j + distance]) * d, row_bytes);
-    const int32_t id = ids[j];
-    if (id < 0) {
-      out[j] = -std::numeric_limits<double>::infinity();
-      continue;
-    }
-    const double v = dot(x, weight + int64_t(id) * d, d);
-    out[j] = bias ? v + bias[id] : v;
-  }
+  const auto dot_f64 = [](const double* a, const double* w, int64_t len) { return dot(a, w, len); };
+  gathered_dots_by_row<LoadF64>(dot_f64, x, weight, bias, d, ids, n, out);
 }
 
 int64_t next_topk_candidate(const float* scores, const int32_t* ids, int64_t n, float threshold) {
