@@ -38,4 +38,19 @@ TORCH_LIBRARY(lsskernels, m) {
   m.def(
       "predict_topk(Tensor x, Tensor query_proj, Tensor offsets, Tensor items, Tensor weight, "
       "Tensor? bias, int num_labels, int max_candidates, int min_hits, int k) -> (Tensor, Tensor)");
+  // The partition family (lsskernels/index.py). Probe: the nprobe best
+  // partitions by <x, c_p> + cb_p, int32 [B, nprobe], ties by smaller p.
+  m.def("partition_probe(Tensor x, Tensor centroids, Tensor? centroid_bias, int nprobe) -> Tensor");
+  // Quantized scoring of the probed lists (int8 codes, int8 queries, exact
+  // integer dots): ids int32 [B, M] (-1 padded; score desc, id asc), counts int32 [B]
+  m.def(
+      "quantized_candidates(Tensor x, Tensor probes, Tensor list_offsets, Tensor codes, "
+      "Tensor code_scales, Tensor code_bias, Tensor list_ids, int num_labels, int max_candidates) "
+      "-> (Tensor, Tensor)");
+  // The partition family's predict in one call: partition_probe ->
+  // quantized_candidates -> gathered_logits -> topk_gathered (a composite)
+  m.def(
+      "partition_predict_topk(Tensor x, Tensor centroids, Tensor? centroid_bias, Tensor list_offsets, "
+      "Tensor codes, Tensor code_scales, Tensor code_bias, Tensor list_ids, Tensor weight, Tensor? bias, "
+      "int num_labels, int nprobe, int max_candidates, int k) -> (Tensor, Tensor)");
 }

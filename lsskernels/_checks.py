@@ -160,3 +160,57 @@ def well_formed_topk_gathered_cpu(logits, ids, k) -> bool:
 
 def topk_k(k) -> int:
     return integer("k", k, 1)
+
+
+CODE_ALIGN = 32  # rows of int8 codes are padded to a multiple of this (reference.CODE_ALIGN)
+
+
+def partition_probe_args(x, centroids, centroid_bias, nprobe):
+    tensor("x", x, 2, FLOAT_DTYPES, "[B, d] floating point")
+    tensor("centroids", centroids, 2, FLOAT_DTYPES, "[P, d] floating point")
+    same_dtype("centroids", centroids, "x", x)
+    if centroids.shape[1] != x.shape[1]:
+        raise ValueError(f"centroids must be [P, d] with d = x.shape[1] = {x.shape[1]}, got {tuple(centroids.shape)}")
+    if centroid_bias is not None:
+        tensor("centroid_bias", centroid_bias, 1, FLOAT_DTYPES, "[P] floating point")
+        same_dtype("centroid_bias", centroid_bias, "x", x)
+        if centroid_bias.shape[0] != centroids.shape[0]:
+            raise ValueError(f"centroid_bias must be [P] = [{centroids.shape[0]}], got {tuple(centroid_bias.shape)}")
+    same_device(("x", x), ("centroids", centroids), ("centroid_bias", centroid_bias))
+    integer("nprobe", nprobe, 1, max(1, centroids.shape[0]))
+    if centroids.shape[0] == 0:
+        raise ValueError("centroids must hold at least one partition, got shape (0, d)")
+
+
+def partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels):
+    """The partition lists: offsets int32 [P + 1], codes int8 [T, Dp] (Dp a
+    multiple of 32 with d <= Dp < d + 32), scales / bias float32 [T], ids int32 [T]."""
+    tensor("x", x, 2, FLOAT_DTYPES, "[B, d] floating point")
+    tensor("list_offsets", list_offsets, 1, (torch.int32,), "int32 [P + 1]")
+    tensor("codes", codes, 2, (torch.int8,), "int8 [T, Dp]")
+    tensor("code_scales", code_scales, 1, (torch.float32,), "float32 [T]")
+    tensor("code_bias", code_bias, 1, (torch.float32,), "float32 [T]")
+    tensor("list_ids", list_ids, 1, (torch.int32,), "int32 [T]")
+    same_device(("x", x), ("list_offsets", list_offsets), ("codes", codes), ("code_scales", code_scales),
+                ("code_bias", code_bias), ("list_ids", list_ids))
+    d, (rows, width) = x.shape[1], codes.shape
+    if width % CODE_ALIGN or not d <= width < d + CODE_ALIGN:
+        raise ValueError(f"codes must be int8 [T, Dp] with Dp = d rounded up to a multiple of {CODE_ALIGN} "
+                         f"(d = {d}: Dp = {-(-d // CODE_ALIGN) * CODE_ALIGN}), got {tuple(codes.shape)}")
+    for name, t in (("code_scales", code_scales), ("code_bias", code_bias), ("list_ids", list_ids)):
+        if t.shape[0] != rows:
+            raise ValueError(f"{name} must be [T] = [{rows}] (one entry per row of codes), got {tuple(t.shape)}")
+    if list_offsets.shape[0] < 2:
+        raise ValueError(f"list_offsets must be int32 [P + 1] with P >= 1, got {tuple(list_offsets.shape)}")
+    integer("num_labels", num_labels, 1, 2**31 - 1)
+
+
+def quantized_candidates_args(x, probes, list_offsets, codes, code_scales, code_bias, list_ids, num_labels,
+                              max_candidates, check_values):
+    partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels)
+    tensor("probes", probes, 2, INT_DTYPES, "[B, nprobe] int32 partition ids (-1 = skip)")
+    same_device(("x", x), ("probes", probes))
+    if probes.shape[0] != x.shape[0]:
+        raise ValueError(f"probes must be [B, nprobe] with B = x.shape[0] = {x.shape[0]}, got {tuple(probes.shape)}")
+    integer("max_candidates", max_candidates, 1)
+    return as_int32("probes", probes, -1, list_offsets.shape[0] - 1, check_values)

@@ -194,6 +194,21 @@ if _C is not None:
     torch.library.register_autograd("lsskernels::bitmap_sparse_matmul", _bitmap_backward,
                                     setup_context=_bitmap_setup)
 
+    @torch.library.register_fake("lsskernels::partition_probe")
+    def _partition_probe_fake(x, centroids, centroid_bias, nprobe):
+        return x.new_empty((x.shape[0], nprobe), dtype=torch.int32)
+
+    @torch.library.register_fake("lsskernels::quantized_candidates")
+    def _quantized_candidates_fake(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
+                                   num_labels, max_candidates):
+        return (x.new_empty((x.shape[0], max_candidates), dtype=torch.int32),
+                x.new_empty((x.shape[0],), dtype=torch.int32))
+
+    @torch.library.register_fake("lsskernels::partition_predict_topk")
+    def _partition_predict_topk_fake(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias,
+                                     list_ids, weight, bias, num_labels, nprobe, max_candidates, k):
+        return x.new_empty((x.shape[0], k)), x.new_empty((x.shape[0], k), dtype=torch.int64)
+
 
 # --------------------------------------------------------------------------
 # Public wrappers
@@ -334,3 +349,44 @@ def topk_packed(values: Tensor, row_ptr: Tensor, bitmap: Tensor, k: int, *,
     if backend == "triton":
         return _triton().topk_packed(values, row_ptr, bitmap, k)
     return reference.topk_packed(values, row_ptr, bitmap, k)
+
+
+def _has_kernel(op: str, backend: str) -> bool:
+    """Whether torch.ops.lsskernels.<op> has a kernel for backend's dispatch key."""
+    key = "CPU" if backend == "cpu" else "CUDA"
+    return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"lsskernels::{op}", key)
+
+
+def partition_probe(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], nprobe: int, *,
+                    backend: Optional[str] = None) -> Tensor:
+    """The nprobe best partitions of each query, int32 [B, nprobe]: larger
+    <x, centroids[p]> + centroid_bias[p] first, ties by smaller p.
+    x: [B, d]; centroids: [P, d], x's dtype; centroid_bias: [P] or None."""
+    checks.partition_probe_args(x, centroids, centroid_bias, nprobe)
+    backend = resolve_backend(backend, x.device)
+    if _native(backend):
+        return torch.ops.lsskernels.partition_probe(x, centroids, centroid_bias, nprobe)
+    if backend == "triton":
+        return _triton().partition_probe(x, centroids, centroid_bias, nprobe)
+    return reference.partition_probe(x, centroids, centroid_bias, nprobe)
+
+
+def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes: Tensor, code_scales: Tensor,
+                         code_bias: Tensor, list_ids: Tensor, num_labels: int, max_candidates: int, *,
+                         backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """The max_candidates best labels of each query by int8 quantized score
+    over the partitions it probes: ids int32 [B, M] (-1 padded; score desc,
+    then id asc; a label listed in several probed partitions counts once) and
+    counts int32 [B]. Exact contract: lsskernels.reference.quantized_candidates."""
+    backend = resolve_backend(backend, x.device if isinstance(x, Tensor) else torch.device("cpu"))
+    probes = checks.quantized_candidates_args(
+        x, probes, list_offsets, codes, code_scales, code_bias, list_ids, num_labels, max_candidates,
+        check_values=backend == "reference" or (backend == "triton" and not x.is_cuda))
+    if _native(backend):
+        return torch.ops.lsskernels.quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias,
+                                                         list_ids, num_labels, max_candidates)
+    if backend == "triton":
+        return _triton().quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
+                                              num_labels, max_candidates)
+    return reference.quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
+                                          num_labels, max_candidates)

@@ -188,3 +188,113 @@ def topk_packed(values: Tensor, row_ptr: Tensor, bitmap: Tensor, k: int) -> Tupl
         scores[b, :n] = values[int(row_ptr[b]) : int(row_ptr[b + 1])]
         labels[b, :n] = cols
     return _topk_rows(scores, labels, labels >= 0, k)
+
+
+# --------------------------------------------------------------------------
+# The partition family's ops (lsskernels/index.py, PartitionFamily).
+# --------------------------------------------------------------------------
+QUANT_LEVELS = 127  # int8 codes and quantized queries use [-127, 127]
+CODE_ALIGN = 32     # codes rows are padded to a multiple of 32 int8 entries
+
+
+def quantize_queries(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Symmetric int8 quantization of each query row: (q int8 [B, d], scale
+    float32 [B]) with x ~ q * scale. In float32: amax = max |x|, scale = amax
+    / 127, q = round_half_even(x * (127 / amax)) clamped to [-127, 127];
+    a row with amax == 0 (or amax not finite) gets inv = 0 where amax == 0;
+    NaN products become 0. Kernels reproduce these float32 operations
+    exactly, so the integer dot products below are bit-exact everywhere."""
+    xf = x.to(torch.float32)
+    amax = xf.abs().amax(1) if xf.shape[1] else xf.new_zeros(xf.shape[0])
+    scale = amax / QUANT_LEVELS
+    inv = torch.where(amax > 0, QUANT_LEVELS / amax, torch.zeros_like(amax))
+    scaled = torch.nan_to_num(xf * inv.unsqueeze(1), nan=0.0, posinf=QUANT_LEVELS, neginf=-QUANT_LEVELS)
+    q = torch.round(scaled).clamp(-QUANT_LEVELS, QUANT_LEVELS).to(torch.int8)
+    return q, scale
+
+
+def partition_scores(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor]) -> Tensor:
+    """<x[b], centroids[p]> + centroid_bias[p] as [B, P] in the accumulator dtype."""
+    acc = acc_dtype(x.dtype)
+    s = x.to(acc) @ centroids.to(acc).T
+    if centroid_bias is not None:
+        s = s + centroid_bias.to(acc)
+    return s
+
+
+def _rank_desc(scores: Tensor, ids: Tensor) -> Tensor:
+    """Permutation sorting (scores desc, ids asc); NaN scores count as -inf."""
+    s = torch.nan_to_num(scores, nan=float("-inf"))
+    by_id = torch.sort(ids, stable=True).indices
+    return by_id[torch.sort(s[by_id], descending=True, stable=True).indices]
+
+
+def partition_probe(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], nprobe: int) -> Tensor:
+    """The nprobe best-scoring partitions of each query, int32 [B, nprobe]:
+    larger <x, c_p> + cb_p first, ties (and NaN, counted as -inf) by smaller p."""
+    s = partition_scores(x, centroids, centroid_bias)
+    p = torch.arange(centroids.shape[0], device=x.device)
+    out = torch.empty(x.shape[0], nprobe, dtype=torch.int32, device=x.device)
+    for b in range(x.shape[0]):
+        out[b] = _rank_desc(s[b], p)[:nprobe].to(torch.int32)
+    return out
+
+
+def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes: Tensor, code_scales: Tensor,
+                         code_bias: Tensor, list_ids: Tensor, num_labels: int,
+                         max_candidates: int) -> Tuple[Tensor, Tensor]:
+    """The max_candidates best labels of each query by quantized score over
+    the partitions it probes: (ids int32 [B, M], -1 padded; counts int32 [B]).
+
+    Partition p holds rows t in [list_offsets[p], list_offsets[p + 1]) of
+    codes int8 [T, Dp] (Dp a multiple of 32, >= d; entries past d are
+    ignored), code_scales / code_bias float32 [T] and list_ids int32 [T]. The
+    score of row t is, in float32 and in this order,
+
+        (float(sum_j q[j] * codes[t, j]) * scale_q) * code_scales[t] + code_bias[t]
+
+    with (q, scale_q) = quantize_queries(x) and the integer sum exact (int32).
+    A label listed in several probed partitions counts once, with its best
+    score. Order: score desc, then id asc (NaN counts as -inf); probes of -1
+    are skipped."""
+    B, d = x.shape
+    q, qscale = quantize_queries(x)
+    qi = torch.zeros(B, codes.shape[1], dtype=torch.int32, device=x.device)
+    qi[:, :d] = q.to(torch.int32)
+    ids_out = torch.full((B, max_candidates), -1, dtype=torch.int32, device=x.device)
+    counts = torch.zeros(B, dtype=torch.int32, device=x.device)
+    off = list_offsets.to(torch.int64)
+    for b in range(B):
+        rows = [torch.arange(int(off[p]), int(off[p + 1]), device=x.device) for p in probes[b].tolist() if p >= 0]
+        rows = torch.cat(rows) if rows else torch.empty(0, dtype=torch.int64, device=x.device)
+        if rows.numel() == 0:
+            continue
+        acc = (codes[rows].to(torch.int32) * qi[b]).sum(1, dtype=torch.int32)
+        score = (acc.to(torch.float32) * qscale[b]) * code_scales[rows] + code_bias[rows]
+        labels = list_ids[rows].to(torch.int64)
+        order = _rank_desc(score, labels)
+        labels = labels[order]
+        # First occurrence of each label in (score desc, id asc) order = its best score.
+        first = torch.ones_like(labels, dtype=torch.bool)
+        seen = torch.zeros(num_labels, dtype=torch.bool, device=x.device)
+        for i, lab in enumerate(labels.tolist()):
+            if seen[lab]:
+                first[i] = False
+            seen[lab] = True
+        kept = labels[first][:max_candidates]
+        ids_out[b, : kept.numel()] = kept.to(torch.int32)
+        counts[b] = kept.numel()
+    return ids_out, counts
+
+
+def partition_predict_topk(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], list_offsets: Tensor,
+                           codes: Tensor, code_scales: Tensor, code_bias: Tensor, list_ids: Tensor,
+                           weight: Tensor, bias: Optional[Tensor], num_labels: int, nprobe: int,
+                           max_candidates: int, k: int) -> Tuple[Tensor, Tensor]:
+    """The partition family's whole predict: probe -> quantized candidates ->
+    exact logits of the max_candidates best -> top-k (scores in x's dtype,
+    labels int64 [B, k])."""
+    probes = partition_probe(x, centroids, centroid_bias, nprobe)
+    ids, _ = quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
+                                  num_labels, max_candidates)
+    return topk_gathered(gathered_logits(x, weight, bias, ids), ids, k)
