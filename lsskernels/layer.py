@@ -1,16 +1,17 @@
 """LSSLinear: a drop-in nn.Linear for wide output layers whose inference
-computes exact logits only for the candidates its hash tables retrieve.
+computes exact logits only for the candidates its index retrieves.
 
-    layer = LSSLinear.from_linear(linear, num_tables=16, bits=12, max_candidates=2048)
+    layer = LSSLinear.from_linear(linear, max_candidates=256)
+    layer.fit(queries, labels)       # learns the index from (hidden vector, label) pairs
     layer.train(); layer(x)          # exactly nn.Linear
     layer.eval();  layer(x)          # [B, N], -inf outside the candidates
     scores, ids = layer.predict(x, k)
 
-The tables start as random SimHash tables over the bias-augmented label
-vectors; `fit()` (lsskernels/training.py) learns them from (query, label)
-pairs. Everything the tables need is in buffers, and the configuration in the
-module's extra state, so `state_dict()` / `load_state_dict()` round-trip a
-fitted layer exactly; loaded tables are validated before any kernel sees them.
+The layer holds the weights and one candidate index (lsskernels/index.py:
+the "partitions" family by default, or "simhash"); the index is a submodule,
+so state_dict() / load_state_dict() round-trip a fitted layer exactly, and
+loaded tables are validated before any kernel sees them. The rule that keeps
+the index in sync with the weights lives in one place, _ensure_index().
 """
 from __future__ import annotations
 
@@ -22,59 +23,51 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _checks as checks
-from . import _ops
-from .hashing import EXTRA_DIMS, augment_queries, label_codes, query_codes, simhash_projections
-from .tables import build_label_tables, bucket_size_stats, validate_tables
+from .index import LSSIndex, SimHashIndex, index_from_extra_state, make_index
 
 Tensor = torch.Tensor
 
-_TABLE_BUFFERS = ("query_proj", "label_proj", "offsets", "items")
+_V1_BUFFERS = ("query_proj", "label_proj", "offsets", "items")  # format 1: SimHash buffers on the layer
 
 
 class LSSLinear(nn.Module):
-    """Linear layer y = x W^T + b with an LSS index for sparse inference.
+    """Linear layer y = x W^T + b with a candidate index for sparse inference.
 
     Args:
         in_features, out_features, bias: as nn.Linear.
-        num_tables (L): hash tables; more tables raise recall and candidates.
-        bits (K): bits per table; 2^K buckets; more bits give smaller buckets.
-        max_candidates (M): candidates kept per query (more hits first).
-        min_hits: a label must collide in at least this many tables.
-        seed: seed of the random initial projections.
+        max_candidates (M): exact logits computed per query, the one knob.
+        family: "partitions" (default) or "simhash"; None picks "simhash"
+            when a SimHash knob is given.
+        num_partitions, nprobe: partition-family overrides (default: chosen
+            from N, and nprobe calibrated by fit() on held-out pairs).
+        num_tables (L), bits (K), min_hits: SimHash-family knobs.
+        seed: seed of the index (k-means sample, projections, fit()).
         backend: force a kernel backend (see lsskernels._ops); None = automatic.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 num_tables: int = 16, bits: int = 12, max_candidates: int = 2048,
-                 min_hits: int = 1, seed: int = 0, backend: Optional[str] = None,
-                 device=None, dtype=None) -> None:
+                 max_candidates: int = 256, family: Optional[str] = None,
+                 num_partitions: Optional[int] = None, nprobe: Optional[int] = None,
+                 num_tables: Optional[int] = None, bits: Optional[int] = None, min_hits: Optional[int] = None,
+                 seed: int = 0, backend: Optional[str] = None, device=None, dtype=None) -> None:
         super().__init__()
         checks.integer("in_features", in_features, 1)
         checks.integer("out_features", out_features, 1, 2**31 - 1)
-        checks.integer("num_tables", num_tables, 1, 0xFFFE)
-        checks.integer("bits", bits, 1, checks.MAX_BITS)
         checks.integer("max_candidates", max_candidates, 1)
-        checks.integer("min_hits", min_hits, 1, num_tables)
         self.in_features = in_features
         self.out_features = out_features
-        self.num_tables = num_tables
-        self.bits = bits
         self.max_candidates = max_candidates
-        self.min_hits = min_hits
         self.seed = seed
         self.backend = backend
-        self.fitted = False
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self._reset_linear_parameters()
-        proj = simhash_projections(num_tables, bits, in_features, seed=seed, device=device)
-        self.register_buffer("query_proj", proj)
-        self.register_buffer("label_proj", proj.clone())
-        self.register_buffer("offsets", torch.zeros(num_tables, (1 << bits) + 1, dtype=torch.int32, device=device))
-        self.register_buffer("items", torch.empty(num_tables, 0, dtype=torch.int32, device=device))
-        # Tables are built on first use (or by from_linear / fit), not here:
-        # hashing 10^7 freshly initialised rows would be wasted work.
+        # The index is built on first use (or by from_linear / fit), not
+        # here: indexing 10^7 freshly initialised rows would be wasted work.
+        self.index: LSSIndex = make_index(out_features, in_features, family=family, seed=seed, device=device,
+                                          num_partitions=num_partitions, nprobe=nprobe, num_tables=num_tables,
+                                          bits=bits, min_hits=min_hits)
         self._indexed_version = -1
 
     def _reset_linear_parameters(self) -> None:
@@ -85,64 +78,87 @@ class LSSLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, num_tables: int = 16, bits: int = 12,
-                    max_candidates: int = 2048, min_hits: int = 1, seed: int = 0,
-                    backend: Optional[str] = None) -> "LSSLinear":
-        """An LSSLinear with a copy of linear's weight and bias and random
-        SimHash tables over them."""
+    def from_linear(cls, linear: nn.Linear, *, max_candidates: int = 256, family: Optional[str] = None,
+                    num_partitions: Optional[int] = None, nprobe: Optional[int] = None,
+                    num_tables: Optional[int] = None, bits: Optional[int] = None, min_hits: Optional[int] = None,
+                    seed: int = 0, backend: Optional[str] = None) -> "LSSLinear":
+        """An LSSLinear with a copy of linear's weight and bias and an
+        unlearned index over them (k-means partitions, or random SimHash)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                    num_tables=num_tables, bits=bits, max_candidates=max_candidates,
-                    min_hits=min_hits, seed=seed, backend=backend,
+                    max_candidates=max_candidates, family=family, num_partitions=num_partitions, nprobe=nprobe,
+                    num_tables=num_tables, bits=bits, min_hits=min_hits, seed=seed, backend=backend,
                     device=linear.weight.device, dtype=linear.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(linear.weight)
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias)
-        layer.rebuild_tables()
+        layer.rebuild_index()
         return layer
 
     # ------------------------------------------------------------------ index
+    @property
+    def family(self) -> str:
+        return self.index.family
+
+    @property
+    def fitted(self) -> bool:
+        return self.index.fitted
+
+    def _simhash(self, name: str):
+        if not isinstance(self.index, SimHashIndex):
+            raise AttributeError(f"{name} is a SimHash knob; this layer's index is {self.index.family!r}")
+        return getattr(self.index, name)
+
+    num_tables = property(lambda self: self._simhash("num_tables"))
+    bits = property(lambda self: self._simhash("bits"))
+    min_hits = property(lambda self: self._simhash("min_hits"))
+
     @torch.no_grad()
-    def rebuild_tables(self) -> None:
-        """Rehash every label with label_proj and rebuild the tables (one
-        bucket per label per table). Call after changing the weights; fit()
-        calls it on its own schedule."""
-        codes = label_codes(self.weight, self.bias, self.label_proj, backend=self._native_backend())
-        self.offsets, self.items = build_label_tables(codes, self.bits)
+    def rebuild_index(self) -> None:
+        """Build the unlearned index from the current weights (discards what
+        fit() learned). Call fit() again to learn it."""
+        self.index.rebuild(self.weight, self.bias)
         self._indexed_version = self._weights_version()
 
-    def _native_backend(self) -> Optional[str]:
-        # Index building runs once; the Triton backend has no build kernel.
-        return None if self.backend == "triton" else self.backend
+    rebuild_tables = rebuild_index  # the 0.1 name
 
     def _weights_version(self) -> int:
         v = self.weight._version
         return v + (self.bias._version << 32 if self.bias is not None else 0)
 
     def _ensure_index(self) -> None:
-        if torch.compiler.is_compiling() or self.fitted:
+        """The one rule keeping the index in sync with the weights: build it
+        on first use; after a weight change, let the family update what it
+        derives from the weights (SimHashIndex: random tables rebuilt, fitted
+        ones kept; PartitionIndex: codes re-encoded, partitions and spill kept)."""
+        if torch.compiler.is_compiling():
             return
-        if self._indexed_version != self._weights_version():
-            # Random SimHash tables are a pure function of the weights: keep
-            # them in sync. (Fitted tables are rebuilt only by fit().)
-            self.rebuild_tables()
+        version = self._weights_version()
+        if not self.index.built:
+            self.index.rebuild(self.weight, self.bias)
+        elif self._indexed_version != version:
+            self.index.sync(self.weight, self.bias)
+        self._indexed_version = version
 
-    def fit(self, queries: Tensor, labels: Tensor, *, seed: int = 0, **options):
-        """Learn the hash from (hidden vector, label) pairs so that queries
-        collide with their correct labels, and fill the buckets label-superior
-        style. queries [n, d] float; labels int64 [n] or [n, m] padded with -1.
-        Options and algorithm: lsskernels/training.py (FitConfig). Returns a
-        FitReport (loss, label recall and candidates per epoch)."""
-        from .training import fit
-
-        return fit(self, queries, labels, seed=seed, **options)
+    def fit(self, queries: Tensor, labels: Tensor, *, seed: Optional[int] = None, **options):
+        """Learn the index from (hidden vector, label) pairs so that queries
+        find their correct labels: queries [n, d] float; labels int64 [n] or
+        [n, m] padded with -1. A function of (weights, pairs, options, seed):
+        the index's own configuration is the starting point, never a previous
+        fit. Options: PartitionFitConfig (lsskernels/partitions.py) or
+        FitConfig (lsskernels/training.py). Returns the family's report; the
+        new index is installed (report.index)."""
+        index, report = self.index.fit(self.weight, self.bias, queries, labels, max_candidates=self.max_candidates,
+                                       seed=self.seed if seed is None else seed, **options)
+        self.index = index
+        self._indexed_version = self._weights_version()
+        return report
 
     def table_stats(self) -> dict:
-        stats = bucket_size_stats(self.offsets)
-        stats.update(num_tables=self.num_tables, bits=self.bits, items_per_table=int(self.items.shape[1]))
-        return stats
+        """The index's statistics (family, sizes, index bytes)."""
+        return self.index.stats()
 
     # -------------------------------------------------------------- inference
     def _flat(self, x: Tensor) -> Tuple[Tensor, tuple]:
@@ -154,28 +170,16 @@ class LSSLinear(nn.Module):
         return x.reshape(-1, self.in_features), x.shape[:-1]
 
     def candidates(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """Candidate ids int32 [B, M] (-1 padded, more hits first) and counts [B]
+        """Candidate ids int32 [B, M] (-1 padded, best first) and counts [B]
         for flat queries x [B, d]."""
         self._ensure_index()
-        if self._use_native_ops(x):
-            # The layer's own buffers were validated when built or loaded, so
-            # the per-call Python checks of the public wrappers are skipped.
-            ops = torch.ops.lsskernels
-            codes = ops.hash_codes(augment_queries(x), self.query_proj.to(x.dtype))
-            return ops.bucket_lookup(codes, self.offsets, self.items, self.out_features,
-                                     self.max_candidates, self.min_hits)
-        codes = query_codes(x, self.query_proj, backend=self._native_backend())
-        return _ops.bucket_lookup(codes, self.offsets, self.items, self.out_features,
-                                  self.max_candidates, self.min_hits, backend=self._native_backend())
-
-    def _use_native_ops(self, x: Tensor) -> bool:
-        if self.backend is None:
-            return _ops.resolve_backend(None, x.device) in ("cpu", "cuda") and x.device == self.offsets.device
-        return self.backend in ("cpu", "cuda")
+        return self.index.candidates(x, self.weight, self.bias, self.max_candidates, self.backend)
 
     def sparse_logits(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Exact logits of the candidates: (logits [..., M] with -inf padding,
         ids int32 [..., M] with -1 padding). Differentiable."""
+        from . import _ops
+
         flat, lead = self._flat(x)
         ids, _ = self.candidates(flat)
         logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self.backend)
@@ -187,20 +191,10 @@ class LSSLinear(nn.Module):
         No gradient flows through predict."""
         checks.topk_k(k)
         flat, lead = self._flat(x)
-        if self._use_native_ops(flat):
-            # One op for the whole pipeline (hash, lookup, logits, top-k): at
-            # batch 1 the per-op Python overhead is as large as the kernels.
-            # It runs below autograd, so no no_grad() context is needed. The
-            # layer's buffers were validated when built or loaded.
-            self._ensure_index()
-            scores, labels = torch.ops.lsskernels.predict_topk(
-                flat, self.query_proj, self.offsets, self.items, self.weight, self.bias, self.out_features,
-                self.max_candidates, self.min_hits, k)
-        else:
-            with torch.no_grad():
-                ids, _ = self.candidates(flat)
-                logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self.backend)
-                scores, labels = _ops.topk_gathered(logits, ids, k, backend=self.backend)
+        self._ensure_index()
+        # The native path is one composite op (below autograd); the others
+        # run under no_grad inside the index.
+        scores, labels = self.index.predict_topk(flat, self.weight, self.bias, self.max_candidates, k, self.backend)
         if len(lead) == 1:
             return scores, labels
         return scores.reshape(lead + (k,)), labels.reshape(lead + (k,))
@@ -208,6 +202,8 @@ class LSSLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             return F.linear(x, self.weight, self.bias)
+        from . import _ops
+
         flat, lead = self._flat(x)
         ids, _ = self.candidates(flat)
         logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self.backend)
@@ -219,49 +215,51 @@ class LSSLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, num_tables={self.num_tables}, bits={self.bits}, "
-                f"max_candidates={self.max_candidates}, min_hits={self.min_hits}, fitted={self.fitted}")
+                f"bias={self.bias is not None}, max_candidates={self.max_candidates}, family={self.family}, "
+                f"fitted={self.fitted}")
 
     # ------------------------------------------------------------ state dict
     def get_extra_state(self) -> dict:
-        return {"num_tables": self.num_tables, "bits": self.bits, "max_candidates": self.max_candidates,
-                "min_hits": self.min_hits, "seed": self.seed, "fitted": self.fitted, "format": 1}
+        return {"max_candidates": self.max_candidates, "seed": self.seed, "format": 2}
 
     def set_extra_state(self, state: dict) -> None:
-        if not isinstance(state, dict) or state.get("format") != 1:
+        if not isinstance(state, dict) or state.get("format") not in (1, 2):
             raise ValueError(f"LSSLinear: unrecognised extra state {state!r}")
-        self.num_tables = int(state["num_tables"])
-        self.bits = int(state["bits"])
-        self.max_candidates = int(state["max_candidates"])
-        self.min_hits = int(state["min_hits"])
+        self.max_candidates = checks.integer("max_candidates", int(state["max_candidates"]), 1)
         self.seed = int(state["seed"])
-        self.fitted = bool(state["fitted"])
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        # Tables change size with fit(), so buffers take the incoming shapes;
-        # they are validated first so that no kernel ever reads a bad table.
-        incoming = {name: state_dict.get(prefix + name) for name in _TABLE_BUFFERS}
-        if all(t is not None for t in incoming.values()):
-            extra = state_dict.get(prefix + "_extra_state", self.get_extra_state())
-            bits = int(extra.get("bits", self.bits)) if isinstance(extra, dict) else self.bits
-            num_tables = int(extra.get("num_tables", self.num_tables)) if isinstance(extra, dict) else self.num_tables
-            dim = self.in_features + EXTRA_DIMS
-            for name in ("query_proj", "label_proj"):
-                t = incoming[name]
-                if not isinstance(t, Tensor) or tuple(t.shape) != (num_tables, bits, dim) or not t.is_floating_point():
-                    raise ValueError(f"state_dict['{prefix}{name}'] must be a float tensor "
-                                     f"[{num_tables}, {bits}, {dim}], got "
-                                     f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+        extra = state_dict.get(prefix + "_extra_state")
+        if isinstance(extra, dict) and extra.get("format") == 1:
+            _upgrade_v1(state_dict, prefix, extra, self.in_features, self.out_features)
+        # The index takes the saved family and configuration; its own
+        # _load_from_state_dict validates the buffers before taking them.
+        saved = state_dict.get(prefix + "index._extra_state")
+        if isinstance(saved, dict):
             try:
-                validate_tables(incoming["offsets"], incoming["items"], self.out_features, bits)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"state_dict has malformed hash tables under '{prefix}': {exc}") from None
-            if incoming["offsets"].shape[0] != num_tables:
-                raise ValueError(f"state_dict['{prefix}offsets'] has {incoming['offsets'].shape[0]} tables, "
-                                 f"extra state says {num_tables}")
-            for name, t in incoming.items():
-                setattr(self, name, torch.empty_like(t, device=getattr(self, name).device))
+                if saved.get("family") != self.index.family or saved.get("config") != self.index.config():
+                    cfg = saved.get("config", {})
+                    if cfg.get("num_labels") != self.out_features or cfg.get("dim") != self.in_features:
+                        raise ValueError(f"the saved index is for {cfg.get('num_labels')} labels of dimension "
+                                         f"{cfg.get('dim')}, this layer has {self.out_features} x {self.in_features}")
+                    self.index = index_from_extra_state(saved, device=self.weight.device)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise ValueError(f"state_dict['{prefix}index._extra_state'] is not a usable index: {exc}") from None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         self._indexed_version = self._weights_version()
+
+
+def _upgrade_v1(state_dict, prefix, extra, dim, num_labels) -> None:
+    """Rewrite a format-1 state dict (SimHash buffers on the layer) into the
+    index layout, in place."""
+    cfg = {"num_labels": num_labels, "dim": dim, "num_tables": int(extra["num_tables"]), "bits": int(extra["bits"]),
+           "min_hits": int(extra["min_hits"]), "seed": int(extra["seed"])}
+    for name in _V1_BUFFERS:
+        if prefix + name in state_dict:
+            state_dict[prefix + "index." + name] = state_dict.pop(prefix + name)
+    state_dict[prefix + "index._extra_state"] = {"format": 2, "family": "simhash", "config": cfg,
+                                                 "fitted": bool(extra["fitted"]), "built": True}
+    state_dict[prefix + "_extra_state"] = {"format": 2, "max_candidates": int(extra["max_candidates"]),
+                                           "seed": int(extra["seed"])}

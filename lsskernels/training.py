@@ -1,10 +1,13 @@
-"""LSSLinear.fit(): learn the hash so that queries collide with their correct
-labels (Label Superior Sampling), then fill the buckets label-superior style.
+"""fit() of the SimHash family (SimHashIndex, lsskernels/index.py): learn the
+hash so that queries collide with their correct labels (Label Superior
+Sampling), then fill the buckets label-superior style. (The partition
+family's fit() is in lsskernels/partitions.py.)
 
 Two parts, alternated for a few epochs:
 
 1. **Learned projections.** Query-side Q and label-side P, both [L, K, d + 2]
-   (asymmetric), start from the layer's SimHash projections. A relaxed sign,
+   (asymmetric), start from the index's seeded SimHash projections (never
+   from a previous fit's, so fitting twice gives the same index). A relaxed sign,
    s = tanh(alpha * z / rms(z)), turns projections z into soft codes; the
    agreement of a query and a label in table l is <s_q, s_y> / K (1 when all K
    bits agree, i.e. they collide). Per table, a softmax cross-entropy over
@@ -48,7 +51,7 @@ from . import _ops
 from .hashing import augment_labels, augment_queries, label_norms
 
 if TYPE_CHECKING:
-    from .layer import LSSLinear
+    from .index import SimHashIndex
 
 Tensor = torch.Tensor
 
@@ -76,12 +79,13 @@ class FitReport:
     """What fit() did, epoch by epoch (also printed when progress=True)."""
     epochs: List[dict] = field(default_factory=list)
     seconds: float = 0.0
+    index: Optional["SimHashIndex"] = None
 
     def last(self) -> dict:
         return self.epochs[-1] if self.epochs else {}
 
 
-def _labels_matrix(labels: Tensor, n: int, num_labels: int) -> Tensor:
+def labels_matrix(labels: Tensor, n: int, num_labels: int) -> Tensor:
     checks.tensor("labels", labels, None, (torch.int64, torch.int32), "int64 [n] or [n, m] (-1 padded)")
     if labels.dim() not in (1, 2) or labels.shape[0] != n:
         raise ValueError(f"labels must be [n] or [n, m] with n = queries.shape[0] = {n}, got {tuple(labels.shape)}")
@@ -95,7 +99,7 @@ def _labels_matrix(labels: Tensor, n: int, num_labels: int) -> Tensor:
 
 
 @torch.no_grad()
-def dense_teacher_labels(layer: "LSSLinear", queries: Tensor, k: int, chunk: int = 256) -> Tensor:
+def dense_teacher_labels(layer: "SimHashFit", queries: Tensor, k: int, chunk: int = 256) -> Tensor:
     """The layer's own top-k labels for each query, int64 [n, k], by chunked
     dense inference (fp32 accumulation)."""
     out = torch.empty(queries.shape[0], k, dtype=torch.int64, device=queries.device)
@@ -120,7 +124,7 @@ def _soft_codes(v: Tensor, proj: Tensor, sharpness: float) -> Tensor:
     return torch.tanh(sharpness * z / rms)
 
 
-def _first_label(y: Tensor, gen: torch.Generator) -> Tensor:
+def _one_label(y: Tensor, gen: torch.Generator) -> Tensor:
     """One valid label per row, drawn uniformly among the row's labels."""
     valid = y >= 0
     pick = torch.rand(y.shape, generator=gen, device="cpu").to(y.device).masked_fill(~valid, -1.0)
@@ -128,7 +132,7 @@ def _first_label(y: Tensor, gen: torch.Generator) -> Tensor:
 
 
 @torch.no_grad()
-def label_superior_tables(layer: "LSSLinear", queries: Tensor, y: Tensor, cfg: FitConfig,
+def label_superior_tables(layer: "SimHashFit", queries: Tensor, y: Tensor, cfg: FitConfig,
                           chunk: int = 1 << 15):
     """Tables with every label in its own P-bucket plus each training label in
     the Q-buckets of its training queries, capped per bucket by insertion
@@ -184,7 +188,7 @@ def label_superior_tables(layer: "LSSLinear", queries: Tensor, y: Tensor, cfg: F
 
 
 @torch.no_grad()
-def label_recall(layer: "LSSLinear", queries: Tensor, y: Tensor, batch: int = 1024) -> tuple:
+def label_recall(layer: "SimHashFit", queries: Tensor, y: Tensor, batch: int = 1024) -> tuple:
     """(fraction of queries with a true label among the candidates, mean candidates)."""
     hits, cands = 0, 0.0
     for start in range(0, queries.shape[0], batch):
@@ -198,20 +202,47 @@ def label_recall(layer: "LSSLinear", queries: Tensor, y: Tensor, batch: int = 10
     return hits / n, cands / n
 
 
-def _install_tables(layer: "LSSLinear", offsets: Tensor, items: Tensor) -> None:
-    layer.offsets, layer.items = offsets, items
-    layer.fitted = True
-    layer._indexed_version = layer._weights_version()
+def _install_tables(layer: "SimHashFit", offsets: Tensor, items: Tensor) -> None:
+    layer.index.offsets, layer.index.items = offsets, items
+    layer.index.fitted = True
+    layer.index.built = True
 
 
-def fit(layer: "LSSLinear", queries: Tensor, labels: Tensor, *, seed: int = 0, **options) -> FitReport:
-    """Learn the layer's hash from (hidden vector, label) pairs; see the module
-    docstring. queries [n, d] float; labels int64 [n] or [n, m] (-1 padded).
-    Options: the fields of FitConfig."""
+class SimHashFit:
+    """What the fitting functions read: the index's tables and projections
+    with the layer's weights and candidate budget (one object, so the
+    functions below read like they did on the layer)."""
+
+    def __init__(self, index: "SimHashIndex", weight: Tensor, bias: Optional[Tensor], max_candidates: int):
+        self.index, self.weight, self.bias, self.max_candidates = index, weight.detach(), (
+            bias.detach() if bias is not None else None), max_candidates
+        self.out_features, self.in_features = index.num_labels, index.dim
+        self.num_tables, self.bits = index.num_tables, index.bits
+
+    @property
+    def query_proj(self) -> Tensor:
+        return self.index.query_proj
+
+    @property
+    def label_proj(self) -> Tensor:
+        return self.index.label_proj
+
+    def candidates(self, x: Tensor):
+        return self.index.candidates(x, self.weight, self.bias, self.max_candidates)
+
+
+def fit_simhash(index: "SimHashIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor, labels: Tensor, *,
+                max_candidates: int, seed: int = 0, **options):
+    """Fit an unbuilt SimHashIndex (its seeded projections are the starting
+    point) to (hidden vector, label) pairs; see the module docstring.
+    queries [n, d] float; labels int64 [n] or [n, m] (-1 padded). Options:
+    the fields of FitConfig. Returns (index, FitReport)."""
     unknown = set(options) - set(FitConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"fit() got unknown options {sorted(unknown)}; valid: {sorted(FitConfig.__dataclass_fields__)}")
     cfg = FitConfig(**options)
+    index.reindex(weight, bias)  # random tables of the seed's projections
+    layer = SimHashFit(index, weight, bias, max_candidates)
     checks.tensor("queries", queries, 2, checks.FLOAT_DTYPES, f"[n, {layer.in_features}] floating point")
     if queries.shape[1] != layer.in_features:
         raise ValueError(f"queries must be [n, in_features = {layer.in_features}], got {tuple(queries.shape)}")
@@ -221,7 +252,7 @@ def fit(layer: "LSSLinear", queries: Tensor, labels: Tensor, *, seed: int = 0, *
     checks.integer("batch_size", cfg.batch_size, 1)
     device = layer.weight.device
     queries = queries.to(device)
-    y = _labels_matrix(labels, queries.shape[0], layer.out_features).to(device)
+    y = labels_matrix(labels, queries.shape[0], layer.out_features).to(device)
     checks.integer("teacher_topk", cfg.teacher_topk, 0, layer.out_features)
 
     t_start = time.perf_counter()
@@ -282,7 +313,8 @@ def fit(layer: "LSSLinear", queries: Tensor, labels: Tensor, *, seed: int = 0, *
     offsets, items = label_superior_tables(layer, queries, y, cfg)
     _install_tables(layer, offsets, items)
     report.seconds = time.perf_counter() - t_start
-    return report
+    report.index = index
+    return index, report
 
 
 def _batch_loss(layer, xb, yb, weight, bias, norm_bound, q_proj, p_proj, K, cfg, gen) -> Tensor:
@@ -290,7 +322,7 @@ def _batch_loss(layer, xb, yb, weight, bias, norm_bound, q_proj, p_proj, K, cfg,
     (column 0) against hard and random negatives."""
     device = xb.device
     B, L = xb.shape[0], layer.num_tables
-    positive = _first_label(yb, gen)  # [B]
+    positive = _one_label(yb, gen)  # [B]
     cand, _ = layer.candidates(xb.to(weight.dtype))
     cand = cand[:, : cfg.hard_negatives].to(torch.int64) if cfg.hard_negatives else cand[:, :0].to(torch.int64)
     is_true = (cand.unsqueeze(2) == yb.unsqueeze(1)).any(2)

@@ -115,10 +115,10 @@ def test_tables_follow_weight_updates():
         layer.weight.mul_(-1.0)
     # Random SimHash tables are rebuilt from the new weights on next use.
     from lsskernels.hashing import label_codes
-    codes = label_codes(layer.weight, layer.bias, layer.label_proj)
+    codes = label_codes(layer.weight, layer.bias, layer.index.label_proj)
     offsets, items = reference.build_tables(codes, layer.bits)
     layer.candidates(x)
-    assert torch.equal(layer.offsets, offsets) and torch.equal(layer.items, items)
+    assert torch.equal(layer.index.offsets, offsets) and torch.equal(layer.index.items, items)
 
 
 def _roundtrip(state):
@@ -137,17 +137,19 @@ def test_state_dict_roundtrip_reproduces_predictions_exactly():
     assert (fresh.num_tables, fresh.bits, fresh.max_candidates, fresh.min_hits) == (6, 6, 64, 2)
     got = fresh.predict(x, 5)
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
-    for name in ("query_proj", "label_proj", "offsets", "items", "weight", "bias"):
+    for name in ("query_proj", "label_proj", "offsets", "items"):
+        assert torch.equal(getattr(fresh.index, name), getattr(layer.index, name))
+    for name in ("weight", "bias"):
         assert torch.equal(getattr(fresh, name), getattr(layer, name))
 
 
 @pytest.mark.parametrize("corrupt,match", [
-    (lambda sd: sd["items"].fill_(10_000), r"items must be label ids in \[0, num_labels = 700\)"),
-    (lambda sd: sd["offsets"][0].__setitem__(3, -1), r"non-decreasing"),
-    (lambda sd: sd.__setitem__("offsets", sd["offsets"].long()), r"offsets must have dtype"),
-    (lambda sd: sd.__setitem__("offsets", sd["offsets"][:, :-1]), r"offsets must be \[L, 2\^K \+ 1\]"),
-    (lambda sd: sd["offsets"][:, -1].fill_(10**6), r"<= items.shape\[1\]"),
-    (lambda sd: sd.__setitem__("query_proj", sd["query_proj"][:, :, :-1]), r"query_proj'\] must be a float tensor"),
+    (lambda sd: sd["index.items"].fill_(10_000), r"items must be label ids in \[0, num_labels = 700\)"),
+    (lambda sd: sd["index.offsets"][0].__setitem__(3, -1), r"non-decreasing"),
+    (lambda sd: sd.__setitem__("index.offsets", sd["index.offsets"].long()), r"offsets must have dtype"),
+    (lambda sd: sd.__setitem__("index.offsets", sd["index.offsets"][:, :-1]), r"offsets must be \[L, 2\^K \+ 1\]"),
+    (lambda sd: sd["index.offsets"][:, -1].fill_(10**6), r"<= items.shape\[1\]"),
+    (lambda sd: sd.__setitem__("index.query_proj", sd["index.query_proj"][:, :, :-1]), r"query_proj must be a float tensor"),
 ])
 def test_loading_malformed_tables_raises_clear_error(corrupt, match):
     _, layer = make_layer()

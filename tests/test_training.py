@@ -8,7 +8,7 @@ import torch
 
 import lsskernels as lss
 from lsskernels.data import make_synthetic_task
-from lsskernels.training import label_recall, label_superior_tables, FitConfig
+from lsskernels.training import FitConfig, SimHashFit, label_recall, label_superior_tables
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,8 @@ def test_learned_projections_move_and_help(task):
     frozen.fit(task.train_x, task.train_y, epochs=2, learn_projections=False, progress=False)
     learned = layer_for(task)
     learned.fit(task.train_x, task.train_y, epochs=2, progress=False)
-    assert not torch.equal(learned.query_proj, frozen.query_proj)
-    assert not torch.equal(learned.query_proj, learned.label_proj)  # asymmetric
+    assert not torch.equal(learned.index.query_proj, frozen.index.query_proj)
+    assert not torch.equal(learned.index.query_proj, learned.index.label_proj)  # asymmetric
     y = task.test_y.unsqueeze(1)
     r_frozen, c_frozen = label_recall(frozen, task.test_x, y)
     r_learned, c_learned = label_recall(learned, task.test_x, y)
@@ -75,7 +75,7 @@ def test_fit_is_deterministic_and_roundtrips_exactly(task):
     a.fit(task.train_x, task.train_y, epochs=1, seed=7, progress=False)
     b.fit(task.train_x, task.train_y, epochs=1, seed=7, progress=False)
     for name in ("query_proj", "label_proj", "offsets", "items"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert torch.equal(getattr(a.index, name), getattr(b.index, name)), name
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
@@ -87,13 +87,14 @@ def test_fit_is_deterministic_and_roundtrips_exactly(task):
     sc, ic = c.predict(x, 5)
     assert torch.equal(ia, ic) and torch.equal(sa, sc)
     # Fitted tables are not silently replaced by a weight-version rebuild.
-    assert torch.equal(c.items, a.items)
+    assert torch.equal(c.index.items, a.index.items)
 
 
 def test_bucket_cap_bounds_candidates(task):
     layer = layer_for(task)
     cfg = FitConfig(max_bucket_size=5)
-    offsets, items = label_superior_tables(layer, task.train_x, task.train_y.unsqueeze(1), cfg)
+    view = SimHashFit(layer.index, layer.weight, layer.bias, layer.max_candidates)
+    offsets, items = label_superior_tables(view, task.train_x, task.train_y.unsqueeze(1), cfg)
     sizes = offsets[:, 1:] - offsets[:, :-1]
     assert int(sizes.max()) <= 5
     lss.tables.validate_tables(offsets, items, task.num_labels, layer.bits)

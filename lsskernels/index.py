@@ -1,0 +1,436 @@
+"""LSSIndex: the candidate index of an LSSLinear layer.
+
+An index owns a hash family, its parameters and its tables; the layer owns
+the weights and passes them in. Two families:
+
+* ``PartitionIndex`` (family ``"partitions"``, the default): data-dependent
+  partitions (k-means) of the bias-augmented label vectors ``[w, b]``, int8
+  codes of every label stored contiguously by partition, and, after
+  ``fit()``, label-superior spill (each training label is also listed in
+  the partitions its training queries probe first). A query probes its
+  best partitions (``partition_probe``), scores their codes
+  (``quantized_candidates``) and keeps the best ``max_candidates``, whose
+  exact logits ``gathered_logits`` computes. Built in
+  ``lsskernels/partitions.py``.
+* ``SimHashIndex`` (family ``"simhash"``): L sign-random-projection tables
+  of K bits, CSR per table; ``fit()`` learns asymmetric projections and
+  inserts labels label-superior style (``lsskernels/training.py``).
+
+Every buffer is registered, and the configuration is the module's extra
+state, so ``state_dict()`` / ``load_state_dict()`` round-trip an index
+exactly; incoming buffers are validated before they replace the current
+ones, so no kernel ever reads a malformed table. ``fit()`` returns a *new*
+index (and a report) and is a function of (weights, pairs, options, seed).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from . import _checks as checks
+from . import _ops
+from .hashing import EXTRA_DIMS, augment_queries, label_codes, simhash_projections
+from .tables import build_label_tables, bucket_size_stats, validate_tables
+
+Tensor = torch.Tensor
+
+FAMILIES = ("partitions", "simhash")
+_FORMAT = 2
+
+
+def _native(x: Tensor, backend: Optional[str]) -> bool:
+    """Whether the native ops run for x, so per-call Python checks can be
+    skipped on the index's own (validated) buffers."""
+    if backend is None:
+        return _ops.resolve_backend(None, x.device) in ("cpu", "cuda")
+    return backend in ("cpu", "cuda")
+
+
+class LSSIndex(nn.Module):
+    """Base class: what LSSLinear needs from a candidate index.
+
+    Subclasses register their tables as buffers and implement ``candidates``,
+    ``predict_topk``, ``rebuild``, ``sync``, ``validate_state``, ``fit`` and
+    ``config``. ``num_labels`` and ``dim`` are the layer's N and d.
+    """
+
+    family = "base"
+
+    def __init__(self, num_labels: int, dim: int, *, seed: int = 0) -> None:
+        super().__init__()
+        self.num_labels = checks.integer("num_labels", num_labels, 1, 2**31 - 1)
+        self.dim = checks.integer("dim", dim, 1)
+        self.seed = checks.integer("seed", seed)
+        self.fitted = False
+        self.built = False
+
+    # ----------------------------------------------------------- interface
+    def candidates(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], max_candidates: int,
+                   backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+        """Candidate ids int32 [B, M] (-1 padded, best first) and counts int32 [B]."""
+        raise NotImplementedError
+
+    def predict_topk(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], max_candidates: int, k: int,
+                     backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+        """Top-k among the candidates by exact logit: (scores [B, k], labels int64 [B, k])."""
+        with torch.no_grad():
+            ids, _ = self.candidates(x, weight, bias, max_candidates, backend)
+            logits = _ops.gathered_logits(x, weight, bias, ids, backend=backend)
+            return _ops.topk_gathered(logits, ids, k, backend=backend)
+
+    def rebuild(self, weight: Tensor, bias: Optional[Tensor]) -> None:
+        """Build the unlearned index from the weights alone (discards fit())."""
+        raise NotImplementedError
+
+    def sync(self, weight: Tensor, bias: Optional[Tensor]) -> None:
+        """The weights changed: bring what is derived from them up to date,
+        keeping what fit() learned where the family can."""
+        raise NotImplementedError
+
+    def fit(self, weight: Tensor, bias: Optional[Tensor], queries: Tensor, labels: Tensor, *,
+            max_candidates: int, seed: int = 0, **options):
+        """A new, fitted index of this family and configuration, and a report."""
+        raise NotImplementedError
+
+    def config(self) -> Dict[str, object]:
+        """The constructor arguments that recreate this index's shape."""
+        raise NotImplementedError
+
+    def validate_state(self, tensors: Dict[str, Tensor], config: Dict[str, object]) -> None:
+        """Raise ValueError unless the buffers in tensors are a well-formed
+        index of this family for config."""
+        raise NotImplementedError
+
+    def stats(self) -> Dict[str, object]:
+        return {"family": self.family, "fitted": self.fitted, "index_bytes": self.index_bytes()}
+
+    def index_bytes(self) -> int:
+        """Bytes held by the index's tables (the layer's weights excluded)."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def clone_empty(self) -> "LSSIndex":
+        """An unbuilt index of the same family and configuration."""
+        return type(self)(**self.config())
+
+    # ---------------------------------------------------------- state dict
+    def get_extra_state(self) -> dict:
+        return {"format": _FORMAT, "family": self.family, "config": self.config(), "fitted": self.fitted,
+                "built": self.built, **self._extra_fields()}
+
+    def _extra_fields(self) -> dict:
+        return {}
+
+    def set_extra_state(self, state: dict) -> None:
+        # The config was checked against this index in _load_from_state_dict.
+        self.fitted = bool(state["fitted"])
+        self.built = bool(state.get("built", True))
+        self._set_extra_fields(state)
+
+    def _set_extra_fields(self, state: dict) -> None:
+        pass
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        extra = state_dict.get(prefix + "_extra_state")
+        names = [name for name, _ in self.named_buffers(recurse=False)]
+        incoming = {name: state_dict.get(prefix + name) for name in names}
+        if isinstance(extra, dict) and all(isinstance(t, Tensor) for t in incoming.values()):
+            check_extra_state(extra, self.family)
+            if extra["config"] != self.config():
+                raise ValueError(f"state_dict['{prefix}_extra_state'] describes a {self.family} index with "
+                                 f"config {extra['config']}, this one has {self.config()}; build the layer "
+                                 "with the saved configuration (LSSLinear.load_state_dict does so)")
+            if extra.get("built", True):
+                try:
+                    self.validate_state(incoming, extra["config"])
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"state_dict has a malformed {self.family} index under '{prefix}': {exc}") from None
+            # Tables change size with fit(): buffers take the incoming shapes.
+            for name, t in incoming.items():
+                setattr(self, name, torch.empty_like(t, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+def check_extra_state(extra, family: Optional[str] = None) -> None:
+    if not isinstance(extra, dict) or extra.get("format") != _FORMAT or extra.get("family") not in FAMILIES \
+            or not isinstance(extra.get("config"), dict):
+        raise ValueError(f"unrecognised LSSIndex extra state {extra!r}")
+    if family is not None and extra["family"] != family:
+        raise ValueError(f"the state_dict holds a {extra['family']!r} index, this index is {family!r}")
+
+
+# ==========================================================================
+class SimHashIndex(LSSIndex):
+    """L SimHash tables of K bits (see lsskernels/hashing.py for the
+    bias-augmented MIPS transform and lsskernels/training.py for fit())."""
+
+    family = "simhash"
+
+    def __init__(self, num_labels: int, dim: int, *, num_tables: int = 16, bits: int = 12, min_hits: int = 1,
+                 seed: int = 0, device=None) -> None:
+        super().__init__(num_labels, dim, seed=seed)
+        self.num_tables = checks.integer("num_tables", num_tables, 1, 0xFFFE)
+        self.bits = checks.integer("bits", bits, 1, checks.MAX_BITS)
+        self.min_hits = checks.integer("min_hits", min_hits, 1, num_tables)
+        proj = simhash_projections(num_tables, bits, dim, seed=seed, device=device)
+        self.register_buffer("query_proj", proj)
+        self.register_buffer("label_proj", proj.clone())
+        self.register_buffer("offsets", torch.zeros(num_tables, (1 << bits) + 1, dtype=torch.int32, device=device))
+        self.register_buffer("items", torch.empty(num_tables, 0, dtype=torch.int32, device=device))
+
+    def config(self):
+        return {"num_labels": self.num_labels, "dim": self.dim, "num_tables": self.num_tables, "bits": self.bits,
+                "min_hits": self.min_hits, "seed": self.seed}
+
+    @torch.no_grad()
+    def rebuild(self, weight, bias):
+        """Random SimHash projections of the seed, each label once per table."""
+        self.query_proj = simhash_projections(self.num_tables, self.bits, self.dim, seed=self.seed,
+                                              device=weight.device)
+        self.label_proj = self.query_proj.clone()
+        self.reindex(weight, bias)
+        self.fitted = False
+
+    @torch.no_grad()
+    def reindex(self, weight, bias):
+        """Rehash every label with label_proj, one bucket per label per table."""
+        codes = label_codes(weight, bias, self.label_proj)
+        self.offsets, self.items = build_label_tables(codes, self.bits)
+        self.built = True
+
+    def sync(self, weight, bias):
+        # Random tables are a pure function of the weights: rebuild them.
+        # Fitted tables are rebuilt only by fit() (their buckets came from
+        # the training pairs, which the index does not keep).
+        if not self.fitted:
+            self.rebuild(weight, bias)
+
+    def candidates(self, x, weight, bias, max_candidates, backend=None):
+        if _native(x, backend) and x.device == self.offsets.device:
+            ops = torch.ops.lsskernels
+            codes = ops.hash_codes(augment_queries(x), self.query_proj.to(x.dtype))
+            return ops.bucket_lookup(codes, self.offsets, self.items, self.num_labels, max_candidates,
+                                     self.min_hits)
+        # Hashing and lookup take the automatic backend under backend="triton"
+        # (CUDA tensors: Triton anyway; interpreted CPU tensors: the C++ ops).
+        nb = None if backend == "triton" else backend
+        codes = _ops.hash_codes(augment_queries(x), self.query_proj.to(x.dtype), backend=nb)
+        return _ops.bucket_lookup(codes, self.offsets, self.items, self.num_labels, max_candidates,
+                                  self.min_hits, backend=nb)
+
+    def predict_topk(self, x, weight, bias, max_candidates, k, backend=None):
+        if _native(x, backend) and x.device == self.offsets.device:
+            # One op for the whole pipeline: at batch 1 the per-op Python
+            # overhead is as large as the kernels. Runs below autograd.
+            return torch.ops.lsskernels.predict_topk(x, self.query_proj, self.offsets, self.items, weight, bias,
+                                                     self.num_labels, max_candidates, self.min_hits, k)
+        return super().predict_topk(x, weight, bias, max_candidates, k, backend)
+
+    def fit(self, weight, bias, queries, labels, *, max_candidates, seed=0, **options):
+        from .training import fit_simhash
+
+        return fit_simhash(self.clone_empty().to(weight.device), weight, bias, queries, labels,
+                           max_candidates=max_candidates, seed=seed, **options)
+
+    def validate_state(self, tensors, config):
+        dim = config["dim"] + EXTRA_DIMS
+        shape = (config["num_tables"], config["bits"], dim)
+        for name in ("query_proj", "label_proj"):
+            t = tensors[name]
+            if tuple(t.shape) != shape or not t.is_floating_point():
+                raise ValueError(f"{name} must be a float tensor {list(shape)}, got {tuple(t.shape)} {t.dtype}")
+        validate_tables(tensors["offsets"], tensors["items"], config["num_labels"], config["bits"])
+        if tensors["offsets"].shape[0] != config["num_tables"]:
+            raise ValueError(f"offsets has {tensors['offsets'].shape[0]} tables, the config says {config['num_tables']}")
+
+    def stats(self):
+        out = super().stats()
+        out.update(bucket_size_stats(self.offsets), num_tables=self.num_tables, bits=self.bits,
+                   items_per_table=int(self.items.shape[1]))
+        return out
+
+
+# ==========================================================================
+def default_partitions(num_labels: int) -> int:
+    """Partitions for N labels: a power of two near 1.5 sqrt(N), so that the
+    centroid scan (P rows of fp32) and the list scan (nprobe * N / P int8
+    rows) cost about the same at the usual probe counts; at least one
+    partition per 8 labels is never exceeded."""
+    target = 1.5 * math.sqrt(num_labels)
+    p = 2 ** max(0, round(math.log2(max(target, 1.0))))
+    return int(max(1, min(p, num_labels // 8 if num_labels >= 8 else 1)))
+
+
+def default_nprobe(num_partitions: int) -> int:
+    """Probes of an index that fit() has not calibrated yet: ~1.5% of the partitions."""
+    return int(max(1, min(num_partitions, round(0.015 * num_partitions) or 1)))
+
+
+class PartitionIndex(LSSIndex):
+    """k-means partitions of [w, b] with int8 codes per partition and
+    label-superior spill after fit(). Buffers:
+
+    centroids [P, d] and centroid_bias [P] (float32): a query x scores
+        partition p by <x, centroids[p]> + centroid_bias[p];
+    list_offsets int32 [P + 1]: partition p holds rows list_offsets[p] ..
+        list_offsets[p + 1] - 1 of
+    codes int8 [T, Dp], code_scales float32 [T], code_bias float32 [T],
+        list_ids int32 [T]: row t approximates label list_ids[t]'s logit as
+        scale_q * code_scales[t] * <q8, codes[t]> + code_bias[t].
+    T >= N once spill lists a label in several partitions.
+    """
+
+    family = "partitions"
+
+    def __init__(self, num_labels: int, dim: int, *, num_partitions: Optional[int] = None,
+                 nprobe: Optional[int] = None, seed: int = 0, device=None) -> None:
+        super().__init__(num_labels, dim, seed=seed)
+        p = default_partitions(num_labels) if num_partitions is None else num_partitions
+        self.num_partitions = checks.integer("num_partitions", p, 1, num_labels)
+        self.nprobe = checks.integer("nprobe", default_nprobe(p) if nprobe is None else nprobe, 1, p)
+        self.nprobe_override = nprobe is not None  # fit() calibrates nprobe unless the user set it
+        width = -(-dim // checks.CODE_ALIGN) * checks.CODE_ALIGN
+        f32 = {"dtype": torch.float32, "device": device}
+        self.register_buffer("centroids", torch.zeros(p, dim, **f32))
+        self.register_buffer("centroid_bias", torch.zeros(p, **f32))
+        self.register_buffer("list_offsets", torch.zeros(p + 1, dtype=torch.int32, device=device))
+        self.register_buffer("codes", torch.zeros(0, width, dtype=torch.int8, device=device))
+        self.register_buffer("code_scales", torch.zeros(0, **f32))
+        self.register_buffer("code_bias", torch.zeros(0, **f32))
+        self.register_buffer("list_ids", torch.zeros(0, dtype=torch.int32, device=device))
+
+    def config(self):
+        return {"num_labels": self.num_labels, "dim": self.dim, "num_partitions": self.num_partitions,
+                "nprobe": self.nprobe if self.nprobe_override else None, "seed": self.seed}
+
+    def _extra_fields(self):
+        return {"nprobe": self.nprobe}
+
+    def _set_extra_fields(self, state):
+        nprobe = state.get("nprobe", self.nprobe)
+        self.nprobe = checks.integer("nprobe", int(nprobe), 1, self.num_partitions)
+
+    # -------------------------------------------------------------- build
+    @torch.no_grad()
+    def rebuild(self, weight, bias):
+        from .partitions import build_partitions
+
+        build_partitions(self, weight, bias, seed=self.seed)
+        self.fitted = False
+
+    @torch.no_grad()
+    def sync(self, weight, bias):
+        # Keep the partitions and spill lists (what fit() learned); re-encode
+        # the codes of every listed label from the current weights.
+        from .partitions import encode_rows
+
+        if not self.built:
+            self.rebuild(weight, bias)
+            return
+        self.codes, self.code_scales, self.code_bias = encode_rows(weight, bias, self.list_ids.to(torch.int64))
+
+    def fit(self, weight, bias, queries, labels, *, max_candidates, seed=0, **options):
+        from .partitions import fit_partitions
+
+        return fit_partitions(self.clone_empty().to(weight.device), weight, bias, queries, labels,
+                              max_candidates=max_candidates, seed=seed, **options)
+
+    # ---------------------------------------------------------- inference
+    def _lists(self):
+        return (self.list_offsets, self.codes, self.code_scales, self.code_bias, self.list_ids)
+
+    def _centroids(self, x: Tensor):
+        if x.dtype == torch.float32:
+            return self.centroids, self.centroid_bias
+        return self.centroids.to(x.dtype), self.centroid_bias.to(x.dtype)
+
+    def candidates(self, x, weight, bias, max_candidates, backend=None, nprobe: Optional[int] = None):
+        nprobe = min(self.nprobe if nprobe is None else nprobe, self.num_partitions)
+        c, cb = self._centroids(x)
+        if _native(x, backend) and x.device == self.codes.device:
+            ops = torch.ops.lsskernels
+            probes = ops.partition_probe(x, c, cb, nprobe)
+            return ops.quantized_candidates(x, probes, *self._lists(), self.num_labels, max_candidates)
+        probes = _ops.partition_probe(x, c, cb, nprobe, backend=backend)
+        return _ops.quantized_candidates(x, probes, *self._lists(), self.num_labels, max_candidates,
+                                         backend=backend)
+
+    def predict_topk(self, x, weight, bias, max_candidates, k, backend=None):
+        if _native(x, backend) and x.device == self.codes.device:
+            c, cb = self._centroids(x)
+            return torch.ops.lsskernels.partition_predict_topk(
+                x, c, cb, *self._lists(), weight, bias, self.num_labels, min(self.nprobe, self.num_partitions),
+                max_candidates, k)
+        return super().predict_topk(x, weight, bias, max_candidates, k, backend)
+
+    # ---------------------------------------------------------- validation
+    def validate_state(self, tensors, config):
+        validate_partition_lists(tensors, config["num_labels"], config["dim"], config["num_partitions"])
+
+    def stats(self):
+        out = super().stats()
+        sizes = (self.list_offsets[1:] - self.list_offsets[:-1]).to(torch.float64)
+        out.update(num_partitions=self.num_partitions, nprobe=self.nprobe, rows=int(self.list_ids.numel()),
+                   spill_rows=int(self.list_ids.numel()) - self.num_labels if self.built else 0,
+                   mean_list=float(sizes.mean()) if sizes.numel() else 0.0,
+                   max_list=int(sizes.max()) if sizes.numel() else 0)
+        return out
+
+
+def validate_partition_lists(tensors: Dict[str, Tensor], num_labels: int, dim: int, num_partitions: int) -> None:
+    """Raise ValueError unless the buffers form a well-formed PartitionIndex."""
+    c, cb = tensors["centroids"], tensors["centroid_bias"]
+    checks.tensor("centroids", c, 2, (torch.float32,), f"float32 [P, d] = [{num_partitions}, {dim}]")
+    if tuple(c.shape) != (num_partitions, dim):
+        raise ValueError(f"centroids must be float32 [{num_partitions}, {dim}], got {tuple(c.shape)}")
+    checks.tensor("centroid_bias", cb, 1, (torch.float32,), f"float32 [{num_partitions}]")
+    if cb.shape[0] != num_partitions:
+        raise ValueError(f"centroid_bias must be float32 [{num_partitions}], got {tuple(cb.shape)}")
+    x = torch.empty(1, dim, dtype=torch.float32, device=c.device)
+    checks.partition_lists_args(x, tensors["list_offsets"], tensors["codes"], tensors["code_scales"],
+                                tensors["code_bias"], tensors["list_ids"], num_labels)
+    off = tensors["list_offsets"].to(torch.int64)
+    if off.shape[0] != num_partitions + 1:
+        raise ValueError(f"list_offsets must be int32 [P + 1] = [{num_partitions + 1}], got {tuple(off.shape)}")
+    rows = tensors["codes"].shape[0]
+    if int(off[0]) != 0 or int(off[-1]) != rows or bool((off[1:] < off[:-1]).any()):
+        raise ValueError(f"list_offsets must start at 0, be non-decreasing and end at T = {rows}")
+    ids = tensors["list_ids"]
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_labels):
+        raise ValueError(f"list_ids must be label ids in [0, {num_labels})")
+    if not bool(torch.isfinite(tensors["code_scales"]).all() and torch.isfinite(tensors["code_bias"]).all()):
+        raise ValueError("code_scales and code_bias must be finite")
+
+
+# ==========================================================================
+_CLASSES = {"partitions": PartitionIndex, "simhash": SimHashIndex}
+_SIMHASH_KNOBS = ("num_tables", "bits", "min_hits")
+_PARTITION_KNOBS = ("num_partitions", "nprobe")
+
+
+def make_index(num_labels: int, dim: int, *, family: Optional[str] = None, seed: int = 0, device=None,
+               **knobs) -> LSSIndex:
+    """An unbuilt index for N labels of dimension d. family None picks
+    "simhash" when a SimHash knob (num_tables, bits, min_hits) is given,
+    else "partitions"; knobs left as None take the family's defaults."""
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    if family is None:
+        family = "simhash" if any(k in knobs for k in _SIMHASH_KNOBS) else "partitions"
+    if family not in _CLASSES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    allowed = _SIMHASH_KNOBS if family == "simhash" else _PARTITION_KNOBS
+    wrong = sorted(set(knobs) - set(allowed))
+    if wrong:
+        raise TypeError(f"options {wrong} do not apply to the {family!r} family (its options: {list(allowed)})")
+    return _CLASSES[family](num_labels, dim, seed=seed, device=device, **knobs)
+
+
+def index_from_extra_state(extra: dict, device=None) -> LSSIndex:
+    """An unbuilt index with the family and configuration of a saved extra state."""
+    check_extra_state(extra)
+    cfg = dict(extra["config"])
+    return _CLASSES[extra["family"]](**cfg, device=device)

@@ -1,0 +1,289 @@
+"""Building and fitting a PartitionIndex (lsskernels/index.py).
+
+Build (from the weights alone):
+  1. k-means (Lloyd, L2) of the bias-augmented label vectors v = [w, b] on a
+     seeded sample, then every label assigned to its nearest centroid. A
+     query q = [x, 1] scores partition p by <q, c_p> = <x, c_w> + c_b, an
+     estimate of the logits of the labels there.
+  2. int8 codes of every listed label's weight row (symmetric, one scale per
+     row; the bias is kept exactly in float32), stored contiguously by
+     partition, labels ascending within a partition.
+
+Fit (LSSLinear.fit with the partition family), label-superior style:
+  3. **Spill.** Each training label is also listed in the partitions its
+     training queries probe first (`spill_probes`), when its own vector sits
+     elsewhere, capped per partition (`spill_cap`, most-voted first). A MIPS
+     index finds labels with large logits; a query whose correct label has
+     a moderate logit, or sits in a partition whose centroid scores low,
+     now finds it in the partitions it does probe.
+  4. **Probe count.** A slice of the pairs is held out (it is not spilled
+     while calibrating); nprobe is the smallest power of two whose held-out
+     P@1, with exact logits of `max_candidates` candidates, is within
+     `tolerance` of the best over the grid. The final lists spill every pair.
+
+Everything is a function of (weights, pairs, options, seed): the same call
+gives the same index, bit for bit, on a given device and thread count.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+
+import torch
+
+from . import _checks as checks
+from . import _ops
+from .reference import QUANT_LEVELS
+
+if TYPE_CHECKING:
+    from .index import PartitionIndex
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class PartitionFitConfig:
+    holdout: int = 2000            # pairs kept aside to calibrate nprobe (at most a fifth of them)
+    spill_probes: int = 1          # a training label is spilled into its query's first spill_probes partitions
+    spill_cap: Optional[int] = None  # spilled labels per partition; default: the mean list size N / P
+    max_nprobe: int = 64           # largest probe count the calibration tries
+    tolerance: float = 0.001       # calibrated nprobe: held-out P@1 within this of the best
+    kmeans_iters: int = 10
+    kmeans_sample: int = 64        # sample points per centroid for k-means
+    progress: bool = True
+
+
+@dataclass
+class PartitionFitReport:
+    """What fit() did (also printed when progress=True)."""
+    nprobe: int = 0
+    calibration: List[Dict[str, float]] = field(default_factory=list)  # per nprobe: held-out P@1, recall
+    spilled: int = 0               # rows added by spill in the final index
+    seconds: Dict[str, float] = field(default_factory=dict)
+    index: Optional["PartitionIndex"] = None
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+
+def augmented(weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """[w, b] in float32 (bias 0 when absent)."""
+    w = weight.detach().to(torch.float32)
+    b = bias.detach().to(torch.float32) if bias is not None else w.new_zeros(w.shape[0])
+    return torch.cat([w, b.unsqueeze(1)], 1)
+
+
+def _nearest(v: Tensor, centroids: Tensor, chunk: int = 1 << 15) -> Tensor:
+    """Index of the nearest centroid (L2) of every row of v, int64 [n]."""
+    half_sq = 0.5 * centroids.pow(2).sum(1)
+    out = torch.empty(v.shape[0], dtype=torch.int64, device=v.device)
+    for s in range(0, v.shape[0], chunk):
+        out[s : s + chunk] = torch.addmm(half_sq, v[s : s + chunk], centroids.T, beta=-1).argmax(1)
+    return out
+
+
+def kmeans(v: Tensor, k: int, *, iters: int, sample: int, gen: torch.Generator) -> Tensor:
+    """Lloyd's k-means of the rows of v (float32 [n, D]) on a seeded sample
+    of at most sample * k rows, seeded by k distinct sample rows. An emptied
+    cluster keeps its previous centroid."""
+    n = v.shape[0]
+    pick = torch.randperm(n, generator=gen)[: min(n, max(k, sample * k))].to(v.device)
+    s = v[pick.sort().values]
+    c = s[torch.randperm(s.shape[0], generator=gen)[:k].to(v.device)].clone()
+    for _ in range(iters):
+        a = _nearest(s, c)
+        counts = torch.bincount(a, minlength=k)
+        sums = torch.zeros_like(c).index_add_(0, a, s)
+        c = torch.where((counts > 0).unsqueeze(1), sums / counts.clamp(min=1).unsqueeze(1).to(c.dtype), c)
+    return c
+
+
+def encode_rows(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: int = 1 << 16):
+    """int8 codes [T, Dp] (Dp = d rounded up to 32, zero tail), scales and
+    biases float32 [T] of the labels ids (int64 [T]): w ~ codes * scale."""
+    d = weight.shape[1]
+    width = -(-d // checks.CODE_ALIGN) * checks.CODE_ALIGN
+    codes = torch.zeros(ids.numel(), width, dtype=torch.int8, device=weight.device)
+    scales = torch.empty(ids.numel(), dtype=torch.float32, device=weight.device)
+    for s in range(0, ids.numel(), chunk):
+        w = weight.detach()[ids[s : s + chunk]].to(torch.float32)
+        amax = w.abs().amax(1) if d else w.new_zeros(w.shape[0])
+        inv = torch.where(amax > 0, QUANT_LEVELS / amax, torch.zeros_like(amax))
+        codes[s : s + chunk, :d] = torch.round(w * inv.unsqueeze(1)).clamp(-QUANT_LEVELS, QUANT_LEVELS).to(torch.int8)
+        scales[s : s + chunk] = amax / QUANT_LEVELS
+    code_bias = (bias.detach()[ids].to(torch.float32) if bias is not None
+                 else torch.zeros(ids.numel(), dtype=torch.float32, device=weight.device))
+    return codes, scales, code_bias
+
+
+def install_lists(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], part: Tensor,
+                  label: Tensor) -> None:
+    """Lists from (partition, label) pairs (int64, distinct): sorted by
+    partition, labels ascending within one; codes encoded from weight."""
+    key = part * index.num_labels + label
+    key = key.sort().values
+    part, label = key // index.num_labels, key % index.num_labels
+    counts = torch.bincount(part, minlength=index.num_partitions)
+    offsets = torch.zeros(index.num_partitions + 1, dtype=torch.int64, device=part.device)
+    offsets[1:] = torch.cumsum(counts, 0)
+    if int(offsets[-1]) >= 2**31:
+        raise ValueError(f"the partition lists would hold {int(offsets[-1])} rows; at most 2^31 - 1")
+    index.list_offsets = offsets.to(torch.int32)
+    index.list_ids = label.to(torch.int32)
+    index.codes, index.code_scales, index.code_bias = encode_rows(weight, bias, label)
+    index.built = True
+
+
+@torch.no_grad()
+def build_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], *, seed: int,
+                     iters: int = 10, sample: int = 64) -> Tensor:
+    """k-means partitions and each label's own list entry; returns the
+    assignment int64 [N]."""
+    v = augmented(weight, bias)
+    gen = torch.Generator().manual_seed(seed)
+    c = kmeans(v, index.num_partitions, iters=iters, sample=sample, gen=gen)
+    index.centroids = c[:, :-1].contiguous()
+    index.centroid_bias = c[:, -1].contiguous()
+    assign = _nearest(v, c)
+    install_lists(index, weight, bias, assign, torch.arange(index.num_labels, device=weight.device))
+    return assign
+
+
+def _probe(index: "PartitionIndex", queries: Tensor, n: int, chunk: int = 4096) -> Tensor:
+    """The first n partitions each query probes, int64 [n_q, n]."""
+    out = torch.empty(queries.shape[0], n, dtype=torch.int64, device=queries.device)
+    for s in range(0, queries.shape[0], chunk):
+        xq = queries[s : s + chunk].to(torch.float32)
+        out[s : s + chunk] = _ops.partition_probe(xq, index.centroids, index.centroid_bias, n).to(torch.int64)
+    return out
+
+
+def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Tensor, cfg: PartitionFitConfig,
+                cap: int) -> Tuple[Tensor, Tensor]:
+    """(partition, label) entries to add: each valid label of y [n, m] into
+    the first spill_probes partitions of its query, unless it is listed
+    there already; at most cap per partition, most votes first, then
+    smaller label."""
+    N = index.num_labels
+    probes = _probe(index, queries, cfg.spill_probes)  # [n, s]
+    part = probes.unsqueeze(2).expand(-1, -1, y.shape[1])
+    lab = y.unsqueeze(1).expand_as(part)
+    valid = lab >= 0
+    part, lab = part[valid], lab[valid]
+    keep = assign[lab] != part  # its own list has it already
+    key, votes = torch.unique(part[keep] * N + lab[keep], return_counts=True)
+    p, l = key // N, key % N
+    # Rank within each partition by (votes desc, label asc): key is sorted by
+    # (partition, label), so a stable sort by votes then by partition.
+    order = torch.sort(votes, descending=True, stable=True).indices
+    order = order[torch.sort(p[order], stable=True).indices]
+    ps = p[order]
+    starts = torch.cumsum(torch.bincount(ps, minlength=index.num_partitions), 0)
+    starts = starts - torch.bincount(ps, minlength=index.num_partitions)
+    rank = torch.arange(ps.numel(), device=ps.device) - starts[ps]
+    kept = order[rank < cap]
+    return p[kept], l[kept]
+
+
+def _with_spill(index, weight, bias, assign, queries, y, cfg, cap) -> int:
+    sp, sl = spill_pairs(index, queries, y, assign, cfg, cap)
+    own = torch.arange(index.num_labels, device=assign.device)
+    install_lists(index, weight, bias, torch.cat([assign, sp]), torch.cat([own, sl]))
+    return int(sp.numel())
+
+
+@torch.no_grad()
+def held_out_precision(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor,
+                       y: Tensor, max_candidates: int, nprobe: int, batch: int = 512) -> Tuple[float, float]:
+    """(P@1 with exact logits of the candidates, fraction of queries with a
+    label among the candidates) at nprobe."""
+    hits = found = 0
+    c, cb = index.centroids, index.centroid_bias
+    for s in range(0, queries.shape[0], batch):
+        xq = queries[s : s + batch].to(weight.dtype)
+        yq = y[s : s + batch]
+        probes = _ops.partition_probe(xq, c.to(xq.dtype), cb.to(xq.dtype), nprobe)
+        ids, _ = _ops.quantized_candidates(xq, probes, index.list_offsets, index.codes, index.code_scales,
+                                           index.code_bias, index.list_ids, index.num_labels, max_candidates)
+        logits = _ops.gathered_logits(xq, weight, bias, ids)
+        top = _ops.topk_gathered(logits, ids, 1)[1]
+        hits += int(((top == yq) & (yq >= 0)).any(1).sum())
+        found += int(((ids.to(torch.int64).unsqueeze(2) == yq.unsqueeze(1)) & (yq.unsqueeze(1) >= 0)).any(2).any(1).sum())
+    n = max(1, queries.shape[0])
+    return hits / n, found / n
+
+
+def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor, labels: Tensor,
+                   *, max_candidates: int, seed: int = 0, **options) -> Tuple["PartitionIndex", PartitionFitReport]:
+    """Fit an unbuilt PartitionIndex to (query, label) pairs; see the module
+    docstring. Returns (the index, fitted, and a report)."""
+    from .training import labels_matrix
+
+    unknown = set(options) - set(PartitionFitConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"fit() got unknown options {sorted(unknown)} for the partitions family; valid: "
+                        f"{sorted(PartitionFitConfig.__dataclass_fields__)}")
+    cfg = PartitionFitConfig(**options)
+    checks.integer("holdout", cfg.holdout, 0)
+    checks.integer("spill_probes", cfg.spill_probes, 0, index.num_partitions)
+    checks.integer("max_nprobe", cfg.max_nprobe, 1)
+    if cfg.spill_cap is not None:
+        checks.integer("spill_cap", cfg.spill_cap, 0)
+    checks.tensor("queries", queries, 2, checks.FLOAT_DTYPES, f"[n, {index.dim}] floating point")
+    if queries.shape[1] != index.dim:
+        raise ValueError(f"queries must be [n, in_features = {index.dim}], got {tuple(queries.shape)}")
+    if queries.shape[0] == 0:
+        raise ValueError("queries is empty: fit() needs at least one (query, label) pair")
+    device = weight.device
+    queries = queries.to(device)
+    y = labels_matrix(labels, queries.shape[0], index.num_labels).to(device)
+    log = _logger(cfg.progress)
+    report = PartitionFitReport()
+
+    t = time.perf_counter()
+    assign = build_partitions(index, weight, bias, seed=seed, iters=cfg.kmeans_iters, sample=cfg.kmeans_sample)
+    report.seconds["partitions"] = time.perf_counter() - t
+    log(f"k-means: {index.num_partitions} partitions of {index.num_labels:,} labels "
+        f"({report.seconds['partitions']:.1f} s)")
+    cap = cfg.spill_cap if cfg.spill_cap is not None else max(1, -(-index.num_labels // index.num_partitions))
+
+    t = time.perf_counter()
+    n = queries.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen).to(device)
+    n_hold = min(cfg.holdout, n // 5)
+    hold, train = perm[:n_hold].sort().values, perm[n_hold:].sort().values
+    if index.nprobe_override or n_hold == 0:
+        report.nprobe = index.nprobe
+    else:
+        # Calibrate on held-out queries whose labels were not spilled from them.
+        if cfg.spill_probes:
+            _with_spill(index, weight, bias, assign, queries[train], y[train], cfg, cap)
+        grid = [p for p in (2**i for i in range(0, 31)) if p <= min(cfg.max_nprobe, index.num_partitions)]
+        for p in grid:
+            p1, found = held_out_precision(index, weight, bias, queries[hold], y[hold], max_candidates, p)
+            report.calibration.append({"nprobe": p, "P@1": p1, "recall": found})
+            log(f"calibration: nprobe {p}: held-out P@1 {p1:.4f}, label among candidates {found:.4f}")
+        best = max(r["P@1"] for r in report.calibration)
+        report.nprobe = next(r["nprobe"] for r in report.calibration if r["P@1"] >= best - cfg.tolerance - 1e-12)
+    index.nprobe = report.nprobe
+    report.seconds["calibration"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    report.spilled = _with_spill(index, weight, bias, assign, queries, y, cfg, cap) if cfg.spill_probes else 0
+    report.seconds["spill"] = time.perf_counter() - t
+    index.fitted = True
+    report.index = index
+    log(f"fit: nprobe {index.nprobe}, {report.spilled:,} spilled rows ({index.list_ids.numel():,} rows), "
+        f"{report.total_seconds:.1f} s")
+    return index, report
+
+
+def _logger(enabled: bool):
+    def log(text: str) -> None:
+        if enabled:
+            print(f"LSS fit: {text}", flush=True)
+
+    return log
