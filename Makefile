@@ -35,7 +35,7 @@ demo: build
 
 test: test-python test-cpp
 
-# The benchmark extras (matplotlib, faiss-cpu, hnswlib) are installed too, so
+# The benchmark extras (matplotlib, faiss-cpu, hnswlib, scann) are installed too, so
 # tests/test_bench_smoke.py runs every benchmark section, ANN indexes included.
 test-python: build $(VENV)/.bench-deps
 	$(PY) -m pytest tests -q
@@ -47,7 +47,7 @@ test-cpp: build
 	ctest --test-dir $(CMAKE_DIR) --output-on-failure
 
 $(VENV)/.bench-deps: $(VENV)/.deps
-	$(PIP) install -q matplotlib faiss-cpu hnswlib
+	$(PIP) install -q matplotlib faiss-cpu hnswlib scann
 	touch $@
 
 bench: build $(VENV)/.bench-deps

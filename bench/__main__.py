@@ -6,10 +6,11 @@ Sections (default: all, in this order):
   ops       per-op CPU kernel times, GB/s, GFLOP/s against this machine's
             measured bandwidth and matmul rate (bench/ops.py)
   scaling   time per query against N and against batch size (bench/scaling.py)
-  e2e       LSS vs dense, naive gather, FAISS HNSW/IVF, hnswlib at matched
-            P@1 on the synthetic and WordNet tasks (bench/e2e.py)
+  e2e       LSS vs dense, naive gather, ScaNN, FAISS HNSW (MIPS->L2) / IVF /
+            IVF-PQ, hnswlib (MIPS->L2) at matched P@1 on the synthetic and
+            WordNet tasks, batch 1 and 256 (bench/e2e.py)
   accuracy  "LSS proper": full inference, random SimHash, fit(), ANN indexes,
-            acceptance checks and a P@1-vs-time plot (bench/accuracy.py)
+            acceptance checks and P@1-vs-time Pareto plots (bench/accuracy.py)
   all       all of the above; e2e and accuracy share every index and fit
 
 --quick runs small versions of everything (a couple of minutes); the default

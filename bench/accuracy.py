@@ -1,16 +1,21 @@
 """Accuracy ("LSS proper"): on the WordNet task (a small bag-of-words model
 trained here, cached) and the synthetic N = 670K task, full inference against
 LSSLinear with random SimHash tables, LSSLinear after fit() (on the training
-queries' hidden vectors and labels), FAISS HNSW / IVF and hnswlib, with the
-fraction of labels whose logits each computed.
+queries' hidden vectors and labels), and the approximate-MIPS baselines
+(ScaNN; FAISS HNSW and hnswlib on the MIPS-to-L2 transform; FAISS IVF-Flat
+and IVF-PQ 4-bit fast-scan; the raw-inner-product HNSW rows, misconfigured,
+for reference), with the fraction of labels whose logits each computed and
+each index's size.
 
     python -m bench accuracy [--quick] [--tasks wordnet synthetic]
                              [--wordnet-candidates 640 --wordnet-bits 9 ...]
 
 Rows: full inference; LSS after fit() at the candidate budget M; random
 SimHash at the same budget (same L, K, M); each approximate index at the
-cheapest setting reaching LSS-after-fit's P@1 (or its best). The PNG plots
-P@1 against time per query at batch 1 for every sweep point.
+cheapest setting (ms/q at batch 1) reaching LSS-after-fit's P@1 (or its
+best). The PNG plots P@1 against time per query at batch 1 and at batch 256
+(two panels per problem): every sweep point, and each method's Pareto front.
+The per-batch matched-P@1 table is in the e2e section.
 
 Acceptance target (WordNet, full mode): LSS after fit within 1 point of
 full-inference P@1, computing logits for at most 2% of the labels on average,
@@ -22,19 +27,14 @@ from __future__ import annotations
 import time
 from typing import Dict, List
 
-from bench.common import RunContext, matplotlib_pyplot
-from bench.evaluate import family_available, get_suite, pick_matched, with_speedup
+from bench.common import RunContext
+from bench.evaluate import ANN, family_available, get_suite, pick_matched, plot_pareto, with_speedup
 
 TOLERANCE = 0.01
 MAX_FRACTION = 0.02
 MIN_SPEEDUP_B1 = 20.0
 COLUMNS = ["method", "knob", "setting", "P@1", "P@5", "agree", "recall", "candidates", "computed %",
-           "ms/q b1", "ms/q b256", "speed-up b1", "speed-up b256", "build s"]
-ANN = ("faiss-hnsw", "faiss-ivf", "hnswlib")
-STYLE = {"dense": ("k", "*"), "lss-fit": ("C3", "o"), "lss-random": ("C1", "v"), "faiss-hnsw": ("C0", "s"),
-         "faiss-ivf": ("C2", "D"), "hnswlib": ("C4", "^")}
-LEGEND = {"dense": "full inference", "lss-fit": "LSS after fit()", "lss-random": "LSS random SimHash",
-          "faiss-hnsw": "FAISS HNSW", "faiss-ivf": "FAISS IVF", "hnswlib": "hnswlib"}
+           "ms/q b1", "ms/q b256", "speed-up b1", "speed-up b256", "build s", "index MB"]
 
 
 def acceptance(dense: Dict[str, object], lss_fit: Dict[str, object]) -> List[Dict[str, object]]:
@@ -74,7 +74,10 @@ def run_problem(ctx: RunContext, problem, lss_cfg, **suite_kwargs) -> Dict[str, 
              f"random SimHash at the same L, K and budget M = {budget} ({100 * budget / problem.num_labels:.2f}% of N). "
              f"Approximate indexes: cheapest sweep setting reaching LSS-after-fit's P@1 ({fit_row['P@1']:.4f}), else "
              f"their best. computed %: labels whose logit was computed per query (blank: not reported by the "
-             f"library). Times per query, speed-up against dense at the same batch size.")
+             f"library). Times per query, speed-up against dense at the same batch size. index MB: the index's "
+             f"own size (serialized; LSS: its tables and projections; W and b not counted). The raw "
+             f"inner-product HNSW rows (faiss-hnsw, hnswlib) are misconfigured for unnormalised vectors and "
+             f"shown for reference; the -l2 rows are HNSW as configured for inner products.")
     if problem.name == "wordnet":
         lines = [f"- {'PASS' if c['pass'] else 'FAIL'}: {c['check']}: {c['value']}" for c in checks]
         notes += ("\n\nAcceptance target" + (" (quick mode: small variant, indicative only)" if ctx.quick else "")
@@ -86,25 +89,7 @@ def run_problem(ctx: RunContext, problem, lss_cfg, **suite_kwargs) -> Dict[str, 
 
 
 def plot(ctx: RunContext, results: List[Dict[str, object]]):
-    plt = matplotlib_pyplot()
-    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
-    for ax, res in zip(axes[0], results):
-        for family, rows in res["sweeps"].items():
-            color, marker = STYLE.get(family, ("0.5", "."))
-            pts = sorted((r["ms/q b1"], r["P@1"]) for r in rows)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=LEGEND.get(family, family),
-                    linestyle="-" if len(pts) > 1 else "none", markersize=9 if family == "dense" else 5)
-        dense = res["sweeps"]["dense"][0]
-        ax.axhline(dense["P@1"] - TOLERANCE, color="0.6", linestyle=":", linewidth=1,
-                   label=f"full inference - {100 * TOLERANCE:.0f} point")
-        ax.set_xscale("log")
-        ax.set_xlabel("time per query at batch 1 (ms, log scale)")
-        ax.set_ylabel("P@1")
-        ax.set_title(res["problem"]["title"], fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    return ctx.save_figure(fig, "accuracy")
+    return plot_pareto(ctx, results, "accuracy", TOLERANCE)
 
 
 def run(ctx: RunContext, problems) -> Dict[str, object]:

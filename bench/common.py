@@ -113,13 +113,22 @@ def package_versions() -> Dict[str, str]:
     """Versions of the benchmark's third-party packages that are importable."""
     import importlib
 
+    from importlib import metadata
+
     out = {}
-    for name in ("numpy", "faiss", "hnswlib", "matplotlib"):
+    for name, dist in (("numpy", "numpy"), ("faiss", "faiss-cpu"), ("hnswlib", "hnswlib"), ("scann", "scann"),
+                       ("matplotlib", "matplotlib")):
         try:
             mod = importlib.import_module(name)
         except ImportError:
             continue
-        out[name] = str(getattr(mod, "__version__", "installed"))
+        version = getattr(mod, "__version__", None)
+        if version is None:
+            try:
+                version = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                version = "installed"
+        out[name] = str(version)
     return out
 
 

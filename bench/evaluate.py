@@ -14,8 +14,14 @@ Metrics, over the problem's test queries:
               the query) was computed: LSS its candidates; FAISS its distance
               computations (hnsw_stats / indexIVF_stats.ndis); hnswlib does
               not count them (blank)
+  index MB    the index's own size (Method.index_bytes: serialized FAISS /
+              hnswlib / ScaNN index, LSS tables and projections)
 Time per query: median of rounds (bench.common.time_call) over consecutive
 batches of 1 and of 256 test queries.
+
+matched_rows: per method, the cheapest sweep setting reaching a target P@1
+(LSS after fit's, and full inference's minus 0.3 point), at batch 1 and at
+batch 256 separately. plot_pareto: P@1 against ms/query at both batch sizes.
 """
 from __future__ import annotations
 
@@ -25,28 +31,53 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from bench.common import RunContext, config_key, time_per_query
-from bench.methods import (Dense, FaissHNSW, FaissIVF, Hnswlib, LSS, LSSConfig, Method, NaiveGather,
-                           faiss_available, hnswlib_available)
+from bench.methods import (Dense, FaissHNSW, FaissIVF, FaissIVFPQ, Hnswlib, LSS, LSSConfig, Method, NaiveGather,
+                           ScaNN, faiss_available, hnswlib_available, scann_available)
 from bench.tasks import Problem
 from lsskernels.data import dense_top1, hits_at_1
 
 K_EVAL = 5
 BATCHES = (1, 256)
 
+# Knob values per mode (quick: 3 points; full: 6-8 points from low to high
+# recall). IVF nprobe and ScaNN leaves_to_search are clamped to the index's
+# number of lists / leaves (Method.max_setting).
 SWEEPS = {
-    "full": {"faiss-hnsw": [16, 32, 64, 128, 256, 512], "faiss-ivf": [1, 2, 4, 8, 16, 32, 64],
-             "hnswlib": [16, 32, 64, 128, 256, 512], "lss": [1 / 8, 1 / 4, 1 / 2, 1]},
-    "quick": {"faiss-hnsw": [16, 64, 256], "faiss-ivf": [1, 4, 16], "hnswlib": [16, 64, 256],
-              "lss": [1 / 4, 1]},
+    "full": {"faiss-hnsw": [16, 32, 64, 128, 256, 512], "faiss-hnsw-l2": [16, 32, 64, 128, 256, 512, 1024],
+             "faiss-ivf": [1, 2, 4, 8, 16, 32, 64], "faiss-ivfpq": [1, 2, 4, 8, 16, 32, 64, 128],
+             "hnswlib": [16, 32, 64, 128, 256, 512], "hnswlib-l2": [16, 32, 64, 128, 256, 512, 1024],
+             "scann": [2, 4, 8, 16, 32, 64, 128, 256], "lss": [1 / 8, 1 / 4, 1 / 2, 1]},
+    "quick": {"faiss-hnsw": [16, 64, 256], "faiss-hnsw-l2": [32, 128, 512], "faiss-ivf": [1, 4, 16],
+              "faiss-ivfpq": [1, 4, 16], "hnswlib": [16, 64, 256], "hnswlib-l2": [32, 128, 512],
+              "scann": [4, 16, 64], "lss": [1 / 4, 1]},
 }
-FAMILIES = ("dense", "lss-fit", "lss-random", "naive-gather", "faiss-hnsw", "faiss-ivf", "hnswlib")
+FAMILIES = ("dense", "lss-fit", "lss-random", "naive-gather", "scann", "faiss-hnsw-l2", "hnswlib-l2", "faiss-ivf",
+            "faiss-ivfpq", "faiss-hnsw", "hnswlib")
+# The approximate-MIPS baselines, configured as their maintainers advise.
+BASELINES = ("scann", "faiss-hnsw-l2", "hnswlib-l2", "faiss-ivf", "faiss-ivfpq")
+# HNSW searched with the raw inner product: misconfigured for unnormalised
+# vectors (the inner product is not a metric), kept as reference rows.
+MISCONFIGURED = ("faiss-hnsw", "hnswlib")
+ANN = BASELINES + MISCONFIGURED
+
+STYLE = {"dense": ("k", "*", "-"), "lss-fit": ("C3", "o", "-"), "lss-random": ("C1", "v", "-"),
+         "scann": ("C5", "P", "-"), "faiss-hnsw-l2": ("C0", "s", "-"), "hnswlib-l2": ("C4", "^", "-"),
+         "faiss-ivf": ("C2", "D", "-"), "faiss-ivfpq": ("C8", "X", "-"), "faiss-hnsw": ("C0", "s", ":"),
+         "hnswlib": ("C4", "^", ":"), "naive-gather": ("C7", ".", "-")}
+LEGEND = {"dense": "full inference", "lss-fit": "LSS after fit()", "lss-random": "LSS random SimHash",
+          "scann": "ScaNN (tree + AH + reorder)", "faiss-hnsw-l2": "FAISS HNSW, MIPS->L2",
+          "hnswlib-l2": "hnswlib, MIPS->L2", "faiss-ivf": "FAISS IVF-Flat", "faiss-ivfpq": "FAISS IVF-PQ 4-bit fs",
+          "faiss-hnsw": "FAISS HNSW raw IP (misconfigured)", "hnswlib": "hnswlib raw IP (misconfigured)",
+          "naive-gather": "naive gather"}
 
 
 def family_available(family: str) -> bool:
-    if family in ("faiss-hnsw", "faiss-ivf"):
+    if family in ("faiss-hnsw", "faiss-hnsw-l2", "faiss-ivf", "faiss-ivfpq"):
         return faiss_available()
-    if family == "hnswlib":
+    if family in ("hnswlib", "hnswlib-l2"):
         return hnswlib_available()
+    if family == "scann":
+        return scann_available()
     return True
 
 
@@ -97,14 +128,23 @@ class Suite:
         elif family == "naive-gather":
             m = NaiveGather(self.method("lss-fit"))
         elif family == "faiss-hnsw":
-            m = FaissHNSW(p.weight, p.bias, threads=threads)
+            m = FaissHNSW(p.weight, p.bias, transform="ip", threads=threads)
+        elif family == "faiss-hnsw-l2":
+            m = FaissHNSW(p.weight, p.bias, transform="l2", threads=threads)
         elif family == "faiss-ivf":
             m = FaissIVF(p.weight, p.bias, threads=threads)
+        elif family == "faiss-ivfpq":
+            m = FaissIVFPQ(p.weight, p.bias, threads=threads)
         elif family == "hnswlib":
-            m = Hnswlib(p.weight, p.bias, threads=threads)
+            m = Hnswlib(p.weight, p.bias, transform="ip", threads=threads)
+        elif family == "hnswlib-l2":
+            m = Hnswlib(p.weight, p.bias, transform="l2", threads=threads)
+        elif family == "scann":
+            m = ScaNN(p.weight, p.bias, threads=threads)
         else:
             raise ValueError(f"unknown method family {family!r}")
-        self.ctx.log(f"  [{p.name}] {m.label}: built in {m.build_seconds:.1f} s")
+        size = "" if m.index_bytes is None else f", index {m.index_bytes / 2**20:.1f} MB"
+        self.ctx.log(f"  [{p.name}] {m.label}: built in {m.build_seconds:.1f} s{size}")
         self.methods[family] = m
         return m
 
@@ -114,7 +154,11 @@ class Suite:
         if family in ("lss-fit", "lss-random", "naive-gather"):
             budget = self.lss_cfg.candidates
             return sorted({max(1, round(budget * f)) for f in SWEEPS[self.mode]["lss"]})
-        return list(SWEEPS[self.mode][family])
+        values = list(SWEEPS[self.mode][family])
+        limit = self.method(family).max_setting
+        if limit is not None:
+            values = sorted({min(v, limit) for v in values})
+        return values
 
     # --------------------------------------------------------- measurement
     def measure(self, family: str, setting=None) -> Dict[str, object]:
@@ -161,6 +205,7 @@ class Suite:
             "candidates": torch.cat(cands).double().mean().item(),
             "computed %": None if unknown_computed else 100 * torch.cat(computed).double().mean().item() / n_labels,
             "build s": m.build_seconds,
+            "index MB": None if m.index_bytes is None else m.index_bytes / 2**20,
         }
         for b in BATCHES:
             row[f"ms/q b{b}"] = 1e3 * time_per_query(lambda xb: m.search(xb, K_EVAL), self.x_time, b,
@@ -184,6 +229,83 @@ def pick_matched(rows: List[Dict[str, object]], target: float, tolerance: float 
         return dict(best, matched="yes")
     best = max(rows, key=lambda r: (r["P@1"], -r[cost]))
     return dict(best, matched="no (best reached)")
+
+
+def pareto_front(rows: List[Dict[str, object]], cost: str) -> List[Dict[str, object]]:
+    """The rows no other row beats on both cost (lower) and P@1 (higher),
+    by increasing cost."""
+    front, best = [], float("-inf")
+    for r in sorted(rows, key=lambda r: (r[cost], -r["P@1"])):
+        if r["P@1"] > best:
+            front.append(r)
+            best = r["P@1"]
+    return front
+
+
+MATCHED_COLUMNS = ["target", "method", "knob"] + [f"{c} b{b}" for b in BATCHES for c in ("setting", "P@1", "ms/q")] \
+    + ["reached", "build s", "index MB"]
+
+
+def matched_rows(sweeps: Dict[str, List[Dict[str, object]]], targets: List[tuple]) -> List[Dict[str, object]]:
+    """For each target (name, P@1) and each method's sweep: the cheapest
+    setting reaching that P@1, chosen separately at each batch size (cost =
+    ms/q at that batch); where no setting reaches it, the best P@1 and
+    'reached' says at which batch sizes it fell short."""
+    out = []
+    for name, target in targets:
+        for family, rows in sweeps.items():
+            if not rows:
+                continue
+            row = {"target": name, "target P@1": target, "family": family, "method": rows[0]["method"],
+                   "knob": rows[0]["knob"], "build s": rows[0]["build s"], "index MB": rows[0].get("index MB")}
+            missed = []
+            for b in BATCHES:
+                chosen = pick_matched(rows, target, 0.0, cost=f"ms/q b{b}")
+                row[f"setting b{b}"] = chosen["setting"]
+                row[f"P@1 b{b}"] = chosen["P@1"]
+                row[f"ms/q b{b}"] = chosen[f"ms/q b{b}"]
+                if chosen["matched"] != "yes":
+                    missed.append(f"b{b}")
+            row["reached"] = "yes" if not missed else "no (best P@1 shown)"
+            out.append(row)
+    return out
+
+
+def plot_pareto(ctx: RunContext, results: List[Dict[str, object]], base: str, tolerance: float = 0.01):
+    """P@1 against time per query, one row of panels per problem, one
+    column per batch size: every sweep point as a marker, each method's
+    Pareto front as a line (dotted: the misconfigured raw-inner-product
+    HNSW rows)."""
+    from bench.common import matplotlib_pyplot
+
+    plt = matplotlib_pyplot()
+    fig, axes = plt.subplots(len(results), len(BATCHES), figsize=(6.5 * len(BATCHES), 4.8 * len(results)),
+                             squeeze=False)
+    for row_axes, res in zip(axes, results):
+        for ax, b in zip(row_axes, BATCHES):
+            cost = f"ms/q b{b}"
+            for family, rows in res["sweeps"].items():
+                if not rows:
+                    continue
+                color, marker, style = STYLE.get(family, ("0.5", ".", "-"))
+                big = 9 if family == "dense" else 5
+                ax.plot([r[cost] for r in rows], [r["P@1"] for r in rows], marker=marker, color=color,
+                        linestyle="none", markersize=big, alpha=0.35)
+                front = pareto_front(rows, cost)
+                ax.plot([r[cost] for r in front], [r["P@1"] for r in front], marker=marker, color=color,
+                        linestyle=style if len(front) > 1 else "none", markersize=big,
+                        label=LEGEND.get(family, family))
+            dense = res["sweeps"]["dense"][0]
+            ax.axhline(dense["P@1"] - tolerance, color="0.6", linestyle=":", linewidth=1,
+                       label=f"full inference - {100 * tolerance:.0f} point")
+            ax.set_xscale("log")
+            ax.set_xlabel(f"time per query at batch {b} (ms, log scale)")
+            ax.set_ylabel("P@1")
+            ax.set_title(f"{res['problem']['title']}, batch {b}", fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return ctx.save_figure(fig, base)
 
 
 def with_speedup(row: Dict[str, object], dense: Dict[str, object]) -> Dict[str, object]:

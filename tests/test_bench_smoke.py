@@ -1,7 +1,9 @@
 """Smoke tests of the benchmark suite (bench/): every section runs in-process
-on tiny sizes and writes its outputs, so the benchmark code cannot rot.
-Nothing here asserts on time. FAISS / hnswlib parts are skipped (the
-sections report "not installed") when those packages are missing."""
+on tiny sizes and writes its outputs, so the benchmark code cannot rot, and
+every baseline index is built and searched on a tiny problem with a sanity
+check of its answers. Nothing here asserts on time. FAISS / hnswlib / ScaNN
+parts are skipped (the sections report "not installed") when those packages
+are missing."""
 from __future__ import annotations
 
 import json
@@ -20,7 +22,9 @@ pytest.importorskip("matplotlib")
 
 from bench import accuracy, e2e, evaluate, ops, scaling, tasks  # noqa: E402
 from bench.common import RunContext, config_key, time_per_query  # noqa: E402
-from bench.methods import LSSConfig, faiss_available, hnswlib_available  # noqa: E402
+from bench.methods import (LSS, FaissHNSW, FaissIVF, FaissIVFPQ, Hnswlib, LSSConfig, ScaNN,  # noqa: E402
+                           augmented_labels, augmented_queries, faiss_available, hnswlib_available,
+                           mips_to_l2_labels, mips_to_l2_queries, scann_available)
 
 FIXTURE_WORDNET = ROOT / "tests" / "data" / "wordnet"
 FAKE_RATES = {"read_GBps": 10.0, "copy_GBps": 10.0, "bandwidth_GBps": 10.0, "matmul_GFLOPs": 50.0,
@@ -117,11 +121,26 @@ def test_e2e_and_accuracy_tiny(ctx):
     assert lss_row["speed-up b1"] > 0
     naive = next(r for r in rows if r.get("family") == "naive-gather")
     assert naive["P@1"] == pytest.approx(lss_row["P@1"])  # same candidates, same exact logits
+    families = {r.get("family") for r in rows}
     if faiss_available():
-        assert any(r.get("family") == "faiss-hnsw" for r in rows)
+        assert {"faiss-hnsw", "faiss-hnsw-l2", "faiss-ivf", "faiss-ivfpq"} <= families
         assert out["results"][0]["sweeps"]["faiss-ivf"][0]["computed %"] > 0
     if hnswlib_available():
-        assert any(r.get("family") == "hnswlib" for r in rows)
+        assert {"hnswlib", "hnswlib-l2"} <= families
+    if scann_available():
+        assert "scann" in families
+        assert len(out["results"][0]["sweeps"]["scann"]) == 3
+    for r in rows:
+        if "family" in r and r["family"] != "dense":
+            assert r["index MB"] > 0, r["family"]
+    matched = out["results"][0]["matched"]
+    assert {m["family"] for m in matched} == set(out["results"][0]["sweeps"]) - {"dense"}
+    assert len({m["target"] for m in matched}) == 2
+    for m in matched:
+        if m["reached"] == "yes":
+            assert m["P@1 b1"] >= m["target P@1"] - 1e-12 and m["P@1 b256"] >= m["target P@1"] - 1e-12
+    assert "Matched P@1" in (ctx.out_dir / "e2e-quick.md").read_text()
+    assert (ctx.out_dir / "e2e-quick.png").stat().st_size > 0
 
     acc = accuracy.run(ctx, problems)
     first, second = acc["results"]
@@ -135,6 +154,21 @@ def test_e2e_and_accuracy_tiny(ctx):
     saved = _read(ctx, "accuracy")
     assert saved["machine"]["mode"] == "quick"
     assert "P@1" in (ctx.out_dir / "e2e-quick.md").read_text()
+
+
+def test_pareto_front_and_matched_rows():
+    rows = [{"P@1": 0.50, "ms/q b1": 1.0, "ms/q b256": 0.10, "setting": 1},
+            {"P@1": 0.45, "ms/q b1": 2.0, "ms/q b256": 0.05, "setting": 2},   # dominated at b1, not at b256
+            {"P@1": 0.60, "ms/q b1": 3.0, "ms/q b256": 0.30, "setting": 3}]
+    assert [r["setting"] for r in evaluate.pareto_front(rows, "ms/q b1")] == [1, 3]
+    assert [r["setting"] for r in evaluate.pareto_front(rows, "ms/q b256")] == [2, 1, 3]
+    for r in rows:
+        r.update(method="m", knob="k", **{"build s": 1.0, "index MB": 2.0})
+    out = evaluate.matched_rows({"x": rows}, [("low", 0.45), ("high", 0.55), ("unreachable", 0.9)])
+    low, high, unreachable = out
+    assert (low["setting b1"], low["setting b256"], low["reached"]) == (1, 2, "yes")  # cheapest per batch size
+    assert (high["setting b1"], high["setting b256"]) == (3, 3)
+    assert unreachable["reached"].startswith("no") and unreachable["P@1 b1"] == 0.60
 
 
 def test_pick_matched():
@@ -185,3 +219,120 @@ def test_main_e2e_on_tiny_synthetic_through_the_cli(tmp_path, capsys):
     assert "End to end, synthetic, N=3,000" in out
     saved = json.loads((tmp_path / "e2e-quick.json").read_text())
     assert saved["results"][0]["lss"]["candidates"] == 60
+
+
+# ------------------------------------------------------------- baselines
+def _mips_problem(n=2000, d=16, b=64, seed=0):
+    """Random labels with very different norms (as trained output layers
+    have), a bias, and queries; the dense top-5 labels."""
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n, d, generator=gen) * (0.2 + 2 * torch.rand(n, 1, generator=gen))
+    bias = torch.randn(n, generator=gen)
+    x = torch.randn(b, d, generator=gen)
+    top = torch.topk(torch.nn.functional.linear(x, weight, bias), 5).indices
+    return weight, bias, x, top
+
+
+def test_mips_to_l2_transform_preserves_inner_product_order():
+    import numpy as np
+
+    weight, bias, x, _ = _mips_problem(n=500)
+    labels, radius = mips_to_l2_labels(weight, bias)
+    queries = mips_to_l2_queries(x)
+    assert labels.shape == (500, 18) and queries.shape == (64, 18)
+    p, q = labels.astype(np.float64), queries.astype(np.float64)
+    # Every transformed label has norm U, the largest augmented norm.
+    np.testing.assert_allclose(np.linalg.norm(p, axis=1), radius, rtol=1e-6)
+    logits = (x.double() @ weight.double().T + bias.double()).numpy()
+    d2 = ((q[:, None, :] - p[None, :, :]) ** 2).sum(-1)
+    # |q - p|^2 = |q|^2 + U^2 - 2 <[x, 1], [w, b]>: L2 order is inner-product order.
+    np.testing.assert_allclose(d2, (q * q).sum(1, keepdims=True) + radius**2 - 2 * logits, rtol=1e-5, atol=1e-4)
+    by_l2 = np.argsort(d2, axis=1, kind="stable")[:, :10]
+    by_ip = np.argsort(-logits, axis=1, kind="stable")[:, :10]
+    assert (by_l2 == by_ip).all()
+    # Without the transform, L2 on [w, b] vs [x, 1] ranks differently: the check has teeth.
+    raw = ((augmented_queries(x).astype(np.float64)[:, None, :]
+            - augmented_labels(weight, bias).astype(np.float64)[None, :, :]) ** 2).sum(-1)
+    assert (np.argmin(raw, axis=1) != by_ip[:, 0]).mean() > 0.2
+
+
+def _agreement(method, x, top, k=5):
+    out = method.search(x, k)
+    assert out.shape == (x.shape[0], k) and out.dtype == torch.int64
+    assert torch.equal(method.search(x[:1], k)[0], out[0])  # the batch-1 path gives the same answer
+    ev = method.evaluate(x, k)
+    assert torch.equal(ev.top[:, 0], out[:, 0])
+    assert method.index_bytes > 0 and method.build_seconds >= 0
+    return (out[:, 0] == top[:, 0]).double().mean().item()
+
+
+@pytest.mark.skipif(not scann_available(), reason="scann not installed")
+def test_scann_with_every_leaf_searched_finds_the_dense_top1():
+    weight, bias, x, top = _mips_problem()
+    m = ScaNN(weight, bias, threads=1)
+    assert m.num_leaves == round(2 * 2000 ** 0.5) and m.info["training_sample_size"] == 2000
+    m.set(10**6)
+    assert m.setting == m.num_leaves  # clamped
+    assert _agreement(m, x, top) >= 0.95
+    ev = m.evaluate(x, 5)
+    assert ev.candidates.shape[1] == m.reorder and (ev.num_candidates == m.reorder).all()
+    # Candidates come back best first, by exact score (ScaNN's float reorder).
+    ids = ev.candidates.clamp(min=0)
+    scores = torch.where(ev.candidates >= 0, (weight[ids] @ x.unsqueeze(2)).squeeze(2) + bias[ids],
+                         torch.tensor(float("-inf")))
+    assert (scores[:, :-1] >= scores[:, 1:] - 1e-4).all()
+    m.set(1)  # one leaf: fewer candidates, -1 padded, never a bogus id
+    ev = m.evaluate(x, 5)
+    assert (ev.num_candidates < m.reorder).any() and ((ev.candidates >= -1) & (ev.candidates < 2000)).all()
+    valid = ev.candidates[ev.candidates >= 0]
+    assert valid.numel() > 0
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
+def test_faiss_hnsw_on_the_l2_transform_beats_raw_inner_product():
+    weight, bias, x, top = _mips_problem()
+    l2 = FaissHNSW(weight, bias, transform="l2", threads=1)
+    l2.set(256)
+    assert l2.family == "faiss-hnsw-l2" and "MIPS-to-L2" in l2.label
+    assert _agreement(l2, x, top) >= 0.95
+    raw = FaissHNSW(weight, bias, transform="ip", threads=1)
+    assert "misconfigured" in raw.label
+    raw.set(256)
+    _agreement(raw, x, top)  # builds and searches; no accuracy claim for the misconfigured row
+
+
+@pytest.mark.skipif(not hnswlib_available(), reason="hnswlib not installed")
+def test_hnswlib_on_the_l2_transform():
+    weight, bias, x, top = _mips_problem()
+    m = Hnswlib(weight, bias, transform="l2", threads=1)
+    m.set(256)
+    assert m.family == "hnswlib-l2" and m.info["ef_construction"] == 200
+    assert _agreement(m, x, top) >= 0.95
+    raw = Hnswlib(weight, bias, transform="ip", threads=1)
+    raw.set(64)
+    _agreement(raw, x, top)
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
+def test_faiss_ivf_flat_and_ivfpq_fastscan():
+    weight, bias, x, top = _mips_problem()
+    pq = FaissIVFPQ(weight, bias, threads=1, nlist=32)
+    assert pq.info["factory"] == "IVF32,PQ9x4fs" and pq.info["padded_dim"] == 18 and pq.max_setting == 32
+    pq.set(32)  # every list: only the 4-bit codes and the top-R cut stand between it and exact
+    assert _agreement(pq, x, top) >= 0.9
+    pq.set(1)  # the cheap end: fewer candidates than with every list
+    cheap = pq.evaluate(x, 5).num_candidates.mean()
+    pq.set(32)
+    assert cheap < pq.evaluate(x, 5).num_candidates.mean()
+    flat = FaissIVF(weight, bias, threads=1, nlist=32)
+    flat.set(32)
+    assert _agreement(flat, x, top) >= 0.99
+    # PQ codes are smaller than the flat vectors.
+    assert pq.index_bytes < flat.index_bytes
+
+
+def test_lss_reports_index_bytes():
+    weight, bias, _, _ = _mips_problem(n=500)
+    m = LSS("lss", weight, bias, LSSConfig(tables=4, bits=5, candidates=50))
+    layer = m.layer
+    assert m.index_bytes == sum(t.numel() * t.element_size() for t in layer.buffers()) > 0
