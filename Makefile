@@ -30,7 +30,7 @@ venv: $(VENV)/.deps
 build: $(VENV)/.built
 
 # The main job: dense nn.Linear vs LSSLinear on an embedded synthetic task.
-demo: build
+demo: build $(VENV)/.bench-deps
 	$(PY) -m lsskernels.demo
 
 test: test-python test-cpp

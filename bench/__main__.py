@@ -30,9 +30,7 @@ import torch
 
 SECTIONS = ("ops", "scaling", "e2e", "accuracy")
 TASKS = ("wordnet", "synthetic")
-LSS_KNOBS = (("tables", int, "number of hash tables L"), ("bits", int, "bits per table K"),
-             ("candidates", int, "candidate budget M (max_candidates)"), ("min-hits", int, "min_hits"),
-             ("epochs", int, "fit() epochs"))
+LSS_KNOBS = (("candidates", int, "candidate budget M (max_candidates; default bench/tasks.py LSS_BUDGET)"),)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--synthetic-test", type=int, default=None, help="synthetic test queries")
     g.add_argument("--wordnet-model-epochs", type=int, default=None, help="epochs of the WordNet model")
     for task in TASKS:
-        g = parser.add_argument_group(f"LSSLinear knobs on the {task} task (defaults: bench/tasks.py LSS_KNOBS)")
+        g = parser.add_argument_group(f"LSSLinear knobs on the {task} task (default: M only, bench/tasks.py)")
         for name, typ, what in LSS_KNOBS:
             g.add_argument(f"--{task}-{name}", type=typ, default=None, help=what)
     g = parser.add_argument_group("scaling")
@@ -94,7 +92,7 @@ def problems_for(ctx, args):
             if args.wordnet_model_epochs is not None:
                 cfg = replace(cfg, epochs=args.wordnet_model_epochs)
             problem = tasks.get_problem(ctx, "wordnet", wordnet=cfg)
-        knobs = tasks.LSS_KNOBS[name][mode]
+        knobs = tasks.LSS_CONFIG
         overrides = {field.replace("-", "_"): getattr(args, f"{name}_{field.replace('-', '_')}")
                      for field, _, _ in LSS_KNOBS}
         knobs = replace(knobs, **{k: v for k, v in overrides.items() if v is not None})

@@ -28,6 +28,7 @@ import time
 from typing import Dict, List
 
 from bench.common import RunContext
+from bench.methods import DEFAULT
 from bench.evaluate import ANN, family_available, get_suite, pick_matched, plot_pareto, with_speedup
 
 TOLERANCE = 0.01
@@ -60,9 +61,9 @@ def run_problem(ctx: RunContext, problem, lss_cfg, **suite_kwargs) -> Dict[str, 
     for family in ("lss-fit", "lss-random") + ANN:
         if family_available(family):
             sweeps[family] = suite.sweep(family)
-    fit_row = suite.measure("lss-fit", budget)
+    fit_row = suite.measure("lss-fit", DEFAULT)
     rows = [with_speedup(dense, dense), with_speedup(fit_row, dense),
-            with_speedup(suite.measure("lss-random", budget), dense)]
+            with_speedup(suite.measure("lss-random", DEFAULT), dense)]
     for family in ANN:
         if family in sweeps:
             rows.append(with_speedup(pick_matched(sweeps[family], fit_row["P@1"], 0.0), dense))
@@ -70,7 +71,7 @@ def run_problem(ctx: RunContext, problem, lss_cfg, **suite_kwargs) -> Dict[str, 
             rows.append({"method": f"{family} (not installed)"})
     checks = acceptance(dense, fit_row)
     title = f"Accuracy, {problem.title}"
-    notes = (f"{suite.x.shape[0]:,} test queries. LSS knobs: {lss_cfg.describe()}, fit epochs {lss_cfg.epochs}; "
+    notes = (f"{suite.x.shape[0]:,} test queries. LSS knobs: {lss_cfg.describe()}; "
              f"random SimHash at the same L, K and budget M = {budget} ({100 * budget / problem.num_labels:.2f}% of N). "
              f"Approximate indexes: cheapest sweep setting reaching LSS-after-fit's P@1 ({fit_row['P@1']:.4f}), else "
              f"their best. computed %: labels whose logit was computed per query (blank: not reported by the "

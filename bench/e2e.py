@@ -27,6 +27,7 @@ import time
 from typing import Dict, List
 
 from bench.common import RunContext
+from bench.methods import DEFAULT
 from bench.evaluate import (ANN, BATCHES, MATCHED_COLUMNS, family_available, get_suite, matched_rows,
                             pick_matched, plot_pareto, with_speedup)
 
@@ -57,11 +58,11 @@ def run_problem(ctx: RunContext, problem, lss_cfg, **suite_kwargs) -> Dict[str, 
     notes = (f"{suite.x.shape[0]:,} test queries; full-inference P@1 {target:.4f}. Times per query at batch 1 and "
              f"{BATCHES[-1]}; speed-up against dense at the same batch; build s: index build or from_linear + "
              f"fit(); index MB: the index's own size (W and b not counted). LSS knobs: {lss_cfg.describe()}, "
-             f"fit epochs {lss_cfg.epochs}. faiss-hnsw / hnswlib: raw inner product, misconfigured for "
+             "faiss-hnsw / hnswlib: raw inner product, misconfigured for "
              f"unnormalised vectors, shown for reference.")
     text = ctx.table(title, rows, COLUMNS, notes)
 
-    lss_p1 = suite.measure("lss-fit", lss_cfg.candidates)["P@1"]
+    lss_p1 = suite.measure("lss-fit", DEFAULT)["P@1"]
     targets = [(f"LSS after fit() P@1 ({lss_p1:.4f})", lss_p1),
                (f"full inference P@1 - {100 * DENSE_MARGIN:.1f} pt ({target - DENSE_MARGIN:.4f})",
                 target - DENSE_MARGIN)]

@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from bench.common import RunContext, config_key, time_per_query
-from bench.methods import (Dense, FaissHNSW, FaissIVF, FaissIVFPQ, Hnswlib, LSS, LSSConfig, Method, NaiveGather,
+from bench.methods import (DEFAULT, Dense, FaissHNSW, FaissIVF, FaissIVFPQ, Hnswlib, LSS, LSSConfig, Method, NaiveGather,
                            ScaNN, faiss_available, hnswlib_available, scann_available)
 from bench.tasks import Problem
 from lsskernels.data import dense_top1, hits_at_1
@@ -46,10 +46,11 @@ SWEEPS = {
     "full": {"faiss-hnsw": [16, 32, 64, 128, 256, 512], "faiss-hnsw-l2": [16, 32, 64, 128, 256, 512, 1024],
              "faiss-ivf": [1, 2, 4, 8, 16, 32, 64], "faiss-ivfpq": [1, 2, 4, 8, 16, 32, 64, 128],
              "hnswlib": [16, 32, 64, 128, 256, 512], "hnswlib-l2": [16, 32, 64, 128, 256, 512, 1024],
-             "scann": [2, 4, 8, 16, 32, 64, 128, 256], "lss": [1 / 8, 1 / 4, 1 / 2, 1]},
+             "scann": [2, 4, 8, 16, 32, 64, 128, 256], "lss": [1 / 8, 1 / 4, 1 / 2, 1],
+             "lss-nprobe": [1, 2, 4, 8, 16, 32, 64]},
     "quick": {"faiss-hnsw": [16, 64, 256], "faiss-hnsw-l2": [32, 128, 512], "faiss-ivf": [1, 4, 16],
               "faiss-ivfpq": [1, 4, 16], "hnswlib": [16, 64, 256], "hnswlib-l2": [32, 128, 512],
-              "scann": [4, 16, 64], "lss": [1 / 4, 1]},
+              "scann": [4, 16, 64], "lss": [1 / 4, 1], "lss-nprobe": [2, 8, 32]},
 }
 FAMILIES = ("dense", "lss-fit", "lss-random", "naive-gather", "scann", "faiss-hnsw-l2", "hnswlib-l2", "faiss-ivf",
             "faiss-ivfpq", "faiss-hnsw", "hnswlib")
@@ -152,8 +153,13 @@ class Suite:
         if family == "dense":
             return [None]
         if family in ("lss-fit", "lss-random", "naive-gather"):
+            m = self.method(family)
+            base = m.lss if isinstance(m, NaiveGather) else m
+            if base.knob == "nprobe":  # the calibrated setting plus a probe sweep around it
+                limit = base.layer.index.num_partitions
+                return [DEFAULT] + sorted({min(v, limit) for v in SWEEPS[self.mode]["lss-nprobe"]})
             budget = self.lss_cfg.candidates
-            return sorted({max(1, round(budget * f)) for f in SWEEPS[self.mode]["lss"]})
+            return [DEFAULT] + sorted({max(1, round(budget * f)) for f in SWEEPS[self.mode]["lss"]})
         values = list(SWEEPS[self.mode][family])
         limit = self.method(family).max_setting
         if limit is not None:

@@ -4,7 +4,8 @@ turns hidden vectors x [B, d] into top-k labels of the output layer
 exact logits it re-ranks and how many logits it computed.
 
 * dense:          nn.Linear + topk (full inference, the reference)
-* lss:            LSSLinear.predict, after fit() or with random SimHash tables
+* lss:            LSSLinear.predict, after fit() or with the unfitted index (k-means partitions
+                  by default; random SimHash tables for the simhash family)
 * naive gather:   LSS's candidates, then W[ids] and bmm in plain PyTorch
 * faiss-hnsw-l2:  faiss.IndexHNSWFlat (L2) on the MIPS-to-L2 transform, then exact re-ranking
 * hnswlib-l2:     hnswlib.Index(space="l2") on the same transform, then exact re-ranking
@@ -139,26 +140,40 @@ class Dense(Method):
 # --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LSSConfig:
-    """LSSLinear knobs and fit() options (see docs/lss.md)."""
-    tables: int = 16
-    bits: int = 9
-    candidates: int = 640      # max_candidates: the candidate budget per query
-    min_hits: int = 1
-    epochs: int = 4            # fit() epochs
-    fit_options: Tuple[Tuple[str, object], ...] = ()  # extra FitConfig fields, as (name, value) pairs
+    """How the bench builds an LSSLinear: the candidate budget M (the one knob
+    a user sets) and, only for ablations, a family and index knobs / fit()
+    options (docs/lss.md). The defaults are what a user gets."""
+    candidates: int = 256      # max_candidates: exact logits per query
+    family: Optional[str] = None
+    knobs: Tuple[Tuple[str, object], ...] = ()        # from_linear index knobs, as (name, value) pairs
+    fit_options: Tuple[Tuple[str, object], ...] = ()  # fit() options, as (name, value) pairs
     seed: int = 0
 
     def fit_kwargs(self) -> Dict[str, object]:
         return dict(self.fit_options)
 
     def describe(self) -> str:
-        extra = "".join(f", {k}={v}" for k, v in self.fit_options)
-        return f"L={self.tables}, K={self.bits}, M={self.candidates}, min_hits={self.min_hits}{extra}"
+        extra = "".join(f", {k}={v}" for k, v in self.knobs + self.fit_options)
+        family = f", family={self.family}" if self.family else ""
+        return f"M={self.candidates}{family}{extra}"
+
+
+DEFAULT = "default"  # the setting of an LSS method as fit() left it (calibrated nprobe)
+
+
+def _fit_summary(report) -> Dict[str, object]:
+    if hasattr(report, "calibration"):
+        return {"nprobe": report.nprobe, "calibration": report.calibration, "spilled": report.spilled,
+                "seconds": report.total_seconds, "phases": report.seconds}
+    return {"epochs": report.epochs, "seconds": report.seconds}
 
 
 class LSS(Method):
+    """LSSLinear.predict. Partition family: the swept knob is nprobe (fit()
+    calibrates it; the sweep draws the curve around that choice); SimHash:
+    max_candidates. The setting DEFAULT is the layer as built / fitted."""
     family = "lss"
-    knob = "max_candidates"
+    knob = "nprobe"
 
     def __init__(self, label: str, weight: Tensor, bias: Tensor, cfg: LSSConfig, *,
                  fit_on: Optional[Tuple[Tensor, Tensor]] = None):
@@ -171,14 +186,13 @@ class LSS(Method):
             linear.weight.copy_(weight)
             linear.bias.copy_(bias)
         start = time.perf_counter()
-        self.layer = lss.LSSLinear.from_linear(linear, num_tables=cfg.tables, bits=cfg.bits,
-                                               max_candidates=cfg.candidates, min_hits=cfg.min_hits, seed=cfg.seed)
+        self.layer = lss.LSSLinear.from_linear(linear, max_candidates=cfg.candidates, family=cfg.family,
+                                               seed=cfg.seed, **dict(cfg.knobs))
         del linear
         self.family = "lss-random"
         if fit_on is not None:
-            report = self.layer.fit(fit_on[0], fit_on[1], seed=cfg.seed, epochs=cfg.epochs, progress=False,
-                                    **cfg.fit_kwargs())
-            self.info["fit"] = {"epochs": report.epochs, "seconds": report.seconds}
+            report = self.layer.fit(fit_on[0], fit_on[1], seed=cfg.seed, progress=False, **cfg.fit_kwargs())
+            self.info["fit"] = _fit_summary(report)
             self.family = "lss-fit"
         self.build_seconds = time.perf_counter() - start
         self._finish()
@@ -188,8 +202,7 @@ class LSS(Method):
         """An LSS method over an existing layer (no copy)."""
         self = cls.__new__(cls)
         Method.__init__(self, label)
-        self.cfg = LSSConfig(tables=layer.num_tables, bits=layer.bits, candidates=layer.max_candidates,
-                             min_hits=layer.min_hits, epochs=0, seed=layer.seed)
+        self.cfg = LSSConfig(candidates=layer.max_candidates, family=layer.family, seed=layer.seed)
         self.layer = layer
         self.family = "lss-fit" if layer.fitted else "lss-random"
         self.build_seconds = build_seconds
@@ -198,14 +211,20 @@ class LSS(Method):
 
     def _finish(self) -> None:
         self.layer.eval().requires_grad_(False)
-        # Everything the layer holds besides W and b (hash projections, tables).
-        self.index_bytes = sum(t.numel() * t.element_size() for t in self.layer.buffers())
+        self.knob = "nprobe" if self.layer.family == "partitions" else "max_candidates"
+        # Everything the index holds besides W and b (codes, centroids, tables).
+        self.index_bytes = self.layer.index.index_bytes()
         self.info["table_stats"] = {k: v for k, v in self.layer.table_stats().items() if not isinstance(v, Tensor)}
-        self.setting = self.layer.max_candidates
+        self._default = self.layer.index.nprobe if self.knob == "nprobe" else self.layer.max_candidates
+        self.setting = DEFAULT
 
     def set(self, value):
-        self.setting = int(value)
-        self.layer.max_candidates = int(value)
+        self.setting = value
+        v = self._default if value == DEFAULT else int(value)
+        if self.knob == "nprobe":
+            self.layer.index.nprobe = v
+        else:
+            self.layer.max_candidates = v
 
     def search(self, x, k):
         return self.layer.predict(x, k)[1]
@@ -221,7 +240,7 @@ class LSS(Method):
 class NaiveGather(Method):
     """LSS's candidates, exact logits by plain PyTorch: W[ids], bmm, + b[ids]."""
     family = "naive-gather"
-    knob = "max_candidates"
+    knob = "nprobe"
 
     def __init__(self, lss_method: LSS):
         super().__init__(f"naive gather (W[ids] + bmm) on {lss_method.label} candidates")
@@ -231,7 +250,7 @@ class NaiveGather(Method):
         self.setting = lss_method.setting
 
     def set(self, value):
-        self.setting = int(value)
+        self.setting = value
         self.lss.set(value)
 
     def search(self, x, k):

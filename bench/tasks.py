@@ -37,27 +37,12 @@ class SyntheticConfig:
 SYNTHETIC = {"full": SyntheticConfig(), "quick": SyntheticConfig(50_000, 64, 20_000, 1_000)}
 WORDNET = {"full": WordNetModelConfig(), "quick": WordNetModelConfig(parts=("verb",), epochs=3)}
 
-# LSSLinear knobs per problem and mode (command-line options override them);
-# the candidate budget M stays at most 2% of N.
-#
-# WordNet (N = 34,226, M = 640 = 1.87% of N), measured on 4,000 test queries
-# with fit(epochs=1) (dense P@1 0.558 there): many tables of many bits win,
-# because label-superior buckets stay small and a query gets L chances to
-# meet a training query of its label:
-#   L=16 K=9 0.270 | L=16 K=11 0.451 | L=16 K=12 0.492 | L=16 K=13 0.473
-#   L=32 K=12 0.515 | L=32 K=13 0.544 | L=32 K=14 0.537 | L=48 K=13 0.551
-#   L=64 K=12 0.461 | L=64 K=13 0.559 | L=64 K=14 0.581 (0.555 at M = 320)
-# fit(epochs=4) gave no gain over epochs=1 (L=32 K=12: 0.511 vs 0.515).
-LSS_KNOBS = {
-    "wordnet": {"full": LSSConfig(tables=64, bits=14, candidates=640, epochs=1),
-                "quick": LSSConfig(tables=32, bits=12, candidates=160, epochs=1)},
-    # Synthetic N = 670K, 50K training pairs, 2,000 test queries, fit(epochs=1),
-    # dense P@1 0.610: L=32 K=12 M=8192 0.575 (1,616 candidates per query);
-    # L=64 K=12 M=8192 0.591 (3,383 candidates, 0.5% of N); L=32 K=14
-    # (100K pairs) 3.8 points below dense with 631 candidates.
-    "synthetic": {"full": LSSConfig(tables=64, bits=12, candidates=8192, epochs=1),
-                  "quick": LSSConfig(tables=16, bits=9, candidates=512, epochs=1)},
-}
+# LSSLinear on every problem: only the candidate budget M is set (what a
+# user sets); the layer picks its index (family, partitions, probes) from N,
+# d, M and the fit pairs. One M for every task and mode: hand-picking knobs
+# per benchmark task would be tuning to the test.
+LSS_BUDGET = 256
+LSS_CONFIG = LSSConfig(candidates=LSS_BUDGET)
 
 
 @dataclass

@@ -14,6 +14,7 @@ Backends (`backend=` on every wrapper):
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from typing import Optional, Tuple
@@ -351,10 +352,31 @@ def topk_packed(values: Tensor, row_ptr: Tensor, bitmap: Tensor, k: int, *,
     return reference.topk_packed(values, row_ptr, bitmap, k)
 
 
+@functools.lru_cache(maxsize=None)
 def _has_kernel(op: str, backend: str) -> bool:
     """Whether torch.ops.lsskernels.<op> has a kernel for backend's dispatch key."""
     key = "CPU" if backend == "cpu" else "CUDA"
     return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"lsskernels::{op}", key)
+
+
+def _resolve_new_op(op: str, backend: Optional[str], device: torch.device) -> str:
+    """resolve_backend, and the reference (warned once) where the automatic
+    choice is a native backend whose build predates op."""
+    chosen = resolve_backend(backend, device)
+    if backend is None and _native(chosen) and not _has_kernel(op, chosen):
+        _warn_missing_kernel_once(op, chosen)
+        return "reference"
+    return chosen
+
+
+_warned_missing = set()
+
+
+def _warn_missing_kernel_once(op: str, backend: str) -> None:
+    if (op, backend) not in _warned_missing:
+        _warned_missing.add((op, backend))
+        warnings.warn(f"lsskernels: this build has no {backend} kernel for {op}; using the reference (slow). "
+                      "Rebuild the extension.", RuntimeWarning, stacklevel=4)
 
 
 def partition_probe(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], nprobe: int, *,
@@ -363,7 +385,7 @@ def partition_probe(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor
     <x, centroids[p]> + centroid_bias[p] first, ties by smaller p.
     x: [B, d]; centroids: [P, d], x's dtype; centroid_bias: [P] or None."""
     checks.partition_probe_args(x, centroids, centroid_bias, nprobe)
-    backend = resolve_backend(backend, x.device)
+    backend = _resolve_new_op("partition_probe", backend, x.device)
     if _native(backend):
         return torch.ops.lsskernels.partition_probe(x, centroids, centroid_bias, nprobe)
     if backend == "triton":
@@ -378,7 +400,8 @@ def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes:
     over the partitions it probes: ids int32 [B, M] (-1 padded; score desc,
     then id asc; a label listed in several probed partitions counts once) and
     counts int32 [B]. Exact contract: lsskernels.reference.quantized_candidates."""
-    backend = resolve_backend(backend, x.device if isinstance(x, Tensor) else torch.device("cpu"))
+    backend = _resolve_new_op("quantized_candidates", backend,
+                              x.device if isinstance(x, Tensor) else torch.device("cpu"))
     probes = checks.quantized_candidates_args(
         x, probes, list_offsets, codes, code_scales, code_bias, list_ids, num_labels, max_candidates,
         check_values=backend == "reference" or (backend == "triton" and not x.is_cuda))

@@ -351,7 +351,7 @@ class PartitionIndex(LSSIndex):
     def candidates(self, x, weight, bias, max_candidates, backend=None, nprobe: Optional[int] = None):
         nprobe = min(self.nprobe if nprobe is None else nprobe, self.num_partitions)
         c, cb = self._centroids(x)
-        if _native(x, backend) and x.device == self.codes.device:
+        if _native(x, backend) and x.device == self.codes.device and _ops._has_kernel("quantized_candidates", x.device.type):
             ops = torch.ops.lsskernels
             probes = ops.partition_probe(x, c, cb, nprobe)
             return ops.quantized_candidates(x, probes, *self._lists(), self.num_labels, max_candidates)
@@ -360,7 +360,7 @@ class PartitionIndex(LSSIndex):
                                          backend=backend)
 
     def predict_topk(self, x, weight, bias, max_candidates, k, backend=None):
-        if _native(x, backend) and x.device == self.codes.device:
+        if _native(x, backend) and x.device == self.codes.device and _ops._has_kernel("partition_predict_topk", x.device.type):
             c, cb = self._centroids(x)
             return torch.ops.lsskernels.partition_predict_topk(
                 x, c, cb, *self._lists(), weight, bias, self.num_labels, min(self.nprobe, self.num_partitions),

@@ -275,13 +275,11 @@ def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes:
         order = _rank_desc(score, labels)
         labels = labels[order]
         # First occurrence of each label in (score desc, id asc) order = its best score.
-        first = torch.ones_like(labels, dtype=torch.bool)
-        seen = torch.zeros(num_labels, dtype=torch.bool, device=x.device)
-        for i, lab in enumerate(labels.tolist()):
-            if seen[lab]:
-                first[i] = False
-            seen[lab] = True
-        kept = labels[first][:max_candidates]
+        uniq, inverse = torch.unique(labels, return_inverse=True)
+        pos = torch.arange(labels.numel(), device=x.device)
+        first_pos = torch.full((uniq.numel(),), labels.numel(), device=x.device).scatter_reduce_(
+            0, inverse, pos, "amin")
+        kept = labels[first_pos[inverse] == pos][:max_candidates]
         ids_out[b, : kept.numel()] = kept.to(torch.int32)
         counts[b] = kept.numel()
     return ids_out, counts

@@ -104,7 +104,7 @@ def _tiny_synthetic():
     return tasks.synthetic_problem(tasks.SyntheticConfig(3000, 16, 1500, 200), log=lambda *a: None)
 
 
-TINY_LSS = LSSConfig(tables=4, bits=5, candidates=60, epochs=1, fit_options=(("holdout", 100),))
+TINY_LSS = LSSConfig(candidates=60, fit_options=(("holdout", 100),))
 
 
 def test_e2e_and_accuracy_tiny(ctx):
@@ -149,7 +149,7 @@ def test_e2e_and_accuracy_tiny(ctx):
     assert fams[:3] == ["dense", "lss-fit", "lss-random"]
     dense = first["rows"][0]
     assert dense["P@1"] == pytest.approx(dense["agree"] * 0 + dense["P@1"]) and dense["agree"] == 1.0
-    assert first["fit"]["epochs"]
+    assert first["fit"]["nprobe"] >= 1 and first["fit"]["calibration"]
     assert (ctx.out_dir / "accuracy-quick.png").stat().st_size > 0
     saved = _read(ctx, "accuracy")
     assert saved["machine"]["mode"] == "quick"
@@ -212,8 +212,7 @@ def test_main_e2e_on_tiny_synthetic_through_the_cli(tmp_path, capsys):
 
     argv = ["e2e", "--quick", "--threads", "1", "--out", str(tmp_path), "--min-time", "0.005", "--quiet",
             "--tasks", "synthetic", "--synthetic-labels", "3000", "--synthetic-train", "1000",
-            "--synthetic-test", "100", "--synthetic-tables", "4", "--synthetic-bits", "5",
-            "--synthetic-candidates", "60", "--synthetic-epochs", "1"]
+            "--synthetic-test", "100", "--synthetic-candidates", "60"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "End to end, synthetic, N=3,000" in out
@@ -333,6 +332,6 @@ def test_faiss_ivf_flat_and_ivfpq_fastscan():
 
 def test_lss_reports_index_bytes():
     weight, bias, _, _ = _mips_problem(n=500)
-    m = LSS("lss", weight, bias, LSSConfig(tables=4, bits=5, candidates=50))
+    m = LSS("lss", weight, bias, LSSConfig(candidates=50))
     layer = m.layer
     assert m.index_bytes == sum(t.numel() * t.element_size() for t in layer.buffers()) > 0

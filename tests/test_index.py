@@ -1,0 +1,154 @@
+"""LSSIndex: the partition family's fit() learns something (spill and the
+calibrated probes must raise recall and P@1 over the unfitted index), is a
+function of its inputs and seed, saves and loads back exactly, rejects
+malformed state, and follows weight changes; the SimHash family keeps its
+contract behind the same object."""
+import io
+
+import pytest
+import torch
+
+import lsskernels as lss
+from lsskernels.data import make_synthetic_task
+from lsskernels.index import PartitionIndex, SimHashIndex, default_partitions, make_index
+from lsskernels.training import label_recall
+
+
+@pytest.fixture(scope="module")
+def task():
+    return make_synthetic_task(num_labels=4000, dim=32, num_train=8000, num_test=800, seed=3)
+
+
+def layer_for(task, **kw):
+    lin = torch.nn.Linear(task.weight.shape[1], task.num_labels)
+    with torch.no_grad():
+        lin.weight.copy_(task.weight)
+        lin.bias.copy_(task.bias)
+    return lss.LSSLinear.from_linear(lin, **{"max_candidates": 40, **kw})
+
+
+def precision(layer, x, y):
+    return (layer.predict(x, 1)[1][:, 0] == y).double().mean().item()
+
+
+def test_only_max_candidates_gives_the_partition_family(task):
+    layer = layer_for(task)
+    assert isinstance(layer.index, PartitionIndex) and layer.family == "partitions"
+    assert layer.index.num_partitions == default_partitions(task.num_labels)
+    assert not layer.fitted and layer.index.built
+    # Every label is listed exactly once before fit().
+    assert torch.equal(layer.index.list_ids.sort().values.long(), torch.arange(task.num_labels))
+    assert isinstance(layer_for(task, num_tables=4, bits=6).index, SimHashIndex)
+    with pytest.raises(TypeError, match=r"do not apply to the 'partitions' family"):
+        make_index(100, 8, family="partitions", bits=4)
+
+
+def test_fit_spill_and_calibration_beat_the_unfitted_index(task):
+    # Same probes for both, so the gain is the spill's; then the calibrated
+    # nprobe must not lose P@1 against the unfitted index's default.
+    base = layer_for(task, nprobe=2)
+    spilled = layer_for(task, nprobe=2)
+    report = spilled.fit(task.train_x, task.train_y, progress=False)
+    assert report.spilled > 0 and spilled.fitted
+    y = task.test_y.unsqueeze(1)
+    r_base, _ = label_recall(base, task.test_x, y)
+    r_fit, _ = label_recall(spilled, task.test_x, y)
+    assert r_fit > r_base + 0.03, (r_base, r_fit)
+    assert precision(spilled, task.test_x, task.test_y) > precision(base, task.test_x, task.test_y)
+    # No spill: the same index as unfitted, so the test above can fail.
+    plain = layer_for(task, nprobe=2)
+    plain.fit(task.train_x, task.train_y, progress=False, spill_probes=0)
+    assert torch.equal(plain.index.list_ids, base.index.list_ids)
+
+
+def test_calibration_picks_a_probe_count_from_held_out_pairs(task):
+    layer = layer_for(task)
+    report = layer.fit(task.train_x, task.train_y, progress=False)
+    grid = [row["nprobe"] for row in report.calibration]
+    assert grid == sorted(grid) and grid[0] == 1 and layer.index.nprobe == report.nprobe in grid
+    best = max(row["P@1"] for row in report.calibration)
+    chosen = next(row for row in report.calibration if row["nprobe"] == report.nprobe)
+    assert chosen["P@1"] >= best - 0.001 - 1e-12
+    # Every smaller probe count lost more than the tolerance.
+    assert all(row["P@1"] < best - 0.001 for row in report.calibration if row["nprobe"] < report.nprobe)
+
+
+@pytest.mark.parametrize("kw", [{}, {"num_tables": 4, "bits": 6}])
+def test_fit_is_a_function_of_its_inputs_and_seed(task, kw):
+    a, b = layer_for(task, **kw), layer_for(task, **kw)
+    opts = {"epochs": 1} if kw else {}
+    a.fit(task.train_x, task.train_y, seed=5, progress=False, **opts)
+    # Fitting b twice: the second fit starts from b's configuration, not
+    # from the first fit's index.
+    b.fit(task.train_x, task.train_y, seed=5, progress=False, **opts)
+    b.fit(task.train_x, task.train_y, seed=5, progress=False, **opts)
+    for (name, ta), (_, tb) in zip(a.index.named_buffers(), b.index.named_buffers()):
+        assert torch.equal(ta, tb), name
+
+
+def test_partition_state_dict_roundtrips_predictions_exactly(task):
+    layer = layer_for(task)
+    layer.fit(task.train_x, task.train_y, progress=False)
+    buf = io.BytesIO()
+    torch.save(layer.state_dict(), buf)
+    buf.seek(0)
+    # A fresh layer of another family and shape of index takes the saved one.
+    fresh = lss.LSSLinear(task.weight.shape[1], task.num_labels, num_tables=3, bits=4, max_candidates=7)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert fresh.family == "partitions" and fresh.fitted and fresh.max_candidates == 40
+    assert fresh.index.nprobe == layer.index.nprobe
+    x = task.test_x[:200]
+    sa, ia = layer.predict(x, 5)
+    sb, ib = fresh.predict(x, 5)
+    assert torch.equal(ia, ib) and torch.equal(sa, sb)
+
+
+@pytest.mark.parametrize("corrupt,match", [
+    (lambda sd: sd["index.list_ids"].fill_(10**6), r"list_ids must be label ids in \[0, 4000\)"),
+    (lambda sd: sd["index.list_offsets"].__setitem__(3, -5), r"list_offsets must start at 0, be non-decreasing"),
+    (lambda sd: sd.__setitem__("index.codes", sd["index.codes"][:, :16]), r"codes must be int8 \[T, Dp\]"),
+    (lambda sd: sd.__setitem__("index.codes", sd["index.codes"].float()), r"codes must have dtype"),
+    (lambda sd: sd.__setitem__("index.code_bias", sd["index.code_bias"][:-1]), r"code_bias must be \[T\]"),
+    (lambda sd: sd.__setitem__("index.centroids", sd["index.centroids"][:-1]), r"centroids must be float32"),
+    (lambda sd: sd["index.code_scales"].__setitem__(0, float("nan")), r"must be finite"),
+])
+def test_loading_a_malformed_partition_index_raises_clear_error(task, corrupt, match):
+    layer = layer_for(task)
+    sd = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in layer.state_dict().items()}
+    corrupt(sd)
+    fresh = lss.LSSLinear(task.weight.shape[1], task.num_labels, max_candidates=40)
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict(sd)
+
+
+def test_weight_change_reencodes_codes_and_keeps_what_fit_learned(task):
+    layer = layer_for(task)
+    layer.fit(task.train_x, task.train_y, progress=False)
+    ids_before = layer.index.list_ids.clone()
+    codes_before = layer.index.codes.clone()
+    with torch.no_grad():
+        layer.weight.mul_(-1)
+    x = task.test_x[:50]
+    _, labels = layer.predict(x, 3)  # triggers the sync
+    assert torch.equal(layer.index.list_ids, ids_before)  # partitions and spill kept
+    assert torch.equal(layer.index.codes, -codes_before)  # symmetric int8 codes of -W
+    # The exact logits use the new weights.
+    scores, labels = layer.predict(x, 1)
+    want = (x @ layer.weight.T + layer.bias).gather(1, labels)
+    torch.testing.assert_close(scores, want, rtol=1e-5, atol=1e-4)
+
+
+def test_format_1_simhash_state_dict_loads(task):
+    layer = layer_for(task, num_tables=4, bits=6)
+    sd = layer.state_dict()
+    # The 0.1 layout: SimHash buffers on the layer, format 1 extra state.
+    old = {"weight": sd["weight"], "bias": sd["bias"]}
+    for name in ("query_proj", "label_proj", "offsets", "items"):
+        old[name] = sd["index." + name]
+    old["_extra_state"] = {"num_tables": 4, "bits": 6, "max_candidates": 40, "min_hits": 1, "seed": 0,
+                           "fitted": False, "format": 1}
+    fresh = lss.LSSLinear(task.weight.shape[1], task.num_labels)
+    fresh.load_state_dict(old)
+    assert fresh.family == "simhash" and fresh.num_tables == 4
+    x = task.test_x[:30]
+    assert torch.equal(fresh.predict(x, 3)[1], layer.predict(x, 3)[1])
