@@ -27,8 +27,8 @@ quantized_scores_kernel (grid (B, nprobe)): program (b, j) walks partition
     accumulating the integer dot with q[b] exactly in int32 (elementwise
     int32 products, tl.sum; exact whatever the order, |sum| <= 127^2 Dp <
     2^31 for Dp <= 133,120), then the score with explicitly rounded fp32
-    multiplies and add (libdevice mul_rn / add_rn on a GPU, so the compiler
-    cannot contract them into an FMA; plain fp32 numpy ops under the
+    multiplies and add (inline PTX mul.rn.f32 / add.rn.f32 on a GPU: never
+    contracted into an FMA, subnormals kept; plain fp32 numpy ops under the
     interpreter), and stores score and list_ids[t] at its slot in flat
     [total] buffers: query b's pairs are contiguous, slot (b, j) starting at
     the exclusive prefix sum of the probed partition sizes. (tl.dot on int8
@@ -69,33 +69,40 @@ MAX_CODE_WIDTH = ((2**31 - 1) // (QUANT_LEVELS * QUANT_LEVELS)) // CODE_ALIGN * 
 _ROUND = tl.constexpr(12582912.0)  # 1.5 * 2^23: (v + R) - R rounds v half-even to an integer, |v| < 2^22
 
 
+# fp32 multiply and add, each rounded on its own: PTX mul.rn / add.rn (an
+# explicit rounding modifier forbids ptxas to contract them into an fma, and
+# no .ftz: subnormals are kept, as on the CPU). libdevice's mul_rn / add_rn
+# would not do: Triton links libdevice with flush-to-zero on (mul.rn.ftz).
+# Under the interpreter, plain numpy float32 operations (never fused).
 @triton.jit
-def _mul_rn(a, b, LIBDEVICE: tl.constexpr):
-    if LIBDEVICE:
-        return libdevice.mul_rn(a, b)
+def _mul_rn(a, b, PTX: tl.constexpr):
+    if PTX:
+        return tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32,
+                                         is_pure=True, pack=1)
     else:
         return a * b
 
 
 @triton.jit
-def _add_rn(a, b, LIBDEVICE: tl.constexpr):
-    if LIBDEVICE:
-        return libdevice.add_rn(a, b)
+def _add_rn(a, b, PTX: tl.constexpr):
+    if PTX:
+        return tl.inline_asm_elementwise("add.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32,
+                                         is_pure=True, pack=1)
     else:
         return a + b
 
 
 @triton.jit
-def _rint(v, LIBDEVICE: tl.constexpr):
-    """Round half to even (v finite, |v| <= 127)."""
-    if LIBDEVICE:
+def _rint(v, PTX: tl.constexpr):
+    """Round half to even (v finite, |v| <= 127): cvt.rni on a GPU."""
+    if PTX:
         return libdevice.rint(v)
     else:
         return (v + _ROUND) - _ROUND
 
 
 @triton.jit
-def quantize_queries_kernel(x_ptr, q_ptr, scale_ptr, d, Dp, LIBDEVICE: tl.constexpr, BLOCK_D: tl.constexpr):
+def quantize_queries_kernel(x_ptr, q_ptr, scale_ptr, d, Dp, PTX: tl.constexpr, BLOCK_D: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     amax = tl.zeros([], dtype=tl.float32)
     nan = tl.zeros([], dtype=tl.int32)
@@ -115,7 +122,7 @@ def quantize_queries_kernel(x_ptr, q_ptr, scale_ptr, d, Dp, LIBDEVICE: tl.conste
         s = v * inv
         s = tl.where(s != s, 0.0, s)
         s = tl.minimum(tl.maximum(s, -127.0), 127.0)
-        r = _rint(s, LIBDEVICE)
+        r = _rint(s, PTX)
         tl.store(q_ptr + b * Dp + rd, r.to(tl.int8), mask=rd < Dp)
     tl.store(scale_ptr + b, scale)
 
@@ -123,7 +130,7 @@ def quantize_queries_kernel(x_ptr, q_ptr, scale_ptr, d, Dp, LIBDEVICE: tl.conste
 @triton.jit
 def quantized_scores_kernel(q_ptr, scale_ptr, probes_ptr, offsets_ptr, codes_ptr, cs_ptr, cb_ptr, ids_ptr,
                             slot_ptr, scores_ptr, labels_ptr, nprobe, Dp,
-                            LIBDEVICE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+                            PTX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1).to(tl.int64)
     p = tl.load(probes_ptr + b * nprobe + j).to(tl.int64)
@@ -145,7 +152,7 @@ def quantized_scores_kernel(q_ptr, scale_ptr, probes_ptr, offsets_ptr, codes_ptr
             acc += tl.sum(ct.to(tl.int32) * qv[None, :], axis=1)
         cs = tl.load(cs_ptr + rr, mask=r_mask, other=0.0)
         cb = tl.load(cb_ptr + rr, mask=r_mask, other=0.0)
-        score = _add_rn(_mul_rn(_mul_rn(acc.to(tl.float32), scale, LIBDEVICE), cs, LIBDEVICE), cb, LIBDEVICE)
+        score = _add_rn(_mul_rn(_mul_rn(acc.to(tl.float32), scale, PTX), cs, PTX), cb, PTX)
         label = tl.load(ids_ptr + rr, mask=r_mask, other=-1)
         tl.store(scores_ptr + dst + rr, score, mask=r_mask)
         tl.store(labels_ptr + dst + rr, label, mask=r_mask)
@@ -169,7 +176,7 @@ def _quantize_queries(x: Tensor, width: int) -> Tuple[Tensor, Tensor]:
     batch, d = x.shape
     q = torch.empty((batch, width), dtype=torch.int8, device=x.device)
     scale = torch.empty((batch,), dtype=torch.float32, device=x.device)
-    launch(quantize_queries_kernel, (batch,), x, q, scale, d, width, LIBDEVICE=not INTERPRET, num_warps=4,
+    launch(quantize_queries_kernel, (batch,), x, q, scale, d, width, PTX=not INTERPRET, num_warps=4,
            **_quantize_blocks())
     return q, scale
 
@@ -185,7 +192,7 @@ def _quantized_scores(q: Tensor, scale: Tensor, probes: Tensor, list_offsets: Te
     if total:
         launch(quantized_scores_kernel, (batch, nprobe), q, scale, probes, list_offsets.contiguous(), codes,
                code_scales.contiguous(), code_bias.contiguous(), list_ids.contiguous(), slots, scores, labels,
-               nprobe, codes.shape[1], LIBDEVICE=not INTERPRET, num_warps=4, **_score_blocks())
+               nprobe, codes.shape[1], PTX=not INTERPRET, num_warps=4, **_score_blocks())
     return scores, labels
 
 
@@ -271,14 +278,14 @@ def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes:
 
 def aot_specs():
     specs = [dict(
-        kernel=quantize_queries_kernel, name=f"quantize_queries[{dt}]", tensor_cores=False,
+        kernel=quantize_queries_kernel, name=f"quantize_queries[{dt}]", tensor_cores=False, exact_fp32=True,
         signature={"x_ptr": f"*{dt}", "q_ptr": "*i8", "scale_ptr": "*fp32", "d": "i32", "Dp": "i32"},
-        divisible=["Dp"], constexprs=dict(LIBDEVICE=True, BLOCK_D=256), num_warps=4)
+        divisible=["Dp"], constexprs=dict(PTX=True, BLOCK_D=256), num_warps=4)
         for dt in ("fp16", "bf16", "fp32", "fp64")]
     specs.append(dict(
-        kernel=quantized_scores_kernel, name="quantized_scores[int8]", tensor_cores=False, no_fma=True,
+        kernel=quantized_scores_kernel, name="quantized_scores[int8]", tensor_cores=False, exact_fp32=True,
         signature={"q_ptr": "*i8", "scale_ptr": "*fp32", "probes_ptr": "*i32", "offsets_ptr": "*i32",
                    "codes_ptr": "*i8", "cs_ptr": "*fp32", "cb_ptr": "*fp32", "ids_ptr": "*i32",
                    "slot_ptr": "*i64", "scores_ptr": "*fp32", "labels_ptr": "*i32", "nprobe": "i32", "Dp": "i32"},
-        divisible=["Dp"], constexprs=dict(LIBDEVICE=True, BLOCK_R=32, BLOCK_D=128), num_warps=4))
+        divisible=["Dp"], constexprs=dict(PTX=True, BLOCK_R=32, BLOCK_D=128), num_warps=4))
     return specs
