@@ -224,7 +224,9 @@ def partition_scores(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tenso
 
 def _rank_desc(scores: Tensor, ids: Tensor) -> Tensor:
     """Permutation sorting (scores desc, ids asc); NaN scores count as -inf."""
-    s = torch.nan_to_num(scores, nan=float("-inf"))
+    # (posinf / neginf given explicitly: by default nan_to_num would also
+    # replace +-inf by the largest / lowest finite value, ranking NaN below -inf)
+    s = torch.nan_to_num(scores, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
     by_id = torch.sort(ids, stable=True).indices
     return by_id[torch.sort(s[by_id], descending=True, stable=True).indices]
 

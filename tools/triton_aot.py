@@ -6,12 +6,15 @@ arch, 32)) runs the whole pipeline (TTIR -> TTGIR -> LLVM IR -> PTX -> cubin
 with the ptxas that ships with Triton). For each kernel variant (the
 representative constexprs and dtypes listed by each module's aot_specs())
 and each target (sm_80, sm_90) it prints: shared memory bytes, registers and
-spill stores/loads (from ptxas -v), and for the kernels that are meant to use
-tensor cores (the fp16/bf16 bitmap matmul kernels) whether the PTX contains
-mma.sync (sm_80) / wgmma (sm_90).
+spill stores/loads (from ptxas -v), for the kernels that are meant to use
+tensor cores (the fp16/bf16 bitmap matmul and partition score kernels)
+whether the PTX contains mma.sync (sm_80) / wgmma (sm_90), and for the
+kernels whose fp32 arithmetic must be exact IEEE operation by operation
+(quantized_candidates, spec "exact_fp32") that the PTX holds no fp32 fma
+and no .ftz.
 
-Exit status 1 if any kernel fails to compile or a tensor-core kernel lacks
-its tensor-core instruction.
+Exit status 1 if any kernel fails to compile, a tensor-core kernel lacks
+its tensor-core instruction, or an exact-fp32 kernel has an fma or .ftz.
 
     .venv/bin/python tools/triton_aot.py [--arch 80 90] [--filter NAME] [--json out.json]
 """
@@ -42,6 +45,7 @@ import lsskernels.triton as lss_triton  # noqa: E402
 _REGS = re.compile(r"Used (\d+) registers")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 _TC = {80: "mma.sync", 90: "wgmma"}
+_FMA = re.compile(r"\bfma\.(rn\.)?(ftz\.)?f32\b")
 
 
 def compile_spec(spec: dict, arch: int) -> dict:
@@ -89,7 +93,14 @@ def compile_spec(spec: dict, arch: int) -> dict:
         "cubin_bytes": len(compiled.asm["cubin"]),
         "seconds": round(seconds, 2),
     }
-    row["ok"] = (not row["tensor_core_expected"]) or row[_TC[arch]]
+    # Kernels whose fp32 arithmetic must be IEEE operation by operation
+    # (quantized_candidates, bit-exact with the reference): no fp32 fma
+    # (contraction) and no .ftz (flushed subnormals) anywhere in the PTX.
+    row["exact_fp32_expected"] = bool(spec.get("exact_fp32", False))
+    row["fma_in_ptx"] = bool(_FMA.search(ptx))
+    row["ftz_in_ptx"] = ".ftz" in ptx
+    row["ok"] = ((not row["tensor_core_expected"]) or row[_TC[arch]]) and not (
+        row["exact_fp32_expected"] and (row["fma_in_ptx"] or row["ftz_in_ptx"]))
     return row
 
 
@@ -125,8 +136,15 @@ def main(argv=None) -> int:
                 tc = "mma" if row["mma.sync"] else ("wgmma" if row["wgmma"] else "-")
             print(f"{row['kernel']:44} {row['arch']:6} {row['shared_bytes']:>7} {str(row['registers']):>5} "
                   f"{spill:>11} {row['num_warps']:>5} {tc:>14} {row['seconds']:>5}")
+            if row["exact_fp32_expected"]:
+                print(f"{'':44} {'':6} exact fp32: fma {'YES' if row['fma_in_ptx'] else 'none'}, "
+                      f".ftz {'YES' if row['ftz_in_ptx'] else 'none'}")
             if not row["ok"]:
-                failures.append(f"{row['kernel']} {row['arch']}: no {_TC[arch]} in the PTX")
+                if row["exact_fp32_expected"] and (row["fma_in_ptx"] or row["ftz_in_ptx"]):
+                    why = "fp32 fma or .ftz in the PTX of an exact-fp32 kernel"
+                else:
+                    why = f"no {_TC[arch]} in the PTX"
+                failures.append(f"{row['kernel']} {row['arch']}: {why}")
     total = time.perf_counter() - start
     print(f"\n{len(rows)} compilations in {total:.1f} s (triton {triton.__version__})")
     if args.json:

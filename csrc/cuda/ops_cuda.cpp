@@ -3,7 +3,8 @@
 // allocator, the device guard, the current stream, reading back the device
 // status word, and the TORCH_LIBRARY_IMPL(lsskernels, CUDA, m) registration.
 // The kernels themselves are in tables.cu, logits.cu and topk.cu (interface:
-// launch.h).
+// launch.h); the helpers shared with partition_ops_cuda.cpp are in
+// host_utils.h.
 //
 // Value checks (codes, ids, table contents, row_ptr) run inside the kernels,
 // which never read out of bounds on malformed input: they skip the access and
@@ -24,6 +25,7 @@
 #include <cstdlib>
 #include <initializer_list>
 
+#include "host_utils.h"
 #include "launch.h"
 #include "lss/arg_checks.h"
 #include "lss/common.h"
@@ -31,50 +33,6 @@
 namespace lss::cuda {
 namespace {
 
-DType dtype_of(const char* op, const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kDouble: return DType::kFloat64;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, op, ": unsupported dtype ", t.scalar_type(),
-                         " (float16, bfloat16, float32 or float64)");
-  }
-}
-
-at::ScalarType acc_type(at::ScalarType s) { return s == at::kDouble ? at::kDouble : at::kFloat; }
-
-void check_cuda(const char* op, std::initializer_list<const at::Tensor*> tensors) {
-  const at::Tensor& first = **tensors.begin();
-  for (const at::Tensor* t : tensors) {
-    TORCH_CHECK(t->is_cuda(), op, ": CUDA kernel got a tensor on ", t->device());
-    TORCH_CHECK(t->device() == first.device(), op, ": tensors on ", first.device(), " and ",
-                t->device());
-  }
-}
-
-cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
-
-at::Tensor new_status(const at::Tensor& like) {
-  return at::zeros({kStatusWords}, like.options().dtype(at::kLong));
-}
-unsigned long long* status_ptr(at::Tensor& status) {
-  return reinterpret_cast<unsigned long long*>(status.data_ptr<int64_t>());
-}
-// One device-to-host copy; synchronizes the current stream.
-std::array<int64_t, kStatusWords> read_status(const at::Tensor& status) {
-  const at::Tensor h = status.to(at::kCPU);
-  std::array<int64_t, kStatusWords> v{};
-  for (int i = 0; i < kStatusWords; ++i) v[size_t(i)] = h.data_ptr<int64_t>()[i];
-  return v;
-}
-bool async_errors() {
-  static const bool v = [] {
-    const char* s = std::getenv("LSS_CUDA_ASYNC_ERRORS");
-    return s != nullptr && s[0] == '1';
-  }();
-  return v;
-}
 double tile_density() {
   static const double v = [] {
     const char* s = std::getenv("LSS_CUDA_TILE_DENSITY");
@@ -84,14 +42,7 @@ double tile_density() {
 }
 
 template <typename T> T* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
-const void* raw(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 uint32_t* as_u32(const at::Tensor& t) { return reinterpret_cast<uint32_t*>(t.data_ptr<int32_t>()); }
-
-int64_t next_pow2_host(int64_t v) {
-  int64_t p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
 
 int bit_width(int64_t v) {  // bits needed for values in [0, v]
   int b = 1;

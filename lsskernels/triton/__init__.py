@@ -16,6 +16,8 @@ from .bitmap_matmul import bitmap_sparse_matmul
 from .gathered import gathered_logits
 from .hashing import hash_codes
 from .lookup import bucket_lookup, bucket_lookup_bitmap
+from .partition_probe import partition_probe
+from .quantized_candidates import quantize_queries, quantized_candidates
 from .topk import topk_gathered, topk_packed
 
 __all__ = [
@@ -26,6 +28,9 @@ __all__ = [
     "bucket_lookup_bitmap",
     "gathered_logits",
     "hash_codes",
+    "partition_probe",
+    "quantize_queries",
+    "quantized_candidates",
     "topk_gathered",
     "topk_packed",
 ]
@@ -33,9 +38,15 @@ __all__ = [
 
 def aot_specs():
     """Representative compilations of every kernel, for tools/triton_aot.py."""
+    import importlib
+
     from . import bitmap_matmul, gathered, hashing, lookup, topk
 
+    # (the partition modules share their names with the functions exported
+    # above, which shadow them as attributes of this package)
+    probe, quantized = (importlib.import_module(f"{__name__}.{m}")
+                        for m in ("partition_probe", "quantized_candidates"))
     specs = []
-    for module in (hashing, lookup, gathered, bitmap_matmul, topk):
+    for module in (hashing, lookup, gathered, bitmap_matmul, topk, probe, quantized):
         specs.extend(module.aot_specs())
     return specs
