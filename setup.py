@@ -60,7 +60,7 @@ def want_cuda():
 
 def extensions():
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
-    sources = ["csrc/ops.cpp", "csrc/predict_topk.cpp", "csrc/python_module.cpp"] + rel("csrc/cpu/*.cpp")
+    sources = ["csrc/ops.cpp", "csrc/predict_topk.cpp", "csrc/partition_predict_topk.cpp", "csrc/python_module.cpp"] + rel("csrc/cpu/*.cpp")
     debug = _env_flag("LSS_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # at::parallel_for is header-inlined OpenMP: without -fopenmp the kernels

@@ -3,6 +3,7 @@
 // the few functions below only describe the build.
 #include <pybind11/pybind11.h>
 
+#include "cpu/int8_dots.h"
 #include "cpu/vector_math.h"
 
 namespace {
@@ -20,4 +21,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("built_with_cuda", &built_with_cuda, "True when the CUDA kernels were compiled in");
   m.def("cpu_vector_isa", &lss::cpu::vector_isa,
         "Instruction set the CPU row kernels dispatched to on this machine");
+  m.def("cpu_int8_isa", &lss::cpu::int8_isa,
+        "Kernel the CPU int8 code-row scoring (quantized_candidates) dispatched to on this machine");
 }

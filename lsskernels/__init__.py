@@ -5,6 +5,9 @@ Public API (see docs/api.md):
     hash_codes, build_tables, bucket_lookup, bucket_lookup_bitmap,
     gathered_logits, bitmap_sparse_matmul, topk_gathered, topk_packed
                                    the ops, with a backend= switch
+    partition_probe, quantized_candidates, partition_predict_topk
+                                   the partition family's ops (int8 quantized
+                                   candidate scoring), same switch
 """
 from ._ops import (
     BACKENDS,
@@ -16,6 +19,9 @@ from ._ops import (
     extension_loaded,
     gathered_logits,
     hash_codes,
+    partition_predict_topk,
+    partition_probe,
+    quantized_candidates,
     topk_gathered,
     topk_packed,
 )
@@ -34,6 +40,9 @@ __all__ = [
     "extension_loaded",
     "gathered_logits",
     "hash_codes",
+    "partition_predict_topk",
+    "partition_probe",
+    "quantized_candidates",
     "topk_gathered",
     "topk_packed",
 ]

@@ -214,3 +214,19 @@ def quantized_candidates_args(x, probes, list_offsets, codes, code_scales, code_
         raise ValueError(f"probes must be [B, nprobe] with B = x.shape[0] = {x.shape[0]}, got {tuple(probes.shape)}")
     integer("max_candidates", max_candidates, 1)
     return as_int32("probes", probes, -1, list_offsets.shape[0] - 1, check_values)
+
+
+def partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids,
+                                weight, bias, num_labels, nprobe, max_candidates, k):
+    partition_probe_args(x, centroids, centroid_bias, nprobe)
+    partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels)
+    if list_offsets.shape[0] != centroids.shape[0] + 1:
+        raise ValueError(f"list_offsets must be int32 [P + 1] = [{centroids.shape[0] + 1}] (P = centroids.shape[0]), "
+                         f"got {tuple(list_offsets.shape)}")
+    dense_layer_args(x, weight, bias)
+    same_device(("x", x), ("list_offsets", list_offsets))
+    if num_labels > weight.shape[0]:
+        raise ValueError(f"num_labels must be <= weight.shape[0] = {weight.shape[0]} (list ids index the weight "
+                         f"rows), got {num_labels}")
+    integer("max_candidates", max_candidates, 1)
+    topk_k(k)

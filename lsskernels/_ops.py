@@ -205,10 +205,8 @@ if _C is not None:
         return (x.new_empty((x.shape[0], max_candidates), dtype=torch.int32),
                 x.new_empty((x.shape[0],), dtype=torch.int32))
 
-    @torch.library.register_fake("lsskernels::partition_predict_topk")
-    def _partition_predict_topk_fake(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias,
-                                     list_ids, weight, bias, num_labels, nprobe, max_candidates, k):
-        return x.new_empty((x.shape[0], k)), x.new_empty((x.shape[0], k), dtype=torch.int64)
+    # partition_predict_topk is CompositeImplicitAutograd (csrc/partition_predict_topk.cpp):
+    # no fake of its own (torch refuses one); it decomposes into the ops above.
 
 
 # --------------------------------------------------------------------------
@@ -413,3 +411,31 @@ def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes:
                                               num_labels, max_candidates)
     return reference.quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
                                           num_labels, max_candidates)
+
+
+def partition_predict_topk(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], list_offsets: Tensor,
+                           codes: Tensor, code_scales: Tensor, code_bias: Tensor, list_ids: Tensor, weight: Tensor,
+                           bias: Optional[Tensor], num_labels: int, nprobe: int, max_candidates: int, k: int, *,
+                           backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """The partition family's predict in one call: partition_probe ->
+    quantized_candidates -> exact logits of the max_candidates best
+    (gathered_logits) -> top-k. Returns (scores [B, k] in x's dtype, labels
+    int64 [B, k]), -inf / -1 where a query has fewer than k candidates. No
+    gradient flows through it. Exact contract: reference.partition_predict_topk."""
+    checks.partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias,
+                                       list_ids, weight, bias, num_labels, nprobe, max_candidates, k)
+    backend = resolve_backend(backend, x.device)
+    if _native(backend):
+        # One composite op (csrc/partition_predict_topk.cpp), below autograd.
+        return torch.ops.lsskernels.partition_predict_topk(x, centroids, centroid_bias, list_offsets, codes,
+                                                           code_scales, code_bias, list_ids, weight, bias,
+                                                           num_labels, nprobe, max_candidates, k)
+    with torch.no_grad():
+        if backend == "triton":
+            probes = partition_probe(x, centroids, centroid_bias, nprobe, backend=backend)
+            ids, _ = quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
+                                          num_labels, max_candidates, backend=backend)
+            return topk_gathered(gathered_logits(x, weight, bias, ids, backend=backend), ids, k, backend=backend)
+        return reference.partition_predict_topk(x, centroids, centroid_bias, list_offsets, codes, code_scales,
+                                                code_bias, list_ids, weight, bias, num_labels, nprobe,
+                                                max_candidates, k)

@@ -72,3 +72,46 @@ def poison_heap(num_bytes: int) -> None:
     size (a kernel's output) likely starts as 0xFF garbage rather than zeros."""
     if num_bytes > 0:
         torch.full((num_bytes,), 0xFF, dtype=torch.uint8)
+
+
+# ------------------------------------------------------------ partition lists
+def random_partition_lists(num_labels: int, partitions: int, dim: int, seed: int, mean_size: int = 40,
+                           empty_fraction: float = 0.2, tie_fraction: float = 0.1):
+    """Random partition lists in the layout of reference.quantized_candidates:
+    (list_offsets int32 [P + 1], codes int8 [T, Dp], code_scales, code_bias
+    float32 [T], list_ids int32 [T]). Ragged on purpose: some partitions are
+    empty, labels repeat across (and within) partitions, a fraction of rows
+    are exact copies of another row under another label (tied scores, so the
+    id tiebreak decides), codes take the extreme values -127 / 127 (and -128),
+    and the padding columns past d hold garbage the kernels must ignore."""
+    g = gen(seed)
+    width = -(-dim // reference.CODE_ALIGN) * reference.CODE_ALIGN
+    sizes = torch.randint(0, 2 * mean_size + 1, (partitions,), generator=g)
+    sizes[torch.rand(partitions, generator=g) < empty_fraction] = 0
+    offsets = torch.zeros(partitions + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(sizes, 0)
+    rows = int(offsets[-1])
+    codes = torch.randint(-127, 128, (rows, width), generator=g, dtype=torch.int64)
+    extreme = torch.rand(rows, width, generator=g) < 0.1
+    codes[extreme] = 127 * torch.randint(0, 2, (int(extreme.sum()),), generator=g) * 2 - 127
+    if width > dim:
+        codes[:, dim:] = torch.randint(-128, 128, (rows, width - dim), generator=g)
+    codes = codes.to(torch.int8)
+    scales = (torch.rand(rows, generator=g) * 0.05 + 0.001).to(torch.float32)
+    bias = (torch.randn(rows, generator=g) * 0.5).to(torch.float32)
+    ids = torch.randint(0, num_labels, (rows,), generator=g, dtype=torch.int32)
+    if rows > 1:
+        ties = torch.nonzero(torch.rand(rows, generator=g) < tie_fraction).flatten()
+        src = torch.randint(0, rows, (ties.numel(),), generator=g)
+        codes[ties], scales[ties], bias[ties] = codes[src], scales[src], bias[src]
+    return offsets.to(torch.int32), codes, scales, bias, ids
+
+
+def random_probes(batch: int, nprobe: int, partitions: int, seed: int, skip_fraction: float = 0.15) -> torch.Tensor:
+    """int32 [B, nprobe] partition ids, distinct per row where possible, some -1."""
+    g = gen(seed)
+    probes = torch.stack([torch.randperm(partitions, generator=g)[:nprobe] for _ in range(batch)])
+    if probes.shape[1] < nprobe:  # nprobe > P: repeat partitions
+        probes = torch.cat([probes, probes[:, : nprobe - probes.shape[1]]], 1)
+    probes[torch.rand(batch, nprobe, generator=g) < skip_fraction] = -1
+    return probes.to(torch.int32)

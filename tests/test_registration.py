@@ -6,13 +6,14 @@ import torch
 
 import lsskernels as lss
 from lsskernels import reference
-from helpers import randn, random_ids, random_query_codes, random_tables
+from helpers import randn, random_ids, random_partition_lists, random_probes, random_query_codes, random_tables
 
 pytestmark = pytest.mark.skipif(not lss.extension_loaded(), reason="compiled extension not built")
 
 OPS = ["hash_codes", "build_tables", "bucket_lookup", "bucket_lookup_bitmap", "gathered_logits",
        "gathered_logits_backward", "bitmap_sparse_matmul", "bitmap_sparse_matmul_backward",
-       "topk_gathered", "topk_packed"]
+       "topk_gathered", "topk_packed", "partition_probe", "quantized_candidates"]
+COMPOSITES = ["predict_topk", "partition_predict_topk"]
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -20,10 +21,11 @@ def test_cpu_kernel_registered(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lsskernels::{op}", "CPU")
 
 
-def test_predict_topk_is_a_composite():
+@pytest.mark.parametrize("op", COMPOSITES)
+def test_predict_ops_are_composites(op):
     # No kernel of its own per device: it calls the ops above, so it runs
     # wherever they do and torch.compile traces through it.
-    name = "lsskernels::predict_topk"
+    name = f"lsskernels::{op}"
     assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeImplicitAutograd")
     assert not torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU")
 
@@ -39,6 +41,7 @@ def _samples():
     logits = reference.gathered_logits(x, w, b, ids)
     values, row_ptr = reference.bitmap_sparse_matmul(x, w, b, bitmap)
     grad = randn(3, 8, seed=8)
+    lists = random_partition_lists(70, 6, 9, seed=20)
     return [
         (ops.hash_codes.default, (x, proj)),
         (ops.build_tables.default, (random_query_codes(70, 4, 5, seed=9), 5)),
@@ -56,10 +59,14 @@ def _samples():
         (ops.topk_packed.default, (values.detach(), row_ptr, bitmap, 4)),
         (ops.predict_topk.default, (x.detach(), randn(4, 5, 11, seed=16), offsets, items, w.detach(), b.detach(),
                                     70, 16, 1, 3)),
+        (ops.partition_probe.default, (x.detach(), randn(6, 9, seed=17), randn(6, seed=18), 3)),
+        (ops.quantized_candidates.default, (x.detach(), random_probes(3, 3, 6, seed=19), *lists, 70, 16)),
+        (ops.partition_predict_topk.default, (x.detach(), randn(6, 9, seed=17), randn(6, seed=18), *lists, w.detach(),
+                                              b.detach(), 70, 3, 16, 4)),
     ]
 
 
-@pytest.mark.parametrize("case", range(13))
+@pytest.mark.parametrize("case", range(16))
 def test_opcheck(case):
     op, args = _samples()[case]
     # bitmap_sparse_matmul's output size is data-dependent; aot_dispatch_dynamic

@@ -521,6 +521,8 @@ void axpy(double a, const double* w, double* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * w[i];
 }
 
+int vector_level() { return cpu_level(); }
+
 const char* vector_isa() {
   const bool forced = std::getenv("LSS_CPU_ISA") != nullptr;
   switch (cpu_level()) {

@@ -87,6 +87,11 @@ void axpy(double a, const double* w, double* y, int64_t n);
 // Name of the instruction set the dispatcher picked ("x86-64-v4", ...).
 const char* vector_isa();
 
+// The level it stands for: 4 = AVX-512 (x86-64-v4), 3 = AVX2 + FMA
+// (x86-64-v3), 0 = generic, after LSS_CPU_ISA. Other kernel tables
+// (int8_dots.cpp) pick their ISA from it, so one switch lowers them all.
+int vector_level();
+
 // Accumulator type: fp64 inputs accumulate in fp64, everything else in fp32.
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };

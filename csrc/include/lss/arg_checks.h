@@ -124,4 +124,67 @@ inline void check_topk_packed(const at::Tensor& values, const at::Tensor& row_pt
   TORCH_CHECK(k >= 1, "topk_packed: k must be >= 1, got ", k);
 }
 
+// ---------------------------------------------------------------- partitions
+inline void check_partition_probe(const at::Tensor& x, const at::Tensor& centroids,
+                                  const c10::optional<at::Tensor>& centroid_bias, int64_t nprobe) {
+  TORCH_CHECK(x.dim() == 2 && at::isFloatingType(x.scalar_type()),
+              "partition_probe: x must be floating point [B, d], got ", x.scalar_type(), " ", x.sizes());
+  TORCH_CHECK(centroids.dim() == 2 && centroids.size(1) == x.size(1) && centroids.size(0) >= 1,
+              "partition_probe: centroids must be [P, d] with P >= 1 and d = ", x.size(1), ", got ",
+              centroids.sizes());
+  TORCH_CHECK(centroids.scalar_type() == x.scalar_type(), "partition_probe: centroids dtype ",
+              centroids.scalar_type(), " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK(centroids.size(0) < (int64_t(1) << 31), "partition_probe: at most 2^31 - 1 partitions");
+  if (centroid_bias.has_value()) {
+    TORCH_CHECK(centroid_bias->dim() == 1 && centroid_bias->size(0) == centroids.size(0),
+                "partition_probe: centroid_bias must be [P] = [", centroids.size(0), "], got ",
+                centroid_bias->sizes());
+    TORCH_CHECK(centroid_bias->scalar_type() == x.scalar_type(),
+                "partition_probe: centroid_bias dtype differs from x dtype");
+  }
+  TORCH_CHECK(nprobe >= 1 && nprobe <= centroids.size(0), "partition_probe: nprobe must be in [1, P = ",
+              centroids.size(0), "], got ", nprobe);
+}
+
+// Shapes and dtypes of the partition lists (codes rows padded to Dp, a
+// multiple of 32 with d <= Dp < d + 32). The offsets' values, the probes'
+// values and the list ids are checked by each backend as it reads them.
+inline void check_partition_lists(const char* op, const at::Tensor& x, const at::Tensor& list_offsets,
+                                  const at::Tensor& codes, const at::Tensor& code_scales,
+                                  const at::Tensor& code_bias, const at::Tensor& list_ids, int64_t num_labels) {
+  TORCH_CHECK(x.dim() == 2 && at::isFloatingType(x.scalar_type()), op,
+              ": x must be floating point [B, d], got ", x.scalar_type(), " ", x.sizes());
+  TORCH_CHECK(list_offsets.dim() == 1 && list_offsets.scalar_type() == at::kInt && list_offsets.size(0) >= 2, op,
+              ": list_offsets must be int32 [P + 1] with P >= 1, got ", list_offsets.scalar_type(), " ",
+              list_offsets.sizes());
+  const int64_t d = x.size(1);
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar && codes.size(1) % 32 == 0 &&
+                  codes.size(1) >= d && codes.size(1) < d + 32,
+              op, ": codes must be int8 [T, Dp] with Dp = d = ", d, " rounded up to a multiple of 32, got ",
+              codes.scalar_type(), " ", codes.sizes());
+  const int64_t T = codes.size(0);
+  TORCH_CHECK(T < (int64_t(1) << 31), op, ": at most 2^31 - 1 code rows");
+  TORCH_CHECK(code_scales.dim() == 1 && code_scales.size(0) == T && code_scales.scalar_type() == at::kFloat, op,
+              ": code_scales must be float32 [T] = [", T, "], got ", code_scales.scalar_type(), " ",
+              code_scales.sizes());
+  TORCH_CHECK(code_bias.dim() == 1 && code_bias.size(0) == T && code_bias.scalar_type() == at::kFloat, op,
+              ": code_bias must be float32 [T] = [", T, "], got ", code_bias.scalar_type(), " ", code_bias.sizes());
+  TORCH_CHECK(list_ids.dim() == 1 && list_ids.size(0) == T && list_ids.scalar_type() == at::kInt, op,
+              ": list_ids must be int32 [T] = [", T, "], got ", list_ids.scalar_type(), " ", list_ids.sizes());
+  TORCH_CHECK(num_labels >= 1 && num_labels < (int64_t(1) << 31), op,
+              ": num_labels must be in [1, 2^31), got ", num_labels);
+}
+
+inline void check_quantized_candidates(const at::Tensor& x, const at::Tensor& probes,
+                                       const at::Tensor& list_offsets, const at::Tensor& codes,
+                                       const at::Tensor& code_scales, const at::Tensor& code_bias,
+                                       const at::Tensor& list_ids, int64_t num_labels, int64_t max_candidates) {
+  check_partition_lists("quantized_candidates", x, list_offsets, codes, code_scales, code_bias, list_ids,
+                        num_labels);
+  TORCH_CHECK(probes.dim() == 2 && probes.size(0) == x.size(0) && probes.scalar_type() == at::kInt,
+              "quantized_candidates: probes must be int32 [B, nprobe] with B = ", x.size(0), ", got ",
+              probes.scalar_type(), " ", probes.sizes());
+  TORCH_CHECK(max_candidates >= 1, "quantized_candidates: max_candidates must be >= 1, got ", max_candidates);
+}
+
 }  // namespace lss

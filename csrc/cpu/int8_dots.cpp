@@ -1,0 +1,342 @@
+// int8 code-row kernels of quantized_candidates: exact integer dots of an
+// int8 query against contiguous int8 rows, then the fp32 score and its sort
+// key (int8_dots.h). One kernel table, picked once at load time from
+// vector_level() (so LSS_CPU_ISA=avx2|generic lowers it with the dot kernels):
+//
+//   AVX-512 VNNI  vpdpbusd: unsigned x signed bytes, so the codes are offset
+//                 by +128 (xor 0x80) and 128 * sum(q) is taken off the sum
+//   AVX-512 BW    codes widened to int16 (vpmovsxbw), vpmaddwd with q16
+//   AVX2          the same, 16 codes per instruction
+//   generic       plain C++ (the compiler vectorises it for the baseline ISA)
+//
+// LSS_CPU_ISA=avx512bw keeps AVX-512 but skips VNNI, so that path runs on a
+// VNNI machine too (tests/test_quantized_candidates.py runs every path).
+// Every path gives the same integers and, since the score is three fp32
+// operations in a fixed order without FMA (LSS_NO_FMA), the same bits.
+#include "int8_dots.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "vector_math.h"
+
+namespace lss::cpu {
+namespace {
+
+// Rows are scored in blocks of kBlock: their integer dots first, then their
+// scores and keys in one vector pass.
+constexpr int64_t kBlock = 16;
+// Software prefetch of the rows this far ahead (in rows of the current
+// partition; the next partition's first rows are prefetched by the caller).
+constexpr int64_t kPrefetchRows = 16;
+
+inline bool id_ok(int32_t id, int64_t num_labels) { return id >= 0 && int64_t(id) < num_labels; }
+
+// ------------------------------------------------------------------ generic
+int32_t dot_generic(const int8_t* q, const int8_t* row, int64_t width) {
+  int32_t s = 0;
+  for (int64_t j = 0; j < width; ++j) s += int32_t(q[j]) * int32_t(row[j]);
+  return s;
+}
+
+bool score_rows_generic(const QuantizedQuery& q, const int8_t* codes, const float* scales, const float* bias,
+                        const int32_t* ids, int64_t n, int64_t num_labels, uint64_t* keys) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t acc = dot_generic(q.q, codes + i * q.width, q.width);
+    ok &= id_ok(ids[i], num_labels);
+    keys[i] = score_key(quantized_score(acc, q.scale, scales[i], bias[i]), ids[i]);
+  }
+  return ok;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define LSS_HAVE_X86_INT8 1
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#define LSS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#define LSS_TARGET_VNNI __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx2,fma")))
+#define LSS_TARGET_AVX2 __attribute__((target("avx2,fma")))
+
+// The same barrier as LSS_NO_FMA for a zmm (the "x" class stops at xmm15).
+#define LSS_NO_FMA_ZMM(v) __asm__("" : "+v"(v))
+
+inline void prefetch_rows(const int8_t* p, int64_t bytes) {
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 2);
+}
+
+// Four accumulators of 16 int32 lanes -> their four sums (exact: integer
+// addition in any order).
+LSS_TARGET_AVX512 inline __m128i reduce4_epi32(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
+  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
+  const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+  const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// Scores and keys of up to 16 rows (lanes where `m` is set) from their dots.
+LSS_TARGET_AVX512 inline bool keys16(__m512i acc, __mmask16 m, float scale_q, const float* scales,
+                                     const float* bias, const int32_t* ids, int64_t num_labels, uint64_t* keys) {
+  __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(scale_q));
+  s = _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, scales));
+  LSS_NO_FMA_ZMM(s);
+  s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, bias));
+  // score_key, 16 lanes: -0 -> +0, NaN -> -inf, order-preserving bits.
+  s = _mm512_add_ps(s, _mm512_setzero_ps());
+  s = _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q),
+                         _mm512_set1_ps(-std::numeric_limits<float>::infinity()));
+  const __m512i bits = _mm512_castps_si512(s);
+  const __m512i ordered =
+      _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi32(bits, 31), _mm512_set1_epi32(int32_t(0x80000000u))));
+  const __m512i id = _mm512_maskz_loadu_epi32(m, ids);
+  const __mmask16 good = _mm512_mask_cmplt_epu32_mask(m, id, _mm512_set1_epi32(int32_t(num_labels)));
+  const __m512i low = _mm512_xor_si512(id, _mm512_set1_epi32(-1));
+  // Interleave (low, high) pairs in row order: key i = ordered[i] << 32 | ~id[i].
+  const __m512i lo_idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi_idx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  _mm512_mask_storeu_epi64(keys, __mmask8(m & 0xFF), _mm512_permutex2var_epi32(low, lo_idx, ordered));
+  _mm512_mask_storeu_epi64(keys + 8, __mmask8(m >> 8), _mm512_permutex2var_epi32(low, hi_idx, ordered));
+  return good == m;
+}
+
+// num_labels < 2^31 (checked by the op), so the unsigned compare is the
+// [0, num_labels) test.
+
+// ------------------------------------------------------------ AVX-512 VNNI
+// 32 codes (offset by +128) against 32 query entries, 8 int32 partial sums.
+LSS_TARGET_VNNI inline __m256i half_dot_vnni(const int8_t* r, __m256i q) {
+  const __m256i c = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r)),
+                                     _mm256_set1_epi8(char(0x80)));
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), c, q);
+}
+
+// Dots of four rows: sum_j (c_j + 128) * q_j - 128 * sum(q). kWidth > 0
+// compiles it for that row length (the query stays in registers).
+template <int64_t kWidth>
+LSS_TARGET_VNNI inline __m128i dot4_vnni(const int8_t* q, const int8_t* r0, const int8_t* r1, const int8_t* r2,
+                                         const int8_t* r3, int64_t runtime_width, __m128i offset) {
+  const int64_t width = kWidth > 0 ? kWidth : runtime_width;
+  const __m512i flip = _mm512_set1_epi8(char(0x80));
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t j = 0;
+  for (; j + 64 <= width; j += 64) {
+    const __m512i qv = _mm512_loadu_si512(q + j);
+    a0 = _mm512_dpbusd_epi32(a0, _mm512_xor_si512(_mm512_loadu_si512(r0 + j), flip), qv);
+    a1 = _mm512_dpbusd_epi32(a1, _mm512_xor_si512(_mm512_loadu_si512(r1 + j), flip), qv);
+    a2 = _mm512_dpbusd_epi32(a2, _mm512_xor_si512(_mm512_loadu_si512(r2 + j), flip), qv);
+    a3 = _mm512_dpbusd_epi32(a3, _mm512_xor_si512(_mm512_loadu_si512(r3 + j), flip), qv);
+  }
+  if (j < width) {  // width % 64 == 32: the query is zero-padded, the rows end here
+    const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + j));
+    a0 = _mm512_add_epi32(a0, _mm512_zextsi256_si512(half_dot_vnni(r0 + j, qv)));
+    a1 = _mm512_add_epi32(a1, _mm512_zextsi256_si512(half_dot_vnni(r1 + j, qv)));
+    a2 = _mm512_add_epi32(a2, _mm512_zextsi256_si512(half_dot_vnni(r2 + j, qv)));
+    a3 = _mm512_add_epi32(a3, _mm512_zextsi256_si512(half_dot_vnni(r3 + j, qv)));
+  }
+  return _mm_sub_epi32(reduce4_epi32(a0, a1, a2, a3), offset);
+}
+
+// ------------------------------------------------------------- AVX-512 BW
+LSS_TARGET_AVX512 inline __m512i wide32(const int8_t* r) {
+  return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r)));
+}
+
+template <int64_t kWidth>
+LSS_TARGET_AVX512 inline __m128i dot4_avx512bw(const int16_t* q16, const int8_t* r0, const int8_t* r1,
+                                               const int8_t* r2, const int8_t* r3, int64_t runtime_width) {
+  const int64_t width = kWidth > 0 ? kWidth : runtime_width;
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t j = 0; j < width; j += 32) {  // width is a multiple of 32
+    const __m512i qv = _mm512_loadu_si512(q16 + j);
+    a0 = _mm512_add_epi32(a0, _mm512_madd_epi16(wide32(r0 + j), qv));
+    a1 = _mm512_add_epi32(a1, _mm512_madd_epi16(wide32(r1 + j), qv));
+    a2 = _mm512_add_epi32(a2, _mm512_madd_epi16(wide32(r2 + j), qv));
+    a3 = _mm512_add_epi32(a3, _mm512_madd_epi16(wide32(r3 + j), qv));
+  }
+  return reduce4_epi32(a0, a1, a2, a3);
+}
+
+// The AVX-512 row loop: blocks of 16 rows, four dots at a time; the rows of a
+// partial last block are padded with the last row (read, never stored). One
+// body, two functions: the BW one must be compiled without VNNI enabled, or
+// the compiler could fuse its vpmaddwd + vpaddd into VNNI's vpdpwssd.
+#define LSS_AVX512_ROW_LOOP(DOT4)                                                                       \
+  const int64_t width = kWidth > 0 ? kWidth : q.width;                                                  \
+  bool ok = true;                                                                                       \
+  for (int64_t b = 0; b < n; b += kBlock) {                                                             \
+    const int64_t rows = std::min(kBlock, n - b);                                                       \
+    if (b + kPrefetchRows + kBlock <= n) prefetch_rows(codes + (b + kPrefetchRows) * width, kBlock * width); \
+    const int8_t* r[kBlock];                                                                            \
+    for (int64_t i = 0; i < kBlock; ++i) r[i] = codes + (b + std::min(i, rows - 1)) * width;            \
+    const __m128i d0 = DOT4(r[0], r[1], r[2], r[3]);                                                    \
+    const __m128i d1 = rows > 4 ? DOT4(r[4], r[5], r[6], r[7]) : d0;                                    \
+    const __m128i d2 = rows > 8 ? DOT4(r[8], r[9], r[10], r[11]) : d0;                                  \
+    const __m128i d3 = rows > 12 ? DOT4(r[12], r[13], r[14], r[15]) : d0;                               \
+    __m512i acc = _mm512_castsi128_si512(d0);                                                           \
+    acc = _mm512_inserti32x4(acc, d1, 1);                                                               \
+    acc = _mm512_inserti32x4(acc, d2, 2);                                                               \
+    acc = _mm512_inserti32x4(acc, d3, 3);                                                               \
+    const __mmask16 m = rows == kBlock ? __mmask16(0xFFFF) : __mmask16((1u << rows) - 1u);              \
+    ok &= keys16(acc, m, q.scale, scales + b, bias + b, ids + b, num_labels, keys + b);                 \
+  }                                                                                                     \
+  return ok;
+
+template <int64_t kWidth>
+LSS_TARGET_VNNI bool score_rows_vnni(const QuantizedQuery& q, const int8_t* codes, const float* scales,
+                                     const float* bias, const int32_t* ids, int64_t n, int64_t num_labels,
+                                     uint64_t* keys) {
+  const __m128i offset = _mm_set1_epi32(128 * q.sum);
+#define LSS_DOT4_VNNI(a, b, c, d) dot4_vnni<kWidth>(q.q, a, b, c, d, width, offset)
+  LSS_AVX512_ROW_LOOP(LSS_DOT4_VNNI)
+#undef LSS_DOT4_VNNI
+}
+
+template <int64_t kWidth>
+LSS_TARGET_AVX512 bool score_rows_avx512bw(const QuantizedQuery& q, const int8_t* codes, const float* scales,
+                                           const float* bias, const int32_t* ids, int64_t n, int64_t num_labels,
+                                           uint64_t* keys) {
+#define LSS_DOT4_BW(a, b, c, d) dot4_avx512bw<kWidth>(q.q16, a, b, c, d, width)
+  LSS_AVX512_ROW_LOOP(LSS_DOT4_BW)
+#undef LSS_DOT4_BW
+}
+#undef LSS_AVX512_ROW_LOOP
+
+// ------------------------------------------------------------------- AVX2
+LSS_TARGET_AVX2 inline __m128i reduce4_epi32_avx2(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+  const __m256i t0 = _mm256_add_epi32(_mm256_unpacklo_epi32(a0, a1), _mm256_unpackhi_epi32(a0, a1));
+  const __m256i t1 = _mm256_add_epi32(_mm256_unpacklo_epi32(a2, a3), _mm256_unpackhi_epi32(a2, a3));
+  const __m256i u = _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
+  return _mm_add_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+}
+
+LSS_TARGET_AVX2 inline __m256i wide16(const int8_t* r) {
+  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r)));
+}
+
+template <int64_t kWidth>
+LSS_TARGET_AVX2 inline __m128i dot4_avx2(const int16_t* q16, const int8_t* r0, const int8_t* r1, const int8_t* r2,
+                                         const int8_t* r3, int64_t runtime_width) {
+  const int64_t width = kWidth > 0 ? kWidth : runtime_width;
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t j = 0; j < width; j += 16) {
+    const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q16 + j));
+    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(wide16(r0 + j), qv));
+    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(wide16(r1 + j), qv));
+    a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(wide16(r2 + j), qv));
+    a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(wide16(r3 + j), qv));
+  }
+  return reduce4_epi32_avx2(a0, a1, a2, a3);
+}
+
+// Scores and keys of 8 rows; `rows` < 8 in a partial block goes through the
+// scalar twin (quantized_score + score_key: the same fp32 operations).
+LSS_TARGET_AVX2 inline bool keys8_avx2(__m256i acc, int64_t rows, float scale_q, const float* scales,
+                                       const float* bias, const int32_t* ids, int64_t num_labels, uint64_t* keys) {
+  if (rows < 8) {
+    alignas(32) int32_t a[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(a), acc);
+    bool ok = true;
+    for (int64_t i = 0; i < rows; ++i) {
+      ok &= id_ok(ids[i], num_labels);
+      keys[i] = score_key(quantized_score(a[i], scale_q, scales[i], bias[i]), ids[i]);
+    }
+    return ok;
+  }
+  __m256 s = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(scale_q));
+  s = _mm256_mul_ps(s, _mm256_loadu_ps(scales));
+  LSS_NO_FMA(s);
+  s = _mm256_add_ps(s, _mm256_loadu_ps(bias));
+  s = _mm256_add_ps(s, _mm256_setzero_ps());
+  s = _mm256_blendv_ps(s, _mm256_set1_ps(-std::numeric_limits<float>::infinity()), _mm256_cmp_ps(s, s, _CMP_UNORD_Q));
+  const __m256i bits = _mm256_castps_si256(s);
+  const __m256i ordered =
+      _mm256_xor_si256(bits, _mm256_or_si256(_mm256_srai_epi32(bits, 31), _mm256_set1_epi32(int32_t(0x80000000u))));
+  const __m256i id = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ids));
+  // 0 <= id < num_labels <= 2^31 - 1, as signed compares.
+  const __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), id),
+                                      _mm256_cmpgt_epi32(id, _mm256_set1_epi32(int32_t(num_labels - 1))));
+  const __m256i low = _mm256_xor_si256(id, _mm256_set1_epi32(-1));
+  // unpack within 128-bit lanes gives keys 0,1,4,5 / 2,3,6,7; permute them back to row order.
+  const __m256i k0 = _mm256_unpacklo_epi32(low, ordered), k1 = _mm256_unpackhi_epi32(low, ordered);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys), _mm256_permute2x128_si256(k0, k1, 0x20));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + 4), _mm256_permute2x128_si256(k0, k1, 0x31));
+  return _mm256_testz_si256(bad, bad);
+}
+
+template <int64_t kWidth>
+LSS_TARGET_AVX2 bool score_rows_avx2(const QuantizedQuery& q, const int8_t* codes, const float* scales,
+                                     const float* bias, const int32_t* ids, int64_t n, int64_t num_labels,
+                                     uint64_t* keys) {
+  const int64_t width = kWidth > 0 ? kWidth : q.width;
+  bool ok = true;
+  for (int64_t b = 0; b < n; b += 8) {
+    const int64_t rows = std::min<int64_t>(8, n - b);
+    if (b + kPrefetchRows + 8 <= n) prefetch_rows(codes + (b + kPrefetchRows) * width, 8 * width);
+    const int8_t* r[8];
+    for (int64_t i = 0; i < 8; ++i) r[i] = codes + (b + std::min<int64_t>(i, rows - 1)) * width;
+    const __m128i lo = dot4_avx2<kWidth>(q.q16, r[0], r[1], r[2], r[3], width);
+    const __m128i hi = rows > 4 ? dot4_avx2<kWidth>(q.q16, r[4], r[5], r[6], r[7], width) : lo;
+    ok &= keys8_avx2(_mm256_set_m128i(hi, lo), rows, q.scale, scales + b, bias + b, ids + b, num_labels, keys + b);
+  }
+  return ok;
+}
+
+#pragma GCC diagnostic pop
+#endif
+
+// ------------------------------------------------------------------ table
+using ScoreRowsFn = bool (*)(const QuantizedQuery&, const int8_t*, const float*, const float*, const int32_t*,
+                             int64_t, int64_t, uint64_t*);
+
+struct Int8Kernels {
+  ScoreRowsFn any = &score_rows_generic;
+  ScoreRowsFn w64 = nullptr, w128 = nullptr, w256 = nullptr;  // compiled for that row width
+  const char* name = "generic";
+  ScoreRowsFn for_width(int64_t w) const {
+    const ScoreRowsFn fixed = w == 64 ? w64 : w == 128 ? w128 : w == 256 ? w256 : nullptr;
+    return fixed ? fixed : any;
+  }
+};
+
+Int8Kernels pick_int8_kernels() {
+  Int8Kernels k;
+#if defined(LSS_HAVE_X86_INT8)
+  const int level = vector_level();
+  const char* forced = std::getenv("LSS_CPU_ISA");
+  __builtin_cpu_init();
+  const bool vnni = level >= 4 && __builtin_cpu_supports("avx512vnni") &&
+                    !(forced && std::strcmp(forced, "avx512bw") == 0);
+  if (vnni) {
+    k = {&score_rows_vnni<0>, &score_rows_vnni<64>, &score_rows_vnni<128>, &score_rows_vnni<256>, "avx512-vnni"};
+  } else if (level >= 4) {
+    k = {&score_rows_avx512bw<0>, &score_rows_avx512bw<64>, &score_rows_avx512bw<128>,
+         &score_rows_avx512bw<256>, "avx512bw"};
+  } else if (level >= 3) {
+    k = {&score_rows_avx2<0>, &score_rows_avx2<64>, &score_rows_avx2<128>, &score_rows_avx2<256>, "avx2"};
+  }
+#endif
+  return k;
+}
+
+const Int8Kernels kernels = pick_int8_kernels();
+
+}  // namespace
+
+bool score_code_rows(const QuantizedQuery& q, const int8_t* codes, const float* code_scales, const float* code_bias,
+                     const int32_t* ids, int64_t n, int64_t num_labels, uint64_t* keys) {
+  if (n <= 0) return true;
+  return kernels.for_width(q.width)(q, codes, code_scales, code_bias, ids, n, num_labels, keys);
+}
+
+const char* int8_isa() { return kernels.name; }
+
+}  // namespace lss::cpu

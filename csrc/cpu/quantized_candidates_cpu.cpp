@@ -1,0 +1,287 @@
+// quantized_candidates on the CPU: the max_candidates best labels of each
+// query by int8 quantized score over the partitions it probes, bit for bit
+// the reference (lsskernels/reference.py, quantized_candidates):
+//
+//   1. the query is quantized in fp32 exactly as reference.quantize_queries
+//      (one scalar pass, shared by every ISA path);
+//   2. each probed partition's rows (contiguous) are scored by the int8
+//      kernels of int8_dots.cpp, which write one 64-bit sort key per row
+//      (score desc, label asc, NaN as -inf);
+//   3. the best M distinct labels are selected from the keys: a threshold
+//      from a sample keeps ~2M keys, those are sorted and walked, skipping a
+//      label already taken (a per-thread bitmap of N bits; only the words of
+//      taken labels are cleared afterwards). Where the walk runs out of
+//      distinct labels, an exact nth_element / sort over all keys follows.
+//
+// Queries run in parallel at B > 1; at B == 1 the partitions are split
+// across the threads when there are enough rows to pay for the wake-up.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#include "int8_dots.h"
+#include "lss/arg_checks.h"
+#include "vector_math.h"
+
+namespace lss::cpu {
+namespace {
+
+constexpr float kLevels = 127.0f;  // reference.QUANT_LEVELS
+
+// Per-thread buffers, reused across calls. `seen` is all zero between
+// queries: the selection clears exactly the words it set.
+struct Span {
+  int64_t begin, end, pos;  // rows [begin, end) of codes, keys from pos
+};
+
+struct Scratch {
+  std::vector<Span> spans;
+  std::vector<uint64_t> keys, cand, sample, seen;
+  std::vector<int8_t> q;
+  std::vector<int16_t> q16;
+};
+
+Scratch& thread_scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+// reference.quantize_queries for one row, in the same fp32 operations:
+// amax = max |x| (NaN if any x is NaN), scale = amax / 127,
+// inv = (1 / amax) * 127 where amax > 0 (torch's `127 / amax` is
+// reciprocal-then-multiply) else 0, q = clamp(round_half_even(x * inv)),
+// NaN -> 0. q and q16 are zero-padded to `padded` entries.
+void quantize_row(const float* x, int64_t d, int64_t padded, int8_t* q, int16_t* q16, int32_t* sum, float* scale) {
+  float amax = 0.0f;
+  bool nan = false;
+  for (int64_t j = 0; j < d; ++j) {
+    const float a = std::fabs(x[j]);
+    nan |= a != a;
+    amax = a > amax ? a : amax;
+  }
+  if (nan) amax = std::numeric_limits<float>::quiet_NaN();
+  *scale = amax / kLevels;
+  const float inv = amax > 0.0f ? (1.0f / amax) * kLevels : 0.0f;
+  int32_t total = 0;
+  for (int64_t j = 0; j < d; ++j) {
+    float v = x[j] * inv;
+    if (v != v) v = 0.0f;
+    // Clamping before rounding is the same as after (127 is an integer and
+    // rounding is monotone); within [-127, 127] adding and subtracting 1.5 *
+    // 2^23 rounds to the nearest integer, ties to even (fp32, round-to-nearest).
+    v = std::min(kLevels, std::max(-kLevels, v));
+    v = (v + 12582912.0f) - 12582912.0f;
+    q[j] = int8_t(v);
+    q16[j] = int16_t(q[j]);
+    total += q[j];
+  }
+  for (int64_t j = d; j < padded; ++j) {
+    q[j] = 0;
+    q16[j] = 0;
+  }
+  *sum = total;
+}
+
+// Walks keys sorted best first, appending each label not taken yet to out
+// until it holds M; returns the new count.
+int64_t take_distinct(const uint64_t* keys, int64_t n, uint64_t* seen, int32_t* out, int64_t count, int64_t M) {
+  for (int64_t i = 0; i < n && count < M; ++i) {
+    const int32_t id = key_label(keys[i]);
+    uint64_t& word = seen[id >> 6];
+    const uint64_t bit = uint64_t(1) << (id & 63);
+    if (word & bit) continue;
+    word |= bit;
+    out[count++] = id;
+  }
+  return count;
+}
+
+void clear_taken(uint64_t* seen, const int32_t* out, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) seen[out[i] >> 6] = 0;
+}
+
+// Below this many keys per wanted label, sorting everything is as cheap as
+// the sample-and-filter pass.
+constexpr int64_t kPrefilterRatio = 4;
+constexpr int64_t kSamples = 512;
+
+// The M best distinct labels of keys[0, R) (larger key first) into out;
+// returns how many (min(M, distinct labels)). Reorders keys.
+int64_t select_distinct(uint64_t* keys, int64_t R, int64_t M, Scratch& s, int32_t* out) {
+  const std::greater<uint64_t> before;
+  uint64_t* seen = s.seen.data();
+  int64_t count = 0;
+  if (R > kPrefilterRatio * M + kSamples) {
+    // A threshold that about 2M + a few keys pass, from the keys at evenly
+    // spaced positions; then one branch-free filtering pass.
+    const int64_t rank = std::min<int64_t>(kSamples, (2 * M * kSamples + R - 1) / R + 4);
+    uint64_t* sample = s.sample.data();
+    for (int64_t i = 0; i < kSamples; ++i) sample[i] = keys[(i * R) / kSamples];
+    std::nth_element(sample, sample + rank - 1, sample + kSamples, before);
+    const uint64_t threshold = sample[rank - 1];
+    uint64_t* cand = s.cand.data();
+    int64_t kept = 0;
+    for (int64_t i = 0; i < R; ++i) {
+      cand[kept] = keys[i];
+      kept += keys[i] >= threshold;
+    }
+    if (kept >= M) {
+      std::sort(cand, cand + kept, before);
+      count = take_distinct(cand, kept, seen, out, 0, M);
+      if (count == M) return count;
+      // Too many duplicates among them: start over on all keys.
+      clear_taken(seen, out, count);
+      count = 0;
+    }
+  }
+  // Exact: the next best block of keys, sorted and walked, growing the block
+  // until M distinct labels are taken or the keys run out.
+  int64_t start = 0, stop = std::min(R, M);
+  for (;;) {
+    if (stop < R) std::nth_element(keys + start, keys + stop, keys + R, before);
+    std::sort(keys + start, keys + stop, before);
+    count = take_distinct(keys + start, stop - start, seen, out, count, M);
+    if (count == M || stop == R) break;
+    start = stop;
+    stop = std::min(R, stop + std::max(2 * (M - count), stop / 2));
+  }
+  return count;
+}
+
+// Everything one query needs, shared by the threads.
+struct Problem {
+  const float* x;  // [B, d] fp32
+  const int32_t* probes;
+  const int32_t* offsets;
+  const int8_t* codes;
+  const float* scales;
+  const float* bias;
+  const int32_t* ids;
+  int64_t d, width, nprobe, P, T, N, M;
+};
+
+// The probed partitions of query b, checked as they are read: probes in
+// [-1, P), offsets 0 <= off[p] <= off[p + 1] <= T. -1 probes are skipped.
+int64_t probed_spans(const Problem& pr, int64_t b, std::vector<Span>& spans) {
+  spans.clear();
+  int64_t rows = 0;
+  for (int64_t i = 0; i < pr.nprobe; ++i) {
+    const int32_t p = pr.probes[b * pr.nprobe + i];
+    if (p == -1) continue;
+    TORCH_CHECK(p >= 0 && p < pr.P, "quantized_candidates: probes must be -1 or in [0, P = ", pr.P, "), got ", p);
+    const int64_t lo = pr.offsets[p], hi = pr.offsets[p + 1];
+    TORCH_CHECK(lo >= 0 && lo <= hi && hi <= pr.T, "quantized_candidates: list_offsets must be non-decreasing in [0, T = ",
+                pr.T, "]; partition ", p, " is [", lo, ", ", hi, ")");
+    spans.push_back({lo, hi, rows});
+    rows += hi - lo;
+  }
+  return rows;
+}
+
+inline void prefetch_span(const Problem& pr, const Span& sp) {
+  const int64_t rows = std::min<int64_t>(sp.end - sp.begin, 32);
+  prefetch_row(pr.codes + sp.begin * pr.width, rows * pr.width);
+  prefetch_row(pr.scales + sp.begin, rows * 4);
+  prefetch_row(pr.bias + sp.begin, rows * 4);
+  prefetch_row(pr.ids + sp.begin, rows * 4);
+}
+
+bool score_span(const Problem& pr, const QuantizedQuery& q, const Span& sp, uint64_t* keys) {
+  return score_code_rows(q, pr.codes + sp.begin * pr.width, pr.scales + sp.begin, pr.bias + sp.begin,
+                         pr.ids + sp.begin, sp.end - sp.begin, pr.N, keys + sp.pos);
+}
+
+void size_scratch(Scratch& s, const Problem& pr, int64_t rows) {
+  if (int64_t(s.keys.size()) < rows) s.keys.resize(size_t(rows));
+  if (int64_t(s.cand.size()) < rows) s.cand.resize(size_t(rows));
+  if (int64_t(s.sample.size()) < kSamples) s.sample.resize(size_t(kSamples));
+  const int64_t words = (pr.N + 63) / 64;
+  if (int64_t(s.seen.size()) < words) s.seen.resize(size_t(words), 0);
+  const int64_t padded = (pr.width + 63) / 64 * 64;
+  if (int64_t(s.q.size()) < padded) {
+    s.q.resize(size_t(padded));
+    s.q16.resize(size_t(padded));
+  }
+}
+
+// Rows of one query above which the B == 1 call splits its partitions across
+// the threads (see the measurements in bench/partition_ops.py's docstring).
+constexpr int64_t kSplitBytes = 256 * 1024;
+
+// One query from start to end; `split` lets it use the other threads.
+void run_query(const Problem& pr, int64_t b, bool split, int32_t* out_ids, int32_t* out_count) {
+  Scratch& s = thread_scratch();
+  std::vector<Span>& spans = s.spans;
+  const int64_t rows = probed_spans(pr, b, spans);
+  size_scratch(s, pr, rows);
+  QuantizedQuery q;
+  quantize_row(pr.x + b * pr.d, pr.d, int64_t(s.q.size()), s.q.data(), s.q16.data(), &q.sum, &q.scale);
+  q.q = s.q.data();
+  q.q16 = s.q16.data();
+  q.width = pr.width;
+  uint64_t* keys = s.keys.data();
+  bool ok = true;
+  if (split && rows * pr.width >= kSplitBytes && spans.size() > 1 && at::get_num_threads() > 1) {
+    std::atomic<bool> good{true};
+    at::parallel_for(0, int64_t(spans.size()), 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        if (i + 1 < i1) prefetch_span(pr, spans[size_t(i + 1)]);
+        if (!score_span(pr, q, spans[size_t(i)], keys)) good = false;
+      }
+    });
+    ok = good;
+  } else {
+    for (size_t i = 0; i < spans.size(); ++i) {
+      if (i + 1 < spans.size()) prefetch_span(pr, spans[i + 1]);
+      ok &= score_span(pr, q, spans[i], keys);
+    }
+  }
+  TORCH_CHECK(ok, "quantized_candidates: list_ids of the probed partitions must be in [0, num_labels = ", pr.N, ")");
+  const int64_t count = select_distinct(keys, rows, pr.M, s, out_ids);
+  clear_taken(s.seen.data(), out_ids, count);
+  std::fill(out_ids + count, out_ids + pr.M, -1);
+  *out_count = int32_t(count);
+}
+
+std::tuple<at::Tensor, at::Tensor> quantized_candidates_cpu(const at::Tensor& x, const at::Tensor& probes,
+                                                            const at::Tensor& list_offsets, const at::Tensor& codes,
+                                                            const at::Tensor& code_scales, const at::Tensor& code_bias,
+                                                            const at::Tensor& list_ids, int64_t num_labels,
+                                                            int64_t max_candidates) {
+  check_quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias, list_ids, num_labels,
+                             max_candidates);
+  const int64_t B = x.size(0), M = max_candidates;
+  at::Tensor ids = at::empty({B, M}, x.options().dtype(at::kInt));
+  at::Tensor counts = at::empty({B}, x.options().dtype(at::kInt));
+  if (B == 0) return {ids, counts};
+  // The reference quantizes in fp32: fp64 rounds to fp32 first, 16-bit types widen exactly.
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const at::Tensor pc = probes.contiguous(), oc = list_offsets.contiguous(), cc = codes.contiguous();
+  const at::Tensor sc = code_scales.contiguous(), bc = code_bias.contiguous(), ic = list_ids.contiguous();
+  const Problem pr{xf.data_ptr<float>(), pc.data_ptr<int32_t>(), oc.data_ptr<int32_t>(), cc.data_ptr<int8_t>(),
+                   sc.data_ptr<float>(), bc.data_ptr<float>(), ic.data_ptr<int32_t>(), x.size(1), codes.size(1),
+                   probes.size(1), list_offsets.size(0) - 1, codes.size(0), num_labels, M};
+  int32_t* ip = ids.data_ptr<int32_t>();
+  int32_t* cp = counts.data_ptr<int32_t>();
+  if (B == 1) {
+    run_query(pr, 0, /*split=*/true, ip, cp);
+  } else {
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) run_query(pr, b, /*split=*/false, ip + b * M, cp + b);
+    });
+  }
+  return {ids, counts};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lsskernels, CPU, m) { m.impl("quantized_candidates", &quantized_candidates_cpu); }
+
+}  // namespace lss::cpu

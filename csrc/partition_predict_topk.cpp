@@ -1,0 +1,55 @@
+// partition_predict_topk: the partition family's whole predict in one call,
+//   x -> partition_probe -> quantized_candidates -> gathered_logits -> topk_gathered.
+// Like predict_topk (csrc/predict_topk.cpp) it is a composite of the other
+// ops, called through the dispatcher: it runs on whatever device they have
+// kernels for, torch.compile traces through it, and a batch-1 call pays one
+// Python-level dispatch instead of four.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+namespace lss {
+namespace {
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+using OptTensor = c10::optional<at::Tensor>;
+
+std::tuple<at::Tensor, at::Tensor> partition_predict_topk(
+    const at::Tensor& x, const at::Tensor& centroids, const OptTensor& centroid_bias, const at::Tensor& list_offsets,
+    const at::Tensor& codes, const at::Tensor& code_scales, const at::Tensor& code_bias, const at::Tensor& list_ids,
+    const at::Tensor& weight, const OptTensor& bias, int64_t num_labels, int64_t nprobe, int64_t max_candidates,
+    int64_t k) {
+  static const auto partition_probe =
+      op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, int64_t)>("lsskernels::partition_probe");
+  static const auto quantized_candidates =
+      op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                            const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                            const at::Tensor&, int64_t, int64_t)>("lsskernels::quantized_candidates");
+  static const auto gathered_logits =
+      op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, const at::Tensor&)>(
+          "lsskernels::gathered_logits");
+  static const auto topk_gathered =
+      op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t)>(
+          "lsskernels::topk_gathered");
+
+  // Inference only: below autograd, so gathered_logits' autograd kernel
+  // (registered from Python, tens of microseconds a call) is skipped.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const at::Tensor probes = partition_probe.call(x, centroids, centroid_bias, nprobe);
+  const at::Tensor ids = std::get<0>(quantized_candidates.call(x, probes, list_offsets, codes, code_scales,
+                                                               code_bias, list_ids, num_labels, max_candidates));
+  const at::Tensor logits = gathered_logits.call(x, weight, bias, ids);
+  return topk_gathered.call(logits, ids, k);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lsskernels, CompositeImplicitAutograd, m) {
+  m.impl("partition_predict_topk", &partition_predict_topk);
+}
+
+}  // namespace lss

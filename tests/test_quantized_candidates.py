@@ -1,0 +1,468 @@
+"""quantized_candidates (and the partition family's composite,
+partition_predict_topk) on every backend against lsskernels.reference, bit
+for bit: ids and counts must be identical, so the int8 quantization of the
+queries, the integer dots, the fp32 score (no FMA) and the order
+(score desc, id asc, a label once) all have to be exactly the reference's.
+
+Backends: reference, cpu, and each CPU int8 kernel (AVX-512 VNNI, AVX-512 BW,
+AVX2, generic) through a child pytest run with LSS_CPU_ISA set (the kernel
+table is picked once at load time); triton under TRITON_INTERPRET=1 and cuda
+run where their kernels are registered, and are skipped otherwise.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lsskernels as lss
+from lsskernels import _ops, reference
+from helpers import FLOAT_DTYPES, TOLERANCES, gen, poison_heap, randn, random_partition_lists, random_probes
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+ISA_CHILD = os.environ.get("LSS_ISA_TEST_CHILD") == "1"
+BACKENDS = ["reference", "cpu", "triton", "cuda"]
+# ids on_<backend>, so a child run can select the cpu ones with -k.
+on_backends = pytest.mark.parametrize("backend", BACKENDS, ids=[f"on_{b}" for b in BACKENDS])
+
+
+def require_backend(backend: str, *ops: str) -> torch.device:
+    """Skips unless `backend` has kernels for `ops` here; returns the device to run on."""
+    if backend == "reference":
+        return torch.device("cpu")
+    if backend == "cpu":
+        if not lss.extension_loaded():
+            pytest.skip("compiled extension not built")
+        return torch.device("cpu")
+    if backend == "cuda":
+        if not torch.cuda.is_available() or not all(_ops._has_kernel(op, "cuda") for op in ops):
+            pytest.skip(f"no CUDA kernels for {ops} here")
+        return torch.device("cuda")
+    # triton: on a GPU, or on CPU tensors under the interpreter.
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if not interpreted and not torch.cuda.is_available():
+        pytest.skip("triton needs a GPU or TRITON_INTERPRET=1")
+    try:
+        from lsskernels import triton as triton_ops
+    except ImportError:
+        pytest.skip("triton not importable")
+    if not all(hasattr(triton_ops, op) for op in ops):
+        pytest.skip(f"no Triton kernels for {ops} yet")
+    return torch.device("cpu" if interpreted else "cuda")
+
+
+def on(device, *tensors):
+    return [t.to(device) if isinstance(t, torch.Tensor) else t for t in tensors]
+
+
+def run_qc(backend, device, x, probes, lists, num_labels, max_candidates):
+    offsets, codes, scales, bias, ids = on(device, *lists)
+    x, probes = on(device, x, probes)
+    poison_heap(x.shape[0] * max_candidates * 4)
+    got = lss.quantized_candidates(x, probes, offsets, codes, scales, bias, ids, num_labels, max_candidates,
+                                   backend=backend)
+    return got[0].cpu(), got[1].cpu()
+
+
+def expect_equal(got, x, probes, lists, num_labels, max_candidates):
+    want_ids, want_counts = reference.quantized_candidates(x, probes, *lists, num_labels, max_candidates)
+    assert got[0].dtype == torch.int32 and got[1].dtype == torch.int32
+    assert got[0].shape == want_ids.shape and got[1].shape == want_counts.shape
+    assert torch.equal(got[1], want_counts), (got[1], want_counts)
+    assert torch.equal(got[0], want_ids), (got[0] != want_ids).nonzero()[:10]
+
+
+def queries(batch, dim, seed, dtype, zero_rows=True):
+    x = randn(batch, dim, seed=seed).to(dtype)
+    if zero_rows and batch > 2:
+        x[1] = 0  # a zero query: scale 0, every score is the row's bias
+    return x
+
+
+# --------------------------------------------------------------- random cases
+CASES = [
+    # batch, dim, labels, partitions, nprobe, M, mean partition size
+    (1, 1, 33, 3, 2, 5, 8),            # d = 1 (one 32-wide block, VNNI half-width tail)
+    (1, 37, 1000, 16, 4, 50, 30),      # B = 1, Dp = 64 (the kernels compiled for 64)
+    (1, 128, 5000, 40, 8, 100, 150),   # the batch-1 shape; enough rows for the sample-and-filter selection
+    (1, 128, 70, 12, 12, 10, 100),     # few labels, many duplicates: the selection falls back to exact
+    (3, 100, 333, 10, 3, 2000, 30),    # M larger than the candidates; a zero query
+    (5, 129, 4099, 30, 5, 64, 40),     # Dp = 160 (any width), N not a multiple of 32
+    (4, 256, 1000, 20, 4, 30, 40),     # Dp = 256
+    (17, 70, 1000, 8, 16, 7, 25),      # nprobe > P: repeated partitions; Dp = 96
+]
+
+
+@on_backends
+@pytest.mark.parametrize("batch,dim,labels,partitions,nprobe,M,size", CASES)
+def test_matches_reference_bit_for_bit(backend, batch, dim, labels, partitions, nprobe, M, size):
+    device = require_backend(backend, "quantized_candidates")
+    seed = 31 * batch + dim + labels + partitions
+    lists = random_partition_lists(labels, partitions, dim, seed, mean_size=size)
+    x = queries(batch, dim, seed + 1, torch.float32)
+    probes = random_probes(batch, nprobe, partitions, seed + 2)
+    got = run_qc(backend, device, x, probes, lists, labels, M)
+    expect_equal(got, x, probes, lists, labels, M)
+
+
+@on_backends
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_query_dtypes_quantize_in_fp32(backend, dtype):
+    device = require_backend(backend, "quantized_candidates")
+    lists = random_partition_lists(500, 12, 48, seed=7)
+    x = queries(6, 48, 8, dtype)
+    probes = random_probes(6, 4, 12, seed=9)
+    got = run_qc(backend, device, x, probes, lists, 500, 40)
+    expect_equal(got, x, probes, lists, 500, 40)
+
+
+# ---------------------------------------------------------- constructed cases
+def _tie_rows(specs, dim):
+    """Lists for (codes row, scale, bias) specs, one partition, labels 0..n-1."""
+    width = -(-dim // 32) * 32
+    codes = torch.zeros(len(specs), width, dtype=torch.int8)
+    scales = torch.empty(len(specs), dtype=torch.float32)
+    bias = torch.empty(len(specs), dtype=torch.float32)
+    for t, (row, scale, b) in enumerate(specs):
+        codes[t, : row.numel()] = row
+        scales[t], bias[t] = scale, b
+    offsets = torch.tensor([0, len(specs)], dtype=torch.int32)
+    return offsets, codes, scales, bias, torch.arange(len(specs), dtype=torch.int32)
+
+
+@on_backends
+def test_scores_are_not_contracted_into_fma(backend):
+    """Each row A is flanked by two constant rows B, C whose score is A's
+    score as the reference computes it, (float(acc) * s_q) * s_t + b_t in
+    three fp32 roundings: an exact tie, so the order must be B (smaller id),
+    A, C. Contracting the multiply and add into an FMA rounds once and lands
+    one ulp off for every row picked here, which would move A before B or
+    after C. (Built without the LSS_NO_FMA barrier, GCC does emit FMAs there.)"""
+    device = require_backend(backend, "quantized_candidates")
+    g = gen(11)
+    dim = 64
+    x = torch.zeros(1, dim)
+    x[0, 0] = 127.0  # amax 127: scale 1, inv exactly 1, q = round(x)
+    x[0, 1:] = torch.randint(-127, 128, (dim - 1,), generator=g).float()
+    q, qscale = reference.quantize_queries(x)
+    assert float(qscale[0]) == 1.0 and torch.equal(q[0].float(), x[0])
+    specs, tried = [], 0
+    while len(specs) < 3 * 40:
+        tried += 1
+        row = torch.randint(-127, 128, (dim,), generator=g, dtype=torch.int8)
+        acc = int((row.to(torch.int64) * q[0].to(torch.int64)).sum())
+        s32 = torch.tensor(torch.rand(1, generator=g).item() * 0.01 + 1e-4, dtype=torch.float32)
+        b32 = torch.randn(1, generator=g)[0]
+        unfused = (torch.tensor(float(acc), dtype=torch.float32) * 1.0) * s32 + b32
+        fused = torch.tensor(float(acc) * float(s32) + float(b32), dtype=torch.float64).to(torch.float32)
+        if fused == unfused:
+            continue
+        zero = torch.zeros(dim, dtype=torch.int8)
+        specs += [(zero, 1.0, float(unfused)), (row, float(s32), float(b32)), (zero, 1.0, float(unfused))]
+    assert tried < 1000  # about half of the rows round differently with an FMA
+    lists = _tie_rows(specs, dim)
+    probes = torch.zeros(1, 1, dtype=torch.int32)
+    want = reference.quantized_candidates(x, probes, *lists, len(specs), len(specs))[0][0].tolist()
+    for t in range(0, len(specs), 3):  # each triple exactly tied: B, A, C next to each other
+        i = want.index(t)
+        assert want[i : i + 3] == [t, t + 1, t + 2]
+    got = run_qc(backend, device, x, probes, lists, len(specs), len(specs))
+    expect_equal(got, x, probes, lists, len(specs), len(specs))
+
+
+@on_backends
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_quantization_is_exact_elementwise(backend, dtype):
+    """Row j of the lists is the unit vector e_j, so its score is
+    q[j] * scale_q; two constant rows around it hold the reference's
+    q[j] * scale_q. Any q[j] off by one (rounding ties, 127 / amax computed
+    another way, NaN / inf handling) breaks the B, A, C order. Queries hold
+    exact .5 ties (amax 127 makes x * inv = x), random values, an inf, a NaN
+    row and a zero row."""
+    device = require_backend(backend, "quantized_candidates")
+    dim = 40
+    g = gen(12)
+    x = torch.randn(6, dim, generator=g) * 3
+    x[0, :] = torch.arange(dim) - dim / 2 + 0.5  # ties: -19.5 ... 19.5
+    x[0, 0] = 127.0
+    x[1, :] = 0.0
+    x[2, 3] = float("inf")
+    x[3, 5] = float("nan")
+    x[4, :] = torch.randn(dim, generator=g) * 1e-3
+    x = x.to(dtype)
+    for b in range(x.shape[0]):
+        xb = x[b : b + 1]
+        q, qscale = reference.quantize_queries(xb)
+        specs = []
+        for j in range(dim):
+            e = torch.zeros(dim, dtype=torch.int8)
+            e[j] = 1
+            s = (torch.tensor(float(q[0, j]), dtype=torch.float32) * qscale[0]).item()
+            specs += [(torch.zeros(dim, dtype=torch.int8), 1.0, s), (e, 1.0, 0.0), (torch.zeros(dim, dtype=torch.int8), 1.0, s)]
+        lists = _tie_rows(specs, dim)
+        probes = torch.zeros(1, 1, dtype=torch.int32)
+        got = run_qc(backend, device, xb, probes, lists, len(specs), len(specs))
+        expect_equal(got, xb, probes, lists, len(specs), len(specs))
+
+
+@on_backends
+def test_nan_signed_zero_and_duplicate_labels(backend):
+    """NaN scores (a NaN scale, a NaN query) rank as -inf, by id; -0 ties +0;
+    a label in several probed partitions (and twice in one) counts once, with
+    its best score."""
+    device = require_backend(backend, "quantized_candidates")
+    dim = 32
+    zero = torch.zeros(dim, dtype=torch.int8)
+    one = torch.ones(dim, dtype=torch.int8)
+    specs = [
+        (zero, -1.0, -0.0),          # 0: (0 * s_q) * -1 + -0 = -0
+        (zero, 1.0, 0.0),            # 1: +0
+        (one, float("nan"), 0.0),    # 2: NaN
+        (one, 1.0, float("-inf")),   # 3: -inf
+        (one, 0.5, 1.0),             # 4
+        (one, 0.5, 1.0),             # 5: ties 4
+        (one, 0.25, 3.0),            # 6
+        (zero, 1.0, -5.0),           # 7
+    ]
+    lists = list(_tie_rows(specs, dim))
+    # Labels: rows 4, 6 and 7 are all label 3 (7 in two partitions); row 2 (NaN) is label 6.
+    lists[4] = torch.tensor([5, 4, 6, 2, 3, 1, 3, 3], dtype=torch.int32)
+    # Three partitions over the same rows, overlapping.
+    lists[0] = torch.tensor([0, 5, 5, 8], dtype=torch.int32)
+    lists_t = tuple(lists)
+    probes = torch.tensor([[0, 1, 2], [2, -1, 0], [-1, -1, -1], [2, 2, 1]], dtype=torch.int32)
+    x = torch.randn(4, dim, generator=gen(3)).abs() + 0.1
+    x[1, 0] = float("nan")
+    for M in (1, 3, 8, 20):
+        got = run_qc(backend, device, x, probes, lists_t, 7, M)
+        expect_equal(got, x, probes, lists_t, 7, M)
+
+
+@on_backends
+def test_empty_lists_and_all_skipped_probes(backend):
+    device = require_backend(backend, "quantized_candidates")
+    lists = random_partition_lists(100, 6, 20, seed=4, empty_fraction=1.0)  # every partition empty
+    x = queries(3, 20, 5, torch.float32)
+    probes = random_probes(3, 4, 6, seed=6)
+    got = run_qc(backend, device, x, probes, lists, 100, 9)
+    assert torch.equal(got[1], torch.zeros(3, dtype=torch.int32))
+    assert bool((got[0] == -1).all())
+    expect_equal(got, x, probes, lists, 100, 9)
+
+
+def test_batch_one_split_across_threads_matches_reference():
+    """A batch-1 query with enough probed rows splits them across the threads."""
+    require_backend("cpu", "quantized_candidates")
+    lists = random_partition_lists(20000, 8, 128, seed=21, mean_size=800, empty_fraction=0.0)
+    x = queries(1, 128, 22, torch.float32)
+    probes = torch.arange(8, dtype=torch.int32).view(1, 8)
+    for threads in (1, 2):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            got = run_qc("cpu", torch.device("cpu"), x, probes, lists, 20000, 100)
+        finally:
+            torch.set_num_threads(old)
+        expect_equal(got, x, probes, lists, 20000, 100)
+
+
+# ------------------------------------------------------------- the composite
+def partition_problem(batch, dim, labels, partitions, seed, dtype=torch.float32, with_bias=True):
+    """Well-separated partition scores (centroid biases 1 apart, centroid dots
+    small), so probes are exact on every backend, and exact logits."""
+    g = gen(seed)
+    x = torch.randn(batch, dim, generator=g).to(dtype)
+    centroids = (torch.randn(partitions, dim, generator=g) * 1e-3).to(dtype)
+    cbias = torch.randperm(partitions, generator=g).to(dtype)
+    lists = random_partition_lists(labels, partitions, dim, seed + 1)
+    weight = torch.randn(labels, dim, generator=g).to(dtype)
+    bias = torch.randn(labels, generator=g).to(dtype) if with_bias else None
+    return x, centroids, cbias, lists, weight, bias
+
+
+@on_backends
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("batch,dim,labels,partitions,nprobe,M,k", [
+    (1, 37, 1000, 16, 4, 50, 5), (3, 100, 300, 10, 3, 500, 20), (5, 64, 4099, 30, 6, 64, 10)])
+def test_partition_predict_topk_matches_reference(backend, dtype, batch, dim, labels, partitions, nprobe, M, k):
+    device = require_backend(backend, "partition_probe", "quantized_candidates")
+    x, centroids, cbias, lists, weight, bias = partition_problem(batch, dim, labels, partitions, batch + dim, dtype)
+    args = on(device, x, centroids, cbias, *lists, weight, bias)
+    scores, got = lss.partition_predict_topk(*args, labels, nprobe, M, k, backend=backend)
+    want_scores, want = reference.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, labels, nprobe,
+                                                         M, k)
+    assert scores.dtype == dtype and got.dtype == torch.int64 and got.shape == (batch, k)
+    torch.testing.assert_close(scores.cpu(), want_scores, **TOLERANCES[dtype])
+    if dtype in (torch.float32, torch.float64):
+        assert torch.equal(got.cpu(), want)
+    else:  # 16-bit logits can tie after rounding: the labels must hold the same scores
+        assert torch.equal(got.cpu() >= 0, want >= 0)
+
+
+def test_partition_predict_topk_without_biases():
+    require_backend("cpu", "quantized_candidates")
+    x, centroids, _, lists, weight, _ = partition_problem(4, 33, 500, 9, seed=3, with_bias=False)
+    got = lss.partition_predict_topk(x, centroids, None, *lists, weight, None, 500, 3, 40, 7, backend="cpu")
+    want = reference.partition_predict_topk(x, centroids, None, *lists, weight, None, 500, 3, 40, 7)
+    assert torch.equal(got[1], want[1])
+    torch.testing.assert_close(got[0], want[0])
+
+
+def test_partition_predict_topk_compiles_with_fullgraph():
+    require_backend("cpu", "quantized_candidates")
+    torch._dynamo.reset()
+    x, centroids, cbias, lists, weight, bias = partition_problem(3, 40, 600, 12, seed=5)
+    fn = lambda x: lss.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, 600, 4, 50, 6)
+    want = fn(x)
+    got = torch.compile(fn, fullgraph=True)(x)
+    assert torch.equal(got[1], want[1])
+    torch.testing.assert_close(got[0], want[0])
+
+
+def test_partition_predict_topk_takes_no_gradient():
+    require_backend("cpu", "quantized_candidates")
+    x, centroids, cbias, lists, weight, bias = partition_problem(2, 16, 200, 5, seed=6)
+    weight.requires_grad_(True)
+    scores, _ = lss.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, 200, 2, 20, 3)
+    assert not scores.requires_grad
+
+
+# ------------------------------------------------------------------- opcheck
+def test_opcheck_quantized_candidates_and_composite():
+    require_backend("cpu", "quantized_candidates")
+    lists = random_partition_lists(300, 10, 45, seed=13)
+    x = queries(3, 45, 14, torch.float32)
+    probes = random_probes(3, 4, 10, seed=15)
+    torch.library.opcheck(torch.ops.lsskernels.quantized_candidates.default, (x, probes, *lists, 300, 25))
+    xb, centroids, cbias, lists2, weight, bias = partition_problem(3, 45, 300, 10, seed=16)
+    torch.library.opcheck(torch.ops.lsskernels.partition_predict_topk.default,
+                          (xb, centroids, cbias, *lists2, weight, bias, 300, 3, 25, 5))
+
+
+# ---------------------------------------------------------------- bad input
+def _good(batch=2, dim=20):
+    lists = random_partition_lists(100, 5, dim, seed=17)
+    return [queries(batch, dim, 18, torch.float32), random_probes(batch, 3, 5, seed=19), *lists, 100, 10]
+
+
+def _with(index, value):
+    args = _good()
+    args[index] = value(args) if callable(value) else value
+    return args
+
+
+@pytest.mark.parametrize("args,exc,match", [
+    (_with(0, lambda a: a[0][0]), ValueError, r"x must be \[B, d\]"),
+    (_with(0, lambda a: a[0].long()), TypeError, r"x must have dtype"),
+    (_with(1, lambda a: a[1][:1]), ValueError, r"probes must be \[B, nprobe\] with B = x.shape\[0\] = 2"),
+    (_with(1, lambda a: a[1].float()), TypeError, r"probes must have dtype"),
+    (_with(2, lambda a: a[2].long()), TypeError, r"list_offsets must have dtype"),
+    (_with(2, lambda a: a[2][:1]), ValueError, r"list_offsets must be int32 \[P \+ 1\] with P >= 1"),
+    (_with(3, lambda a: a[3][:, :16]), ValueError, r"codes must be int8 \[T, Dp\] with Dp = d rounded up"),
+    (_with(3, lambda a: a[3].to(torch.int32)), TypeError, r"codes must have dtype"),
+    (_with(4, lambda a: a[4][1:]), ValueError, r"code_scales must be \[T\]"),
+    (_with(5, lambda a: a[5].double()), TypeError, r"code_bias must have dtype"),
+    (_with(6, lambda a: a[6][1:]), ValueError, r"list_ids must be \[T\]"),
+    (_with(7, 0), ValueError, r"num_labels must be in \[1, "),
+    (_with(8, 0), ValueError, r"max_candidates must be in \[1, "),
+    (_with(8, 2.0), TypeError, r"max_candidates must be an int"),
+])
+def test_bad_arguments_raise_clear_errors(args, exc, match):
+    with pytest.raises(exc, match=match):
+        lss.quantized_candidates(*args, backend="reference")
+    if lss.extension_loaded():
+        with pytest.raises(exc, match=match):
+            lss.quantized_candidates(*args, backend="cpu")
+
+
+def test_probe_values_are_checked_by_the_reference_wrapper():
+    # (native kernels check them as they read them: test_malformed_structures_raise_in_the_kernel)
+    args = _with(1, lambda a: a[1].fill_(5))
+    with pytest.raises(ValueError, match=r"probes values must be in \[-1, 5\)"):
+        lss.quantized_candidates(*args, backend="reference")
+
+
+def test_partition_predict_topk_bad_arguments():
+    x, centroids, cbias, lists, weight, bias = partition_problem(2, 16, 200, 5, seed=6)
+    with pytest.raises(ValueError, match=r"num_labels must be <= weight.shape\[0\] = 200"):
+        lss.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, 201, 2, 20, 3)
+    with pytest.raises(ValueError, match=r"list_offsets must be int32 \[P \+ 1\] = \[5\]"):
+        lss.partition_predict_topk(x, centroids[:4], cbias[:4], *lists, weight, bias, 200, 2, 20, 3)
+    with pytest.raises(ValueError, match=r"k must be in \[1, "):
+        lss.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, 200, 2, 20, 0)
+    with pytest.raises(ValueError, match=r"weight must be \[N, d\]"):
+        lss.partition_predict_topk(x, centroids, cbias, *lists, weight[:, :3], bias, 200, 2, 20, 3)
+
+
+def _malformed():
+    """Structures the Python wrapper does not scan (only the kernel reads
+    them): each must raise RuntimeError from the kernel, never crash."""
+    dim = 20
+    lists = random_partition_lists(100, 5, dim, seed=23, empty_fraction=0.0)
+    x = queries(2, dim, 24, torch.float32)
+    probes = torch.tensor([[0, 1], [4, -1]], dtype=torch.int32)
+    offsets, codes, scales, bias, ids = lists
+    T = codes.shape[0]
+    cases = {}
+    bad = offsets.clone(); bad[2] = bad[1] - 1
+    cases["offsets not monotone"] = (x, probes, bad, codes, scales, bias, ids)
+    bad = offsets.clone(); bad[-1] = T + 1
+    cases["offsets past T"] = (x, probes, bad, codes, scales, bias, ids)
+    bad = offsets.clone(); bad[4] = -5
+    cases["negative offset"] = (x, probes, bad, codes, scales, bias, ids)
+    cases["probe >= P"] = (x, torch.tensor([[0, 5], [1, 2]], dtype=torch.int32), offsets, codes, scales, bias, ids)
+    cases["probe < -1"] = (x, torch.tensor([[0, -2], [1, 2]], dtype=torch.int32), offsets, codes, scales, bias, ids)
+    bad = ids.clone(); bad[int(offsets[1])] = 100
+    cases["list id >= N"] = (x, probes, offsets, codes, scales, bias, bad)
+    bad = ids.clone(); bad[0] = -1
+    cases["list id < 0"] = (x, probes, offsets, codes, scales, bias, bad)
+    cases["codes too narrow"] = (x, probes, offsets, codes[:, :0], scales, bias, ids)
+    cases["probes int64"] = (x, probes.long(), offsets, codes, scales, bias, ids)
+    cases["scales short"] = (x, probes, offsets, codes, scales[:-1], bias, ids)
+    return cases
+
+
+@pytest.mark.parametrize("case", sorted(_malformed()))
+def test_malformed_structures_raise_in_the_kernel(case):
+    require_backend("cpu", "quantized_candidates")
+    args = _malformed()[case]
+    with pytest.raises(RuntimeError, match="quantized_candidates"):
+        torch.ops.lsskernels.quantized_candidates(*args, 100, 10)
+
+
+# ------------------------------------------------------ every CPU int8 kernel
+EXPECTED_INT8_ISA = {None: None, "avx512bw": "avx512bw", "avx2": "avx2", "generic": "generic"}
+
+
+def test_int8_kernel_is_the_one_asked_for():
+    require_backend("cpu", "quantized_candidates")
+    forced = os.environ.get("LSS_CPU_ISA")
+    got = _ops._C.cpu_int8_isa()
+    if forced in ("avx512bw", "avx2", "generic"):
+        vector = _ops._C.cpu_vector_isa()
+        available = {"avx512bw": "AVX-512" in vector, "avx2": "AVX" in vector, "generic": True}[forced]
+        assert got == forced or not available, (forced, got)
+    else:
+        assert got in ("avx512-vnni", "avx512bw", "avx2", "generic")
+
+
+@pytest.mark.skipif(ISA_CHILD, reason="already in a child")
+@pytest.mark.parametrize("isa", ["avx512bw", "avx2", "generic"])
+def test_every_cpu_kernel_matches_reference(isa):
+    """The cpu tests of this file in a child process with LSS_CPU_ISA=isa
+    (the kernel table is chosen once, at load time)."""
+    require_backend("cpu", "quantized_candidates")
+    level = _ops._C.cpu_vector_isa()
+    if isa == "avx512bw" and "AVX-512" not in level or isa == "avx2" and "AVX" not in level:
+        pytest.skip(f"this CPU cannot run {isa}")
+    env = dict(os.environ, LSS_CPU_ISA=isa, LSS_ISA_TEST_CHILD="1")
+    cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+           "-x", "-k", "not on_reference and not on_triton and not on_cuda and not every_cpu_kernel and not compiles"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, tail
+    assert " passed" in tail and "failed" not in tail, tail
