@@ -256,11 +256,13 @@ class SimHashIndex(LSSIndex):
 
 # ==========================================================================
 def default_partitions(num_labels: int) -> int:
-    """Partitions for N labels: a power of two near 1.5 sqrt(N), so that the
-    centroid scan (P rows of fp32) and the list scan (nprobe * N / P int8
-    rows) cost about the same at the usual probe counts; at least one
-    partition per 8 labels is never exceeded."""
-    target = 1.5 * math.sqrt(num_labels)
+    """Partitions for N labels: the power of two nearest 2.5 sqrt(N), at most
+    one per 8 labels. Finer partitions make label-superior spill precise (a
+    spilled label sits in the few partitions its queries probe first):
+    measured on the synthetic 670K task with 256 exact logits, P = 2,048 gave
+    held-out-calibrated P@1 0.609 at 4 probes where P = 1,024 gave 0.5945
+    (dense 0.610); the centroid scan (P fp32 rows per query) bounds it above."""
+    target = 2.5 * math.sqrt(num_labels)
     p = 2 ** max(0, round(math.log2(max(target, 1.0))))
     return int(max(1, min(p, num_labels // 8 if num_labels >= 8 else 1)))
 

@@ -11,6 +11,7 @@ import torch
 import lsskernels as lss
 from lsskernels.data import make_synthetic_task
 from lsskernels.index import PartitionIndex, SimHashIndex, default_partitions, make_index
+from lsskernels.partitions import PartitionFitConfig
 from lsskernels.training import label_recall
 
 
@@ -68,9 +69,10 @@ def test_calibration_picks_a_probe_count_from_held_out_pairs(task):
     assert grid == sorted(grid) and grid[0] == 1 and layer.index.nprobe == report.nprobe in grid
     best = max(row["P@1"] for row in report.calibration)
     chosen = next(row for row in report.calibration if row["nprobe"] == report.nprobe)
-    assert chosen["P@1"] >= best - 0.001 - 1e-12
+    tol = PartitionFitConfig().tolerance
+    assert chosen["P@1"] >= best - tol - 1e-12
     # Every smaller probe count lost more than the tolerance.
-    assert all(row["P@1"] < best - 0.001 for row in report.calibration if row["nprobe"] < report.nprobe)
+    assert all(row["P@1"] < best - tol for row in report.calibration if row["nprobe"] < report.nprobe)
 
 
 @pytest.mark.parametrize("kw", [{}, {"num_tables": 4, "bits": 6}])
