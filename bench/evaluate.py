@@ -28,7 +28,7 @@ from bench.common import RunContext, config_key, time_per_query
 from bench.methods import (Dense, FaissHNSW, FaissIVF, Hnswlib, LSS, LSSConfig, Method, NaiveGather,
                            faiss_available, hnswlib_available)
 from bench.tasks import Problem
-from lsskernels.data import dense_top1, hits_at_1
+from bench.data.metrics import dense_top1, hits_at_1
 
 K_EVAL = 5
 BATCHES = (1, 256)

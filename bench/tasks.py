@@ -4,7 +4,7 @@ and test queries and their labels.
 
 * synthetic: lsskernels.data.make_synthetic_task, whose generator gives the
   output layer directly (full mode N = 670K, d = 128).
-* wordnet: lsskernels.data.make_wordnet_task (Debian's wordnet-base), with
+* wordnet: bench.data.wordnet.make_wordnet_task (Debian's wordnet-base), with
   the small bag-of-words model of bench/wordnet_model.py trained (or loaded
   from the cache) to produce the layer and the hidden vectors.
 
@@ -107,7 +107,7 @@ def synthetic_problem(cfg: SyntheticConfig, log=print) -> Problem:
 def wordnet_problem(cfg: WordNetModelConfig, cache_dir=None, log=print, root: Optional[str] = None,
                     **task_kwargs) -> Problem:
     """task_kwargs go to make_wordnet_task (tests use a fixture root)."""
-    from lsskernels.data import make_wordnet_task
+    from bench.data.wordnet import make_wordnet_task
 
     key = "wordnet-" + config_key({"model": asdict(cfg), "root": root, "task": task_kwargs})
     if key not in _PROBLEMS:
