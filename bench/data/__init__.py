@@ -5,7 +5,8 @@
 * ``text``: tokenizer, crude stemmer and tf-idf rows for bag-of-words tasks.
 * ``metrics``: full dense inference's top-1 and P@1.
 * ``minilm_senses``: WordNet senses embedded by all-MiniLM-L6-v2
-  (``build_minilm_senses``; the encoder loads only when called).
+  (``build_minilm_senses``; import it from its module: the encoder's
+  packages load only when it embeds).
 
 The library itself (``lsskernels.data``) keeps what a user imports: the
 Extreme Classification Repository reader and the synthetic task.
