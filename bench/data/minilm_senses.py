@@ -30,6 +30,21 @@ load with ``sentence_transformers.SentenceTransformer(<that directory>)``
 with the Hugging Face hub switched off (``HF_HUB_OFFLINE=1``): nothing is
 downloaded.
 
+Measured (WordNet 3.0 from Debian's wordnet-base 1:3.0-37, split seed 0,
+torch 2.13, sentence-transformers 6.2, 2 CPU threads on a machine shared
+with other jobs, load average 5-8):
+
+* Full task: N = 117,659 labels (every synset of the four parts of speech),
+  48,339 usage examples: 28,933 train / 19,406 test queries; d = 384.
+* Encoder pass: 165,998 texts in 3,676 s (45 texts/s; the same code ran
+  ~600-1,000 texts/s on a quieter machine, so expect a few minutes there).
+  The cache file is 271 MB and loads in under a second.
+* Full inference (dense top-1 over all 117,659 senses, bias 0) on the test
+  queries: P@1 = 0.113 (train 0.111); recall@5 0.261, @10 0.336; the top
+  sense has the right head word (first lemma) for 0.160 of the queries.
+  By part of speech: noun 0.152, verb 0.062, adj 0.118, adv 0.137.  A usage
+  example alone is often ambiguous between the senses of its word ("saved
+  by the bell"), so the true label is often not the top one.
 """
 
 from __future__ import annotations
