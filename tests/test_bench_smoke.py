@@ -185,3 +185,24 @@ def test_main_e2e_on_tiny_synthetic_through_the_cli(tmp_path, capsys):
     assert "End to end, synthetic, N=3,000" in out
     saved = json.loads((tmp_path / "e2e-quick.json").read_text())
     assert saved["results"][0]["lss"]["candidates"] == 60
+
+
+def test_partition_ops_micro_benchmark_tiny(tmp_path, capsys):
+    """bench/partition_ops.py end to end on tiny sizes, the avx2 child included."""
+    from bench import partition_ops
+
+    partition_ops.main(["--labels", "3000", "--dim", "40", "--partitions", "32", "--nprobe", "2", "--candidates", "10",
+                        "--batches", "1", "3", "--threads", "1", "--pool", "4", "--min-time", "0.005",
+                        "--isas", "native", "avx2", "--out", str(tmp_path), "--name", "tiny"])
+    out = capsys.readouterr().out
+    assert "quantized_candidates" in out and "partition_probe" in out
+    rows = json.loads((tmp_path / "tiny.json").read_text())["rows"]
+    assert len(rows) == 2 * 2 * 2  # ops x batches x isas
+    if "AVX" in lsskernels_vector_isa():
+        assert "avx2" in {r["int8 isa"] for r in rows}
+
+
+def lsskernels_vector_isa() -> str:
+    from lsskernels import _ops
+
+    return _ops._C.cpu_vector_isa() if _ops.extension_loaded() else ""
