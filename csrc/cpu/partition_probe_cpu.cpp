@@ -119,16 +119,27 @@ at::Tensor partition_probe_cpu(const at::Tensor& x, const at::Tensor& centroids,
     constexpr auto acc_type = c10::CppTypeToScalarType<acc>::value;
     const at::Tensor xa = x.to(acc_type).contiguous();
     if (B >= kMatmulBatch) {
-      // The reference's own operations (a GEMM, then the bias), so the
+      // The reference's own operations (a GEMM, then the bias, added per row
+      // as its top-n is taken: one pass, no extra parallel region), so the
       // scores are its bits.
-      at::Tensor sc = at::mm(xa, centroids.to(acc_type).t()).contiguous();
-      if (centroid_bias.has_value()) sc.add_(centroid_bias->to(acc_type));
+      const at::Tensor sc = at::mm(xa, centroids.to(acc_type).t()).contiguous();
+      at::Tensor ba;
+      if (centroid_bias.has_value()) ba = centroid_bias->to(acc_type).contiguous();
       const acc* sp = sc.data_ptr<acc>();
+      const acc* bp = ba.defined() ? ba.data_ptr<acc>() : nullptr;
       const int32_t* rows = iota_ids(P);
       // Selection tasks of >= ~2^17 scores: fewer threads woken for small batches.
       at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 17) / P), [&](int64_t b0, int64_t b1) {
         std::vector<Probe<acc>> all;
-        for (int64_t b = b0; b < b1; ++b) top_partitions(sp + b * P, P, nprobe, op + b * nprobe, all, rows);
+        std::vector<acc> row(bp ? size_t(P) : 0);
+        for (int64_t b = b0; b < b1; ++b) {
+          const acc* s = sp + b * P;
+          if (bp) {
+            for (int64_t p = 0; p < P; ++p) row[size_t(p)] = s[p] + bp[p];
+            s = row.data();
+          }
+          top_partitions(s, P, nprobe, op + b * nprobe, all, rows);
+        }
       });
       return;
     }
