@@ -230,3 +230,67 @@ def partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes
                          f"rows), got {num_labels}")
     integer("max_candidates", max_candidates, 1)
     topk_k(k)
+
+
+def well_formed_partition_probe_cpu(x, centroids, centroid_bias, nprobe) -> bool:
+    """All of partition_probe_args at once for the common CPU call (see
+    well_formed_gathered_cpu): the fast path of lsskernels.partition_probe."""
+    T = torch.Tensor
+    if not (isinstance(x, T) and isinstance(centroids, T) and x.is_cpu and centroids.is_cpu):
+        return False
+    x_shape, c_shape, dtype = x.shape, centroids.shape, x.dtype
+    if not (len(x_shape) == 2 and len(c_shape) == 2 and c_shape[1] == x_shape[1] and dtype in FLOAT_DTYPES
+            and centroids.dtype is dtype and type(nprobe) is int and 1 <= nprobe <= c_shape[0]):
+        return False
+    return centroid_bias is None or (isinstance(centroid_bias, T) and centroid_bias.is_cpu
+                                     and centroid_bias.dtype is dtype and len(centroid_bias.shape) == 1
+                                     and centroid_bias.shape[0] == c_shape[0])
+
+
+def well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels) -> bool:
+    """All of partition_lists_args at once for CPU tensors (x itself is
+    checked by the caller)."""
+    T = torch.Tensor
+    if not (isinstance(list_offsets, T) and isinstance(codes, T) and isinstance(code_scales, T)
+            and isinstance(code_bias, T) and isinstance(list_ids, T) and list_offsets.is_cpu and codes.is_cpu
+            and code_scales.is_cpu and code_bias.is_cpu and list_ids.is_cpu):
+        return False
+    c_shape, d = codes.shape, x.shape[1]
+    if not (len(c_shape) == 2 and codes.dtype is torch.int8 and c_shape[1] % CODE_ALIGN == 0
+            and d <= c_shape[1] < d + CODE_ALIGN):
+        return False
+    rows = c_shape[0]
+    return (list_offsets.dtype is torch.int32 and len(list_offsets.shape) == 1 and list_offsets.shape[0] >= 2
+            and code_scales.dtype is torch.float32 and code_scales.shape == (rows,)
+            and code_bias.dtype is torch.float32 and code_bias.shape == (rows,)
+            and list_ids.dtype is torch.int32 and list_ids.shape == (rows,)
+            and type(num_labels) is int and 1 <= num_labels <= 2**31 - 1)
+
+
+def well_formed_quantized_candidates_cpu(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
+                                         num_labels, max_candidates) -> bool:
+    """All of quantized_candidates_args at once for the common CPU call (int32
+    probes; their values, like the lists', are checked by the kernel as it
+    reads them): the fast path of lsskernels.quantized_candidates."""
+    T = torch.Tensor
+    return (isinstance(x, T) and isinstance(probes, T) and x.is_cpu and probes.is_cpu and len(x.shape) == 2
+            and x.dtype in FLOAT_DTYPES and probes.dtype is torch.int32 and len(probes.shape) == 2
+            and probes.shape[0] == x.shape[0] and type(max_candidates) is int and max_candidates >= 1
+            and well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids,
+                                                num_labels))
+
+
+def well_formed_partition_predict_topk_cpu(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias,
+                                           list_ids, weight, bias, num_labels, nprobe, max_candidates, k) -> bool:
+    """All of partition_predict_topk_args at once for the common CPU call."""
+    T = torch.Tensor
+    if not (well_formed_partition_probe_cpu(x, centroids, centroid_bias, nprobe)
+            and well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids,
+                                                num_labels)
+            and list_offsets.shape[0] == centroids.shape[0] + 1 and isinstance(weight, T) and weight.is_cpu
+            and weight.dtype is x.dtype and len(weight.shape) == 2 and weight.shape[1] == x.shape[1]
+            and num_labels <= weight.shape[0] and type(max_candidates) is int and max_candidates >= 1
+            and type(k) is int and k >= 1):
+        return False
+    return bias is None or (isinstance(bias, T) and bias.is_cpu and bias.dtype is x.dtype and len(bias.shape) == 1
+                            and bias.shape[0] == weight.shape[0])

@@ -382,6 +382,11 @@ def partition_probe(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor
     """The nprobe best partitions of each query, int32 [B, nprobe]: larger
     <x, centroids[p]> + centroid_bias[p] first, ties by smaller p.
     x: [B, d]; centroids: [P, d], x's dtype; centroid_bias: [P] or None."""
+    # The common CPU call: one combined check, then the kernel (the named
+    # checks below cost as much as a batch-1 kernel).
+    if _C is not None and backend in (None, "cpu") and checks.well_formed_partition_probe_cpu(
+            x, centroids, centroid_bias, nprobe):
+        return torch.ops.lsskernels.partition_probe.default(x, centroids, centroid_bias, nprobe)
     checks.partition_probe_args(x, centroids, centroid_bias, nprobe)
     backend = _resolve_new_op("partition_probe", backend, x.device)
     if _native(backend):
@@ -398,6 +403,12 @@ def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes:
     over the partitions it probes: ids int32 [B, M] (-1 padded; score desc,
     then id asc; a label listed in several probed partitions counts once) and
     counts int32 [B]. Exact contract: lsskernels.reference.quantized_candidates."""
+    # The common CPU call: one combined check, then the kernel, which checks
+    # the probes, offsets and list ids as it reads them.
+    if _C is not None and backend in (None, "cpu") and checks.well_formed_quantized_candidates_cpu(
+            x, probes, list_offsets, codes, code_scales, code_bias, list_ids, num_labels, max_candidates):
+        return torch.ops.lsskernels.quantized_candidates.default(x, probes, list_offsets, codes, code_scales,
+                                                                 code_bias, list_ids, num_labels, max_candidates)
     backend = _resolve_new_op("quantized_candidates", backend,
                               x.device if isinstance(x, Tensor) else torch.device("cpu"))
     probes = checks.quantized_candidates_args(
@@ -422,6 +433,12 @@ def partition_predict_topk(x: Tensor, centroids: Tensor, centroid_bias: Optional
     (gathered_logits) -> top-k. Returns (scores [B, k] in x's dtype, labels
     int64 [B, k]), -inf / -1 where a query has fewer than k candidates. No
     gradient flows through it. Exact contract: reference.partition_predict_topk."""
+    if _C is not None and backend in (None, "cpu") and checks.well_formed_partition_predict_topk_cpu(
+            x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids, weight, bias,
+            num_labels, nprobe, max_candidates, k):
+        return torch.ops.lsskernels.partition_predict_topk.default(x, centroids, centroid_bias, list_offsets, codes,
+                                                                   code_scales, code_bias, list_ids, weight, bias,
+                                                                   num_labels, nprobe, max_candidates, k)
     checks.partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias,
                                        list_ids, weight, bias, num_labels, nprobe, max_candidates, k)
     backend = resolve_backend(backend, x.device)

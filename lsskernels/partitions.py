@@ -112,7 +112,7 @@ def encode_rows(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: int 
     for s in range(0, ids.numel(), chunk):
         w = weight.detach()[ids[s : s + chunk]].to(torch.float32)
         amax = w.abs().amax(1) if d else w.new_zeros(w.shape[0])
-        inv = torch.where(amax > 0, QUANT_LEVELS / amax, torch.zeros_like(amax))
+        inv = torch.where(amax > 0, torch.full_like(amax, QUANT_LEVELS) / amax, torch.zeros_like(amax))
         codes[s : s + chunk, :d] = torch.round(w * inv.unsqueeze(1)).clamp(-QUANT_LEVELS, QUANT_LEVELS).to(torch.int8)
         scales[s : s + chunk] = amax / QUANT_LEVELS
     code_bias = (bias.detach()[ids].to(torch.float32) if bias is not None

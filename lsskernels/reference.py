@@ -200,14 +200,17 @@ CODE_ALIGN = 32     # codes rows are padded to a multiple of 32 int8 entries
 def quantize_queries(x: Tensor) -> Tuple[Tensor, Tensor]:
     """Symmetric int8 quantization of each query row: (q int8 [B, d], scale
     float32 [B]) with x ~ q * scale. In float32: amax = max |x|, scale = amax
-    / 127, q = round_half_even(x * (127 / amax)) clamped to [-127, 127];
+    / 127 and inv = 127 / amax (both correctly rounded divisions), q =
+    round_half_even(x * inv) clamped to [-127, 127];
     a row with amax == 0 (or amax not finite) gets inv = 0 where amax == 0;
     NaN products become 0. Kernels reproduce these float32 operations
     exactly, so the integer dot products below are bit-exact everywhere."""
     xf = x.to(torch.float32)
     amax = xf.abs().amax(1) if xf.shape[1] else xf.new_zeros(xf.shape[0])
     scale = amax / QUANT_LEVELS
-    inv = torch.where(amax > 0, QUANT_LEVELS / amax, torch.zeros_like(amax))
+    # A tensor / tensor division: correctly rounded, as the kernels' 127.0f / amax
+    # (torch turns the scalar form `127 / amax` into (1 / amax) * 127).
+    inv = torch.where(amax > 0, torch.full_like(amax, QUANT_LEVELS) / amax, torch.zeros_like(amax))
     scaled = torch.nan_to_num(xf * inv.unsqueeze(1), nan=0.0, posinf=QUANT_LEVELS, neginf=-QUANT_LEVELS)
     q = torch.round(scaled).clamp(-QUANT_LEVELS, QUANT_LEVELS).to(torch.int8)
     return q, scale

@@ -335,3 +335,24 @@ def test_lss_reports_index_bytes():
     m = LSS("lss", weight, bias, LSSConfig(candidates=50))
     layer = m.layer
     assert m.index_bytes == sum(t.numel() * t.element_size() for t in layer.buffers()) > 0
+
+
+def test_partition_ops_micro_benchmark_tiny(tmp_path, capsys):
+    """bench/partition_ops.py end to end on tiny sizes, the avx2 child included."""
+    from bench import partition_ops
+
+    partition_ops.main(["--labels", "3000", "--dim", "40", "--partitions", "32", "--nprobe", "2", "--candidates", "10",
+                        "--batches", "1", "3", "--threads", "1", "--pool", "4", "--min-time", "0.005",
+                        "--isas", "native", "avx2", "--out", str(tmp_path), "--name", "tiny"])
+    out = capsys.readouterr().out
+    assert "quantized_candidates" in out and "partition_probe" in out
+    rows = json.loads((tmp_path / "tiny.json").read_text())["rows"]
+    assert len(rows) == 2 * 2 * 2  # ops x batches x isas
+    if "AVX" in lsskernels_vector_isa():
+        assert "avx2" in {r["int8 isa"] for r in rows}
+
+
+def lsskernels_vector_isa() -> str:
+    from lsskernels import _ops
+
+    return _ops._C.cpu_vector_isa() if _ops.extension_loaded() else ""

@@ -57,11 +57,11 @@ def check_scores(got, x, centroids, cbias, nprobe):
 SHAPES = [
     # batch, dim, partitions, nprobe
     (1, 37, 50, 4),
-    (1, 128, 2048, 8),    # the batch-1 shape; the centroids split across the threads
+    (1, 128, 2048, 8),    # the batch-1 shape (row kernels; split across threads with LSS_SPLIT_QUERY_BYTES)
     (1, 100, 300, 300),   # nprobe == P (collect and partial-sort)
     (3, 129, 257, 70),    # nprobe > the streaming buffer
     (5, 1, 9, 3),
-    (20, 64, 500, 16),    # B >= 16: one GEMM for the batch
+    (20, 64, 500, 16),    # B >= 2: one GEMM for the batch
     (33, 100, 77, 1),
 ]
 

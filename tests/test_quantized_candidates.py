@@ -254,8 +254,7 @@ def test_empty_lists_and_all_skipped_probes(backend):
     expect_equal(got, x, probes, lists, 100, 9)
 
 
-def test_batch_one_split_across_threads_matches_reference():
-    """A batch-1 query with enough probed rows splits them across the threads."""
+def test_batch_one_with_many_rows_matches_reference():
     require_backend("cpu", "quantized_candidates")
     lists = random_partition_lists(20000, 8, 128, seed=21, mean_size=800, empty_fraction=0.0)
     x = queries(1, 128, 22, torch.float32)
@@ -268,6 +267,20 @@ def test_batch_one_split_across_threads_matches_reference():
         finally:
             torch.set_num_threads(old)
         expect_equal(got, x, probes, lists, 20000, 100)
+
+
+@pytest.mark.skipif(ISA_CHILD, reason="already in a child")
+def test_batch_one_split_across_threads():
+    """LSS_SPLIT_QUERY_BYTES=0: every batch-1 call splits its partitions (and
+    partition_probe its centroids) across the threads; same bits."""
+    require_backend("cpu", "quantized_candidates")
+    env = dict(os.environ, LSS_SPLIT_QUERY_BYTES="0", LSS_ISA_TEST_CHILD="1")
+    cmd = [sys.executable, "-m", "pytest", os.path.join(HERE, "test_quantized_candidates.py"),
+           os.path.join(HERE, "test_partition_probe.py"), "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-x",
+           "-k", "(on_cpu and (bit_for_bit or fma or random_scores or separated)) or many_rows"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0 and " passed" in tail, tail
 
 
 # ------------------------------------------------------------- the composite

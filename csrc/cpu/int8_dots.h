@@ -68,6 +68,11 @@ inline float quantized_score(int32_t acc, float scale_q, float code_scale, float
 bool score_code_rows(const QuantizedQuery& q, const int8_t* codes, const float* code_scales,
                      const float* code_bias, const int32_t* ids, int64_t n, int64_t num_labels, uint64_t* keys);
 
+// Copies the keys >= threshold of keys[0, n) to out, in order; returns how
+// many. out must have room for n + 8 keys (the AVX-512 path stores whole
+// vectors). The selection's filtering pass: ~5% of the keys pass.
+int64_t keys_at_least(const uint64_t* keys, int64_t n, uint64_t threshold, uint64_t* out);
+
 // Name of the int8 kernel picked on this machine ("avx512-vnni", ...).
 const char* int8_isa();
 

@@ -4,18 +4,20 @@
 //
 // Small batches score the centroids with the gathered dot kernels of
 // vector_math (the AVX-512 four-row kernel, centroids read in their own
-// dtype), a batch of one splitting the centroids across the threads when
-// there are enough of them; from kMatmulBatch queries on, one GEMM scores the
-// whole batch. Either way a streaming top-n (a sorted buffer that almost
-// every partition fails to enter) picks the partitions.
+// dtype), a batch of one splitting them across the threads only where
+// LSS_SPLIT_QUERY_BYTES asks for it; from kMatmulBatch queries on, one GEMM
+// scores the whole batch. Either way a streaming top-n (a sorted buffer that
+// almost every partition fails to enter) picks the partitions.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "lss/arg_checks.h"
@@ -24,12 +26,21 @@
 namespace lss::cpu {
 namespace {
 
-// From this batch on, at::addmm scores the batch (it reads the centroids
-// once for all queries; the row kernels read them once per query).
-constexpr int64_t kMatmulBatch = 16;
-// A batch-1 query splits its centroids across the threads from this many
-// bytes of centroids on (see bench/partition_ops.py).
-constexpr int64_t kSplitBytes = 512 * 1024;
+// From this batch on, one GEMM scores the batch: it reads the centroids once
+// for all queries, the row kernels once per query. Measured (P = 2,048,
+// d = 128, fp32, one thread): B = 1 18 us either way, B = 2 48 us by rows vs
+// 20 us by GEMM, B = 4 71 vs 40 us.
+constexpr int64_t kMatmulBatch = 2;
+// Bytes of centroids from which a batch-1 query splits them across the
+// threads: LSS_SPLIT_QUERY_BYTES (as quantized_candidates), default never.
+// On the shared 2-vCPU Xeon this was written on, P = 2,048 x d = 128 fp32
+// took 17-36 us on one thread and ~11,900 us on two (P = 16,384: 566 vs
+// 11,600 us): waking the second OpenMP thread on a busy core costs a time
+// slice. An idle machine may want ~512 KB.
+const int64_t kSplitBytes = [] {
+  const char* v = std::getenv("LSS_SPLIT_QUERY_BYTES");
+  return v ? std::max<int64_t>(0, std::atoll(v)) : std::numeric_limits<int64_t>::max();
+}();
 // Up to this nprobe a sorted buffer filled in one pass; larger ones collect
 // and partial-sort.
 constexpr int64_t kStreamingProbes = 64;
@@ -50,13 +61,23 @@ inline S no_nan(S s) {
   return s != s ? -std::numeric_limits<S>::infinity() : s;
 }
 
-// The n best of scores[0, P) by (score desc, p asc) into out.
+// The n best of scores[0, P) by (score desc, p asc) into out. `rows` is
+// 0, 1, ..., P - 1 (next_topk_candidate takes ids).
 template <typename S>
-void top_partitions(const S* scores, int64_t P, int64_t n, int32_t* out, std::vector<Probe<S>>& all) {
+void top_partitions(const S* scores, int64_t P, int64_t n, int32_t* out, std::vector<Probe<S>>& all,
+                    const int32_t* rows) {
   if (n <= kStreamingProbes) {
     Probe<S> best[kStreamingProbes];
     int64_t filled = 0;
     for (int64_t p = 0; p < P; ++p) {
+      if constexpr (std::is_same_v<S, float>) {
+        // Once full, skip 16 at a time to the next score that could enter
+        // (NaN stops the skip too; it then fails the test below as -inf).
+        if (filled == n) {
+          p += next_topk_candidate(scores + p, rows + p, P - p, best[n - 1].score);
+          if (p == P) break;
+        }
+      }
       const Probe<S> c{no_nan(scores[p]), int32_t(p)};
       // p grows, so a tie with the n-th best never enters.
       if (filled == n && !(c.score > best[n - 1].score)) continue;
@@ -98,17 +119,31 @@ at::Tensor partition_probe_cpu(const at::Tensor& x, const at::Tensor& centroids,
     constexpr auto acc_type = c10::CppTypeToScalarType<acc>::value;
     const at::Tensor xa = x.to(acc_type).contiguous();
     if (B >= kMatmulBatch) {
-      // The reference's own operations (a GEMM, then the bias), so the
+      // The reference's own operations (a GEMM, then the bias, added per row
+      // as its top-n is taken: one pass, no extra parallel region), so the
       // scores are its bits.
-      at::Tensor sc = at::mm(xa, centroids.to(acc_type).t()).contiguous();
-      if (centroid_bias.has_value()) sc.add_(centroid_bias->to(acc_type));
+      const at::Tensor sc = at::mm(xa, centroids.to(acc_type).t()).contiguous();
+      at::Tensor ba;
+      if (centroid_bias.has_value()) ba = centroid_bias->to(acc_type).contiguous();
       const acc* sp = sc.data_ptr<acc>();
-      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      const acc* bp = ba.defined() ? ba.data_ptr<acc>() : nullptr;
+      const int32_t* rows = iota_ids(P);
+      // Selection tasks of >= ~2^17 scores: fewer threads woken for small batches.
+      at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 17) / P), [&](int64_t b0, int64_t b1) {
         std::vector<Probe<acc>> all;
-        for (int64_t b = b0; b < b1; ++b) top_partitions(sp + b * P, P, nprobe, op + b * nprobe, all);
+        std::vector<acc> row(bp ? size_t(P) : 0);
+        for (int64_t b = b0; b < b1; ++b) {
+          const acc* s = sp + b * P;
+          if (bp) {
+            for (int64_t p = 0; p < P; ++p) row[size_t(p)] = s[p] + bp[p];
+            s = row.data();
+          }
+          top_partitions(s, P, nprobe, op + b * nprobe, all, rows);
+        }
       });
       return;
     }
+    // One query: the row kernels, the centroids in their own dtype.
     const at::Tensor cc = centroids.contiguous();
     at::Tensor bc;
     if (centroid_bias.has_value()) bc = centroid_bias->contiguous();
@@ -116,25 +151,16 @@ at::Tensor partition_probe_cpu(const at::Tensor& x, const at::Tensor& centroids,
     const scalar_t* bp = bc.defined() ? bc.data_ptr<scalar_t>() : nullptr;
     const acc* xp = xa.data_ptr<acc>();
     const int32_t* rows = iota_ids(P);
-    const bool split = B == 1 && P * d * int64_t(sizeof(scalar_t)) >= kSplitBytes && at::get_num_threads() > 1;
-    if (split) {
-      std::vector<acc> scores(static_cast<size_t>(P));
-      const int64_t grain = std::max<int64_t>(256, (P + at::get_num_threads() - 1) / at::get_num_threads());
-      at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
-        gathered_dots(xp, cp, bp, d, rows + p0, p1 - p0, scores.data() + p0);
-      });
-      std::vector<Probe<acc>> all;
-      top_partitions(scores.data(), P, nprobe, op, all);
-      return;
-    }
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<acc> scores(static_cast<size_t>(P));
-      std::vector<Probe<acc>> all;
-      for (int64_t b = b0; b < b1; ++b) {
-        gathered_dots(xp + b * d, cp, bp, d, rows, P, scores.data());
-        top_partitions(scores.data(), P, nprobe, op + b * nprobe, all);
-      }
+    thread_local std::vector<acc> buffer;
+    buffer.resize(size_t(P));
+    acc* scores = buffer.data();  // (inside the lambda, `buffer` would name each worker's own)
+    const bool split = P * d * int64_t(sizeof(scalar_t)) >= kSplitBytes && at::get_num_threads() > 1;
+    const int64_t grain = split ? std::max<int64_t>(256, (P + at::get_num_threads() - 1) / at::get_num_threads()) : P;
+    at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
+      gathered_dots(xp, cp, bp, d, rows + p0, p1 - p0, scores + p0);
     });
+    std::vector<Probe<acc>> all;
+    top_partitions(scores, P, nprobe, op, all, rows);
   });
   return out;
 }

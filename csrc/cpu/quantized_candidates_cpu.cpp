@@ -8,13 +8,14 @@
 //      kernels of int8_dots.cpp, which write one 64-bit sort key per row
 //      (score desc, label asc, NaN as -inf);
 //   3. the best M distinct labels are selected from the keys: a threshold
-//      from a sample keeps ~2M keys, those are sorted and walked, skipping a
+//      from a sample keeps ~2M keys (a vector filtering pass), whose best
+//      ones are put in front (nth_element), sorted and walked, skipping a
 //      label already taken (a per-thread bitmap of N bits; only the words of
-//      taken labels are cleared afterwards). Where the walk runs out of
-//      distinct labels, an exact nth_element / sort over all keys follows.
+//      taken labels are cleared afterwards). Where the kept keys run out of
+//      distinct labels, the same walk runs over all keys.
 //
 // Queries run in parallel at B > 1; at B == 1 the partitions are split
-// across the threads when there are enough rows to pay for the wake-up.
+// across the threads only where LSS_SPLIT_QUERY_BYTES asks for it (below).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -22,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <vector>
@@ -55,8 +57,8 @@ Scratch& thread_scratch() {
 
 // reference.quantize_queries for one row, in the same fp32 operations:
 // amax = max |x| (NaN if any x is NaN), scale = amax / 127,
-// inv = (1 / amax) * 127 where amax > 0 (torch's `127 / amax` is
-// reciprocal-then-multiply) else 0, q = clamp(round_half_even(x * inv)),
+// inv = 127 / amax where amax > 0 (a correctly rounded division, as in the
+// reference, CUDA and Triton) else 0, q = clamp(round_half_even(x * inv)),
 // NaN -> 0. q and q16 are zero-padded to `padded` entries.
 void quantize_row(const float* x, int64_t d, int64_t padded, int8_t* q, int16_t* q16, int32_t* sum, float* scale) {
   float amax = 0.0f;
@@ -68,7 +70,7 @@ void quantize_row(const float* x, int64_t d, int64_t padded, int8_t* q, int16_t*
   }
   if (nan) amax = std::numeric_limits<float>::quiet_NaN();
   *scale = amax / kLevels;
-  const float inv = amax > 0.0f ? (1.0f / amax) * kLevels : 0.0f;
+  const float inv = amax > 0.0f ? kLevels / amax : 0.0f;
   int32_t total = 0;
   for (int64_t j = 0; j < d; ++j) {
     float v = x[j] * inv;
@@ -107,52 +109,48 @@ void clear_taken(uint64_t* seen, const int32_t* out, int64_t count) {
   for (int64_t i = 0; i < count; ++i) seen[out[i] >> 6] = 0;
 }
 
-// Below this many keys per wanted label, sorting everything is as cheap as
-// the sample-and-filter pass.
+// The best-first walk over keys[0, n): the next block of best keys is put
+// in front (nth_element), sorted and walked, the block growing until M
+// distinct labels are taken or the keys run out. Returns the count.
+int64_t take_best(uint64_t* keys, int64_t n, int64_t M, uint64_t* seen, int32_t* out) {
+  const std::greater<uint64_t> before;
+  int64_t count = 0, start = 0, stop = std::min(n, M);
+  for (;;) {
+    if (stop < n) std::nth_element(keys + start, keys + stop, keys + n, before);
+    std::sort(keys + start, keys + stop, before);
+    count = take_distinct(keys + start, stop - start, seen, out, count, M);
+    if (count == M || stop == n) return count;
+    start = stop;
+    stop = std::min(n, stop + std::max(2 * (M - count), stop / 2));
+  }
+}
+
+// Above this many keys per wanted label (plus the sample), a threshold
+// filters the keys before the exact walk.
 constexpr int64_t kPrefilterRatio = 4;
-constexpr int64_t kSamples = 512;
+constexpr int64_t kSamples = 256;
 
 // The M best distinct labels of keys[0, R) (larger key first) into out;
 // returns how many (min(M, distinct labels)). Reorders keys.
 int64_t select_distinct(uint64_t* keys, int64_t R, int64_t M, Scratch& s, int32_t* out) {
-  const std::greater<uint64_t> before;
   uint64_t* seen = s.seen.data();
-  int64_t count = 0;
   if (R > kPrefilterRatio * M + kSamples) {
-    // A threshold that about 2M + a few keys pass, from the keys at evenly
-    // spaced positions; then one branch-free filtering pass.
+    // A threshold that about 2M + a few keys pass (the rank-th best of evenly
+    // spaced samples), then one filtering pass and the walk over those only.
     const int64_t rank = std::min<int64_t>(kSamples, (2 * M * kSamples + R - 1) / R + 4);
     uint64_t* sample = s.sample.data();
     for (int64_t i = 0; i < kSamples; ++i) sample[i] = keys[(i * R) / kSamples];
-    std::nth_element(sample, sample + rank - 1, sample + kSamples, before);
-    const uint64_t threshold = sample[rank - 1];
+    std::nth_element(sample, sample + rank - 1, sample + kSamples, std::greater<uint64_t>());
     uint64_t* cand = s.cand.data();
-    int64_t kept = 0;
-    for (int64_t i = 0; i < R; ++i) {
-      cand[kept] = keys[i];
-      kept += keys[i] >= threshold;
-    }
+    const int64_t kept = keys_at_least(keys, R, sample[rank - 1], cand);
     if (kept >= M) {
-      std::sort(cand, cand + kept, before);
-      count = take_distinct(cand, kept, seen, out, 0, M);
-      if (count == M) return count;
-      // Too many duplicates among them: start over on all keys.
+      const int64_t count = take_best(cand, kept, M, seen, out);
+      if (count == M || kept == R) return count;
+      // Too many repeated labels among them: start over on all keys.
       clear_taken(seen, out, count);
-      count = 0;
     }
   }
-  // Exact: the next best block of keys, sorted and walked, growing the block
-  // until M distinct labels are taken or the keys run out.
-  int64_t start = 0, stop = std::min(R, M);
-  for (;;) {
-    if (stop < R) std::nth_element(keys + start, keys + stop, keys + R, before);
-    std::sort(keys + start, keys + stop, before);
-    count = take_distinct(keys + start, stop - start, seen, out, count, M);
-    if (count == M || stop == R) break;
-    start = stop;
-    stop = std::min(R, stop + std::max(2 * (M - count), stop / 2));
-  }
-  return count;
+  return take_best(keys, R, M, seen, out);
 }
 
 // Everything one query needs, shared by the threads.
@@ -200,7 +198,7 @@ bool score_span(const Problem& pr, const QuantizedQuery& q, const Span& sp, uint
 
 void size_scratch(Scratch& s, const Problem& pr, int64_t rows) {
   if (int64_t(s.keys.size()) < rows) s.keys.resize(size_t(rows));
-  if (int64_t(s.cand.size()) < rows) s.cand.resize(size_t(rows));
+  if (int64_t(s.cand.size()) < rows + 8) s.cand.resize(size_t(rows + 8));
   if (int64_t(s.sample.size()) < kSamples) s.sample.resize(size_t(kSamples));
   const int64_t words = (pr.N + 63) / 64;
   if (int64_t(s.seen.size()) < words) s.seen.resize(size_t(words), 0);
@@ -211,9 +209,17 @@ void size_scratch(Scratch& s, const Problem& pr, int64_t rows) {
   }
 }
 
-// Rows of one query above which the B == 1 call splits its partitions across
-// the threads (see the measurements in bench/partition_ops.py's docstring).
-constexpr int64_t kSplitBytes = 256 * 1024;
+// Bytes of probed rows from which a B == 1 call splits its partitions across
+// the threads: LSS_SPLIT_QUERY_BYTES, default never. Measured on the shared
+// 2-vCPU Xeon this was written on (load ~3 per core): 8 partitions (~4,000
+// rows, 0.5 MB) took 18-51 us on one thread and 18-270 us on two hot,
+// 200-235 vs 720-3,800 us rotating; 64 partitions (4 MB) 415-590 vs
+// 714-7,066 us hot. Waking the second OpenMP thread on a busy core costs a
+// time slice; on an idle machine a threshold of a few hundred KB may pay.
+const int64_t kSplitBytes = [] {
+  const char* v = std::getenv("LSS_SPLIT_QUERY_BYTES");
+  return v ? std::max<int64_t>(0, std::atoll(v)) : std::numeric_limits<int64_t>::max();
+}();
 
 // One query from start to end; `split` lets it use the other threads.
 void run_query(const Problem& pr, int64_t b, bool split, int32_t* out_ids, int32_t* out_count) {
