@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None,
                         help="problems for e2e and accuracy (default: all three; WordNet and MiniLM only "
                              "if installed)")
+    parser.add_argument("--skip", nargs="+", default=[], metavar="FAMILY",
+                        help="method families to leave out (e.g. hnswlib faiss-hnsw): their rows say so")
     parser.add_argument("--eval-queries", type=int, default=None, help="cap on test queries evaluated per problem")
     parser.add_argument("--min-time", type=float, default=None,
                         help="seconds per timing measurement (default 0.1 quick, 0.3 full)")
@@ -114,7 +116,11 @@ def problems_for(ctx, args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    from bench import evaluate
     from bench.common import RunContext, fmt_seconds, stamp_line
+
+    evaluate.SKIPPED.clear()
+    evaluate.SKIPPED.update(args.skip)
 
     ctx = RunContext(args.out, quick=args.quick, threads=args.threads, verbose=not args.quiet)
     ctx.min_time_override = args.min_time

@@ -68,7 +68,7 @@ def run_problem(ctx: RunContext, problem, lss_cfg, **suite_kwargs) -> Dict[str, 
         if family in sweeps:
             rows.append(with_speedup(pick_matched(sweeps[family], fit_row["P@1"], 0.0), dense))
         else:
-            rows.append({"method": f"{family} (not installed)"})
+            rows.append({"method": f"{family} (skipped or not installed)"})
     checks = acceptance(dense, fit_row)
     title = f"Accuracy, {problem.title}"
     notes = (f"{suite.x.shape[0]:,} test queries. LSS knobs: {lss_cfg.describe()}; "

@@ -46,7 +46,7 @@ def run_problem(ctx: RunContext, problem, lss_cfg, **suite_kwargs) -> Dict[str, 
     sweeps = {}
     for family in METHODS:
         if not family_available(family):
-            rows.append({"method": family, "matched": "not installed"})
+            rows.append({"method": family, "matched": "skipped or not installed"})
             continue
         sweeps[family] = suite.sweep(family)
         chosen = pick_matched(sweeps[family], target, TOLERANCE)

@@ -72,7 +72,12 @@ LEGEND = {"dense": "full inference", "lss-fit": "LSS after fit()", "lss-random":
           "naive-gather": "naive gather"}
 
 
+SKIPPED: set = set()  # families left out of this run (python -m bench --skip ...)
+
+
 def family_available(family: str) -> bool:
+    if family in SKIPPED:
+        return False
     if family in ("faiss-hnsw", "faiss-hnsw-l2", "faiss-ivf", "faiss-ivfpq"):
         return faiss_available()
     if family in ("hnswlib", "hnswlib-l2"):

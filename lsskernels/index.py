@@ -362,7 +362,7 @@ class PartitionIndex(LSSIndex):
                                          backend=backend)
 
     def predict_topk(self, x, weight, bias, max_candidates, k, backend=None):
-        if _native(x, backend) and x.device == self.codes.device and _ops._has_kernel("partition_predict_topk", x.device.type):
+        if _native(x, backend) and x.device == self.codes.device and _ops._has_kernel("quantized_candidates", x.device.type):
             c, cb = self._centroids(x)
             return torch.ops.lsskernels.partition_predict_topk(
                 x, c, cb, *self._lists(), weight, bias, self.num_labels, min(self.nprobe, self.num_partitions),
