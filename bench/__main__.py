@@ -9,7 +9,7 @@ Sections (default: all, in this order):
   e2e       LSS vs dense, naive gather, ScaNN, FAISS HNSW (MIPS->L2) / IVF /
             IVF-PQ, hnswlib (MIPS->L2) at matched P@1 on the synthetic,
             WordNet and MiniLM-senses tasks, batch 1 and 256 (bench/e2e.py)
-  accuracy  "LSS proper": full inference, random SimHash, fit(), ANN indexes,
+  accuracy  "LSS proper": full inference, the unfitted index, fit(), ANN indexes,
             acceptance checks and P@1-vs-time Pareto plots (bench/accuracy.py)
   all       all of the above; e2e and accuracy share every index and fit
 

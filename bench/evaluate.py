@@ -65,7 +65,7 @@ STYLE = {"dense": ("k", "*", "-"), "lss-fit": ("C3", "o", "-"), "lss-random": ("
          "scann": ("C5", "P", "-"), "faiss-hnsw-l2": ("C0", "s", "-"), "hnswlib-l2": ("C4", "^", "-"),
          "faiss-ivf": ("C2", "D", "-"), "faiss-ivfpq": ("C8", "X", "-"), "faiss-hnsw": ("C0", "s", ":"),
          "hnswlib": ("C4", "^", ":"), "naive-gather": ("C7", ".", "-")}
-LEGEND = {"dense": "full inference", "lss-fit": "LSS after fit()", "lss-random": "LSS random SimHash",
+LEGEND = {"dense": "full inference", "lss-fit": "LSS after fit()", "lss-random": "LSS unfitted index",
           "scann": "ScaNN (tree + AH + reorder)", "faiss-hnsw-l2": "FAISS HNSW, MIPS->L2",
           "hnswlib-l2": "hnswlib, MIPS->L2", "faiss-ivf": "FAISS IVF-Flat", "faiss-ivfpq": "FAISS IVF-PQ 4-bit fs",
           "faiss-hnsw": "FAISS HNSW raw IP (misconfigured)", "hnswlib": "hnswlib raw IP (misconfigured)",
@@ -130,7 +130,7 @@ class Suite:
             m = LSS(f"LSSLinear after fit() ({self.lss_cfg.describe()})", p.weight, p.bias, self.lss_cfg,
                     fit_on=(p.train_x, p.train_y))
         elif family == "lss-random":
-            m = LSS(f"LSSLinear, random SimHash ({self.lss_cfg.describe()})", p.weight, p.bias, self.lss_cfg)
+            m = LSS(f"LSSLinear, unfitted index ({self.lss_cfg.describe()})", p.weight, p.bias, self.lss_cfg)
         elif family == "naive-gather":
             m = NaiveGather(self.method("lss-fit"))
         elif family == "faiss-hnsw":
