@@ -5,6 +5,7 @@
 
 #include "cpu/int8_dots.h"
 #include "cpu/vector_math.h"
+#include "lss/common.h"
 
 namespace {
 bool built_with_cuda() {
@@ -14,11 +15,23 @@ bool built_with_cuda() {
   return false;
 #endif
 }
+
+// The limits the kernels enforce, for the Python checks (lsskernels/_checks.py
+// reads them once at import): one definition, here in lss/common.h.
+pybind11::dict limits() {
+  pybind11::dict d;
+  d["max_bits"] = lss::kMaxBits;
+  d["max_tables"] = lss::kMaxTables - 1;
+  d["code_align"] = lss::kCodeAlign;
+  d["quant_levels"] = lss::kQuantLevels;
+  return d;
+}
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "lsskernels C++/CUDA ops (registered under torch.ops.lsskernels)";
   m.def("built_with_cuda", &built_with_cuda, "True when the CUDA kernels were compiled in");
+  m.def("limits", &limits, "The argument limits the kernels enforce (max_bits, max_tables, code_align, quant_levels)");
   m.def("cpu_vector_isa", &lss::cpu::vector_isa,
         "Instruction set the CPU row kernels dispatched to on this machine");
   m.def("cpu_int8_isa", &lss::cpu::int8_isa,

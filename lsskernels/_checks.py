@@ -15,7 +15,22 @@ import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INT_DTYPES = (torch.int32, torch.int64)
-MAX_BITS = 30
+
+# The limits the kernels enforce are defined once, in csrc/include/lss/common.h,
+# and read from the extension here; the constants below are used only where
+# the extension is missing (or predates _C.limits()).
+_FALLBACK_LIMITS = {"max_bits": 30, "max_tables": 0xFFFE, "code_align": 32, "quant_levels": 127}
+try:
+    from . import _C as _ext
+
+    LIMITS = dict(_ext.limits())
+except (ImportError, AttributeError):
+    LIMITS = dict(_FALLBACK_LIMITS)
+MAX_BITS: int = LIMITS["max_bits"]          # bits per hash table (codes are non-negative int32)
+MAX_TABLES: int = LIMITS["max_tables"]      # hash tables per index
+CODE_ALIGN: int = LIMITS["code_align"]      # rows of int8 codes are padded to a multiple of this
+QUANT_LEVELS: int = LIMITS["quant_levels"]  # int8 codes and quantized queries use [-127, 127]
+MAX_INT32 = 2**31 - 1
 
 
 def _compiling() -> bool:
@@ -70,6 +85,30 @@ def as_int32(name: str, t: torch.Tensor, low: int, high: Optional[int], check_va
     return t if t.dtype == torch.int32 else t.to(torch.int32)
 
 
+# --------------------------------------------------------------------------
+# Small predicates: each shape rule is written once, here, and used both by
+# the named checks below (which raise on it) and by the well_formed_*_cpu
+# fast paths (which only test it).
+# --------------------------------------------------------------------------
+def matches_width(t_shape, x_shape) -> bool:
+    """t is [N, d] with x's d (x: [B, d])."""
+    return t_shape[1] == x_shape[1]
+
+
+def bias_fits(b_shape, rows: int) -> bool:
+    return b_shape[0] == rows
+
+
+def code_width_ok(d: int, width: int) -> bool:
+    """Dp = d rounded up to a multiple of CODE_ALIGN."""
+    return width % CODE_ALIGN == 0 and d <= width < d + CODE_ALIGN
+
+
+def count_ok(v, low: int, high: Optional[int] = None) -> bool:
+    """A plain int in [low, high]: the common case of integer()."""
+    return type(v) is int and v >= low and (high is None or v <= high)
+
+
 def hash_codes_args(x, proj):
     tensor("x", x, 2, FLOAT_DTYPES, "[B, d] floating point")
     tensor("proj", proj, 3, FLOAT_DTYPES, "[L, K, d] floating point")
@@ -79,9 +118,19 @@ def hash_codes_args(x, proj):
         raise ValueError(f"proj must be [L, K, d] with d = x.shape[1] = {x.shape[1]}, got {tuple(proj.shape)}")
     if not 1 <= proj.shape[1] <= MAX_BITS:
         raise ValueError(f"proj.shape[1] (bits per table K) must be in [1, {MAX_BITS}], got {proj.shape[1]}")
+    return x, proj
 
 
-def tables_args(codes, offsets, items, num_labels, min_hits, check_values):
+def build_tables_args(codes, bits):
+    tensor("codes", codes, 2, INT_DTYPES, "[N, L] int32 label codes")
+    integer("bits", bits, 1, MAX_BITS)
+    codes = as_int32("codes", codes, 0, 1 << bits, check_values=True)
+    if codes.shape[0] > MAX_INT32:
+        raise ValueError(f"codes: at most 2^31 - 1 labels, got {codes.shape[0]}")
+    return codes, bits
+
+
+def tables_args(codes, offsets, items, num_labels, min_hits, check_values=False):
     tensor("codes", codes, 2, INT_DTYPES, "[B, L] int32")
     tensor("offsets", offsets, 2, (torch.int32,), "[L, 2^K + 1] int32")
     tensor("items", items, 2, (torch.int32,), "[L, T] int32")
@@ -93,21 +142,37 @@ def tables_args(codes, offsets, items, num_labels, min_hits, check_values):
     buckets = offsets.shape[1] - 1
     if buckets < 2 or buckets & (buckets - 1) or buckets > 1 << MAX_BITS:
         raise ValueError(f"offsets must be [L, 2^K + 1] with 1 <= K <= {MAX_BITS}, got {tuple(offsets.shape)}")
-    integer("num_labels", num_labels, 0, 2**31 - 1)
+    integer("num_labels", num_labels, 0, MAX_INT32)
     integer("min_hits", min_hits, 1)
     return as_int32("codes", codes, 0, buckets, check_values)
+
+
+def tables_values(codes, offsets, *_):
+    """The value check of tables_args (codes in [0, 2^K)), for the backends
+    that do not make it themselves."""
+    as_int32("codes", codes, 0, offsets.shape[1] - 1, check_values=True)
+
+
+def bucket_lookup_args(codes, offsets, items, num_labels, max_candidates, min_hits):
+    codes = tables_args(codes, offsets, items, num_labels, min_hits)
+    integer("max_candidates", max_candidates, 1)
+    return codes, offsets, items, num_labels, max_candidates, min_hits
+
+
+def bucket_lookup_bitmap_args(codes, offsets, items, num_labels, min_hits):
+    return tables_args(codes, offsets, items, num_labels, min_hits), offsets, items, num_labels, min_hits
 
 
 def dense_layer_args(x, weight, bias):
     tensor("x", x, 2, FLOAT_DTYPES, "[B, d] floating point")
     tensor("weight", weight, 2, FLOAT_DTYPES, "[N, d] floating point")
     same_dtype("weight", weight, "x", x)
-    if weight.shape[1] != x.shape[1]:
+    if not matches_width(weight.shape, x.shape):
         raise ValueError(f"weight must be [N, d] with d = x.shape[1] = {x.shape[1]}, got {tuple(weight.shape)}")
     if bias is not None:
         tensor("bias", bias, 1, FLOAT_DTYPES, "[N] floating point")
         same_dtype("bias", bias, "x", x)
-        if bias.shape[0] != weight.shape[0]:
+        if not bias_fits(bias.shape, weight.shape[0]):
             raise ValueError(f"bias must be [N] = [{weight.shape[0]}], got {tuple(bias.shape)}")
     same_device(("x", x), ("weight", weight), ("bias", bias))
 
@@ -124,20 +189,28 @@ def well_formed_gathered_cpu(x, weight, bias, ids) -> bool:
         return False
     x_shape, w_shape, ids_shape, dtype = x.shape, weight.shape, ids.shape, x.dtype
     if not (len(x_shape) == 2 and len(w_shape) == 2 and len(ids_shape) == 2
-            and w_shape[1] == x_shape[1] and ids_shape[0] == x_shape[0]
+            and matches_width(w_shape, x_shape) and ids_shape[0] == x_shape[0]
             and dtype in FLOAT_DTYPES and weight.dtype is dtype and ids.dtype is torch.int32):
         return False
     return bias is None or (isinstance(bias, T) and bias.is_cpu and bias.dtype is dtype
-                            and len(bias.shape) == 1 and bias.shape[0] == w_shape[0])
+                            and len(bias.shape) == 1 and bias_fits(bias.shape, w_shape[0]))
 
 
-def gathered_args(x, weight, bias, ids, check_values):
+def gathered_args(x, weight, bias, ids, check_values=False):
     dense_layer_args(x, weight, bias)
     tensor("ids", ids, 2, INT_DTYPES, "[B, M] int32 label ids (-1 = padding)")
     same_device(("x", x), ("ids", ids))
     if ids.shape[0] != x.shape[0]:
         raise ValueError(f"ids must be [B, M] with B = x.shape[0] = {x.shape[0]}, got {tuple(ids.shape)}")
     return as_int32("ids", ids, -1, weight.shape[0], check_values)
+
+
+def gathered_logits_args(x, weight, bias, ids):
+    return x, weight, bias, gathered_args(x, weight, bias, ids)
+
+
+def gathered_logits_values(x, weight, bias, ids):
+    as_int32("ids", ids, -1, weight.shape[0], check_values=True)
 
 
 def bitmap_args(x, weight, bias, bitmap):
@@ -147,6 +220,10 @@ def bitmap_args(x, weight, bias, bitmap):
     same_device(("x", x), ("bitmap", bitmap))
     if tuple(bitmap.shape) != (x.shape[0], words):
         raise ValueError(f"bitmap must be int32 [B, ceil(N / 32)] = [{x.shape[0]}, {words}], got {tuple(bitmap.shape)}")
+    return x, weight, bias, bitmap
+
+
+bitmap_sparse_matmul_args = bitmap_args
 
 
 def well_formed_topk_gathered_cpu(logits, ids, k) -> bool:
@@ -154,7 +231,7 @@ def well_formed_topk_gathered_cpu(logits, ids, k) -> bool:
     (int32 ids, a plain int k); see well_formed_gathered_cpu."""
     T = torch.Tensor
     return (isinstance(logits, T) and isinstance(ids, T) and logits.is_cpu and ids.is_cpu
-            and type(k) is int and k >= 1 and len(logits.shape) == 2 and logits.dtype in FLOAT_DTYPES
+            and count_ok(k, 1) and len(logits.shape) == 2 and logits.dtype in FLOAT_DTYPES
             and ids.dtype is torch.int32 and ids.shape == logits.shape)
 
 
@@ -162,24 +239,46 @@ def topk_k(k) -> int:
     return integer("k", k, 1)
 
 
-CODE_ALIGN = 32  # rows of int8 codes are padded to a multiple of this (reference.CODE_ALIGN)
+def topk_gathered_args(logits, ids, k):
+    tensor("logits", logits, 2, FLOAT_DTYPES, "[B, M] floating point")
+    tensor("ids", ids, 2, INT_DTYPES, "[B, M] label ids (-1 = padding)")
+    if ids.shape != logits.shape:
+        raise ValueError(f"ids must have logits' shape {tuple(logits.shape)}, got {tuple(ids.shape)}")
+    same_device(("logits", logits), ("ids", ids))
+    k = topk_k(k)
+    return logits, as_int32("ids", ids, -1, None, check_values=False), k
+
+
+def topk_gathered_values(logits, ids, k):
+    as_int32("ids", ids, -1, None, check_values=True)
+
+
+def topk_packed_args(values, row_ptr, bitmap, k):
+    tensor("values", values, 1, FLOAT_DTYPES, "[nnz] floating point")
+    tensor("row_ptr", row_ptr, 1, (torch.int64,), "int64 [B + 1]")
+    tensor("bitmap", bitmap, 2, (torch.int32,), "int32 [B, W]")
+    same_device(("values", values), ("row_ptr", row_ptr), ("bitmap", bitmap))
+    if row_ptr.shape[0] != bitmap.shape[0] + 1:
+        raise ValueError(f"row_ptr must be [B + 1] = [{bitmap.shape[0] + 1}], got {tuple(row_ptr.shape)}")
+    return values, row_ptr, bitmap, topk_k(k)
 
 
 def partition_probe_args(x, centroids, centroid_bias, nprobe):
     tensor("x", x, 2, FLOAT_DTYPES, "[B, d] floating point")
     tensor("centroids", centroids, 2, FLOAT_DTYPES, "[P, d] floating point")
     same_dtype("centroids", centroids, "x", x)
-    if centroids.shape[1] != x.shape[1]:
+    if not matches_width(centroids.shape, x.shape):
         raise ValueError(f"centroids must be [P, d] with d = x.shape[1] = {x.shape[1]}, got {tuple(centroids.shape)}")
     if centroid_bias is not None:
         tensor("centroid_bias", centroid_bias, 1, FLOAT_DTYPES, "[P] floating point")
         same_dtype("centroid_bias", centroid_bias, "x", x)
-        if centroid_bias.shape[0] != centroids.shape[0]:
+        if not bias_fits(centroid_bias.shape, centroids.shape[0]):
             raise ValueError(f"centroid_bias must be [P] = [{centroids.shape[0]}], got {tuple(centroid_bias.shape)}")
     same_device(("x", x), ("centroids", centroids), ("centroid_bias", centroid_bias))
     integer("nprobe", nprobe, 1, max(1, centroids.shape[0]))
     if centroids.shape[0] == 0:
         raise ValueError("centroids must hold at least one partition, got shape (0, d)")
+    return x, centroids, centroid_bias, nprobe
 
 
 def partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels):
@@ -194,7 +293,7 @@ def partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_id
     same_device(("x", x), ("list_offsets", list_offsets), ("codes", codes), ("code_scales", code_scales),
                 ("code_bias", code_bias), ("list_ids", list_ids))
     d, (rows, width) = x.shape[1], codes.shape
-    if width % CODE_ALIGN or not d <= width < d + CODE_ALIGN:
+    if not code_width_ok(d, width):
         raise ValueError(f"codes must be int8 [T, Dp] with Dp = d rounded up to a multiple of {CODE_ALIGN} "
                          f"(d = {d}: Dp = {-(-d // CODE_ALIGN) * CODE_ALIGN}), got {tuple(codes.shape)}")
     for name, t in (("code_scales", code_scales), ("code_bias", code_bias), ("list_ids", list_ids)):
@@ -202,18 +301,23 @@ def partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_id
             raise ValueError(f"{name} must be [T] = [{rows}] (one entry per row of codes), got {tuple(t.shape)}")
     if list_offsets.shape[0] < 2:
         raise ValueError(f"list_offsets must be int32 [P + 1] with P >= 1, got {tuple(list_offsets.shape)}")
-    integer("num_labels", num_labels, 1, 2**31 - 1)
+    integer("num_labels", num_labels, 1, MAX_INT32)
 
 
 def quantized_candidates_args(x, probes, list_offsets, codes, code_scales, code_bias, list_ids, num_labels,
-                              max_candidates, check_values):
+                              max_candidates, check_values=False):
     partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels)
     tensor("probes", probes, 2, INT_DTYPES, "[B, nprobe] int32 partition ids (-1 = skip)")
     same_device(("x", x), ("probes", probes))
     if probes.shape[0] != x.shape[0]:
         raise ValueError(f"probes must be [B, nprobe] with B = x.shape[0] = {x.shape[0]}, got {tuple(probes.shape)}")
     integer("max_candidates", max_candidates, 1)
-    return as_int32("probes", probes, -1, list_offsets.shape[0] - 1, check_values)
+    probes = as_int32("probes", probes, -1, list_offsets.shape[0] - 1, check_values)
+    return x, probes, list_offsets, codes, code_scales, code_bias, list_ids, num_labels, max_candidates
+
+
+def quantized_candidates_values(x, probes, list_offsets, *_):
+    as_int32("probes", probes, -1, list_offsets.shape[0] - 1, check_values=True)
 
 
 def partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids,
@@ -230,6 +334,8 @@ def partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes
                          f"rows), got {num_labels}")
     integer("max_candidates", max_candidates, 1)
     topk_k(k)
+    return (x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids, weight, bias,
+            num_labels, nprobe, max_candidates, k)
 
 
 def well_formed_partition_probe_cpu(x, centroids, centroid_bias, nprobe) -> bool:
@@ -239,12 +345,12 @@ def well_formed_partition_probe_cpu(x, centroids, centroid_bias, nprobe) -> bool
     if not (isinstance(x, T) and isinstance(centroids, T) and x.is_cpu and centroids.is_cpu):
         return False
     x_shape, c_shape, dtype = x.shape, centroids.shape, x.dtype
-    if not (len(x_shape) == 2 and len(c_shape) == 2 and c_shape[1] == x_shape[1] and dtype in FLOAT_DTYPES
-            and centroids.dtype is dtype and type(nprobe) is int and 1 <= nprobe <= c_shape[0]):
+    if not (len(x_shape) == 2 and len(c_shape) == 2 and matches_width(c_shape, x_shape) and dtype in FLOAT_DTYPES
+            and centroids.dtype is dtype and count_ok(nprobe, 1, c_shape[0])):
         return False
     return centroid_bias is None or (isinstance(centroid_bias, T) and centroid_bias.is_cpu
                                      and centroid_bias.dtype is dtype and len(centroid_bias.shape) == 1
-                                     and centroid_bias.shape[0] == c_shape[0])
+                                     and bias_fits(centroid_bias.shape, c_shape[0]))
 
 
 def well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels) -> bool:
@@ -256,15 +362,14 @@ def well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bi
             and code_scales.is_cpu and code_bias.is_cpu and list_ids.is_cpu):
         return False
     c_shape, d = codes.shape, x.shape[1]
-    if not (len(c_shape) == 2 and codes.dtype is torch.int8 and c_shape[1] % CODE_ALIGN == 0
-            and d <= c_shape[1] < d + CODE_ALIGN):
+    if not (len(c_shape) == 2 and codes.dtype is torch.int8 and code_width_ok(d, c_shape[1])):
         return False
     rows = c_shape[0]
     return (list_offsets.dtype is torch.int32 and len(list_offsets.shape) == 1 and list_offsets.shape[0] >= 2
             and code_scales.dtype is torch.float32 and code_scales.shape == (rows,)
             and code_bias.dtype is torch.float32 and code_bias.shape == (rows,)
             and list_ids.dtype is torch.int32 and list_ids.shape == (rows,)
-            and type(num_labels) is int and 1 <= num_labels <= 2**31 - 1)
+            and count_ok(num_labels, 1, MAX_INT32))
 
 
 def well_formed_quantized_candidates_cpu(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
@@ -275,7 +380,7 @@ def well_formed_quantized_candidates_cpu(x, probes, list_offsets, codes, code_sc
     T = torch.Tensor
     return (isinstance(x, T) and isinstance(probes, T) and x.is_cpu and probes.is_cpu and len(x.shape) == 2
             and x.dtype in FLOAT_DTYPES and probes.dtype is torch.int32 and len(probes.shape) == 2
-            and probes.shape[0] == x.shape[0] and type(max_candidates) is int and max_candidates >= 1
+            and probes.shape[0] == x.shape[0] and count_ok(max_candidates, 1)
             and well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids,
                                                 num_labels))
 
@@ -288,9 +393,8 @@ def well_formed_partition_predict_topk_cpu(x, centroids, centroid_bias, list_off
             and well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids,
                                                 num_labels)
             and list_offsets.shape[0] == centroids.shape[0] + 1 and isinstance(weight, T) and weight.is_cpu
-            and weight.dtype is x.dtype and len(weight.shape) == 2 and weight.shape[1] == x.shape[1]
-            and num_labels <= weight.shape[0] and type(max_candidates) is int and max_candidates >= 1
-            and type(k) is int and k >= 1):
+            and weight.dtype is x.dtype and len(weight.shape) == 2 and matches_width(weight.shape, x.shape)
+            and num_labels <= weight.shape[0] and count_ok(max_candidates, 1) and count_ok(k, 1)):
         return False
     return bias is None or (isinstance(bias, T) and bias.is_cpu and bias.dtype is x.dtype and len(bias.shape) == 1
-                            and bias.shape[0] == weight.shape[0])
+                            and bias_fits(bias.shape, weight.shape[0]))

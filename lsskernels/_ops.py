@@ -17,7 +17,8 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -210,144 +211,120 @@ if _C is not None:
 
 
 # --------------------------------------------------------------------------
-# Public wrappers
+# The op table: per public op, its reference, where a native kernel exists,
+# its Triton function, and its checks. _dispatch is the one place that
+# resolves a backend and calls it.
 # --------------------------------------------------------------------------
 def _native(backend: str) -> bool:
     return backend in ("cpu", "cuda")
 
 
-def hash_codes(x: Tensor, proj: Tensor, *, backend: Optional[str] = None) -> Tensor:
-    """Hash codes int32 [B, L]: bit j of codes[b, l] is [<x[b], proj[l, j]> > 0].
-
-    x: [B, d] float16/bfloat16/float32/float64; proj: [L, K, d], same dtype, K <= 30.
-    """
-    checks.hash_codes_args(x, proj)
-    backend = resolve_backend(backend, x.device)
-    if _native(backend):
-        return torch.ops.lsskernels.hash_codes(x, proj)
-    if backend == "triton":
-        return _triton().hash_codes(x, proj)
-    return reference.hash_codes(x, proj)
+def _triton_fn(name: str) -> Callable:
+    """lsskernels.triton.<name>, imported on first call (Triton is heavy)."""
+    def call(*args):
+        return getattr(_triton(), name)(*args)
+    call.__name__ = f"triton.{name}"
+    return call
 
 
-def build_tables(codes: Tensor, bits: int, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
-    """CSR hash tables from label codes [N, L]: offsets int32 [L, 2^bits + 1]
-    and items int32 [L, N], labels ascending within each bucket."""
-    checks.tensor("codes", codes, 2, checks.INT_DTYPES, "[N, L] int32 label codes")
-    checks.integer("bits", bits, 1, checks.MAX_BITS)
-    codes = checks.as_int32("codes", codes, 0, 1 << bits, check_values=True)
-    if codes.shape[0] >= 2**31:
-        raise ValueError(f"codes: at most 2^31 - 1 labels, got {codes.shape[0]}")
-    backend = resolve_backend(backend, codes.device)
-    if backend == "triton":
-        backend = "cuda" if cuda_kernels_built() and codes.is_cuda else "reference"  # no Triton build kernel: it runs once per index build
-    if _native(backend):
-        return torch.ops.lsskernels.build_tables(codes, bits)
-    return reference.build_tables(codes, bits)
+def _no_grad(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def call(*args):
+        with torch.no_grad():
+            return fn(*args)
+    return call
 
 
-def bucket_lookup(codes: Tensor, offsets: Tensor, items: Tensor, num_labels: int, max_candidates: int,
-                  min_hits: int = 1, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
-    """Candidates of each query: ids int32 [B, max_candidates] (-1 padded,
-    more hits first, then ascending id) and counts int32 [B]."""
-    backend = resolve_backend(backend, codes.device if isinstance(codes, Tensor) else torch.device("cpu"))
-    codes = checks.tables_args(codes, offsets, items, num_labels, min_hits,
-                               check_values=backend == "reference" or not codes.is_cuda)
-    checks.integer("max_candidates", max_candidates, 1)
-    if _native(backend):
-        return torch.ops.lsskernels.bucket_lookup(codes, offsets, items, num_labels, max_candidates, min_hits)
-    if backend == "triton":
-        return _triton().bucket_lookup(codes, offsets, items, num_labels, max_candidates, min_hits)
-    return reference.bucket_lookup(codes, offsets, items, num_labels, max_candidates, min_hits)
+@dataclass(frozen=True)
+class Op:
+    reference: Callable               # lsskernels.reference.<op>
+    check: Callable                   # checks.<op>_args: raises, returns the (normalized) args
+    triton: Optional[Callable]        # the Triton function, or None (then: the CUDA kernel, else the reference)
+    native: Tuple[str, ...] = ("cpu", "cuda")  # devices with a torch.ops.lsskernels kernel
+    values: Optional[Callable] = None  # checks.<op>_values: value checks the native kernels make themselves
+    values_on_cpu: bool = False       # ... and that the CPU path runs in Python anyway (cheap there)
+    composite: bool = False           # a CompositeImplicitAutograd op (no kernel per device)
+    backward: Optional[str] = None    # its backward kernel op, registered alongside
+    late: bool = False                # added after the first builds: the automatic choice falls back
+                                      # to the reference where a build lacks the kernel
 
 
-def bucket_lookup_bitmap(codes: Tensor, offsets: Tensor, items: Tensor, num_labels: int,
-                         min_hits: int = 1, *, backend: Optional[str] = None) -> Tensor:
-    """Candidates of each query as a bitmap int32 [B, ceil(num_labels / 32)]."""
-    backend = resolve_backend(backend, codes.device if isinstance(codes, Tensor) else torch.device("cpu"))
-    codes = checks.tables_args(codes, offsets, items, num_labels, min_hits,
-                               check_values=backend == "reference" or not codes.is_cuda)
-    if _native(backend):
-        return torch.ops.lsskernels.bucket_lookup_bitmap(codes, offsets, items, num_labels, min_hits)
-    if backend == "triton":
-        return _triton().bucket_lookup_bitmap(codes, offsets, items, num_labels, min_hits)
-    return reference.bucket_lookup_bitmap(codes, offsets, items, num_labels, min_hits)
+def _partition_predict_topk_triton(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias,
+                                   list_ids, weight, bias, num_labels, nprobe, max_candidates, k):
+    probes = partition_probe(x, centroids, centroid_bias, nprobe, backend="triton")
+    ids, _ = quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
+                                  num_labels, max_candidates, backend="triton")
+    return topk_gathered(gathered_logits(x, weight, bias, ids, backend="triton"), ids, k, backend="triton")
 
 
-def gathered_logits(x: Tensor, weight: Tensor, bias: Optional[Tensor], ids: Tensor, *,
-                    backend: Optional[str] = None) -> Tensor:
-    """Exact logits of per-query candidates: [B, M] in x's dtype, -inf where
-    ids == -1. Differentiable in x, weight and bias."""
-    # The common CPU call: one combined check, then the kernel (which checks
-    # the id values itself). At batch 1 the named checks below cost ~10% of
-    # the whole call; anything unusual still goes through them.
-    if _C is not None and backend in (None, "cpu") and checks.well_formed_gathered_cpu(x, weight, bias, ids):
-        return torch.ops.lsskernels.gathered_logits.default(x, weight, bias, ids)
-    backend = resolve_backend(backend, x.device if isinstance(x, Tensor) else torch.device("cpu"))
-    # Kernels check id ranges themselves, except the reference and the
-    # interpreted Triton kernels.
-    ids = checks.gathered_args(x, weight, bias, ids,
-                               check_values=backend == "reference" or (backend == "triton" and not x.is_cuda))
-    if _native(backend):
-        return torch.ops.lsskernels.gathered_logits(x, weight, bias, ids)
-    if backend == "triton":
-        return _triton().gathered_logits(x, weight, bias, ids)
-    return reference.gathered_logits(x, weight, bias, ids)
+OPS: Dict[str, Op] = {
+    "hash_codes": Op(reference.hash_codes, checks.hash_codes_args, _triton_fn("hash_codes")),
+    "build_tables": Op(reference.build_tables, checks.build_tables_args, None),  # runs once per index build
+    "bucket_lookup": Op(reference.bucket_lookup, checks.bucket_lookup_args, _triton_fn("bucket_lookup"),
+                        values=checks.tables_values, values_on_cpu=True),
+    "bucket_lookup_bitmap": Op(reference.bucket_lookup_bitmap, checks.bucket_lookup_bitmap_args,
+                               _triton_fn("bucket_lookup_bitmap"), values=checks.tables_values, values_on_cpu=True),
+    "gathered_logits": Op(reference.gathered_logits, checks.gathered_logits_args, _triton_fn("gathered_logits"),
+                          values=checks.gathered_logits_values, backward="gathered_logits_backward"),
+    "bitmap_sparse_matmul": Op(reference.bitmap_sparse_matmul, checks.bitmap_sparse_matmul_args,
+                               _triton_fn("bitmap_sparse_matmul"), backward="bitmap_sparse_matmul_backward"),
+    "topk_gathered": Op(reference.topk_gathered, checks.topk_gathered_args, _triton_fn("topk_gathered"),
+                        values=checks.topk_gathered_values),
+    "topk_packed": Op(reference.topk_packed, checks.topk_packed_args, _triton_fn("topk_packed")),
+    "partition_probe": Op(reference.partition_probe, checks.partition_probe_args, _triton_fn("partition_probe"),
+                          late=True),
+    "quantized_candidates": Op(reference.quantized_candidates, checks.quantized_candidates_args,
+                               _triton_fn("quantized_candidates"), values=checks.quantized_candidates_values,
+                               late=True),
+    # One composite op (csrc/partition_predict_topk.cpp), below autograd; no gradient flows through it.
+    "partition_predict_topk": Op(_no_grad(reference.partition_predict_topk), checks.partition_predict_topk_args,
+                                 _no_grad(_partition_predict_topk_triton), composite=True),
+}
+# Composites with no public wrapper of their own (LSSIndex.predict_topk calls it).
+EXTRA_COMPOSITES = ("predict_topk",)
 
 
-def bitmap_sparse_matmul(x: Tensor, weight: Tensor, bias: Optional[Tensor], bitmap: Tensor, *,
-                         backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
-    """Exact logits of every (b, label) set in the bitmap: (values [nnz] in
-    x's dtype, packed row by row in ascending label order, row_ptr int64
-    [B + 1]). Differentiable in x, weight and bias."""
-    backend = resolve_backend(backend, x.device if isinstance(x, Tensor) else torch.device("cpu"))
-    checks.bitmap_args(x, weight, bias, bitmap)
-    if _native(backend):
-        return torch.ops.lsskernels.bitmap_sparse_matmul(x, weight, bias, bitmap)
-    if backend == "triton":
-        return _triton().bitmap_sparse_matmul(x, weight, bias, bitmap)
-    return reference.bitmap_sparse_matmul(x, weight, bias, bitmap)
+def kernel_op_names() -> Tuple[str, ...]:
+    """Every torch.ops.lsskernels op with a kernel per device (backward ops included)."""
+    names = []
+    for name, op in OPS.items():
+        if not op.composite:
+            names.append(name)
+            if op.backward:
+                names.append(op.backward)
+    return tuple(names)
 
 
-def topk_gathered(logits: Tensor, ids: Tensor, k: int, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
-    """Top-k of gathered logits: (scores [B, k], labels int64 [B, k]), larger
-    score first, ties by smaller label; -inf / -1 where fewer than k."""
-    # The common CPU call skips the named checks below (they cost as much as
-    # the kernel at M = 2,000); anything unusual still goes through them.
-    if _C is not None and backend in (None, "cpu") and checks.well_formed_topk_gathered_cpu(logits, ids, k):
-        return torch.ops.lsskernels.topk_gathered.default(logits, ids, k)
-    checks.tensor("logits", logits, 2, checks.FLOAT_DTYPES, "[B, M] floating point")
-    checks.tensor("ids", ids, 2, checks.INT_DTYPES, "[B, M] label ids (-1 = padding)")
-    if ids.shape != logits.shape:
-        raise ValueError(f"ids must have logits' shape {tuple(logits.shape)}, got {tuple(ids.shape)}")
-    checks.same_device(("logits", logits), ("ids", ids))
-    k = checks.topk_k(k)
-    backend = resolve_backend(backend, logits.device)
-    ids = checks.as_int32("ids", ids, -1, None,
-                          check_values=backend == "reference" or (backend == "triton" and not logits.is_cuda))
-    if _native(backend):
-        return torch.ops.lsskernels.topk_gathered(logits, ids, k)
-    if backend == "triton":
-        return _triton().topk_gathered(logits, ids, k)
-    return reference.topk_gathered(logits, ids, k)
+def composite_op_names() -> Tuple[str, ...]:
+    """Every CompositeImplicitAutograd op of torch.ops.lsskernels."""
+    return EXTRA_COMPOSITES + tuple(name for name, op in OPS.items() if op.composite)
 
 
-def topk_packed(values: Tensor, row_ptr: Tensor, bitmap: Tensor, k: int, *,
-                backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
-    """Top-k per row of bitmap_sparse_matmul's packed output."""
-    checks.tensor("values", values, 1, checks.FLOAT_DTYPES, "[nnz] floating point")
-    checks.tensor("row_ptr", row_ptr, 1, (torch.int64,), "int64 [B + 1]")
-    checks.tensor("bitmap", bitmap, 2, (torch.int32,), "int32 [B, W]")
-    checks.same_device(("values", values), ("row_ptr", row_ptr), ("bitmap", bitmap))
-    if row_ptr.shape[0] != bitmap.shape[0] + 1:
-        raise ValueError(f"row_ptr must be [B + 1] = [{bitmap.shape[0] + 1}], got {tuple(row_ptr.shape)}")
-    k = checks.topk_k(k)
-    backend = resolve_backend(backend, values.device)
-    if _native(backend):
-        return torch.ops.lsskernels.topk_packed(values, row_ptr, bitmap, k)
-    if backend == "triton":
-        return _triton().topk_packed(values, row_ptr, bitmap, k)
-    return reference.topk_packed(values, row_ptr, bitmap, k)
+def _device(t) -> torch.device:
+    return t.device if isinstance(t, Tensor) else torch.device("cpu")
+
+
+def _dispatch(name: str, backend: Optional[str], device: torch.device, *args):
+    """Run op `name` on `backend` (None: automatic) for args already through
+    the op's checks: resolves the backend, runs the value checks the chosen
+    backend does not make itself, and calls it."""
+    op = OPS[name]
+    chosen = resolve_backend(backend, device)
+    if chosen == "triton" and op.triton is None:
+        chosen = "cuda" if cuda_kernels_built() and device.type == "cuda" else "reference"
+    elif (op.late and backend is None and _native(chosen) and not _has_kernel(name, chosen)):
+        _warn_missing_kernel_once(name, chosen)
+        chosen = "reference"
+    if _native(chosen) and device.type not in op.native:
+        chosen = "reference"
+    if op.values is not None and (chosen == "reference" or (device.type != "cuda"
+                                                            and (chosen == "triton" or op.values_on_cpu))):
+        op.values(*args)
+    if _native(chosen):
+        return getattr(torch.ops.lsskernels, name)(*args)
+    if chosen == "triton":
+        return op.triton(*args)
+    return op.reference(*args)
 
 
 @functools.lru_cache(maxsize=None)
@@ -355,16 +332,6 @@ def _has_kernel(op: str, backend: str) -> bool:
     """Whether torch.ops.lsskernels.<op> has a kernel for backend's dispatch key."""
     key = "CPU" if backend == "cpu" else "CUDA"
     return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"lsskernels::{op}", key)
-
-
-def _resolve_new_op(op: str, backend: Optional[str], device: torch.device) -> str:
-    """resolve_backend, and the reference (warned once) where the automatic
-    choice is a native backend whose build predates op."""
-    chosen = resolve_backend(backend, device)
-    if backend is None and _native(chosen) and not _has_kernel(op, chosen):
-        _warn_missing_kernel_once(op, chosen)
-        return "reference"
-    return chosen
 
 
 _warned_missing = set()
@@ -377,23 +344,97 @@ def _warn_missing_kernel_once(op: str, backend: str) -> None:
                       "Rebuild the extension.", RuntimeWarning, stacklevel=4)
 
 
+# --------------------------------------------------------------------------
+# Public wrappers: docstring, the batch-1 CPU fast path where there is one
+# (checks.well_formed_*_cpu, then the kernel, which checks values itself),
+# the named checks, _dispatch.
+# --------------------------------------------------------------------------
+def _fast_cpu(backend: Optional[str]) -> bool:
+    return _C is not None and backend in (None, "cpu")
+
+
+def hash_codes(x: Tensor, proj: Tensor, *, backend: Optional[str] = None) -> Tensor:
+    """Hash codes int32 [B, L]: bit j of codes[b, l] is [<x[b], proj[l, j]> > 0].
+
+    x: [B, d] float16/bfloat16/float32/float64; proj: [L, K, d], same dtype, K <= 30.
+    """
+    args = checks.hash_codes_args(x, proj)
+    return _dispatch("hash_codes", backend, x.device, *args)
+
+
+def build_tables(codes: Tensor, bits: int, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """CSR hash tables from label codes [N, L]: offsets int32 [L, 2^bits + 1]
+    and items int32 [L, N], labels ascending within each bucket."""
+    args = checks.build_tables_args(codes, bits)
+    return _dispatch("build_tables", backend, codes.device, *args)
+
+
+def bucket_lookup(codes: Tensor, offsets: Tensor, items: Tensor, num_labels: int, max_candidates: int,
+                  min_hits: int = 1, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Candidates of each query: ids int32 [B, max_candidates] (-1 padded,
+    more hits first, then ascending id) and counts int32 [B]."""
+    args = checks.bucket_lookup_args(codes, offsets, items, num_labels, max_candidates, min_hits)
+    return _dispatch("bucket_lookup", backend, codes.device, *args)
+
+
+def bucket_lookup_bitmap(codes: Tensor, offsets: Tensor, items: Tensor, num_labels: int,
+                         min_hits: int = 1, *, backend: Optional[str] = None) -> Tensor:
+    """Candidates of each query as a bitmap int32 [B, ceil(num_labels / 32)]."""
+    args = checks.bucket_lookup_bitmap_args(codes, offsets, items, num_labels, min_hits)
+    return _dispatch("bucket_lookup_bitmap", backend, codes.device, *args)
+
+
+def gathered_logits(x: Tensor, weight: Tensor, bias: Optional[Tensor], ids: Tensor, *,
+                    backend: Optional[str] = None) -> Tensor:
+    """Exact logits of per-query candidates: [B, M] in x's dtype, -inf where
+    ids == -1. Differentiable in x, weight and bias."""
+    # The common CPU call: one combined check, then the kernel (which checks
+    # the id values itself). At batch 1 the named checks cost ~10% of the
+    # whole call; anything unusual still goes through them.
+    if _fast_cpu(backend) and checks.well_formed_gathered_cpu(x, weight, bias, ids):
+        return torch.ops.lsskernels.gathered_logits.default(x, weight, bias, ids)
+    args = checks.gathered_logits_args(x, weight, bias, ids)
+    return _dispatch("gathered_logits", backend, x.device, *args)
+
+
+def bitmap_sparse_matmul(x: Tensor, weight: Tensor, bias: Optional[Tensor], bitmap: Tensor, *,
+                         backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Exact logits of every (b, label) set in the bitmap: (values [nnz] in
+    x's dtype, packed row by row in ascending label order, row_ptr int64
+    [B + 1]). Differentiable in x, weight and bias."""
+    args = checks.bitmap_sparse_matmul_args(x, weight, bias, bitmap)
+    return _dispatch("bitmap_sparse_matmul", backend, x.device, *args)
+
+
+def topk_gathered(logits: Tensor, ids: Tensor, k: int, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Top-k of gathered logits: (scores [B, k], labels int64 [B, k]), larger
+    score first, ties by smaller label; -inf / -1 where fewer than k."""
+    # The common CPU call skips the named checks (they cost as much as the
+    # kernel at M = 2,000); anything unusual still goes through them.
+    if _fast_cpu(backend) and checks.well_formed_topk_gathered_cpu(logits, ids, k):
+        return torch.ops.lsskernels.topk_gathered.default(logits, ids, k)
+    args = checks.topk_gathered_args(logits, ids, k)
+    return _dispatch("topk_gathered", backend, logits.device, *args)
+
+
+def topk_packed(values: Tensor, row_ptr: Tensor, bitmap: Tensor, k: int, *,
+                backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Top-k per row of bitmap_sparse_matmul's packed output."""
+    args = checks.topk_packed_args(values, row_ptr, bitmap, k)
+    return _dispatch("topk_packed", backend, values.device, *args)
+
+
 def partition_probe(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], nprobe: int, *,
                     backend: Optional[str] = None) -> Tensor:
     """The nprobe best partitions of each query, int32 [B, nprobe]: larger
     <x, centroids[p]> + centroid_bias[p] first, ties by smaller p.
     x: [B, d]; centroids: [P, d], x's dtype; centroid_bias: [P] or None."""
     # The common CPU call: one combined check, then the kernel (the named
-    # checks below cost as much as a batch-1 kernel).
-    if _C is not None and backend in (None, "cpu") and checks.well_formed_partition_probe_cpu(
-            x, centroids, centroid_bias, nprobe):
+    # checks cost as much as a batch-1 kernel).
+    if _fast_cpu(backend) and checks.well_formed_partition_probe_cpu(x, centroids, centroid_bias, nprobe):
         return torch.ops.lsskernels.partition_probe.default(x, centroids, centroid_bias, nprobe)
-    checks.partition_probe_args(x, centroids, centroid_bias, nprobe)
-    backend = _resolve_new_op("partition_probe", backend, x.device)
-    if _native(backend):
-        return torch.ops.lsskernels.partition_probe(x, centroids, centroid_bias, nprobe)
-    if backend == "triton":
-        return _triton().partition_probe(x, centroids, centroid_bias, nprobe)
-    return reference.partition_probe(x, centroids, centroid_bias, nprobe)
+    args = checks.partition_probe_args(x, centroids, centroid_bias, nprobe)
+    return _dispatch("partition_probe", backend, x.device, *args)
 
 
 def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes: Tensor, code_scales: Tensor,
@@ -405,23 +446,13 @@ def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes:
     counts int32 [B]. Exact contract: lsskernels.reference.quantized_candidates."""
     # The common CPU call: one combined check, then the kernel, which checks
     # the probes, offsets and list ids as it reads them.
-    if _C is not None and backend in (None, "cpu") and checks.well_formed_quantized_candidates_cpu(
+    if _fast_cpu(backend) and checks.well_formed_quantized_candidates_cpu(
             x, probes, list_offsets, codes, code_scales, code_bias, list_ids, num_labels, max_candidates):
         return torch.ops.lsskernels.quantized_candidates.default(x, probes, list_offsets, codes, code_scales,
                                                                  code_bias, list_ids, num_labels, max_candidates)
-    backend = _resolve_new_op("quantized_candidates", backend,
-                              x.device if isinstance(x, Tensor) else torch.device("cpu"))
-    probes = checks.quantized_candidates_args(
-        x, probes, list_offsets, codes, code_scales, code_bias, list_ids, num_labels, max_candidates,
-        check_values=backend == "reference" or (backend == "triton" and not x.is_cuda))
-    if _native(backend):
-        return torch.ops.lsskernels.quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias,
-                                                         list_ids, num_labels, max_candidates)
-    if backend == "triton":
-        return _triton().quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
-                                              num_labels, max_candidates)
-    return reference.quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
-                                          num_labels, max_candidates)
+    args = checks.quantized_candidates_args(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
+                                            num_labels, max_candidates)
+    return _dispatch("quantized_candidates", backend, x.device, *args)
 
 
 def partition_predict_topk(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], list_offsets: Tensor,
@@ -433,26 +464,13 @@ def partition_predict_topk(x: Tensor, centroids: Tensor, centroid_bias: Optional
     (gathered_logits) -> top-k. Returns (scores [B, k] in x's dtype, labels
     int64 [B, k]), -inf / -1 where a query has fewer than k candidates. No
     gradient flows through it. Exact contract: reference.partition_predict_topk."""
-    if _C is not None and backend in (None, "cpu") and checks.well_formed_partition_predict_topk_cpu(
+    if _fast_cpu(backend) and checks.well_formed_partition_predict_topk_cpu(
             x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids, weight, bias,
             num_labels, nprobe, max_candidates, k):
         return torch.ops.lsskernels.partition_predict_topk.default(x, centroids, centroid_bias, list_offsets, codes,
                                                                    code_scales, code_bias, list_ids, weight, bias,
                                                                    num_labels, nprobe, max_candidates, k)
-    checks.partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias,
-                                       list_ids, weight, bias, num_labels, nprobe, max_candidates, k)
-    backend = resolve_backend(backend, x.device)
-    if _native(backend):
-        # One composite op (csrc/partition_predict_topk.cpp), below autograd.
-        return torch.ops.lsskernels.partition_predict_topk(x, centroids, centroid_bias, list_offsets, codes,
-                                                           code_scales, code_bias, list_ids, weight, bias,
-                                                           num_labels, nprobe, max_candidates, k)
-    with torch.no_grad():
-        if backend == "triton":
-            probes = partition_probe(x, centroids, centroid_bias, nprobe, backend=backend)
-            ids, _ = quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
-                                          num_labels, max_candidates, backend=backend)
-            return topk_gathered(gathered_logits(x, weight, bias, ids, backend=backend), ids, k, backend=backend)
-        return reference.partition_predict_topk(x, centroids, centroid_bias, list_offsets, codes, code_scales,
-                                                code_bias, list_ids, weight, bias, num_labels, nprobe,
-                                                max_candidates, k)
+    args = checks.partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes, code_scales,
+                                              code_bias, list_ids, weight, bias, num_labels, nprobe,
+                                              max_candidates, k)
+    return _dispatch("partition_predict_topk", backend, x.device, *args)

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from . import _ops
+from . import _ops, reference
 
 Tensor = torch.Tensor
 
@@ -37,7 +37,7 @@ def augment_queries(x: Tensor) -> Tensor:
 
 def label_norms(weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """Norms of the bias-augmented label vectors [w, b], in fp32 (fp64 for fp64)."""
-    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    acc = reference.acc_dtype(weight.dtype)
     sq = weight.to(acc).pow(2).sum(1)
     if bias is not None:
         sq = sq + bias.to(acc).pow(2)

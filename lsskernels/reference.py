@@ -13,6 +13,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from ._checks import CODE_ALIGN, QUANT_LEVELS  # noqa: F401  (defined once, in csrc/include/lss/common.h)
+
 Tensor = torch.Tensor
 
 
@@ -85,23 +87,27 @@ def bucket_lookup(codes: Tensor, offsets: Tensor, items: Tensor, num_labels: int
 def bitmap_from_ids(ids: Tensor, num_labels: int) -> Tensor:
     """Candidate bitmap int32 [B, ceil(N / 32)] of -1 padded ids [B, M]."""
     batch = ids.shape[0]
-    dense = torch.zeros(batch, num_labels, dtype=torch.bool, device=ids.device)
     valid = ids >= 0
     rows = torch.arange(batch, device=ids.device).unsqueeze(1).expand_as(ids)
-    dense[rows[valid], ids[valid].to(torch.int64)] = True
-    return pack_bitmap(dense)
+    return pack_bitmap_pairs(rows[valid], ids[valid], batch, num_labels)
+
+
+def pack_bitmap_pairs(rows: Tensor, labels: Tensor, batch: int, num_labels: int) -> Tensor:
+    """The one bitmap packer: (row, label) pairs (repeats allowed) -> int32
+    [batch, ceil(num_labels / 32)], label i at bit i % 32 of word i // 32."""
+    rows, labels = rows.to(torch.int64), labels.to(torch.int64)
+    key = torch.unique(rows * max(num_labels, 1) + labels)  # each bit once, so a sum is an OR
+    rows, labels = key // max(num_labels, 1), key % max(num_labels, 1)
+    acc = torch.zeros((batch, (num_labels + 31) // 32), dtype=torch.int64, device=labels.device)
+    acc.index_put_((rows, labels >> 5), torch.ones_like(labels) << (labels & 31), accumulate=True)
+    # Reinterpret the low 32 bits as a signed int32.
+    return torch.where(acc >= 2**31, acc - 2**32, acc).to(torch.int32)
 
 
 def pack_bitmap(dense: Tensor) -> Tensor:
     """bool [B, N] -> int32 [B, ceil(N / 32)], label i at bit i % 32 of word i // 32."""
-    batch, n = dense.shape
-    words = (n + 31) // 32
-    padded = torch.zeros(batch, words * 32, dtype=torch.int64, device=dense.device)
-    padded[:, :n] = dense.to(torch.int64)
-    weights = torch.pow(2, torch.arange(32, device=dense.device, dtype=torch.int64))
-    packed = (padded.view(batch, words, 32) * weights).sum(-1)
-    # Reinterpret the low 32 bits as a signed int32.
-    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+    rows, labels = dense.nonzero(as_tuple=True)
+    return pack_bitmap_pairs(rows, labels, dense.shape[0], dense.shape[1])
 
 
 def unpack_bitmap(bitmap: Tensor, num_labels: int) -> Tensor:
@@ -193,8 +199,6 @@ def topk_packed(values: Tensor, row_ptr: Tensor, bitmap: Tensor, k: int) -> Tupl
 # --------------------------------------------------------------------------
 # The partition family's ops (lsskernels/index.py, PartitionFamily).
 # --------------------------------------------------------------------------
-QUANT_LEVELS = 127  # int8 codes and quantized queries use [-127, 127]
-CODE_ALIGN = 32     # codes rows are padded to a multiple of 32 int8 entries
 
 
 def quantize_queries(x: Tensor) -> Tuple[Tensor, Tensor]:

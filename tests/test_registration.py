@@ -10,10 +10,15 @@ from helpers import randn, random_ids, random_partition_lists, random_probes, ra
 
 pytestmark = pytest.mark.skipif(not lss.extension_loaded(), reason="compiled extension not built")
 
-OPS = ["hash_codes", "build_tables", "bucket_lookup", "bucket_lookup_bitmap", "gathered_logits",
-       "gathered_logits_backward", "bitmap_sparse_matmul", "bitmap_sparse_matmul_backward",
-       "topk_gathered", "topk_packed", "partition_probe", "quantized_candidates"]
-COMPOSITES = ["predict_topk", "partition_predict_topk"]
+from lsskernels import _ops
+
+OPS = list(_ops.kernel_op_names())          # from the op table in lsskernels/_ops.py
+COMPOSITES = list(_ops.composite_op_names())
+
+
+def test_op_table_covers_the_registered_ops():
+    names = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("lsskernels::")}
+    assert names == set(OPS) | set(COMPOSITES)
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -88,9 +88,7 @@ def cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulator dtype: float64 stays float64, everything else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ..reference import acc_dtype  # noqa: E402,F401  (the one accumulator rule)
 
 
 TL_DTYPES = {
@@ -102,7 +100,7 @@ TL_DTYPES = {
 
 
 def tl_acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    return TL_DTYPES[acc_dtype(dtype)]
 
 
 def dot_upcast(dtype: torch.dtype) -> bool:

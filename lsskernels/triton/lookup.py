@@ -49,6 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference import pack_bitmap_pairs
 from ._common import INTERPRET, cdiv, clamp_block, define_op, launch, next_pow2
 
 Tensor = torch.Tensor
@@ -283,12 +284,8 @@ def bucket_lookup_torch(codes: Tensor, offsets: Tensor, items: Tensor, num_label
 
 def bucket_lookup_bitmap_torch(codes: Tensor, offsets: Tensor, items: Tensor, num_labels: int,
                                min_hits: int) -> Tensor:
-    batch = codes.shape[0]
-    words = (num_labels + 31) // 32
     rows, labels, _ = _candidates_torch("bucket_lookup_bitmap", codes, offsets, items, num_labels, min_hits)
-    acc = torch.zeros((batch, words), dtype=torch.int64, device=codes.device)
-    acc.index_put_((rows, labels >> 5), torch.ones_like(labels) << (labels & 31), accumulate=True)
-    return torch.where(acc >= 2**31, acc - 2**32, acc).to(torch.int32)
+    return pack_bitmap_pairs(rows, labels, codes.shape[0], num_labels)
 
 
 def _check_sizes(op: str, codes: Tensor) -> None:

@@ -62,8 +62,7 @@ from ._common import INTERPRET, cdiv, clamp_block, define_op, launch
 
 Tensor = torch.Tensor
 
-QUANT_LEVELS = 127
-CODE_ALIGN = 32
+from .._checks import CODE_ALIGN, QUANT_LEVELS  # noqa: E402  (defined once, in csrc/include/lss/common.h)
 #: Largest Dp whose int32 dot cannot overflow: 127 * 127 * Dp < 2^31.
 MAX_CODE_WIDTH = ((2**31 - 1) // (QUANT_LEVELS * QUANT_LEVELS)) // CODE_ALIGN * CODE_ALIGN
 _ROUND = tl.constexpr(12582912.0)  # 1.5 * 2^23: (v + R) - R rounds v half-even to an integer, |v| < 2^22

@@ -158,9 +158,9 @@ inline void check_partition_lists(const char* op, const at::Tensor& x, const at:
               ": list_offsets must be int32 [P + 1] with P >= 1, got ", list_offsets.scalar_type(), " ",
               list_offsets.sizes());
   const int64_t d = x.size(1);
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar && codes.size(1) % 32 == 0 &&
-                  codes.size(1) >= d && codes.size(1) < d + 32,
-              op, ": codes must be int8 [T, Dp] with Dp = d = ", d, " rounded up to a multiple of 32, got ",
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar && codes.size(1) % kCodeAlign == 0 &&
+                  codes.size(1) >= d && codes.size(1) < d + kCodeAlign,
+              op, ": codes must be int8 [T, Dp] with Dp = d = ", d, " rounded up to a multiple of ", kCodeAlign, ", got ",
               codes.scalar_type(), " ", codes.sizes());
   const int64_t T = codes.size(0);
   TORCH_CHECK(T < (int64_t(1) << 31), op, ": at most 2^31 - 1 code rows");

@@ -20,6 +20,12 @@ namespace lss {
 // int32 and non-negative, so at most 30 bits per table.
 constexpr int kMaxBits = 30;
 
+// ------------------------------------------------------- partition lists
+// Rows of int8 codes are padded to a multiple of kCodeAlign entries
+// (Dp = d rounded up); codes and quantized queries use [-kQuantLevels, kQuantLevels].
+constexpr int kCodeAlign = 32;
+constexpr int kQuantLevels = 127;
+
 LSS_HOST_DEVICE int32_t set_code_bit(int32_t code, int bit, float projection) {
   return projection > 0.0f ? (code | (int32_t(1) << bit)) : code;
 }
@@ -73,6 +79,8 @@ LSS_HOST_DEVICE int lowest_bit(uint32_t v) {  // v != 0
 // ------------------------------------------------------------ bucket lookup
 // Candidates are ordered by more hits first, then ascending label id. One
 // 64-bit key encodes that order so a plain ascending sort produces it.
+// kMaxTables is the key's sentinel: an index holds at most kMaxTables - 1
+// tables (lsskernels._C.limits()["max_tables"]).
 constexpr int kMaxTables = 0xFFFF;
 
 LSS_HOST_DEVICE uint64_t candidate_key(int hits, int32_t label) {
