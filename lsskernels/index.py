@@ -173,7 +173,7 @@ class SimHashIndex(LSSIndex):
     def __init__(self, num_labels: int, dim: int, *, num_tables: int = 16, bits: int = 12, min_hits: int = 1,
                  seed: int = 0, device=None) -> None:
         super().__init__(num_labels, dim, seed=seed)
-        self.num_tables = checks.integer("num_tables", num_tables, 1, 0xFFFE)
+        self.num_tables = checks.integer("num_tables", num_tables, 1, checks.MAX_TABLES)
         self.bits = checks.integer("bits", bits, 1, checks.MAX_BITS)
         self.min_hits = checks.integer("min_hits", min_hits, 1, num_tables)
         proj = simhash_projections(num_tables, bits, dim, seed=seed, device=device)
