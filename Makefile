@@ -10,7 +10,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu') setup.py pyproject.toml
 
-.PHONY: all venv build demo test test-python test-cpp bench bench-full gpu-build clean
+.PHONY: all venv build demo test test-python test-cpp bench bench-full gpu-build gpu-check gpu-check-dry clean
 
 all: build
 
@@ -60,9 +60,25 @@ bench-full: build $(VENV)/.bench-deps
 	$(PY) -m bench
 
 # CUDA build against torch 2.14.1 (CUDA 13.0) in .venv-gpu: wheel, install,
-# kernel registration check, ptxas report, Triton ahead-of-time compile.
+# kernel registration check, ptxas report, the CMake build with CUDA, Triton
+# ahead-of-time compile. Needs no GPU.
 gpu-build:
 	bash tools/gpu_build.sh
+
+# On a machine with a CUDA GPU: .venv-gpu, the build, `pytest -m gpu`, and
+# LSSLinear.predict and the ops against dense cuBLAS at N=670K, d=128, B=1 and
+# 256 (docs/results/gpu-check.{json,md}); see tools/gpu_check.py.
+# GPU_CHECK_DRY=1 (or make gpu-check-dry): the same steps on CPU, tiny sizes,
+# no GPU part (what .ci/run runs).
+gpu-check:
+ifeq ($(GPU_CHECK_DRY),1)
+	$(MAKE) gpu-check-dry
+else
+	$(PYTHON) tools/gpu_check.py
+endif
+
+gpu-check-dry: build
+	$(PY) tools/gpu_check.py --dry
 
 clean:
 	rm -rf build dist $(CMAKE_DIR) *.egg-info lsskernels/*.so

@@ -69,8 +69,9 @@ def extensions():
     extra = {"cxx": cxx}
     include_dirs = [os.path.join(HERE, "csrc", "include"), os.path.join(HERE, "csrc")]
     if want_cuda():
-        # Kernels in csrc/cuda/*.cu (no torch headers: fast to compile per
-        # architecture); their host side and registration in csrc/cuda/*.cpp.
+        # Per op, kernels in csrc/cuda/<op>_cuda.cu (no torch headers: fast
+        # to compile per architecture), their host side and registration in
+        # csrc/cuda/<op>_host.cpp.
         sources += rel("csrc/cuda/*.cu") + rel("csrc/cuda/*.cpp")
         if not os.getenv("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"

@@ -1,5 +1,8 @@
 // The one place where the schemas of torch.ops.lsskernels are declared.
-// Kernels register per dispatch key in csrc/cpu/*.cpp and csrc/cuda/*.cu;
+// Kernels register per dispatch key: CPU kernels in csrc/cpu/*_cpu.cpp,
+// CUDA kernels in csrc/cuda/<op>_host.cpp (the host wrapper; the kernels
+// themselves are in csrc/cuda/<op>_cuda.cu), composites of the ops in
+// csrc/*predict_topk.cpp (CompositeImplicitAutograd);
 // fake kernels and autograd are registered from Python (lsskernels/_ops.py).
 #include <torch/library.h>
 

@@ -130,7 +130,8 @@ else:
     from helpers import GRAD_TOLERANCES, TOLERANCES, gen, randn, random_ids
     from lsskernels import reference
     from lsskernels import triton as lt
-    from lsskernels.triton import bitmap_matmul, lookup, topk
+    lookup = lt.module("bucket_lookup")  # the modules (the package's attributes are the functions)
+    topk = lt.module("topk")
 
     FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 

@@ -1,7 +1,20 @@
-// Host-side helpers shared by the CUDA host files (ops_cuda.cpp,
-// partition_ops_cuda.cpp): dtype mapping, device checks, the current stream
-// and the device status word. Torch headers are fine here: only .cpp host
-// files include this (the .cu kernels see launch.h alone).
+// Host-side helpers shared by the CUDA host files (csrc/cuda/<op>_host.cpp):
+// dtype mapping, device and argument checks, the current stream and the
+// device status word. Torch headers are fine here: only .cpp host files
+// include this (the .cu kernels see launch.h alone).
+//
+// Argument checks are the CPU kernels' (lss/arg_checks.h) plus the device
+// checks. Value checks (codes, ids, table contents, row_ptr, probes, list
+// offsets) run inside the kernels, which never read out of bounds on
+// malformed input: they skip the access and OR a bit into a device status
+// word. The host reads that word back after the launch (one device-to-host
+// copy, which synchronizes the stream) and raises the CPU kernel's error.
+// Ops whose output size depends on the data (bucket_lookup's scratch,
+// bitmap_sparse_matmul's nnz, quantized_candidates' key buffers) read it back
+// anyway; for the others (gathered_logits and its backward, the top-k ops,
+// quantized_candidates' list ids), LSS_CUDA_ASYNC_ERRORS=1 skips the
+// read-back: no sync, still no out-of-bounds access, but malformed entries
+// give NaN / -1 instead of an error.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,6 +25,8 @@
 #include <initializer_list>
 
 #include "launch.h"
+#include "lss/arg_checks.h"
+#include "lss/common.h"
 
 namespace lss::cuda {
 
@@ -70,5 +85,36 @@ inline int64_t next_pow2_host(int64_t v) {
   while (p < v) p <<= 1;
   return p;
 }
+
+inline uint32_t* as_u32(const at::Tensor& t) {
+  return reinterpret_cast<uint32_t*>(t.data_ptr<int32_t>());
+}
+
+inline bool is_float(const at::Tensor& t) {
+  const auto s = t.scalar_type();
+  return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
+}
+
+// x, weight, bias of the logits ops: the shared checks (lss/arg_checks.h),
+// then the devices and the dtypes the kernels are built for.
+inline void check_dense_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                             const c10::optional<at::Tensor>& bias) {
+  lss::check_dense_args(op, x, weight, bias);
+  if (bias.has_value()) {
+    check_cuda(op, {&x, &weight, &*bias});
+  } else {
+    check_cuda(op, {&x, &weight});
+  }
+  dtype_of(op, x);
+}
+
+// grad_W / grad_b of a list of entries (gathered_logits_backward, and
+// bitmap_sparse_matmul_backward on its decoded bitmap): the entries grouped
+// by label with a stable radix sort (the CPU's summation order within a
+// label), then one warp per label. gw / gb may be null. Defined in
+// gathered_logits_host.cpp.
+void grad_weight_bias(DType dt, const at::Tensor& grad_acc, const at::Tensor& x, int64_t N,
+                      const Entries& e, at::Tensor* gw, at::Tensor* gb, unsigned long long* status,
+                      cudaStream_t stream);
 
 }  // namespace lss::cuda

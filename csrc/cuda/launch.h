@@ -1,12 +1,29 @@
-// The boundary between the CUDA kernels (csrc/cuda/*.cu) and their host side
-// (csrc/cuda/ops_cuda.cpp).
+// The boundary between the CUDA kernels and their host side, for every op.
 //
-// The .cu files include no torch header: they take raw device pointers, sizes
-// and a stream, which keeps their compile time to seconds per architecture.
-// ops_cuda.cpp does everything that needs at::Tensor: argument checks
-// (TORCH_CHECK, the same messages as the CPU kernels), allocation through the
-// caching allocator, dtype conversion, device guards, reading back the device
-// status word, and the TORCH_LIBRARY_IMPL(lsskernels, CUDA, m) registration.
+// Per op, csrc/cuda/<op>_cuda.cu holds the kernels and their launchers (the
+// functions declared here) and includes no torch header: they take raw
+// device pointers, sizes and a stream, which keeps their compile time to
+// seconds per architecture. csrc/cuda/<op>_host.cpp does everything that
+// needs at::Tensor: argument checks (TORCH_CHECK, the same messages as the
+// CPU kernels), allocation through the caching allocator, dtype conversion,
+// device guards, reading back the device status word, and the op's
+// TORCH_LIBRARY_IMPL(lsskernels, CUDA, m) registration; host_utils.h holds
+// the host helpers they share. Launchers used by several ops (the radix sort)
+// are in common_cuda.cu.
+//
+//   op(s)                                       kernels                        host
+//   hash_codes                                  hash_codes_cuda.cu             hash_codes_host.cpp
+//   build_tables                                build_tables_cuda.cu           build_tables_host.cpp
+//   bucket_lookup, bucket_lookup_bitmap         bucket_lookup_cuda.cu          bucket_lookup_host.cpp
+//   gathered_logits (+ backward)                gathered_logits_cuda.cu        gathered_logits_host.cpp
+//   bitmap_sparse_matmul (+ backward)           bitmap_sparse_matmul_cuda.cu   bitmap_sparse_matmul_host.cpp
+//   topk_gathered, topk_packed                  topk_cuda.cu                   topk_host.cpp
+//   partition_probe                             partition_probe_cuda.cu        partition_probe_host.cpp
+//   quantized_candidates                        quantized_candidates_cuda.cu   quantized_candidates_host.cpp
+//
+// (<op>_host.cpp, not <op>_cuda.cpp: setuptools names an object file after
+// its source without the extension, so x_cuda.cu and x_cuda.cpp would both
+// compile to x_cuda.o.)
 //
 // Every launcher launches on the stream it is given and runs
 // C10_CUDA_KERNEL_LAUNCH_CHECK() after each launch. Launchers with nothing to
@@ -44,20 +61,21 @@ constexpr int kStatusNnz = 3;    // bitmap ops: row_ptr[B]
 constexpr int kStatusColumns = 4;  // bitmap_sparse_matmul: non-empty 32-label columns
 constexpr int kStatusWords = 5;
 
-// ------------------------------------------------------------- hash codes
+// ------------------------------------------------------ hash_codes_cuda.cu
 // codes[b, l] = sum_j 2^j [<x[b], proj[l, j]> > 0]. x_acc is x converted to
 // the accumulator type ([B, d] contiguous float, or double for fp64); proj is
 // [L, K, d] contiguous in its storage dtype.
 void hash_codes(DType proj_dtype, const void* x_acc, const void* proj, int64_t B, int64_t d,
                 int64_t L, int64_t K, int32_t* codes, cudaStream_t stream);
 
-// ------------------------------------------------------------------ tables
+// ---------------------------------------------------- build_tables_cuda.cu
 // Histogram of codes [N, L] (row-major) into offsets [L, 2^bits + 1] (zeroed
 // by the caller) at offsets[l, c + 1], then an in-place inclusive scan per
 // table. Codes outside [0, 2^bits) are skipped and flagged kBadCode.
 void build_offsets(const int32_t* codes, int64_t N, int64_t L, int bits, int32_t* offsets,
                    unsigned long long* status, cudaStream_t stream);
 
+// ---------------------------------------------------------- common_cuda.cu
 // Stable radix sort of (key, value) pairs on key bits [0, end_bit): the
 // primitive behind build_tables (codes -> items) and the deterministic weight
 // gradients (entries grouped by label, original order kept within a label).
@@ -69,7 +87,7 @@ void radix_sort_pairs(void* temp, size_t temp_bytes, const uint32_t* keys_in, ui
 // values[i] = i for i < n.
 void iota_int32(int32_t* values, int64_t n, cudaStream_t stream);
 
-// ----------------------------------------------------------- bucket lookup
+// --------------------------------------------------- bucket_lookup_cuda.cu
 struct Tables {
   const int32_t* codes;    // [B, L] query codes
   int64_t B, L;
@@ -114,7 +132,8 @@ void lookup_candidates(const Tables& t, const int64_t* retrieved, int64_t min_hi
 void lookup_bitmap_any(const Tables& t, int32_t* bitmap, int64_t words,
                        unsigned long long* status, cudaStream_t stream);
 
-// ----------------------------------------------------------------- logits
+// ------------------------------------------------- gathered_logits_cuda.cu
+// (bitmap_sparse_matmul runs these too, on the entries its bitmap decodes to)
 // Exact logits of a ragged set of (query row, label) entries: entry k has
 // label ids[k] (-1 = padding -> -inf) and row row_of[k], or k / width when
 // row_of == nullptr. out[k] = <x_acc[row], W[ids[k]]> + bias[ids[k]], in the
@@ -151,7 +170,7 @@ void candidate_grad_weight(DType dtype, const void* grad_acc, const void* x_acc,
                            const int32_t* sorted_entries, void* grad_w, void* grad_b,
                            cudaStream_t stream);
 
-// ------------------------------------------------------------------ bitmaps
+// -------------------------------------------- bitmap_sparse_matmul_cuda.cu
 // Bitmap rows [B, words] -> row_ptr[b + 1] = popcount of row b, then an
 // inclusive scan (row_ptr[0] is zeroed by the caller); status[kStatusNnz] =
 // row_ptr[B]; stray bits past num_labels flag kStrayBits.
@@ -186,7 +205,7 @@ void bitmap_tile_logits(DType dtype, const void* x, const void* weight, const vo
                         const int64_t* columns, int64_t num_columns, void* values,
                         cudaStream_t stream);
 
-// ------------------------------------------------------------------- top-k
+// ------------------------------------------------------------ topk_cuda.cu
 // Rows handled per launch by the top-k kernels: a buffer of `capacity` (a
 // power of two >= 2 k + kTopkThreads) candidates per row, in shared memory
 // when scratch is null (capacity == topk_smem_capacity(dtype)), else in
@@ -207,5 +226,89 @@ void topk_packed(DType dtype, const void* values, int64_t nnz, const int64_t* ro
                  const int32_t* bitmap, int64_t B, int64_t words, int64_t k, int64_t capacity,
                  void* scratch, int64_t r_begin, int64_t r_end, void* scores, int64_t* labels,
                  unsigned long long* status, cudaStream_t stream);
+
+// ======================================================= partition family
+// Bits of status[kStatusError] set by the partition kernels (after the
+// StatusBit values above).
+enum PartitionStatusBit : unsigned long long {
+  kBadProbe = 64,     // a probe outside [-1, P)
+  kBadOffsets = 128,  // list_offsets negative, decreasing, or past codes.size(0)
+  kBadListId = 256,   // a list_ids entry of a probed row outside [0, num_labels)
+};
+
+// ------------------------------------------------- partition_probe_cuda.cu
+// scores[b, p] = <x_acc[b], centroids[p]> + bias[p] (bias may be null) in
+// the accumulator type (float, double for fp64), as lss::cuda::warp_dot sums
+// it (the CPU dot product's order), stored in canonical form: NaN -> -inf,
+// -0.0 -> +0.0 (equal to their replacements in the probe order).
+void partition_scores(DType dtype, const void* x_acc, const void* centroids, const void* bias,
+                      int64_t B, int64_t d, int64_t P, void* scores, cudaStream_t stream);
+
+// Largest power-of-two number of (score, p) pairs the shared-memory
+// selection sorts per query on this device (capped at 16384).
+int64_t probe_smem_capacity(DType dtype);
+// Bytes of global scratch per query for a selection of `capacity` pairs.
+size_t probe_scratch_bytes_per_row(DType dtype, int64_t capacity);
+
+// probes[b, :nprobe] = the nprobe best p of scores[b, :P] (canonical scores,
+// larger first, ties by smaller p) for rows [r_begin, r_end). capacity is a
+// power of two >= P: shared memory when scratch is null (capacity <=
+// probe_smem_capacity), else scratch + (b - r_begin) * per-row bytes.
+void probe_select(DType dtype, const void* scores, int64_t B, int64_t P, int64_t nprobe,
+                  int64_t capacity, void* scratch, int64_t r_begin, int64_t r_end,
+                  int32_t* probes, cudaStream_t stream);
+
+// -------------------------------------------- quantized_candidates_cuda.cu
+struct PartitionLists {
+  const int32_t* offsets;  // [P + 1]
+  int64_t P;
+  const int8_t* codes;     // [T, Dp], rows 16-byte aligned (Dp % 32 == 0)
+  int64_t T, Dp;
+  const float* scales;     // [T]
+  const float* bias;       // [T]
+  const int32_t* ids;      // [T]
+  int64_t num_labels;
+};
+
+// Pre-pass: flags kBadOffsets unless 0 <= offsets[0] <= ... <= offsets[P] <= T,
+// and writes sizes[b, j] = rows of partition probes[b, j] (0 for -1; 0 and
+// kBadProbe for a probe outside [-1, P); 0 and kBadOffsets for a range that
+// is not inside [0, T)).
+void partition_sizes(const PartitionLists& l, const int32_t* probes, int64_t B, int64_t nprobe,
+                     int64_t* sizes, unsigned long long* status, cudaStream_t stream);
+
+// reference.quantize_queries on x (fp32 [B, d]): q int8 [B, Dp], zero past
+// d, and scale fp32 [B], with the same fp32 operations.
+void quantize_queries(const float* x, int64_t B, int64_t d, int64_t Dp, int8_t* q, float* scale,
+                      cudaStream_t stream);
+
+// Label-major keys of every probed row of queries [q_begin, q_end):
+// (label << 32) | desc(score), written to keys[slot_begin[b * nprobe + j] -
+// key_base + (t - offsets[p])]. desc() maps the fp32 score (canonical) to a
+// uint32 that grows as the score falls. A list_ids entry outside
+// [0, num_labels) gives the empty key ~0 and kBadListId. The probes and
+// their ranges must have passed partition_sizes.
+void quantized_keys(const PartitionLists& l, const int8_t* q, const float* scale,
+                    const int32_t* probes, int64_t nprobe, const int64_t* slot_begin,
+                    int64_t key_base, int64_t q_begin, int64_t q_end, uint64_t* keys,
+                    unsigned long long* status, cudaStream_t stream);
+
+// Ascending sort of uint64 keys within each of `segments` segments, segment
+// s being [seg_offsets[s], seg_offsets[s + 1]) (CUB DeviceSegmentedSort).
+size_t segmented_sort_temp_bytes(int64_t n, int64_t segments, const int64_t* seg_offsets);
+void segmented_sort(void* temp, size_t temp_bytes, const uint64_t* keys_in, uint64_t* keys_out,
+                    int64_t n, int64_t segments, const int64_t* seg_offsets, cudaStream_t stream);
+
+// On label-major keys sorted per segment: keeps each label's first key (its
+// best score) as the score-major key (desc(score) << 32) | label, replaces
+// the others by ~0, and writes unique[s] = labels kept in segment s.
+void dedupe_keys(const uint64_t* sorted, uint64_t* out, const int64_t* seg_offsets,
+                 int64_t segments, int32_t* unique, cudaStream_t stream);
+
+// On score-major keys sorted per segment: ids[s, i] = label of key i for
+// i < min(unique[s], M), else -1; counts[s] = min(unique[s], M).
+void write_candidates(const uint64_t* sorted, const int64_t* seg_offsets, const int32_t* unique,
+                      int64_t segments, int64_t M, int32_t* ids, int32_t* counts,
+                      cudaStream_t stream);
 
 }  // namespace lss::cuda

@@ -1,5 +1,5 @@
-// CUDA kernels of partition_probe (host side: partition_ops_cuda.cpp,
-// interface: partition_launch.h).
+// CUDA kernels of partition_probe (host side: partition_probe_host.cpp,
+// interface: launch.h).
 //
 // Algorithm
 //  1. partition_scores_kernel: one warp per (query b, partition p) computes
@@ -18,7 +18,7 @@
 // Every read is in bounds by construction (no data-dependent addressing), so
 // partition_probe needs no status word.
 #include "device_utils.cuh"
-#include "partition_launch.h"
+#include "launch.h"
 
 namespace lss::cuda {
 namespace {
@@ -90,7 +90,7 @@ size_t pair_bytes_of(DType dtype) {
 
 }  // namespace
 
-// =================================================================== host
+// ============================================================== launchers
 void partition_scores(DType dtype, const void* x_acc, const void* centroids, const void* bias,
                       int64_t B, int64_t d, int64_t P, void* scores, cudaStream_t stream) {
   if (B * P == 0) return;

@@ -1,5 +1,5 @@
-// CUDA kernels of quantized_candidates (host side: partition_ops_cuda.cpp,
-// interface: partition_launch.h). Bit-exact with
+// CUDA kernels of quantized_candidates (host side: quantized_candidates_host.cpp,
+// interface: launch.h). Bit-exact with
 // lsskernels.reference.quantized_candidates.
 //
 // Algorithm (the host runs it over chunks of queries, see the host file)
@@ -38,7 +38,7 @@
 #include <cub/device/device_segmented_sort.cuh>
 
 #include "device_utils.cuh"
-#include "partition_launch.h"
+#include "launch.h"
 
 namespace lss::cuda {
 namespace {
@@ -218,7 +218,7 @@ __global__ void write_candidates_kernel(const uint64_t* __restrict__ sorted,
 
 }  // namespace
 
-// =================================================================== host
+// ============================================================== launchers
 void partition_sizes(const PartitionLists& l, const int32_t* probes, int64_t B, int64_t nprobe,
                      int64_t* sizes, unsigned long long* status, cudaStream_t stream) {
   offsets_check_kernel<<<grid_for(l.P + 1, 256, 1024), 256, 0, stream>>>(l, status);

@@ -16,7 +16,7 @@ sorted; scores and labels are decoded back from the keys (the map is a
 bijection on the scores it keeps, so the scores come back bit-exact, except
 that -0.0 comes back as +0.0 and NaN payloads are canonical).
 topk_packed first decodes the label of every packed value with
-bitmap_decode_kernel (see bitmap_matmul.py) and then runs the same kernel on
+bitmap_decode_kernel (see bitmap_sparse_matmul.py) and then runs the same kernel on
 the ragged rows given by row_ptr.
 
 Fallback (float64 scores, or rows longer than TOPK_MAX_BLOCK)
@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import bitmap_matmul
+from .bitmap_sparse_matmul import BLOCK_N, decode_op, row_layout
 from ._common import clamp_block, define_op, launch
 
 Tensor = torch.Tensor
@@ -83,7 +83,7 @@ def topk_rows_kernel(scores_ptr, labels_ptr, row_ptr_ptr, out_scores_ptr, out_la
 
 
 def _warps(block: int) -> int:
-    # as in lookup.py: more warps for bigger blocks
+    # as in bucket_lookup.py: more warps for bigger blocks
     return 4 if block <= 256 else (8 if block <= 1024 else 16)
 
 
@@ -140,13 +140,13 @@ def topk_packed(values: Tensor, row_ptr: Tensor, bitmap: Tensor, k: int) -> Tupl
     num_labels = words * 32
     if num_labels >= 2**31:
         raise ValueError(f"topk_packed: bitmap rows cover {num_labels} labels, at most 2^31 - 1 supported")
-    block_n = bitmap_matmul.BLOCK_N
-    _, tile_prefix, own_row_ptr = bitmap_matmul.row_layout(bitmap, num_labels, block_n)
+    block_n = BLOCK_N
+    _, tile_prefix, own_row_ptr = row_layout(bitmap, num_labels, block_n)
     if own_row_ptr[-1].item() != values.numel() or not torch.equal(own_row_ptr, row_ptr.to(torch.int64)):
         raise ValueError("topk_packed: row_ptr does not match the bitmap's row popcounts "
                          f"(or values.numel() = {values.numel()} is not the bitmap's popcount)")
     nnz = values.numel()
-    cols = bitmap_matmul.decode_op(bitmap, own_row_ptr, tile_prefix, num_labels, nnz, block_n)
+    cols = decode_op(bitmap, own_row_ptr, tile_prefix, num_labels, nnz, block_n)
     width = int((own_row_ptr[1:] - own_row_ptr[:-1]).max()) if batch else 0
     if batch and _use_kernel(values.dtype, width):
         return topk_rows_op(values, cols, own_row_ptr, batch, k, width, True)

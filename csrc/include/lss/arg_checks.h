@@ -1,5 +1,5 @@
 // Host-side argument checks shared by the CPU kernels (csrc/cpu) and the CUDA
-// host wrappers (csrc/cuda/ops_cuda.cpp). Both validate the same
+// host wrappers (csrc/cuda/*_host.cpp). Both validate the same
 // preconditions with the same messages, so a malformed input fails
 // identically on either device; keeping one copy keeps it that way.
 //

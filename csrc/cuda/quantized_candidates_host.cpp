@@ -1,11 +1,9 @@
-// Host side of the partition family's CUDA kernels (partition_probe_cuda.cu,
-// quantized_candidates_cuda.cu; interface: partition_launch.h): argument
-// checks (TORCH_CHECK, the preconditions of lsskernels/_checks.py), the device
-// guard, the current stream, allocation through the caching allocator, the
-// status read-back, and the TORCH_LIBRARY_IMPL(lsskernels, CUDA, m)
-// registration of partition_probe and quantized_candidates.
-// (partition_predict_topk is a composite of these and the logits / top-k ops:
-// no CUDA kernel of its own.)
+// Host side of quantized_candidates on CUDA (kernels:
+// quantized_candidates_cuda.cu; interface: launch.h; shared host helpers:
+// host_utils.h): argument checks (TORCH_CHECK, the preconditions of
+// lsskernels/_checks.py), the device guard, the current stream, allocation
+// through the caching allocator, the status read-back, and the chunking of
+// queries over the key buffers.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -15,7 +13,6 @@
 #include <vector>
 
 #include "host_utils.h"
-#include "partition_launch.h"
 
 namespace lss::cuda {
 namespace {
@@ -28,72 +25,6 @@ constexpr int64_t kMaxCodeWidth = ((int64_t(1) << 31) - 1) / (kQuantLevels * kQu
 // Keys (8 bytes each, two buffers) per chunk of queries in quantized_candidates.
 constexpr int64_t kChunkKeys = int64_t(1) << 25;
 
-bool is_float(const at::Tensor& t) {
-  const auto s = t.scalar_type();
-  return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
-}
-
-// ----------------------------------------------------------- partition_probe
-void check_partition_probe(const at::Tensor& x, const at::Tensor& centroids,
-                           const c10::optional<at::Tensor>& bias, int64_t nprobe) {
-  const char* op = "partition_probe";
-  TORCH_CHECK(x.dim() == 2 && is_float(x), op, ": x must be [B, d] floating point, got ",
-              x.scalar_type(), " ", x.sizes());
-  TORCH_CHECK(centroids.dim() == 2 && centroids.size(1) == x.size(1), op,
-              ": centroids must be [P, d] with d = x.size(1) = ", x.size(1), ", got ",
-              centroids.sizes());
-  TORCH_CHECK(centroids.scalar_type() == x.scalar_type(), op, ": centroids dtype ",
-              centroids.scalar_type(), " differs from x dtype ", x.scalar_type());
-  TORCH_CHECK(centroids.size(0) >= 1, op, ": centroids must hold at least one partition");
-  TORCH_CHECK(centroids.size(0) < (int64_t(1) << 31), op, ": at most 2^31 - 1 partitions");
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == centroids.size(0), op,
-                ": centroid_bias must be [P] = [", centroids.size(0), "], got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), op,
-                ": centroid_bias dtype differs from x dtype");
-    check_cuda(op, {&x, &centroids, &*bias});
-  } else {
-    check_cuda(op, {&x, &centroids});
-  }
-  TORCH_CHECK(nprobe >= 1 && nprobe <= centroids.size(0), op, ": nprobe must be in [1, P] = [1, ",
-              centroids.size(0), "], got ", nprobe);
-}
-
-at::Tensor partition_probe_cuda(const at::Tensor& x, const at::Tensor& centroids,
-                                const c10::optional<at::Tensor>& centroid_bias, int64_t nprobe) {
-  check_partition_probe(x, centroids, centroid_bias, nprobe);
-  const char* op = "partition_probe";
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = current_stream();
-  const int64_t B = x.size(0), d = x.size(1), P = centroids.size(0);
-  at::Tensor probes = at::empty({B, nprobe}, x.options().dtype(at::kInt));
-  if (B == 0) return probes;
-  const DType dt = dtype_of(op, x);
-  const at::ScalarType acc = acc_type(x.scalar_type());
-  const at::Tensor xa = x.to(acc).contiguous(), cc = centroids.contiguous();
-  at::Tensor bc;
-  if (centroid_bias.has_value()) bc = centroid_bias->contiguous();
-  at::Tensor scores = at::empty({B, P}, x.options().dtype(acc));
-  partition_scores(dt, xa.data_ptr(), cc.data_ptr(), raw(bc), B, d, P, scores.data_ptr(), stream);
-  const int64_t n = next_pow2_host(P);
-  const int64_t smem_cap = probe_smem_capacity(dt);
-  if (n <= smem_cap) {
-    probe_select(dt, scores.data_ptr(), B, P, nprobe, n, nullptr, 0, B, probes.data_ptr<int32_t>(),
-                 stream);
-    return probes;
-  }
-  // P above the shared-memory capacity: sort in global scratch, <= 256 MiB of rows at a time.
-  TORCH_CHECK(n <= (int64_t(1) << 30), op, ": P = ", P, " partitions is too many");
-  const int64_t per_row = int64_t(probe_scratch_bytes_per_row(dt, n));
-  const int64_t rows = std::max<int64_t>(1, (int64_t(1) << 28) / per_row);
-  at::Tensor scratch = at::empty({std::min(rows, B) * per_row}, x.options().dtype(at::kByte));
-  for (int64_t r0 = 0; r0 < B; r0 += rows)
-    probe_select(dt, scores.data_ptr(), B, P, nprobe, n, scratch.data_ptr(), r0,
-                 std::min(B, r0 + rows), probes.data_ptr<int32_t>(), stream);
-  return probes;
-}
-
-// ------------------------------------------------------ quantized_candidates
 void check_quantized_candidates(const at::Tensor& x, const at::Tensor& probes,
                                 const at::Tensor& offsets, const at::Tensor& codes,
                                 const at::Tensor& scales, const at::Tensor& bias,
@@ -225,7 +156,6 @@ std::tuple<at::Tensor, at::Tensor> quantized_candidates_cuda(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lsskernels, CUDA, m) {
-  m.impl("partition_probe", &partition_probe_cuda);
   m.impl("quantized_candidates", &quantized_candidates_cuda);
 }
 

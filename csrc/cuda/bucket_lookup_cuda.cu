@@ -1,80 +1,10 @@
-// CUDA kernels of hash_codes, build_tables, bucket_lookup and
-// bucket_lookup_bitmap (host side: ops_cuda.cpp).
-#include <cub/block/block_scan.cuh>
-#include <cub/device/device_radix_sort.cuh>
-
+// CUDA kernels of bucket_lookup and bucket_lookup_bitmap (host side:
+// bucket_lookup_host.cpp; interface: launch.h).
 #include "device_utils.cuh"
 
 namespace lss::cuda {
 namespace {
 
-// ------------------------------------------------------------- hash codes
-// One warp per (query, table); the K projections run one after another, each
-// a warp dot in the CPU's summation order (so codes match the CPU bit for bit
-// on an FMA CPU, projections within rounding of 0 included).
-constexpr int kWarpsPerBlock = 8;
-
-template <typename acc, typename scalar_t>
-__global__ void hash_codes_kernel(const acc* __restrict__ x, const scalar_t* __restrict__ proj,
-                                  int64_t B, int64_t d, int64_t L, int64_t K,
-                                  int32_t* __restrict__ codes) {
-  const int lane = threadIdx.x & 31;
-  const int64_t e = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (e >= B * L) return;  // warp-uniform
-  const int64_t b = e / L, l = e % L;
-  int32_t code = 0;
-  for (int64_t j = 0; j < K; ++j) {
-    const acc p = warp_dot(x + b * d, proj + (l * K + j) * d, d, lane);
-    code = set_code_bit(code, int(j), p);
-  }
-  if (lane == 0) codes[e] = code;
-}
-
-// ------------------------------------------------------------------ tables
-__global__ void histogram_kernel(const int32_t* __restrict__ codes, int64_t N, int64_t L,
-                                 int64_t buckets, int32_t* __restrict__ offsets,
-                                 unsigned long long* status) {
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < N * L;
-       e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = codes[e], l = e % L;
-    if (c < 0 || c >= buckets) {
-      flag_error(status, kBadCode);
-      continue;
-    }
-    atomicAdd(offsets + l * (buckets + 1) + c + 1, 1);
-  }
-}
-
-// In-place inclusive scan of `rows` rows of `len` elements (stride `stride`),
-// one block per row, in chunks of the block size.
-constexpr int kScanThreads = 512;
-template <typename T>
-__global__ void __launch_bounds__(kScanThreads) scan_rows_kernel(T* data, int64_t len, int64_t stride) {
-  using Scan = cub::BlockScan<T, kScanThreads>;
-  __shared__ typename Scan::TempStorage tmp;
-  __shared__ T carry;
-  T* row = data + int64_t(blockIdx.x) * stride;
-  if (threadIdx.x == 0) carry = 0;
-  __syncthreads();
-  for (int64_t base = 0; base < len; base += kScanThreads) {
-    const int64_t i = base + threadIdx.x;
-    T v = i < len ? row[i] : T(0), total;
-    Scan(tmp).InclusiveSum(v, v, total);
-    const T c = carry;
-    if (i < len) row[i] = v + c;
-    __syncthreads();
-    if (threadIdx.x == 0) carry = c + total;
-    __syncthreads();
-  }
-}
-
-__global__ void iota_kernel(int32_t* v, int64_t n) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    v[i] = int32_t(i);
-}
-
-// ----------------------------------------------------------- bucket lookup
 // The bucket of query q in table l, or false if the code or the offsets are
 // malformed (bucket_range is the CPU kernel's check).
 __device__ __forceinline__ bool query_bucket(const Tables& t, int64_t q, int64_t l,
@@ -231,55 +161,7 @@ __global__ void lookup_bitmap_any_kernel(Tables t, int32_t* __restrict__ bitmap,
 
 }  // namespace
 
-// =================================================================== host
-void hash_codes(DType proj_dtype, const void* x_acc, const void* proj, int64_t B, int64_t d,
-                int64_t L, int64_t K, int32_t* codes, cudaStream_t stream) {
-  if (B * L == 0) return;
-  dispatch_dtype(proj_dtype, [&]<typename scalar_t>() {
-    using acc = acc_of<scalar_t>;
-    hash_codes_kernel<acc, scalar_t><<<grid_for(B * L, kWarpsPerBlock), kWarpsPerBlock * 32, 0, stream>>>(
-        static_cast<const acc*>(x_acc), static_cast<const scalar_t*>(proj), B, d, L, K, codes);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-}
-
-void build_offsets(const int32_t* codes, int64_t N, int64_t L, int bits, int32_t* offsets,
-                   unsigned long long* status, cudaStream_t stream) {
-  if (L == 0) return;
-  const int64_t buckets = int64_t(1) << bits;
-  if (N > 0) {
-    histogram_kernel<<<grid_for(N * L, 256, 65536), 256, 0, stream>>>(codes, N, L, buckets,
-                                                                     offsets, status);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  scan_rows_kernel<int32_t><<<unsigned(L), kScanThreads, 0, stream>>>(offsets, buckets + 1,
-                                                                      buckets + 1);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-size_t radix_sort_pairs_temp_bytes(int64_t n, int end_bit) {
-  size_t bytes = 0;
-  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-      nullptr, bytes, static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
-      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), int(n), 0, end_bit));
-  return bytes;
-}
-
-void radix_sort_pairs(void* temp, size_t temp_bytes, const uint32_t* keys_in, uint32_t* keys_out,
-                      const int32_t* values_in, int32_t* values_out, int64_t n, int end_bit,
-                      cudaStream_t stream) {
-  if (n == 0) return;
-  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, values_in,
-                                                 values_out, int(n), 0, end_bit, stream));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-void iota_int32(int32_t* values, int64_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  iota_kernel<<<grid_for(n, 256, 65536), 256, 0, stream>>>(values, n);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
+// ============================================================== launchers
 void lookup_prepass(const Tables& t, int64_t* retrieved, unsigned long long* status,
                     cudaStream_t stream) {
   if (t.B == 0) return;

@@ -1,4 +1,5 @@
-// CUDA kernels of topk_gathered and topk_packed (host side: ops_cuda.cpp).
+// CUDA kernels of topk_gathered and topk_packed (host side: topk_host.cpp;
+// interface: launch.h).
 //
 // One block per row streams the row's candidates through a buffer of
 // `capacity` (score, label) slots. The buffer's first k slots hold the best k
@@ -220,7 +221,7 @@ __global__ void topk_packed_kernel(const scalar_t* __restrict__ values, int64_t 
 
 }  // namespace
 
-// =================================================================== host
+// ============================================================== launchers
 int64_t topk_smem_capacity(DType dtype) { return dtype == DType::kFloat64 ? 2048 : 4096; }
 
 size_t topk_scratch_bytes_per_row(DType dtype, int64_t capacity) {
