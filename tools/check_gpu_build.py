@@ -36,11 +36,7 @@ def _op_lists():
 # composite, branch cpu-partition): while absent they are reported as
 # pending, not failed; once present the check fails until they are removed
 # from here, so the list empties itself at the merge.
-PENDING_ELSEWHERE: dict[str, str] = {
-    "partition_probe": "CPU kernel",
-    "quantized_candidates": "CPU kernel",
-    "partition_predict_topk": "composite",
-}
+PENDING_ELSEWHERE: dict[str, str] = {}
 
 # Kernels allowed to spill, with the reason (documented in docs/gpu.md).
 ALLOWED_SPILLS: dict[str, str] = {}
