@@ -24,6 +24,7 @@ index (and a report) and is a function of (weights, pairs, options, seed).
 """
 from __future__ import annotations
 
+import abc
 import math
 from typing import Dict, Optional, Tuple
 
@@ -49,12 +50,12 @@ def _native(x: Tensor, backend: Optional[str]) -> bool:
     return backend in ("cpu", "cuda")
 
 
-class LSSIndex(nn.Module):
+class LSSIndex(nn.Module, abc.ABC):
     """Base class: what LSSLinear needs from a candidate index.
 
-    Subclasses register their tables as buffers and implement ``candidates``,
-    ``predict_topk``, ``rebuild``, ``sync``, ``validate_state``, ``fit`` and
-    ``config``. ``num_labels`` and ``dim`` are the layer's N and d.
+    Subclasses register their tables as buffers and implement the abstract
+    methods (``candidates``, ``rebuild``, ``sync``, ``validate_state``,
+    ``fit``, ``config``; an abstract class cannot be instantiated). ``num_labels`` and ``dim`` are the layer's N and d.
     """
 
     family = "base"
@@ -68,10 +69,10 @@ class LSSIndex(nn.Module):
         self.built = False
 
     # ----------------------------------------------------------- interface
+    @abc.abstractmethod
     def candidates(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], max_candidates: int,
                    backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
         """Candidate ids int32 [B, M] (-1 padded, best first) and counts int32 [B]."""
-        raise NotImplementedError
 
     def predict_topk(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], max_candidates: int, k: int,
                      backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
@@ -81,28 +82,28 @@ class LSSIndex(nn.Module):
             logits = _ops.gathered_logits(x, weight, bias, ids, backend=backend)
             return _ops.topk_gathered(logits, ids, k, backend=backend)
 
+    @abc.abstractmethod
     def rebuild(self, weight: Tensor, bias: Optional[Tensor]) -> None:
         """Build the unlearned index from the weights alone (discards fit())."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def sync(self, weight: Tensor, bias: Optional[Tensor]) -> None:
         """The weights changed: bring what is derived from them up to date,
         keeping what fit() learned where the family can."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def fit(self, weight: Tensor, bias: Optional[Tensor], queries: Tensor, labels: Tensor, *,
             max_candidates: int, seed: int = 0, **options):
         """A new, fitted index of this family and configuration, and a report."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def config(self) -> Dict[str, object]:
         """The constructor arguments that recreate this index's shape."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def validate_state(self, tensors: Dict[str, Tensor], config: Dict[str, object]) -> None:
         """Raise ValueError unless the buffers in tensors are a well-formed
         index of this family for config."""
-        raise NotImplementedError
 
     def stats(self) -> Dict[str, object]:
         return {"family": self.family, "fitted": self.fitted, "index_bytes": self.index_bytes()}
