@@ -229,8 +229,16 @@ class LSS(Method):
     def search(self, x, k):
         return self.layer.predict(x, k)[1]
 
-    def evaluate(self, x, k):
+    def shortlisted(self, x, k):
+        """The candidates predict(x, k) scores exactly (ids int32 [B, m],
+        counts [B]): the first m of candidates(), m the index's shortlist
+        (the rerank fit() calibrated; SimHash: all max_candidates)."""
         ids, counts = self.layer.candidates(x)
+        m = self.layer.index.shortlist(self.layer.max_candidates, k)
+        return ids[:, :m].contiguous(), counts.clamp(max=m)
+
+    def evaluate(self, x, k):
+        ids, counts = self.shortlisted(x, k)
         logits = lss.gathered_logits(x, self.layer.weight, self.layer.bias, ids)
         top = lss.topk_gathered(logits, ids, k)[1]
         n = counts.to(torch.float64)
@@ -255,7 +263,7 @@ class NaiveGather(Method):
 
     def search(self, x, k):
         layer = self.lss.layer
-        ids, _ = layer.candidates(x)
+        ids, _ = self.lss.shortlisted(x, k)
         ids = ids.to(torch.int64)
         safe = ids.clamp(min=0)
         logits = torch.bmm(layer.weight[safe], x.unsqueeze(2)).squeeze(2) + layer.bias[safe]

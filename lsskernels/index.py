@@ -74,6 +74,11 @@ class LSSIndex(nn.Module, abc.ABC):
                    backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
         """Candidate ids int32 [B, M] (-1 padded, best first) and counts int32 [B]."""
 
+    def shortlist(self, max_candidates: int, k: int) -> int:
+        """How many of the candidates predict(k) scores exactly (a prefix of
+        candidates(): they come best first)."""
+        return max_candidates
+
     def predict_topk(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], max_candidates: int, k: int,
                      backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
         """Top-k among the candidates by exact logit: (scores [B, k], labels int64 [B, k])."""
@@ -296,6 +301,12 @@ class PartitionIndex(LSSIndex):
         self.num_partitions = checks.integer("num_partitions", p, 1, num_labels)
         self.nprobe = checks.integer("nprobe", default_nprobe(p) if nprobe is None else nprobe, 1, p)
         self.nprobe_override = nprobe is not None  # fit() calibrates nprobe unless the user set it
+        # How many of the max_candidates best labels by quantized score predict()
+        # scores exactly (None: all of them). fit() calibrates it on held-out
+        # pairs: the int8 score ranks the candidates well enough that the
+        # correct label is usually among the first few, and each exact row is
+        # a random read of the weight matrix.
+        self.rerank: Optional[int] = None
         width = -(-dim // checks.CODE_ALIGN) * checks.CODE_ALIGN
         f32 = {"dtype": torch.float32, "device": device}
         self.register_buffer("centroids", torch.zeros(p, dim, **f32))
@@ -311,11 +322,20 @@ class PartitionIndex(LSSIndex):
                 "nprobe": self.nprobe if self.nprobe_override else None, "seed": self.seed}
 
     def _extra_fields(self):
-        return {"nprobe": self.nprobe}
+        return {"nprobe": self.nprobe, "rerank": self.rerank}
 
     def _set_extra_fields(self, state):
         nprobe = state.get("nprobe", self.nprobe)
         self.nprobe = checks.integer("nprobe", int(nprobe), 1, self.num_partitions)
+        rerank = state.get("rerank")
+        self.rerank = None if rerank is None else checks.integer("rerank", int(rerank), 1)
+
+    def shortlist(self, max_candidates: int, k: int) -> int:
+        """Candidates predict(k) scores exactly: the calibrated rerank (at
+        least k), never more than max_candidates."""
+        if self.rerank is None:
+            return max_candidates
+        return min(max_candidates, max(k, self.rerank))
 
     # -------------------------------------------------------------- build
     @torch.no_grad()
@@ -324,6 +344,7 @@ class PartitionIndex(LSSIndex):
 
         build_partitions(self, weight, bias, seed=self.seed)
         self.fitted = False
+        self.rerank = None
 
     @torch.no_grad()
     def sync(self, weight, bias):
@@ -363,12 +384,19 @@ class PartitionIndex(LSSIndex):
                                          backend=backend)
 
     def predict_topk(self, x, weight, bias, max_candidates, k, backend=None):
-        if _native(x, backend) and x.device == self.codes.device and _ops._has_kernel("quantized_candidates", x.device.type):
-            c, cb = self._centroids(x)
-            return torch.ops.lsskernels.partition_predict_topk(
-                x, c, cb, *self._lists(), weight, bias, self.num_labels, min(self.nprobe, self.num_partitions),
-                max_candidates, k)
-        return super().predict_topk(x, weight, bias, max_candidates, k, backend)
+        # The best `shortlist` labels by quantized score are the first ones of
+        # the max_candidates list (the same order), so this is predict on a
+        # prefix of candidates().
+        m = self.shortlist(max_candidates, k)
+        buf = self._buffers  # not self.codes etc.: nn.Module's attribute fallback is ~1 us a name
+        if _native(x, backend) and x.device == buf["codes"].device and _ops._has_kernel("quantized_candidates", x.device.type):
+            c, cb = buf["centroids"], buf["centroid_bias"]
+            if x.dtype != torch.float32:
+                c, cb = c.to(x.dtype), cb.to(x.dtype)
+            return torch.ops.lsskernels.partition_predict_topk.default(
+                x, c, cb, buf["list_offsets"], buf["codes"], buf["code_scales"], buf["code_bias"], buf["list_ids"],
+                weight, bias, self.num_labels, min(self.nprobe, self.num_partitions), m, k)
+        return super().predict_topk(x, weight, bias, m, k, backend)
 
     # ---------------------------------------------------------- validation
     def validate_state(self, tensors, config):
@@ -377,7 +405,8 @@ class PartitionIndex(LSSIndex):
     def stats(self):
         out = super().stats()
         sizes = (self.list_offsets[1:] - self.list_offsets[:-1]).to(torch.float64)
-        out.update(num_partitions=self.num_partitions, nprobe=self.nprobe, rows=int(self.list_ids.numel()),
+        out.update(num_partitions=self.num_partitions, nprobe=self.nprobe, rerank=self.rerank,
+                   rows=int(self.list_ids.numel()),
                    spill_rows=int(self.list_ids.numel()) - self.num_labels if self.built else 0,
                    mean_list=float(sizes.mean()) if sizes.numel() else 0.0,
                    max_list=int(sizes.max()) if sizes.numel() else 0)

@@ -125,8 +125,11 @@ class LSSLinear(nn.Module):
     rebuild_tables = rebuild_index  # the 0.1 name
 
     def _weights_version(self) -> int:
-        v = self.weight._version
-        return v + (self.bias._version << 32 if self.bias is not None else 0)
+        # Through _parameters: nn.Module's attribute fallback costs ~1 us a
+        # name, which a batch-1 predict pays on every call.
+        params = self._parameters
+        bias = params.get("bias")
+        return params["weight"]._version + (bias._version << 32 if bias is not None else 0)
 
     def _ensure_index(self) -> None:
         """The one rule keeping the index in sync with the weights: build it
@@ -136,10 +139,11 @@ class LSSLinear(nn.Module):
         if torch.compiler.is_compiling():
             return
         version = self._weights_version()
-        if not self.index.built:
-            self.index.rebuild(self.weight, self.bias)
+        index = self._modules["index"]
+        if not index.built:
+            index.rebuild(self.weight, self.bias)
         elif self._indexed_version != version:
-            self.index.sync(self.weight, self.bias)
+            index.sync(self.weight, self.bias)
         self._indexed_version = version
 
     def fit(self, queries: Tensor, labels: Tensor, *, seed: Optional[int] = None, **options):
@@ -165,9 +169,10 @@ class LSSLinear(nn.Module):
         checks.tensor("x", x, None, checks.FLOAT_DTYPES, f"[..., {self.in_features}] floating point")
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must be [..., in_features = {self.in_features}], got {tuple(x.shape)}")
-        if x.dtype != self.weight.dtype:
-            raise TypeError(f"x has dtype {x.dtype} but the layer's weight is {self.weight.dtype}")
-        return x.reshape(-1, self.in_features), x.shape[:-1]
+        weight = self._parameters["weight"]
+        if x.dtype != weight.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the layer's weight is {weight.dtype}")
+        return (x if x.dim() == 2 else x.reshape(-1, self.in_features)), x.shape[:-1]
 
     def candidates(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Candidate ids int32 [B, M] (-1 padded, best first) and counts [B]
@@ -194,7 +199,9 @@ class LSSLinear(nn.Module):
         self._ensure_index()
         # The native path is one composite op (below autograd); the others
         # run under no_grad inside the index.
-        scores, labels = self.index.predict_topk(flat, self.weight, self.bias, self.max_candidates, k, self.backend)
+        params = self._parameters
+        scores, labels = self._modules["index"].predict_topk(flat, params["weight"], params.get("bias"),
+                                                             self.max_candidates, k, self.backend)
         if len(lead) == 1:
             return scores, labels
         return scores.reshape(lead + (k,)), labels.reshape(lead + (k,))

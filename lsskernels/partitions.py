@@ -16,11 +16,17 @@ Fit (LSSLinear.fit with the partition family), label-superior style:
      index finds labels with large logits; a query whose correct label has
      a moderate logit, or sits in a partition whose centroid scores low,
      now finds it in the partitions it does probe.
-  4. **Probe count.** A slice of the pairs is held out (it is not spilled
-     while calibrating); nprobe is the smallest power of two whose held-out
-     P@1, with exact logits of `max_candidates` candidates, is within
-     `tolerance` of the target: the full dense layer's held-out P@1, or the
-     best over the grid where that is lower. The final lists spill every pair.
+  4. **Probe count and shortlist.** A slice of the pairs is held out (it is
+     not spilled while calibrating). For each power-of-two nprobe, the
+     held-out queries get their `max_candidates` best labels by quantized
+     score, and P@1 is measured with exact logits of the first R of them
+     for R = 16, 32, ..., max_candidates (a prefix: the same order). The
+     target is the full dense layer's held-out P@1 (or the best over the
+     grid where that is lower) less `tolerance`; of the (nprobe, R) that
+     reach it, fit() keeps the one of least modelled cost (`setting_cost`:
+     bytes of codes scanned plus twice the bytes of exact rows gathered,
+     random rows costing about twice a streamed code byte). The final lists
+     spill every pair.
 
 Everything is a function of (weights, pairs, options, seed): the same call
 gives the same index, bit for bit, on a given device and thread count.
@@ -47,9 +53,10 @@ Tensor = torch.Tensor
 class PartitionFitConfig:
     holdout: int = 2000            # pairs kept aside to calibrate nprobe (at most a fifth of them)
     spill_probes: int = 2          # a training label is spilled into its query's first spill_probes partitions
-    spill_cap: Optional[int] = None  # spilled labels per partition; default: the mean list size N / P
+    spill_cap: Optional[int] = None  # spilled labels per partition (most-voted first); default: no cap
     max_nprobe: int = 64           # largest probe count the calibration tries
-    tolerance: float = 0.002       # calibrated nprobe: held-out P@1 within this of the best (0.2 point)
+    tolerance: float = 0.002       # calibrated setting: held-out P@1 within this of the target (0.2 point)
+    calibrate_rerank: bool = True  # also calibrate how many candidates predict() scores exactly
     kmeans_iters: int = 10
     kmeans_sample: int = 64        # sample points per centroid for k-means
     progress: bool = True
@@ -59,7 +66,10 @@ class PartitionFitConfig:
 class PartitionFitReport:
     """What fit() did (also printed when progress=True)."""
     nprobe: int = 0
-    calibration: List[Dict[str, float]] = field(default_factory=list)  # per nprobe: held-out P@1, recall
+    rerank: Optional[int] = None   # candidates predict() scores exactly (None: max_candidates)
+    # Per nprobe: held-out P@1 (with all max_candidates scored exactly),
+    # recall, mean probed rows, and P@1 per rerank ("P@1 by rerank").
+    calibration: List[Dict[str, object]] = field(default_factory=list)
     dense_p1: float = float("nan")  # the full layer's P@1 on the held-out pairs
     spilled: int = 0               # rows added by spill in the final index
     seconds: Dict[str, float] = field(default_factory=dict)
@@ -196,25 +206,66 @@ def _with_spill(index, weight, bias, assign, queries, y, cfg, cap) -> int:
     return int(sp.numel())
 
 
+def rerank_grid(max_candidates: int) -> List[int]:
+    """Shortlist sizes the calibration tries: 16, 32, ... below max_candidates, and max_candidates."""
+    grid = [r for r in (2**i for i in range(4, 31)) if r < max_candidates]
+    return grid + [max_candidates]
+
+
+def setting_cost(rows: float, width: int, rerank: int, dim: int, weight_bytes: int) -> float:
+    """The modelled cost of one query at a setting, in streamed-byte units:
+    the scanned codes (a row is `width` int8 plus its scale, bias, id and
+    sort key, 20 bytes) and the exact rows (random reads of the weight
+    matrix; about twice a streamed byte each, as measured for
+    gathered_logits against the int8 scan on the AVX-512 machines here).
+    A model, not a timing, so that fit() stays a function of its inputs."""
+    return rows * (width + 20) + 2.0 * rerank * dim * weight_bytes
+
+
 @torch.no_grad()
 def held_out_precision(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor,
-                       y: Tensor, max_candidates: int, nprobe: int, batch: int = 512) -> Tuple[float, float]:
-    """(P@1 with exact logits of the candidates, fraction of queries with a
-    label among the candidates) at nprobe."""
-    hits = found = 0
+                       y: Tensor, max_candidates: int, nprobe: int, reranks: Optional[List[int]] = None,
+                       batch: int = 512) -> Dict[str, object]:
+    """At nprobe: "P@1" with exact logits of all max_candidates candidates,
+    "recall" (a label among them), "rows" (mean probed rows per query) and
+    "P@1 by rerank" {R: P@1 with exact logits of the first R candidates}."""
+    reranks = reranks or [max_candidates]
+    hits = {r: 0 for r in reranks}
+    found, rows = 0, 0.0
     c, cb = index.centroids, index.centroid_bias
+    sizes = (index.list_offsets[1:] - index.list_offsets[:-1]).to(torch.float64)
     for s in range(0, queries.shape[0], batch):
         xq = queries[s : s + batch].to(weight.dtype)
         yq = y[s : s + batch]
         probes = _ops.partition_probe(xq, c.to(xq.dtype), cb.to(xq.dtype), nprobe)
+        rows += float(sizes[probes.to(torch.int64)].sum())
         ids, _ = _ops.quantized_candidates(xq, probes, index.list_offsets, index.codes, index.code_scales,
                                            index.code_bias, index.list_ids, index.num_labels, max_candidates)
         logits = _ops.gathered_logits(xq, weight, bias, ids)
-        top = _ops.topk_gathered(logits, ids, 1)[1]
-        hits += int(((top == yq) & (yq >= 0)).any(1).sum())
+        for r in reranks:
+            top = _ops.topk_gathered(logits[:, :r].contiguous(), ids[:, :r].contiguous(), 1)[1]
+            hits[r] += int(((top == yq) & (yq >= 0)).any(1).sum())
         found += int(((ids.to(torch.int64).unsqueeze(2) == yq.unsqueeze(1)) & (yq.unsqueeze(1) >= 0)).any(2).any(1).sum())
     n = max(1, queries.shape[0])
-    return hits / n, found / n
+    by_rerank = {r: hits[r] / n for r in reranks}
+    return {"nprobe": nprobe, "P@1": by_rerank[reranks[-1]], "recall": found / n, "rows": rows / n,
+            "P@1 by rerank": by_rerank}
+
+
+def choose_setting(calibration: List[Dict[str, object]], dense_p1: float, tolerance: float, *, width: int,
+                   dim: int, weight_bytes: int) -> Tuple[int, int, float]:
+    """(nprobe, rerank, target) of least setting_cost among those whose
+    held-out P@1 reaches the target min(best at full rerank, dense) - tolerance;
+    ties go to fewer probes, then the shorter list."""
+    target = min(max(r["P@1"] for r in calibration), dense_p1) - tolerance
+    best = None
+    for r in calibration:
+        for rr, p1 in r["P@1 by rerank"].items():
+            if p1 < target - 1e-12:
+                continue
+            key = (setting_cost(r["rows"], width, rr, dim, weight_bytes), r["nprobe"], rr)
+            best = key if best is None or key < best else best
+    return best[1], best[2], target
 
 
 @torch.no_grad()
@@ -259,7 +310,9 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     report.seconds["partitions"] = time.perf_counter() - t
     log(f"k-means: {index.num_partitions} partitions of {index.num_labels:,} labels "
         f"({report.seconds['partitions']:.1f} s)")
-    cap = cfg.spill_cap if cfg.spill_cap is not None else max(1, -(-index.num_labels // index.num_partitions))
+    # No cap by default: the spilled rows are at most spill_probes per pair,
+    # and a cap starves exactly the partitions the queries probe most.
+    cap = cfg.spill_cap if cfg.spill_cap is not None else queries.shape[0] * max(1, cfg.spill_probes)
 
     t = time.perf_counter()
     n = queries.shape[0]
@@ -274,15 +327,21 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
         if cfg.spill_probes:
             _with_spill(index, weight, bias, assign, queries[train], y[train], cfg, cap)
         grid = [p for p in (2**i for i in range(0, 31)) if p <= min(cfg.max_nprobe, index.num_partitions)]
+        reranks = rerank_grid(max_candidates) if cfg.calibrate_rerank else [max_candidates]
         for p in grid:
-            p1, found = held_out_precision(index, weight, bias, queries[hold], y[hold], max_candidates, p)
-            report.calibration.append({"nprobe": p, "P@1": p1, "recall": found})
-            log(f"calibration: nprobe {p}: held-out P@1 {p1:.4f}, label among candidates {found:.4f}")
+            r = held_out_precision(index, weight, bias, queries[hold], y[hold], max_candidates, p, reranks)
+            report.calibration.append(r)
+            shorter = ", ".join(f"{k}: {v:.4f}" for k, v in r["P@1 by rerank"].items() if k != max_candidates)
+            log(f"calibration: nprobe {p} ({r['rows']:.0f} rows): held-out P@1 {r['P@1']:.4f}, label among "
+                f"candidates {r['recall']:.4f}" + (f"; first R exact: {shorter}" if shorter else ""))
         report.dense_p1 = dense_precision(weight, bias, queries[hold], y[hold])
-        target = min(max(r["P@1"] for r in report.calibration), report.dense_p1) - cfg.tolerance
         log(f"calibration: dense P@1 on the held-out pairs {report.dense_p1:.4f}")
-        report.nprobe = next(r["nprobe"] for r in report.calibration if r["P@1"] >= target - 1e-12)
+        report.nprobe, rerank, _ = choose_setting(report.calibration, report.dense_p1, cfg.tolerance,
+                                                  width=index.codes.shape[1], dim=index.dim,
+                                                  weight_bytes=weight.element_size())
+        report.rerank = None if rerank >= max_candidates else rerank
     index.nprobe = report.nprobe
+    index.rerank = report.rerank
     report.seconds["calibration"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -290,7 +349,8 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     report.seconds["spill"] = time.perf_counter() - t
     index.fitted = True
     report.index = index
-    log(f"fit: nprobe {index.nprobe}, {report.spilled:,} spilled rows ({index.list_ids.numel():,} rows), "
+    log(f"fit: nprobe {index.nprobe}, exact logits for {index.rerank or max_candidates} of {max_candidates} "
+        f"candidates in predict(), {report.spilled:,} spilled rows ({index.list_ids.numel():,} rows), "
         f"{report.total_seconds:.1f} s")
     return index, report
 

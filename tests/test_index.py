@@ -11,7 +11,7 @@ import torch
 import lsskernels as lss
 from lsskernels.data import make_synthetic_task
 from lsskernels.index import PartitionIndex, SimHashIndex, default_partitions, make_index
-from lsskernels.partitions import PartitionFitConfig
+from lsskernels.partitions import PartitionFitConfig, rerank_grid, setting_cost
 from lsskernels.training import label_recall
 
 
@@ -62,18 +62,52 @@ def test_fit_spill_and_calibration_beat_the_unfitted_index(task):
     assert torch.equal(plain.index.list_ids, base.index.list_ids)
 
 
-def test_calibration_picks_a_probe_count_from_held_out_pairs(task):
+def test_calibration_picks_the_cheapest_setting_that_reaches_the_target(task):
     layer = layer_for(task)
     report = layer.fit(task.train_x, task.train_y, progress=False)
     grid = [row["nprobe"] for row in report.calibration]
     assert grid == sorted(grid) and grid[0] == 1 and layer.index.nprobe == report.nprobe in grid
-    best = min(max(row["P@1"] for row in report.calibration), report.dense_p1)
     assert 0 < report.dense_p1 <= 1
-    chosen = next(row for row in report.calibration if row["nprobe"] == report.nprobe)
     tol = PartitionFitConfig().tolerance
-    assert chosen["P@1"] >= best - tol - 1e-12
-    # Every smaller probe count lost more than the tolerance.
-    assert all(row["P@1"] < best - tol for row in report.calibration if row["nprobe"] < report.nprobe)
+    target = min(max(row["P@1"] for row in report.calibration), report.dense_p1) - tol
+    rerank = report.rerank or layer.max_candidates
+    assert layer.index.rerank == report.rerank and rerank in rerank_grid(layer.max_candidates)
+    width, d = layer.index.codes.shape[1], task.weight.shape[1]
+    cost = lambda row, r: setting_cost(row["rows"], width, r, d, 4)
+    chosen = next(row for row in report.calibration if row["nprobe"] == report.nprobe)
+    assert chosen["P@1 by rerank"][rerank] >= target - 1e-12
+    # No other setting that reaches the target is modelled cheaper.
+    for row in report.calibration:
+        for r, p1 in row["P@1 by rerank"].items():
+            if p1 >= target - 1e-12:
+                assert cost(row, r) >= cost(chosen, rerank)
+    # Off: every candidate is scored exactly.
+    plain = layer_for(task)
+    assert plain.fit(task.train_x, task.train_y, progress=False, calibrate_rerank=False).rerank is None
+
+
+def test_predict_scores_exactly_the_calibrated_prefix_of_the_candidates(task):
+    layer = layer_for(task).eval()
+    layer.fit(task.train_x, task.train_y, progress=False)
+    layer.index.rerank = 16  # what fit() may pick; force a short list
+    x = task.test_x[:300]
+    for k in (1, 20):
+        m = layer.index.shortlist(layer.max_candidates, k)
+        assert m == max(k, 16)
+        ids, _ = layer.candidates(x)
+        logits = lss.gathered_logits(x, layer.weight, layer.bias, ids[:, :m].contiguous())
+        want = lss.topk_gathered(logits, ids[:, :m].contiguous(), k)
+        got = layer.predict(x, k)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+        for backend in ("reference", "cpu"):
+            layer.backend = backend
+            assert torch.equal(layer.predict(x, k)[1], want[1]), backend
+        layer.backend = None
+    # A shorter list changes the answer somewhere, so the check above can fail.
+    layer.index.rerank = None
+    full = layer.predict(x, 1)[1]
+    layer.index.rerank = 1
+    assert not torch.equal(layer.predict(x, 1)[1], full)
 
 
 @pytest.mark.parametrize("kw", [{}, {"num_tables": 4, "bits": 6}])
@@ -99,7 +133,7 @@ def test_partition_state_dict_roundtrips_predictions_exactly(task):
     fresh = lss.LSSLinear(task.weight.shape[1], task.num_labels, num_tables=3, bits=4, max_candidates=7)
     fresh.load_state_dict(torch.load(buf, weights_only=True))
     assert fresh.family == "partitions" and fresh.fitted and fresh.max_candidates == 40
-    assert fresh.index.nprobe == layer.index.nprobe
+    assert fresh.index.nprobe == layer.index.nprobe and fresh.index.rerank == layer.index.rerank
     x = task.test_x[:200]
     sa, ia = layer.predict(x, 5)
     sb, ib = fresh.predict(x, 5)
