@@ -190,7 +190,9 @@ class LSS(Method):
                                                seed=cfg.seed, **dict(cfg.knobs))
         del linear
         self.family = "lss-random"
-        if fit_on is not None:
+        if fit_on is None:
+            self.layer.rebuild_index()  # built lazily otherwise; build_seconds must cover it
+        else:
             report = self.layer.fit(fit_on[0], fit_on[1], seed=cfg.seed, progress=False, **cfg.fit_kwargs())
             self.info["fit"] = _fit_summary(report)
             self.family = "lss-fit"

@@ -119,6 +119,7 @@ def main(argv=None) -> None:
 
     t0 = time.perf_counter()
     layer = LSSLinear.from_linear(linear, max_candidates=args.candidates, seed=args.seed).eval()
+    layer.rebuild_index()  # (else built on first use)
     build_s = time.perf_counter() - t0
     variants = [(f"LSSLinear, unfitted ({layer.family})", layer, build_s)]
     if not args.no_fit:

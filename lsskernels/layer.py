@@ -82,8 +82,10 @@ class LSSLinear(nn.Module):
                     num_partitions: Optional[int] = None, nprobe: Optional[int] = None,
                     num_tables: Optional[int] = None, bits: Optional[int] = None, min_hits: Optional[int] = None,
                     seed: int = 0, backend: Optional[str] = None) -> "LSSLinear":
-        """An LSSLinear with a copy of linear's weight and bias and an
-        unlearned index over them (k-means partitions, or random SimHash)."""
+        """An LSSLinear with a copy of linear's weight and bias. Its unlearned
+        index (k-means partitions, or random SimHash) is built on first use,
+        or by rebuild_index(); fit() builds its own, so from_linear + fit
+        runs k-means once."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
@@ -94,7 +96,6 @@ class LSSLinear(nn.Module):
             layer.weight.copy_(linear.weight)
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias)
-        layer.rebuild_index()
         return layer
 
     # ------------------------------------------------------------------ index

@@ -25,8 +25,10 @@ Fit (LSSLinear.fit with the partition family), label-superior style:
      grid where that is lower) less `tolerance`; of the (nprobe, R) that
      reach it, fit() keeps the one of least modelled cost (`setting_cost`:
      bytes of codes scanned plus twice the bytes of exact rows gathered,
-     random rows costing about twice a streamed code byte). The final lists
-     spill every pair.
+     random rows costing about twice a streamed code byte). The walk up the
+     nprobe grid stops once a setting is within tolerance of dense and the
+     next probe count's scan alone would cost more. The final lists spill
+     every pair.
 
 Everything is a function of (weights, pairs, options, seed): the same call
 gives the same index, bit for bit, on a given device and thread count.
@@ -252,10 +254,20 @@ def held_out_precision(index: "PartitionIndex", weight: Tensor, bias: Optional[T
             "P@1 by rerank": by_rerank}
 
 
+def _cheapest_within(calibration: List[Dict[str, object]], target: float, *, width: int, dim: int,
+                     weight_bytes: int) -> Optional[float]:
+    """The least setting_cost among the settings with P@1 >= target, or None."""
+    costs = [setting_cost(r["rows"], width, rr, dim, weight_bytes)
+             for r in calibration for rr, p1 in r["P@1 by rerank"].items() if p1 >= target - 1e-12]
+    return min(costs) if costs else None
+
+
 def choose_setting(calibration: List[Dict[str, object]], dense_p1: float, tolerance: float, *, width: int,
                    dim: int, weight_bytes: int) -> Tuple[int, int, float]:
     """(nprobe, rerank, target) of least setting_cost among those whose
-    held-out P@1 reaches the target min(best at full rerank, dense) - tolerance;
+    held-out P@1 reaches the target min(best at full rerank, dense) - tolerance
+    (best over the probe counts tried: the walk up the grid stops once more
+    probes cannot be cheaper than a setting within tolerance of dense);
     ties go to fewer probes, then the shorter list."""
     target = min(max(r["P@1"] for r in calibration), dense_p1) - tolerance
     best = None
@@ -328,17 +340,26 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
             _with_spill(index, weight, bias, assign, queries[train], y[train], cfg, cap)
         grid = [p for p in (2**i for i in range(0, 31)) if p <= min(cfg.max_nprobe, index.num_partitions)]
         reranks = rerank_grid(max_candidates) if cfg.calibrate_rerank else [max_candidates]
+        report.dense_p1 = dense_precision(weight, bias, queries[hold], y[hold])
+        log(f"calibration: dense P@1 on the held-out pairs {report.dense_p1:.4f}")
+        shape = {"width": index.codes.shape[1], "dim": index.dim, "weight_bytes": weight.element_size()}
+        sizes = (index.list_offsets[1:] - index.list_offsets[:-1]).to(torch.float64)
         for p in grid:
+            if report.calibration:
+                # Stop once a setting is within tolerance of dense and the
+                # next probe count's scan alone would cost more than it:
+                # probed rows only grow with nprobe.
+                best = _cheapest_within(report.calibration, report.dense_p1 - cfg.tolerance, **shape)
+                if best is not None:
+                    rows = float(sizes[_probe(index, queries[hold], p)].sum()) / max(1, n_hold)
+                    if setting_cost(rows, shape["width"], 0, shape["dim"], 0) >= best:
+                        break
             r = held_out_precision(index, weight, bias, queries[hold], y[hold], max_candidates, p, reranks)
             report.calibration.append(r)
             shorter = ", ".join(f"{k}: {v:.4f}" for k, v in r["P@1 by rerank"].items() if k != max_candidates)
             log(f"calibration: nprobe {p} ({r['rows']:.0f} rows): held-out P@1 {r['P@1']:.4f}, label among "
                 f"candidates {r['recall']:.4f}" + (f"; first R exact: {shorter}" if shorter else ""))
-        report.dense_p1 = dense_precision(weight, bias, queries[hold], y[hold])
-        log(f"calibration: dense P@1 on the held-out pairs {report.dense_p1:.4f}")
-        report.nprobe, rerank, _ = choose_setting(report.calibration, report.dense_p1, cfg.tolerance,
-                                                  width=index.codes.shape[1], dim=index.dim,
-                                                  weight_bytes=weight.element_size())
+        report.nprobe, rerank, _ = choose_setting(report.calibration, report.dense_p1, cfg.tolerance, **shape)
         report.rerank = None if rerank >= max_candidates else rerank
     index.nprobe = report.nprobe
     index.rerank = report.rerank

@@ -36,6 +36,9 @@ def test_only_max_candidates_gives_the_partition_family(task):
     layer = layer_for(task)
     assert isinstance(layer.index, PartitionIndex) and layer.family == "partitions"
     assert layer.index.num_partitions == default_partitions(task.num_labels)
+    # Built on first use (fit() builds its own, so from_linear + fit runs k-means once).
+    assert not layer.fitted and not layer.index.built
+    layer.predict(task.test_x[:2], 1)
     assert not layer.fitted and layer.index.built
     # Every label is listed exactly once before fit().
     assert torch.equal(layer.index.list_ids.sort().values.long(), torch.arange(task.num_labels))
@@ -151,6 +154,7 @@ def test_partition_state_dict_roundtrips_predictions_exactly(task):
 ])
 def test_loading_a_malformed_partition_index_raises_clear_error(task, corrupt, match):
     layer = layer_for(task)
+    layer.rebuild_index()
     sd = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in layer.state_dict().items()}
     corrupt(sd)
     fresh = lss.LSSLinear(task.weight.shape[1], task.num_labels, max_candidates=40)
@@ -177,6 +181,7 @@ def test_weight_change_reencodes_codes_and_keeps_what_fit_learned(task):
 
 def test_format_1_simhash_state_dict_loads(task):
     layer = layer_for(task, num_tables=4, bits=6)
+    layer.rebuild_index()  # 0.1 layers always held built tables
     sd = layer.state_dict()
     # The 0.1 layout: SimHash buffers on the layer, format 1 extra state.
     old = {"weight": sd["weight"], "bias": sd["bias"]}

@@ -153,6 +153,7 @@ def test_state_dict_roundtrip_reproduces_predictions_exactly():
 ])
 def test_loading_malformed_tables_raises_clear_error(corrupt, match):
     _, layer = make_layer()
+    layer.rebuild_index()  # from_linear builds on first use
     sd = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in layer.state_dict().items()}
     corrupt(sd)
     fresh = lss.LSSLinear(24, 700, num_tables=6, bits=6, max_candidates=64)
