@@ -59,6 +59,7 @@ class PartitionFitConfig:
     max_nprobe: int = 64           # largest probe count the calibration tries
     tolerance: float = 0.002       # calibrated setting: held-out P@1 within this of the target (0.2 point)
     calibrate_rerank: bool = True  # also calibrate how many candidates predict() scores exactly
+    project_codes: bool = True     # also try codes of the top d/2, d/3 principal directions (code_dims)
     kmeans_iters: int = 10
     kmeans_sample: int = 64        # sample points per centroid for k-means
     progress: bool = True
@@ -69,6 +70,7 @@ class PartitionFitReport:
     """What fit() did (also printed when progress=True)."""
     nprobe: int = 0
     rerank: Optional[int] = None   # candidates predict() scores exactly (None: max_candidates)
+    code_dim: Optional[int] = None  # dimensions of the codes (< d: a principal-directions projection)
     # Per nprobe: held-out P@1 (with all max_candidates scored exactly),
     # recall, mean probed rows, and P@1 per rerank ("P@1 by rerank").
     calibration: List[Dict[str, object]] = field(default_factory=list)
@@ -114,15 +116,23 @@ def kmeans(v: Tensor, k: int, *, iters: int, sample: int, gen: torch.Generator) 
     return c
 
 
-def encode_rows(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: int = 1 << 16):
+def encode_rows(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: int = 1 << 16,
+                proj: Optional[Tensor] = None):
     """int8 codes [T, Dp] (Dp = d rounded up to 32, zero tail), scales and
-    biases float32 [T] of the labels ids (int64 [T]): w ~ codes * scale."""
-    d = weight.shape[1]
+    biases float32 [T] of the labels ids (int64 [T]): w ~ codes * scale.
+    With proj ([d, r], non-empty) the coded vectors are proj^T (w - mean w)
+    (Dp = r rounded up): the mean shifts every label's score by the same
+    <x, mean>, so rankings are those of proj proj^T w."""
+    project = proj is not None and proj.numel() > 0
+    d = proj.shape[1] if project else weight.shape[1]
+    mean = weight.detach().to(torch.float32).mean(0) if project else None
     width = -(-d // checks.CODE_ALIGN) * checks.CODE_ALIGN
     codes = torch.zeros(ids.numel(), width, dtype=torch.int8, device=weight.device)
     scales = torch.empty(ids.numel(), dtype=torch.float32, device=weight.device)
     for s in range(0, ids.numel(), chunk):
         w = weight.detach()[ids[s : s + chunk]].to(torch.float32)
+        if project:
+            w = (w - mean) @ proj
         amax = w.abs().amax(1) if d else w.new_zeros(w.shape[0])
         inv = torch.where(amax > 0, torch.full_like(amax, QUANT_LEVELS) / amax, torch.zeros_like(amax))
         codes[s : s + chunk, :d] = torch.round(w * inv.unsqueeze(1)).clamp(-QUANT_LEVELS, QUANT_LEVELS).to(torch.int8)
@@ -146,7 +156,7 @@ def install_lists(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor
         raise ValueError(f"the partition lists would hold {int(offsets[-1])} rows; at most 2^31 - 1")
     index.list_offsets = offsets.to(torch.int32)
     index.list_ids = label.to(torch.int32)
-    index.codes, index.code_scales, index.code_bias = encode_rows(weight, bias, label)
+    index.codes, index.code_scales, index.code_bias = encode_rows(weight, bias, label, proj=index.code_proj)
     index.built = True
 
 
@@ -241,7 +251,8 @@ def held_out_precision(index: "PartitionIndex", weight: Tensor, bias: Optional[T
         yq = y[s : s + batch]
         probes = _ops.partition_probe(xq, c.to(xq.dtype), cb.to(xq.dtype), nprobe)
         rows += float(sizes[probes.to(torch.int64)].sum())
-        ids, _ = _ops.quantized_candidates(xq, probes, index.list_offsets, index.codes, index.code_scales,
+        ids, _ = _ops.quantized_candidates(index.code_queries(xq), probes, index.list_offsets, index.codes,
+                                           index.code_scales,
                                            index.code_bias, index.list_ids, index.num_labels, max_candidates)
         logits = _ops.gathered_logits(xq, weight, bias, ids)
         for r in reranks:
@@ -254,30 +265,65 @@ def held_out_precision(index: "PartitionIndex", weight: Tensor, bias: Optional[T
             "P@1 by rerank": by_rerank}
 
 
-def _cheapest_within(calibration: List[Dict[str, object]], target: float, *, width: int, dim: int,
+def _cheapest_within(calibration: List[Dict[str, object]], target: float, dim: int,
                      weight_bytes: int) -> Optional[float]:
     """The least setting_cost among the settings with P@1 >= target, or None."""
-    costs = [setting_cost(r["rows"], width, rr, dim, weight_bytes)
+    costs = [setting_cost(r["rows"], r["width"], rr, dim, weight_bytes)
              for r in calibration for rr, p1 in r["P@1 by rerank"].items() if p1 >= target - 1e-12]
     return min(costs) if costs else None
 
 
-def choose_setting(calibration: List[Dict[str, object]], dense_p1: float, tolerance: float, *, width: int,
-                   dim: int, weight_bytes: int) -> Tuple[int, int, float]:
-    """(nprobe, rerank, target) of least setting_cost among those whose
-    held-out P@1 reaches the target min(best at full rerank, dense) - tolerance
-    (best over the probe counts tried: the walk up the grid stops once more
-    probes cannot be cheaper than a setting within tolerance of dense);
-    ties go to fewer probes, then the shorter list."""
+def choose_setting(calibration: List[Dict[str, object]], dense_p1: float, tolerance: float, *, dim: int,
+                   weight_bytes: int) -> Tuple[Dict[str, object], int, float]:
+    """(calibration entry, rerank, target) of least setting_cost among the
+    settings whose held-out P@1 reaches the target min(best at full rerank,
+    dense) - tolerance (best over the settings tried: each walk up the nprobe
+    grid stops once more probes cannot be cheaper than a setting within
+    tolerance of dense); ties go to wider codes, fewer probes, then the
+    shorter list."""
     target = min(max(r["P@1"] for r in calibration), dense_p1) - tolerance
     best = None
-    for r in calibration:
+    for i, r in enumerate(calibration):
         for rr, p1 in r["P@1 by rerank"].items():
             if p1 < target - 1e-12:
                 continue
-            key = (setting_cost(r["rows"], width, rr, dim, weight_bytes), r["nprobe"], rr)
+            key = (setting_cost(r["rows"], r["width"], rr, dim, weight_bytes), -r["code_dim"], r["nprobe"], rr, i)
             best = key if best is None or key < best else best
-    return best[1], best[2], target
+    return calibration[best[4]], best[3], target
+
+
+def code_dims(dim: int) -> List[int]:
+    """Code dimensions the calibration tries: d itself, then d/2 and d/3
+    where those are multiples of 32 and at least 64. Not d/4: on the MiniLM
+    task (d = 384) its codes lost 7 points of held-out recall against full
+    codes, a loss that P@1 on 2,000 held-out pairs is too noisy to show."""
+    out = [dim]
+    for r in (dim // 2, dim // 3):
+        if r >= 64 and r % checks.CODE_ALIGN == 0 and r not in out and r * 2 <= dim:
+            out.append(r)
+    return out
+
+
+@torch.no_grad()
+def principal_directions(weight: Tensor, r: int) -> Tensor:
+    """The top r principal directions of the label vectors (float32 [d, r]):
+    eigenvectors of the centred second-moment matrix, largest first, each
+    signed so its largest entry is positive (a function of the weights)."""
+    w = weight.detach().to(torch.float64)
+    w = w - w.mean(0)
+    vals, vecs = torch.linalg.eigh(w.T @ w)
+    vecs = vecs.flip(1)[:, :r]
+    sign = torch.sign(vecs.gather(0, vecs.abs().argmax(0, keepdim=True)))
+    return (vecs * torch.where(sign == 0, torch.ones_like(sign), sign)).to(torch.float32).contiguous()
+
+
+def set_code_projection(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor],
+                        proj: Optional[Tensor]) -> None:
+    """Re-encode the listed rows with proj ([d, r]) or without a projection."""
+    index.code_proj = (proj.contiguous() if proj is not None
+                       else torch.zeros(0, 0, dtype=torch.float32, device=weight.device))
+    index.codes, index.code_scales, index.code_bias = encode_rows(weight, bias, index.list_ids.to(torch.int64),
+                                                                  proj=index.code_proj)
 
 
 @torch.no_grad()
@@ -342,25 +388,35 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
         reranks = rerank_grid(max_candidates) if cfg.calibrate_rerank else [max_candidates]
         report.dense_p1 = dense_precision(weight, bias, queries[hold], y[hold])
         log(f"calibration: dense P@1 on the held-out pairs {report.dense_p1:.4f}")
-        shape = {"width": index.codes.shape[1], "dim": index.dim, "weight_bytes": weight.element_size()}
+        dims = code_dims(index.dim) if cfg.project_codes else [index.dim]
+        directions = principal_directions(weight, max(dims[1:])) if len(dims) > 1 else None
         sizes = (index.list_offsets[1:] - index.list_offsets[:-1]).to(torch.float64)
-        for p in grid:
-            if report.calibration:
-                # Stop once a setting is within tolerance of dense and the
-                # next probe count's scan alone would cost more than it:
-                # probed rows only grow with nprobe.
-                best = _cheapest_within(report.calibration, report.dense_p1 - cfg.tolerance, **shape)
+        wbytes = weight.element_size()
+        for dim in dims:
+            set_code_projection(index, weight, bias, None if dim == index.dim else directions[:, :dim])
+            width = index.codes.shape[1]
+            for p in grid:
+                # Stop once a setting is within tolerance of dense and this
+                # probe count's scan alone would cost more than it: probed
+                # rows only grow with nprobe.
+                best = _cheapest_within(report.calibration, report.dense_p1 - cfg.tolerance, index.dim, wbytes)
                 if best is not None:
                     rows = float(sizes[_probe(index, queries[hold], p)].sum()) / max(1, n_hold)
-                    if setting_cost(rows, shape["width"], 0, shape["dim"], 0) >= best:
+                    if setting_cost(rows, width, 0, index.dim, 0) >= best:
                         break
-            r = held_out_precision(index, weight, bias, queries[hold], y[hold], max_candidates, p, reranks)
-            report.calibration.append(r)
-            shorter = ", ".join(f"{k}: {v:.4f}" for k, v in r["P@1 by rerank"].items() if k != max_candidates)
-            log(f"calibration: nprobe {p} ({r['rows']:.0f} rows): held-out P@1 {r['P@1']:.4f}, label among "
-                f"candidates {r['recall']:.4f}" + (f"; first R exact: {shorter}" if shorter else ""))
-        report.nprobe, rerank, _ = choose_setting(report.calibration, report.dense_p1, cfg.tolerance, **shape)
+                r = held_out_precision(index, weight, bias, queries[hold], y[hold], max_candidates, p, reranks)
+                r.update(code_dim=dim, width=width)
+                report.calibration.append(r)
+                shorter = ", ".join(f"{k}: {v:.4f}" for k, v in r["P@1 by rerank"].items() if k != max_candidates)
+                log(f"calibration: codes of {dim} dims, nprobe {p} ({r['rows']:.0f} rows): held-out P@1 "
+                    f"{r['P@1']:.4f}, label among candidates {r['recall']:.4f}"
+                    + (f"; first R exact: {shorter}" if shorter else ""))
+        chosen, rerank, _ = choose_setting(report.calibration, report.dense_p1, cfg.tolerance, dim=index.dim,
+                                           weight_bytes=wbytes)
+        report.nprobe, report.code_dim = chosen["nprobe"], chosen["code_dim"]
         report.rerank = None if rerank >= max_candidates else rerank
+        set_code_projection(index, weight, bias,
+                            directions[:, : report.code_dim] if report.code_dim != index.dim else None)
     index.nprobe = report.nprobe
     index.rerank = report.rerank
     report.seconds["calibration"] = time.perf_counter() - t
@@ -370,8 +426,8 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     report.seconds["spill"] = time.perf_counter() - t
     index.fitted = True
     report.index = index
-    log(f"fit: nprobe {index.nprobe}, exact logits for {index.rerank or max_candidates} of {max_candidates} "
-        f"candidates in predict(), {report.spilled:,} spilled rows ({index.list_ids.numel():,} rows), "
+    log(f"fit: nprobe {index.nprobe}, codes of {report.code_dim or index.dim} dims, exact logits for "
+        f"{index.rerank or max_candidates} of {max_candidates} candidates in predict(), {report.spilled:,} spilled rows ({index.list_ids.numel():,} rows), "
         f"{report.total_seconds:.1f} s")
     return index, report
 

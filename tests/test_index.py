@@ -75,9 +75,10 @@ def test_calibration_picks_the_cheapest_setting_that_reaches_the_target(task):
     target = min(max(row["P@1"] for row in report.calibration), report.dense_p1) - tol
     rerank = report.rerank or layer.max_candidates
     assert layer.index.rerank == report.rerank and rerank in rerank_grid(layer.max_candidates)
-    width, d = layer.index.codes.shape[1], task.weight.shape[1]
-    cost = lambda row, r: setting_cost(row["rows"], width, r, d, 4)
-    chosen = next(row for row in report.calibration if row["nprobe"] == report.nprobe)
+    d = task.weight.shape[1]
+    cost = lambda row, r: setting_cost(row["rows"], row["width"], r, d, 4)
+    chosen = next(row for row in report.calibration
+                  if row["nprobe"] == report.nprobe and row["code_dim"] == (report.code_dim or d))
     assert chosen["P@1 by rerank"][rerank] >= target - 1e-12
     # No other setting that reaches the target is modelled cheaper.
     for row in report.calibration:
@@ -194,3 +195,59 @@ def test_format_1_simhash_state_dict_loads(task):
     assert fresh.family == "simhash" and fresh.num_tables == 4
     x = task.test_x[:30]
     assert torch.equal(fresh.predict(x, 3)[1], layer.predict(x, 3)[1])
+
+
+@pytest.fixture(scope="module")
+def low_rank_task():
+    # Label vectors in a 40-dimensional subspace of d = 128 (plus a little
+    # noise): codes of the top 64 principal directions lose nothing that
+    # matters, so a calibrated fit() should take them.
+    g = torch.Generator().manual_seed(11)
+    n, d, r = 3000, 128, 40
+    w = torch.randn(n, r, generator=g) @ torch.randn(r, d, generator=g) / r**0.5 + 0.01 * torch.randn(n, d, generator=g)
+    b = 0.1 * torch.randn(n, generator=g)
+    y = torch.randint(0, n, (9000,), generator=g)
+    x = w[y] + 0.3 * torch.randn(9000, d, generator=g)
+    return w, b, x[:8000], y[:8000], x[8000:], y[8000:]
+
+
+def test_fit_takes_principal_direction_codes_where_they_cost_less(low_rank_task):
+    w, b, xtr, ytr, xte, yte = low_rank_task
+    lin = torch.nn.Linear(128, 3000)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        lin.bias.copy_(b)
+    layer = lss.LSSLinear.from_linear(lin, max_candidates=64).eval()
+    report = layer.fit(xtr, ytr, progress=False)
+    assert {row["code_dim"] for row in report.calibration} == {128, 64}
+    assert report.code_dim == 64 and tuple(layer.index.code_proj.shape) == (128, 64)
+    assert layer.index.codes.shape[1] == 64
+    # predict() is the pipeline on the projected queries, on every backend.
+    x = xte[:200]
+    ids, _ = layer.candidates(x)
+    m = layer.index.shortlist(layer.max_candidates, 3)
+    want = lss.topk_gathered(lss.gathered_logits(x, layer.weight, layer.bias, ids[:, :m].contiguous()),
+                             ids[:, :m].contiguous(), 3)
+    for backend in (None, "reference", "cpu"):
+        layer.backend = backend
+        got = layer.predict(x, 3)
+        assert torch.equal(got[1], want[1]), backend
+        torch.testing.assert_close(got[0].detach(), want[0].detach())  # reference logits round differently
+    layer.backend = None
+    # Saved and loaded exactly, projection included.
+    buf = io.BytesIO()
+    torch.save(layer.state_dict(), buf)
+    buf.seek(0)
+    fresh = lss.LSSLinear(128, 3000, max_candidates=64)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(fresh.index.code_proj, layer.index.code_proj)
+    assert torch.equal(fresh.predict(x, 3)[1], want[1])
+    # Off: codes of all d dimensions.
+    plain = lss.LSSLinear.from_linear(lin, max_candidates=64)
+    assert plain.fit(xtr, ytr, progress=False, project_codes=False).code_dim == 128
+    assert plain.index.code_proj.numel() == 0 and plain.index.codes.shape[1] == 128
+    # A malformed projection is refused on load.
+    sd = dict(layer.state_dict())
+    sd["index.code_proj"] = sd["index.code_proj"][:100]
+    with pytest.raises(ValueError, match=r"code_proj must be"):
+        lss.LSSLinear(128, 3000, max_candidates=64).load_state_dict(sd)
