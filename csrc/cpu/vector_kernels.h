@@ -34,6 +34,15 @@
 #define LSS_HAVE_X86_KERNELS 1
 #define LSS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma,f16c")))
 #define LSS_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+// GCC 12 flags the intrinsics' own _mm512_undefined_*() placeholders as
+// "(may be) used uninitialized", and warns that returning __m256 from a
+// function changes the ABI; both are internal to these files and harmless.
+#define LSS_X86_WARNINGS_OFF                                   \
+  _Pragma("GCC diagnostic push")                               \
+  _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") \
+  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")       \
+  _Pragma("GCC diagnostic ignored \"-Wpsabi\"")
+#define LSS_X86_WARNINGS_ON _Pragma("GCC diagnostic pop")
 #endif
 
 #include "lss/common.h"
@@ -155,13 +164,7 @@ void gathered_dots_by_row(const X* x, const W* weight, const W* bias, int64_t d,
 }
 
 #if defined(LSS_HAVE_X86_KERNELS)
-// GCC 12 flags the intrinsics' own _mm512_undefined_*() placeholders as
-// "(may be) used uninitialized", and warns that returning __m256 from a
-// function changes the ABI; both are internal to these files and harmless.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wpsabi"
+LSS_X86_WARNINGS_OFF
 // Lanes 0..7 of an 8-wide vector, off = 4, 2, 1 of the tree (lane j +=
 // lane j + off): the end of every AVX2 and AVX-512 dot.
 LSS_TARGET_AVX2 inline float reduce8_tree(__m256 v) {
@@ -170,7 +173,7 @@ LSS_TARGET_AVX2 inline float reduce8_tree(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));                                           // off 1
   return _mm_cvtss_f32(s);
 }
-#pragma GCC diagnostic pop
+LSS_X86_WARNINGS_ON
 #endif
 
 }  // namespace

@@ -11,10 +11,7 @@
 namespace lss::cpu {
 namespace {
 
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wpsabi"
+LSS_X86_WARNINGS_OFF
 
 // Loads 8 weights as fp32.
 struct Avx2F32 {
@@ -62,7 +59,7 @@ LSS_TARGET_AVX2 void axpy_avx2(float a, const W* __restrict w, float* __restrict
   for (; i < n; ++i) y[i] = __builtin_fmaf(a, Load::Scalar::load(w, i), y[i]);
 }
 
-#pragma GCC diagnostic pop
+LSS_X86_WARNINGS_ON
 
 template <typename A2, typename W>
 RowKernels<float, W> avx2_row() {

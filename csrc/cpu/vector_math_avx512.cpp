@@ -10,10 +10,7 @@
 namespace lss::cpu {
 namespace {
 
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wpsabi"
+LSS_X86_WARNINGS_OFF
 
 // Loads 16 weights as fp32.
 struct Avx512F32 {
@@ -155,7 +152,7 @@ LSS_TARGET_AVX512 void axpy_avx512(float a, const W* __restrict w, float* __rest
   for (; i < n; ++i) y[i] = __builtin_fmaf(a, Load::Scalar::load(w, i), y[i]);
 }
 
-#pragma GCC diagnostic pop
+LSS_X86_WARNINGS_ON
 
 template <typename A512, typename W>
 RowKernels<float, W> avx512_row() {
