@@ -34,6 +34,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("limits", &limits, "The argument limits the kernels enforce (max_bits, max_tables, code_align, quant_levels)");
   m.def("cpu_vector_isa", &lss::cpu::vector_isa,
         "Instruction set the CPU row kernels dispatched to on this machine");
+  m.def("cpu_vector_kernels", [] {
+    pybind11::dict d;
+    for (const auto& [kernel, isa] : lss::cpu::vector_kernel_isas()) d[pybind11::str(kernel)] = isa;
+    return d;
+  }, "Per CPU row kernel (dot_f32, axpy_bf16, ..., next_topk_candidate), the instruction set of the table row it came from");
   m.def("cpu_int8_isa", &lss::cpu::int8_isa,
         "Kernel the CPU int8 code-row scoring (quantized_candidates) dispatched to on this machine");
 }

@@ -115,3 +115,42 @@ def random_probes(batch: int, nprobe: int, partitions: int, seed: int, skip_frac
         probes = torch.cat([probes, probes[:, : nprobe - probes.shape[1]]], 1)
     probes[torch.rand(batch, nprobe, generator=g) < skip_fraction] = -1
     return probes.to(torch.int32)
+
+
+# ------------------------------------------------------------ tables, bitmaps
+def csr_tables(num_labels: int, num_tables: int, bits: int, seed: int, extra: int = 0, tail: int = 3):
+    """Random CSR tables: every label in the bucket of its random code,
+    plus `extra` label-superior insertions per table (a label in several
+    buckets of one table), buckets sorted, items padded with -1 tails."""
+    g = gen(seed)
+    buckets = 1 << bits
+    u = torch.rand(num_labels, num_tables, generator=g)
+    codes = (u * u * buckets).to(torch.int64).clamp(max=buckets - 1)  # skewed: empty buckets
+    offsets, rows = [], []
+    for table in range(num_tables):
+        lists = [set() for _ in range(buckets)]
+        for label in range(num_labels):
+            lists[int(codes[label, table])].add(label)
+        if num_labels:
+            for _ in range(extra):
+                label = int(torch.randint(0, num_labels, (1,), generator=g))
+                lists[int(torch.randint(0, buckets, (1,), generator=g))].add(label)
+        sizes = [len(s) for s in lists]
+        offsets.append([0] + torch.tensor(sizes).cumsum(0).tolist())
+        rows.append([i for s in lists for i in sorted(s)])
+    width = max(len(r) for r in rows) + tail
+    items = torch.full((num_tables, width), -1, dtype=torch.int32)
+    for table, r in enumerate(rows):
+        items[table, : len(r)] = torch.tensor(r, dtype=torch.int32)
+    return torch.tensor(offsets, dtype=torch.int32), items
+
+
+def random_bitmap(batch: int, num_labels: int, density: float, seed: int) -> torch.Tensor:
+    """A packed candidate bitmap [B, ceil(N / 32)] with about `density` of the bits set."""
+    dense = torch.rand(batch, num_labels, generator=gen(seed)) < density
+    return reference.pack_bitmap(dense)
+
+
+def leaves(*tensors):
+    """Fresh leaves that require grad (None stays None)."""
+    return [None if t is None else t.detach().clone().requires_grad_() for t in tensors]

@@ -167,24 +167,24 @@ def test_bucket_lookup_bitmap(backend):
         assert_equal(got, reference.bucket_lookup_bitmap(*s.args), f"{s} bitmap")
 
 
-@params()
-def test_topk_gathered(backend, dtype):
-    require("topk_gathered", backend)
-    for s, d in device_samples("topk_gathered", dtype):
-        got = lss.topk_gathered(*d.args, backend=backend)
-        want = reference.topk_gathered(*s.args)
+def check_topk(op: str, backend: str, dtype) -> None:
+    """`op` (topk_gathered or topk_packed) on its samples: labels and scores bit for bit."""
+    require(op, backend)
+    for s, d in device_samples(op, dtype):
+        got = getattr(lss, op)(*d.args, backend=backend)
+        want = getattr(reference, op)(*s.args)
         assert_equal(got[1], want[1], f"{s} labels")
         assert_equal(got[0], want[0], f"{s} scores")
+
+
+@params()
+def test_topk_gathered(backend, dtype):
+    check_topk("topk_gathered", backend, dtype)
 
 
 @params()
 def test_topk_packed(backend, dtype):
-    require("topk_packed", backend)
-    for s, d in device_samples("topk_packed", dtype):
-        got = lss.topk_packed(*d.args, backend=backend)
-        want = reference.topk_packed(*s.args)
-        assert_equal(got[1], want[1], f"{s} labels")
-        assert_equal(got[0], want[0], f"{s} scores")
+    check_topk("topk_packed", backend, dtype)
 
 
 def assert_probes_match(got, s: Sample, rtol: float) -> None:

@@ -11,17 +11,13 @@ give the reference's ids exactly.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 import lsskernels as lss
-from lsskernels import _ops, reference
+from lsskernels import reference
 from helpers import FLOAT_DTYPES, TOLERANCES, gen, poison_heap, randn
-from test_quantized_candidates import ISA_CHILD, ROOT, on, on_backends, require_backend
+from backends import ISA_CHILD, cpu_isa_child, on, on_backends, require_backend
 
 # Partition scores add up d products and a bias; the tolerance table is for
 # one logit, so it scales with the score magnitudes here (|x| |c| ~ sqrt(d)).
@@ -175,11 +171,4 @@ def test_kernel_checks_its_arguments():
 def test_every_cpu_dot_path(isa):
     """The cpu tests of this file with LSS_CPU_ISA=isa, in a child process."""
     require_backend("cpu", "partition_probe")
-    if isa == "avx2" and "AVX" not in _ops._C.cpu_vector_isa():
-        pytest.skip("this CPU has no AVX2")
-    env = dict(os.environ, LSS_CPU_ISA=isa, LSS_ISA_TEST_CHILD="1")
-    cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-           "-x", "-k", "on_cpu"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    tail = (proc.stdout + proc.stderr)[-4000:]
-    assert proc.returncode == 0 and " passed" in tail, tail
+    cpu_isa_child(__file__, isa, "on_cpu")

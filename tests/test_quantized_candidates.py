@@ -20,44 +20,8 @@ import torch
 
 import lsskernels as lss
 from lsskernels import _ops, reference
+from backends import HERE, ISA_CHILD, ROOT, cpu_isa_available, cpu_isa_child, on, on_backends, require_backend
 from helpers import FLOAT_DTYPES, TOLERANCES, gen, poison_heap, randn, random_partition_lists, random_probes
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-ISA_CHILD = os.environ.get("LSS_ISA_TEST_CHILD") == "1"
-BACKENDS = ["reference", "cpu", "triton", "cuda"]
-# ids on_<backend>, so a child run can select the cpu ones with -k.
-on_backends = pytest.mark.parametrize("backend", BACKENDS, ids=[f"on_{b}" for b in BACKENDS])
-
-
-def require_backend(backend: str, *ops: str) -> torch.device:
-    """Skips unless `backend` has kernels for `ops` here; returns the device to run on."""
-    if backend == "reference":
-        return torch.device("cpu")
-    if backend == "cpu":
-        if not lss.extension_loaded():
-            pytest.skip("compiled extension not built")
-        return torch.device("cpu")
-    if backend == "cuda":
-        if not torch.cuda.is_available() or not all(_ops._has_kernel(op, "cuda") for op in ops):
-            pytest.skip(f"no CUDA kernels for {ops} here")
-        return torch.device("cuda")
-    # triton: on a GPU, or on CPU tensors under the interpreter.
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if not interpreted and not torch.cuda.is_available():
-        pytest.skip("triton needs a GPU or TRITON_INTERPRET=1")
-    try:
-        from lsskernels import triton as triton_ops
-    except ImportError:
-        pytest.skip("triton not importable")
-    if not all(hasattr(triton_ops, op) for op in ops):
-        pytest.skip(f"no Triton kernels for {ops} yet")
-    return torch.device("cpu" if interpreted else "cuda")
-
-
-def on(device, *tensors):
-    return [t.to(device) if isinstance(t, torch.Tensor) else t for t in tensors]
-
 
 def run_qc(backend, device, x, probes, lists, num_labels, max_candidates):
     offsets, codes, scales, bias, ids = on(device, *lists)
@@ -456,9 +420,7 @@ def test_int8_kernel_is_the_one_asked_for():
     forced = os.environ.get("LSS_CPU_ISA")
     got = _ops._C.cpu_int8_isa()
     if forced in ("avx512bw", "avx2", "generic"):
-        vector = _ops._C.cpu_vector_isa()
-        available = {"avx512bw": "AVX-512" in vector, "avx2": "AVX" in vector, "generic": True}[forced]
-        assert got == forced or not available, (forced, got)
+        assert got == forced or not cpu_isa_available(forced), (forced, got)
     else:
         assert got in ("avx512-vnni", "avx512bw", "avx2", "generic")
 
@@ -468,14 +430,4 @@ def test_int8_kernel_is_the_one_asked_for():
 def test_every_cpu_kernel_matches_reference(isa):
     """The cpu tests of this file in a child process with LSS_CPU_ISA=isa
     (the kernel table is chosen once, at load time)."""
-    require_backend("cpu", "quantized_candidates")
-    level = _ops._C.cpu_vector_isa()
-    if isa == "avx512bw" and "AVX-512" not in level or isa == "avx2" and "AVX" not in level:
-        pytest.skip(f"this CPU cannot run {isa}")
-    env = dict(os.environ, LSS_CPU_ISA=isa, LSS_ISA_TEST_CHILD="1")
-    cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-           "-x", "-k", "not on_reference and not on_triton and not on_cuda and not every_cpu_kernel and not compiles"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    tail = (proc.stdout + proc.stderr)[-4000:]
-    assert proc.returncode == 0, tail
-    assert " passed" in tail and "failed" not in tail, tail
+    cpu_isa_child(__file__, isa, "not on_reference and not on_triton and not on_cuda and not every_cpu_kernel and not compiles")

@@ -538,20 +538,15 @@ def main(argv=None) -> int:
         with report.step("import") as e:
             lss = import_lsskernels(tree, e)
     ok = lss is not None and "import" not in report.failed
-    with report.step("tests") as e:
-        if not ok:
-            skip(e, "no build to test")
-        elif args.skip_tests:
-            skip(e, "--skip-tests")
-        else:
-            run_tests(args, tree, e)
-    with report.step("bench") as e:
-        if not ok:
-            skip(e, "no build to time")
-        elif args.skip_bench:
-            skip(e, "--skip-bench")
-        else:
-            bench(args, lss, e)
+    for name, skipped, no_build, run in (("tests", args.skip_tests, "no build to test", lambda e: run_tests(args, tree, e)),
+                                         ("bench", args.skip_bench, "no build to time", lambda e: bench(args, lss, e))):
+        with report.step(name) as e:
+            if not ok:
+                skip(e, no_build)
+            elif skipped:
+                skip(e, f"--skip-{name}")
+            else:
+                run(e)
     report.data["total_seconds"] = round(report.elapsed() + float(os.environ.get("LSS_GPU_CHECK_VENV_SECONDS", 0)), 1)
     report.data["failed_steps"] = report.failed
     report.data["time_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

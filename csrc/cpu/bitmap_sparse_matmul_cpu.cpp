@@ -115,9 +115,8 @@ std::tuple<at::Tensor, at::Tensor> bitmap_sparse_matmul_cpu(const at::Tensor& x,
                                                             const at::Tensor& weight,
                                                             const c10::optional<at::Tensor>& bias,
                                                             const at::Tensor& bitmap) {
-  check_dense_args("bitmap_sparse_matmul", x, weight, bias);
+  check_bitmap_sparse_matmul("bitmap_sparse_matmul", x, weight, bias, bitmap);
   const int64_t B = x.size(0), d = x.size(1), N = weight.size(0);
-  check_bitmap("bitmap_sparse_matmul", bitmap, B, N);
   DecodedBitmap dec = decode_bitmap("bitmap_sparse_matmul", bitmap, N);
   const int64_t nnz = dec.cols.numel();
   at::Tensor values = at::empty({nnz}, x.options());
@@ -170,39 +169,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bitmap_sparse_matmul_backward_cpu
     const at::Tensor& bitmap, const at::Tensor& row_ptr, bool need_x, bool need_weight,
     bool need_bias) {
   const char* op = "bitmap_sparse_matmul_backward";
-  check_dense_args(op, x, weight, c10::nullopt);
-  const int64_t B = x.size(0), d = x.size(1), N = weight.size(0);
-  check_bitmap(op, bitmap, B, N);
+  check_bitmap_sparse_matmul(op, x, weight, c10::nullopt, bitmap);
+  const int64_t N = weight.size(0);
   DecodedBitmap dec = decode_bitmap(op, bitmap, N);
   const int64_t nnz = dec.cols.numel();
-  TORCH_CHECK(row_ptr.dim() == 1 && row_ptr.numel() == B + 1 && row_ptr.scalar_type() == at::kLong &&
-                  at::equal(row_ptr.cpu(), dec.row_ptr),
-              op, ": row_ptr does not match the bitmap");
-  TORCH_CHECK(grad_values.dim() == 1 && grad_values.numel() == nnz, op,
-              ": grad_values must be [nnz] = [", nnz, "], got ", grad_values.sizes());
-  at::Tensor gx = need_x ? at::zeros({B, d}, x.options()) : at::empty({0}, x.options());
-  at::Tensor gw = need_weight ? at::zeros_like(weight, at::MemoryFormat::Contiguous) : at::empty({0}, weight.options());
-  at::Tensor gb = need_bias ? at::zeros({N}, weight.options()) : at::empty({0}, weight.options());
+  check_bitmap_backward(op, grad_values, row_ptr, dec.row_ptr, nnz);
+  auto [gx, gw, gb] = new_input_grads(x, weight, need_x, need_weight, need_bias, /*zero_x=*/true);
   if (nnz == 0) return {gx, gw, gb};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bitmap_sparse_matmul_backward_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    constexpr auto acc_type = c10::CppTypeToScalarType<acc>::value;
-    const at::Tensor ga = grad_values.to(acc_type).contiguous();
-    const at::Tensor wc = weight.contiguous();
-    const CandidateEntries e{dec.cols.data_ptr<int32_t>(), dec.row_of.data_ptr<int32_t>(), 0, nnz};
-    if (need_x) {
-      at::Tensor gxa = at::empty({B, d}, x.options().dtype(acc_type));
-      candidate_logits_grad_x<scalar_t>(ga.data_ptr<acc>(), wc.data_ptr<scalar_t>(), d, B,
-                                        dec.row_ptr.data_ptr<int64_t>(), e, gxa.data_ptr<acc>());
-      gx.copy_(gxa);
-    }
-    if (need_weight || need_bias) {
-      const at::Tensor xa = x.to(acc_type).contiguous();
-      candidate_logits_grad_weight<scalar_t>(ga.data_ptr<acc>(), xa.data_ptr<acc>(), d, N, e,
-                                             need_weight ? gw.data_ptr<scalar_t>() : nullptr,
-                                             need_bias ? gb.data_ptr<scalar_t>() : nullptr);
-    }
-  });
+  const CandidateEntries e{dec.cols.data_ptr<int32_t>(), dec.row_of.data_ptr<int32_t>(), 0, nnz};
+  candidate_logits_backward(grad_values, x, weight, dec.row_ptr.data_ptr<int64_t>(), e, gx, gw, gb, need_x,
+                            need_weight, need_bias);
   return {gx, gw, gb};
 }
 

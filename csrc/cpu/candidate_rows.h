@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -129,6 +130,36 @@ void candidate_logits_grad_weight(const acc_t<scalar_t>* grad_acc, const acc_t<s
         for (int64_t j = 0; j < d; ++j) gw[j] = scalar_t(row[size_t(j)]);
       }
       if (grad_b) grad_b[i] = scalar_t(gb);
+    }
+  });
+}
+
+// The backward of gathered_logits and bitmap_sparse_matmul on their entries:
+// grad (one value per entry) in the accumulator type, then grad_x (row_begin:
+// each row's first entry, [rows + 1], or null for fixed-width rows) and
+// grad_weight / grad_bias into the outputs of new_input_grads
+// (lss/arg_checks.h), where asked for.
+inline void candidate_logits_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                      const int64_t* row_begin, const CandidateEntries& e, at::Tensor& gx,
+                                      at::Tensor& gw, at::Tensor& gb, bool need_x, bool need_weight,
+                                      bool need_bias) {
+  const int64_t B = x.size(0), d = x.size(1), N = weight.size(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "candidate_logits_backward_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    constexpr auto acc_type = c10::CppTypeToScalarType<acc>::value;
+    const at::Tensor ga = grad.to(acc_type).contiguous();
+    const at::Tensor wc = weight.contiguous();
+    if (need_x) {
+      at::Tensor gxa = at::empty({B, d}, x.options().dtype(acc_type));
+      candidate_logits_grad_x<scalar_t>(ga.data_ptr<acc>(), wc.data_ptr<scalar_t>(), d, B, row_begin, e,
+                                        gxa.data_ptr<acc>());
+      gx.copy_(gxa);
+    }
+    if (need_weight || need_bias) {
+      const at::Tensor xa = x.to(acc_type).contiguous();
+      candidate_logits_grad_weight<scalar_t>(ga.data_ptr<acc>(), xa.data_ptr<acc>(), d, N, e,
+                                             need_weight ? gw.data_ptr<scalar_t>() : nullptr,
+                                             need_bias ? gb.data_ptr<scalar_t>() : nullptr);
     }
   });
 }

@@ -64,36 +64,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gathered_logits_backward_cpu(
     bool need_x, bool need_weight, bool need_bias) {
   check_gathered("gathered_logits_backward", x, weight, c10::nullopt, ids);
   check_gathered_grad(grad, ids);
-  const int64_t B = x.size(0), d = x.size(1), M = ids.size(1), N = weight.size(0);
+  const int64_t B = x.size(0), M = ids.size(1), N = weight.size(0);
   const at::Tensor idc = ids.contiguous();
   check_ids_in_range("gathered_logits_backward", idc.data_ptr<int32_t>(), B * M, N);
-  at::Tensor gx = need_x ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::empty({0}, x.options());
-  at::Tensor gw = need_weight ? at::zeros_like(weight, at::MemoryFormat::Contiguous) : at::empty({0}, weight.options());
-  at::Tensor gb = need_bias ? at::zeros({N}, weight.options()) : at::empty({0}, weight.options());
-  if (B * M == 0) {
-    if (need_x) gx.zero_();
-    return {gx, gw, gb};
-  }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gathered_logits_backward_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    constexpr auto acc_type = c10::CppTypeToScalarType<acc>::value;
-    // Padding positions carry -inf logits; their incoming gradient is ignored.
-    const at::Tensor ga = grad.to(acc_type).contiguous();
-    const at::Tensor wc = weight.contiguous();
-    const CandidateEntries e{idc.data_ptr<int32_t>(), nullptr, M, B * M};
-    if (need_x) {
-      at::Tensor gxa = at::empty({B, d}, x.options().dtype(acc_type));
-      candidate_logits_grad_x<scalar_t>(ga.data_ptr<acc>(), wc.data_ptr<scalar_t>(), d, B, nullptr,
-                                        e, gxa.data_ptr<acc>());
-      gx.copy_(gxa);
-    }
-    if (need_weight || need_bias) {
-      const at::Tensor xa = x.to(acc_type).contiguous();
-      candidate_logits_grad_weight<scalar_t>(ga.data_ptr<acc>(), xa.data_ptr<acc>(), d, N, e,
-                                             need_weight ? gw.data_ptr<scalar_t>() : nullptr,
-                                             need_bias ? gb.data_ptr<scalar_t>() : nullptr);
-    }
-  });
+  auto [gx, gw, gb] = new_input_grads(x, weight, need_x, need_weight, need_bias, /*zero_x=*/B * M == 0);
+  if (B * M == 0) return {gx, gw, gb};
+  // Padding positions carry -inf logits; their incoming gradient is ignored.
+  const CandidateEntries e{idc.data_ptr<int32_t>(), nullptr, M, B * M};
+  candidate_logits_backward(grad, x, weight, nullptr, e, gx, gw, gb, need_x, need_weight, need_bias);
   return {gx, gw, gb};
 }
 

@@ -1,8 +1,10 @@
 // Row kernels of the CPU ops: dot products and axpy between an fp32 (or fp64)
 // accumulator vector and a weight row stored as float / bfloat16 / float16.
-// They live in their own translation unit, compiled per ISA with GCC's
-// target_clones, so one wheel runs at AVX-512 speed where it can and still
-// loads on an x86-64 without AVX.
+// Each one goes through a table of kernels picked once, at load time, per
+// instruction set (AVX-512, AVX2 + FMA, generic; vector_kernels.h and
+// vector_math_<isa>.cpp), so one wheel runs at AVX-512 speed where it can and
+// still loads on an x86-64 without AVX, and LSS_CPU_ISA=avx2|generic lowers
+// every one of them.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -10,6 +12,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace lss::cpu {
 
@@ -78,14 +83,20 @@ inline void prefetch_candidate(const W* weight, const W* bias, int64_t d, int64_
   if (bias) prefetch_row(bias + id, 1);
 }
 
-// y[i] += a * w[i]
+// y[i] += a * w[i]: one rounding per element (an FMA) in the AVX2 and AVX-512
+// tables, two (a product, then a sum) in the generic one on x86-64.
 void axpy(float a, const float* w, float* y, int64_t n);
 void axpy(float a, const c10::BFloat16* w, float* y, int64_t n);
 void axpy(float a, const c10::Half* w, float* y, int64_t n);
 void axpy(double a, const double* w, double* y, int64_t n);
 
-// Name of the instruction set the dispatcher picked ("x86-64-v4", ...).
+// Name of the instruction set the dispatcher picked ("x86-64-v4 (AVX-512)",
+// ...; ", LSS_CPU_ISA set" appended when that variable is set).
 const char* vector_isa();
+
+// Which table row each kernel came from, ("axpy_bf16", "avx2"), ... (the fp64
+// row is the generic one in every table).
+std::vector<std::pair<std::string, std::string>> vector_kernel_isas();
 
 // The level it stands for: 4 = AVX-512 (x86-64-v4), 3 = AVX2 + FMA
 // (x86-64-v3), 0 = generic, after LSS_CPU_ISA. Other kernel tables

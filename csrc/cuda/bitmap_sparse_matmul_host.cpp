@@ -60,9 +60,8 @@ std::tuple<at::Tensor, at::Tensor> bitmap_sparse_matmul_cuda(const at::Tensor& x
                                                              const c10::optional<at::Tensor>& bias,
                                                              const at::Tensor& bitmap) {
   const char* op = "bitmap_sparse_matmul";
-  check_dense_args(op, x, weight, bias);
+  check_bitmap_sparse_matmul(op, x, weight, bias, bitmap);
   const int64_t B = x.size(0), d = x.size(1), N = weight.size(0);
-  check_bitmap(op, bitmap, B, N);
   check_cuda(op, {&x, &bitmap});
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = current_stream();
@@ -106,23 +105,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bitmap_sparse_matmul_backward_cud
     const at::Tensor& bitmap, const at::Tensor& row_ptr, bool need_x, bool need_weight,
     bool need_bias) {
   const char* op = "bitmap_sparse_matmul_backward";
-  check_dense_args(op, x, weight, c10::nullopt);
+  check_bitmap_sparse_matmul(op, x, weight, c10::nullopt, bitmap);
   const int64_t B = x.size(0), d = x.size(1), N = weight.size(0);
-  check_bitmap(op, bitmap, B, N);
   check_cuda(op, {&x, &bitmap, &row_ptr, &grad_values});
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = current_stream();
   const at::Tensor bc = bitmap.contiguous();
   const int64_t words = bc.size(1);
   RowPtr r = bitmap_row_ptr_checked(op, bc, N, false, stream);
-  TORCH_CHECK(row_ptr.dim() == 1 && row_ptr.numel() == B + 1 && row_ptr.scalar_type() == at::kLong &&
-                  at::equal(row_ptr, r.row_ptr),
-              op, ": row_ptr does not match the bitmap");
-  TORCH_CHECK(grad_values.dim() == 1 && grad_values.numel() == r.nnz, op,
-              ": grad_values must be [nnz] = [", r.nnz, "], got ", grad_values.sizes());
-  at::Tensor gx = need_x ? at::zeros({B, d}, x.options()) : at::empty({0}, x.options());
-  at::Tensor gw = need_weight ? at::zeros_like(weight, at::MemoryFormat::Contiguous) : at::empty({0}, weight.options());
-  at::Tensor gb = need_bias ? at::zeros({N}, weight.options()) : at::empty({0}, weight.options());
+  check_bitmap_backward(op, grad_values, row_ptr, r.row_ptr, r.nnz);
+  auto [gx, gw, gb] = new_input_grads(x, weight, need_x, need_weight, need_bias, /*zero_x=*/true);
   if (r.nnz == 0) return {gx, gw, gb};
   const DType dt = dtype_of(op, x);
   at::Tensor cols = at::empty({r.nnz}, bc.options()), row_of = at::empty({r.nnz}, bc.options());

@@ -61,13 +61,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gathered_logits_backward_cuda(
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = current_stream();
   const int64_t B = x.size(0), d = x.size(1), M = ids.size(1), N = weight.size(0);
-  at::Tensor gx = need_x ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::empty({0}, x.options());
-  at::Tensor gw = need_weight ? at::zeros_like(weight, at::MemoryFormat::Contiguous) : at::empty({0}, weight.options());
-  at::Tensor gb = need_bias ? at::zeros({N}, weight.options()) : at::empty({0}, weight.options());
-  if (B * M == 0) {
-    if (need_x) gx.zero_();
-    return {gx, gw, gb};
-  }
+  auto [gx, gw, gb] = new_input_grads(x, weight, need_x, need_weight, need_bias, /*zero_x=*/B * M == 0);
+  if (B * M == 0) return {gx, gw, gb};
   const DType dt = dtype_of(op, x);
   const at::Tensor ga = grad.to(acc_type(x.scalar_type())).contiguous();
   const at::Tensor wc = weight.contiguous(), idc = ids.contiguous();

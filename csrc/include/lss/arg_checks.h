@@ -1,13 +1,16 @@
 // Host-side argument checks shared by the CPU kernels (csrc/cpu) and the CUDA
 // host wrappers (csrc/cuda/*_host.cpp). Both validate the same
 // preconditions with the same messages, so a malformed input fails
-// identically on either device; keeping one copy keeps it that way.
+// identically on either device; keeping one copy keeps it that way. Also the
+// allocation of the logits ops' backward outputs, the same on both.
 //
 // Only shapes, dtypes and scalar arguments are checked here. Device checks,
 // device-specific limits and scans of tensor values stay with each backend.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <tuple>
 
 #include "lss/common.h"
 
@@ -98,6 +101,42 @@ inline void check_bitmap(const char* op, const at::Tensor& bitmap, int64_t rows,
                   bitmap.size(1) == bitmap_words(num_labels),
               op, ": bitmap must be int32 [B, ceil(N / 32)] = [", rows, ", ",
               bitmap_words(num_labels), "], got ", bitmap.scalar_type(), " ", bitmap.sizes());
+}
+
+// x, weight, bias and bitmap of bitmap_sparse_matmul (bias nullopt for its
+// backward).
+inline void check_bitmap_sparse_matmul(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                       const c10::optional<at::Tensor>& bias, const at::Tensor& bitmap) {
+  check_dense_args(op, x, weight, bias);
+  check_bitmap(op, bitmap, x.size(0), weight.size(0));
+}
+
+// row_ptr and grad_values of bitmap_sparse_matmul_backward, against the
+// bitmap's own row_ptr [B + 1] and nnz as the backend decoded them (on its
+// device).
+inline void check_bitmap_backward(const char* op, const at::Tensor& grad_values, const at::Tensor& row_ptr,
+                                  const at::Tensor& bitmap_row_ptr, int64_t nnz) {
+  TORCH_CHECK(row_ptr.dim() == 1 && row_ptr.numel() == bitmap_row_ptr.numel() &&
+                  row_ptr.scalar_type() == at::kLong &&
+                  at::equal(row_ptr.to(bitmap_row_ptr.device()), bitmap_row_ptr),
+              op, ": row_ptr does not match the bitmap");
+  TORCH_CHECK(grad_values.dim() == 1 && grad_values.numel() == nnz, op,
+              ": grad_values must be [nnz] = [", nnz, "], got ", grad_values.sizes());
+}
+
+// The outputs of gathered_logits_backward and bitmap_sparse_matmul_backward:
+// grad_x [B, d] (zeros when zero_x, else to be written in full), grad_weight
+// [N, d] and grad_bias [N] as zeros (rows no candidate touches stay 0), and
+// an empty tensor for each one not needed.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> new_input_grads(const at::Tensor& x, const at::Tensor& weight,
+                                                                      bool need_x, bool need_weight, bool need_bias,
+                                                                      bool zero_x) {
+  // A separate empty tensor per output: outputs must not alias each other.
+  const std::vector<int64_t> x_shape{x.size(0), x.size(1)};
+  return {need_x ? (zero_x ? at::zeros(x_shape, x.options()) : at::empty(x_shape, x.options()))
+                 : at::empty({0}, x.options()),
+          need_weight ? at::zeros_like(weight, at::MemoryFormat::Contiguous) : at::empty({0}, weight.options()),
+          need_bias ? at::zeros({weight.size(0)}, weight.options()) : at::empty({0}, weight.options())};
 }
 
 // --------------------------------------------------------------------- top-k
