@@ -199,11 +199,11 @@ def test_format_1_simhash_state_dict_loads(task):
 
 @pytest.fixture(scope="module")
 def low_rank_task():
-    # Label vectors in a 40-dimensional subspace of d = 128 (plus a little
-    # noise): codes of the top 64 principal directions lose nothing that
+    # Label vectors in a 40-dimensional subspace of d = 256 (plus a little
+    # noise): codes of the top 128 principal directions lose nothing that
     # matters, so a calibrated fit() should take them.
     g = torch.Generator().manual_seed(11)
-    n, d, r = 3000, 128, 40
+    n, d, r = 3000, 256, 40
     w = torch.randn(n, r, generator=g) @ torch.randn(r, d, generator=g) / r**0.5 + 0.01 * torch.randn(n, d, generator=g)
     b = 0.1 * torch.randn(n, generator=g)
     y = torch.randint(0, n, (9000,), generator=g)
@@ -213,15 +213,15 @@ def low_rank_task():
 
 def test_fit_takes_principal_direction_codes_where_they_cost_less(low_rank_task):
     w, b, xtr, ytr, xte, yte = low_rank_task
-    lin = torch.nn.Linear(128, 3000)
+    lin = torch.nn.Linear(256, 3000)
     with torch.no_grad():
         lin.weight.copy_(w)
         lin.bias.copy_(b)
     layer = lss.LSSLinear.from_linear(lin, max_candidates=64).eval()
     report = layer.fit(xtr, ytr, progress=False)
-    assert {row["code_dim"] for row in report.calibration} == {128, 64}
-    assert report.code_dim == 64 and tuple(layer.index.code_proj.shape) == (128, 64)
-    assert layer.index.codes.shape[1] == 64
+    assert {row["code_dim"] for row in report.calibration} == {256, 128}
+    assert report.code_dim == 128 and tuple(layer.index.code_proj.shape) == (256, 128)
+    assert layer.index.codes.shape[1] == 128
     # predict() is the pipeline on the projected queries, on every backend.
     x = xte[:200]
     ids, _ = layer.candidates(x)
@@ -238,16 +238,16 @@ def test_fit_takes_principal_direction_codes_where_they_cost_less(low_rank_task)
     buf = io.BytesIO()
     torch.save(layer.state_dict(), buf)
     buf.seek(0)
-    fresh = lss.LSSLinear(128, 3000, max_candidates=64)
+    fresh = lss.LSSLinear(256, 3000, max_candidates=64)
     fresh.load_state_dict(torch.load(buf, weights_only=True))
     assert torch.equal(fresh.index.code_proj, layer.index.code_proj)
     assert torch.equal(fresh.predict(x, 3)[1], want[1])
     # Off: codes of all d dimensions.
     plain = lss.LSSLinear.from_linear(lin, max_candidates=64)
-    assert plain.fit(xtr, ytr, progress=False, project_codes=False).code_dim == 128
-    assert plain.index.code_proj.numel() == 0 and plain.index.codes.shape[1] == 128
+    assert plain.fit(xtr, ytr, progress=False, project_codes=False).code_dim == 256
+    assert plain.index.code_proj.numel() == 0 and plain.index.codes.shape[1] == 256
     # A malformed projection is refused on load.
     sd = dict(layer.state_dict())
     sd["index.code_proj"] = sd["index.code_proj"][:100]
     with pytest.raises(ValueError, match=r"code_proj must be"):
-        lss.LSSLinear(128, 3000, max_candidates=64).load_state_dict(sd)
+        lss.LSSLinear(256, 3000, max_candidates=64).load_state_dict(sd)
