@@ -423,6 +423,14 @@ class PartitionIndex(LSSIndex):
         return super().predict_topk(x, weight, bias, m, k, backend)
 
     # ---------------------------------------------------------- validation
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # 0.2 state dicts have no code projection: their codes are of x itself.
+        if prefix + "_extra_state" in state_dict and prefix + "code_proj" not in state_dict:
+            state_dict[prefix + "code_proj"] = torch.zeros(0, 0, dtype=torch.float32)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
     def validate_state(self, tensors, config):
         validate_partition_lists(tensors, config["num_labels"], config["dim"], config["num_partitions"])
 

@@ -251,3 +251,17 @@ def test_fit_takes_principal_direction_codes_where_they_cost_less(low_rank_task)
     sd["index.code_proj"] = sd["index.code_proj"][:100]
     with pytest.raises(ValueError, match=r"code_proj must be"):
         lss.LSSLinear(256, 3000, max_candidates=64).load_state_dict(sd)
+
+
+def test_a_0_2_partition_state_dict_without_code_projection_loads(task):
+    layer = layer_for(task)
+    layer.fit(task.train_x, task.train_y, progress=False)
+    sd = dict(layer.state_dict())
+    del sd["index.code_proj"]  # 0.2 had no code projection
+    sd["index._extra_state"] = {k: v for k, v in sd["index._extra_state"].items() if k != "rerank"}
+    fresh = lss.LSSLinear(task.weight.shape[1], task.num_labels, max_candidates=40)
+    fresh.load_state_dict(sd)
+    assert fresh.index.code_proj.numel() == 0 and fresh.index.rerank is None
+    layer.index.rerank = None
+    x = task.test_x[:100]
+    assert torch.equal(fresh.predict(x, 3)[1], layer.predict(x, 3)[1])
