@@ -485,7 +485,9 @@ def table(data: dict) -> str:
         lines += [f"**{data['note']}**", ""]
     env = data["steps"].get("environment", {})
     cfg = bench_entry.get("config", {})
-    lines.append(f"GPU: {env.get('gpu', 'none')}, torch {env.get('torch')}; N = {cfg.get('labels', '?'):,}, "
+    labels = cfg.get("labels")
+    labels = f"{labels:,}" if isinstance(labels, int) else "? (no timings)"
+    lines.append(f"GPU: {env.get('gpu', 'none')}, torch {env.get('torch')}; N = {labels}, "
                  f"d = {cfg.get('dim')}, max_candidates = {cfg.get('max_candidates')}, k = {cfg.get('k')}, "
                  f"fp32. Milliseconds per call (median), and speed-up over the dense layer.")
     tests = data["steps"].get("tests", {})
