@@ -380,9 +380,9 @@ class PartitionIndex(LSSIndex):
         return x if proj.numel() == 0 else x.to(torch.float32) @ proj
 
     def _centroids(self, x: Tensor):
-        if x.dtype == torch.float32:
-            return self.centroids, self.centroid_bias
-        return self.centroids.to(x.dtype), self.centroid_bias.to(x.dtype)
+        buf = self._buffers  # not self.centroids: nn.Module's attribute fallback is ~1 us a name
+        c, cb = buf["centroids"], buf["centroid_bias"]
+        return (c, cb) if x.dtype == torch.float32 else (c.to(x.dtype), cb.to(x.dtype))
 
     def candidates(self, x, weight, bias, max_candidates, backend=None, nprobe: Optional[int] = None):
         nprobe = min(self.nprobe if nprobe is None else nprobe, self.num_partitions)
@@ -403,9 +403,7 @@ class PartitionIndex(LSSIndex):
         m = self.shortlist(max_candidates, k)
         buf = self._buffers  # not self.codes etc.: nn.Module's attribute fallback is ~1 us a name
         if _native(x, backend) and x.device == buf["codes"].device and _ops._has_kernel("quantized_candidates", x.device.type):
-            c, cb = buf["centroids"], buf["centroid_bias"]
-            if x.dtype != torch.float32:
-                c, cb = c.to(x.dtype), cb.to(x.dtype)
+            c, cb = self._centroids(x)
             nprobe = min(self.nprobe, self.num_partitions)
             if buf["code_proj"].numel():
                 # The composite op scores codes with x itself; under a code
@@ -414,7 +412,7 @@ class PartitionIndex(LSSIndex):
                 with torch.no_grad(), torch._C._AutoDispatchBelowAutograd():
                     probes = ops.partition_probe.default(x, c, cb, nprobe)
                     ids = ops.quantized_candidates.default(
-                        x.to(torch.float32) @ buf["code_proj"], probes, buf["list_offsets"], buf["codes"],
+                        self.code_queries(x), probes, buf["list_offsets"], buf["codes"],
                         buf["code_scales"], buf["code_bias"], buf["list_ids"], self.num_labels, m)[0]
                     return ops.topk_gathered.default(ops.gathered_logits.default(x, weight, bias, ids), ids, k)
             return torch.ops.lsskernels.partition_predict_topk.default(
@@ -438,6 +436,7 @@ class PartitionIndex(LSSIndex):
         out = super().stats()
         sizes = (self.list_offsets[1:] - self.list_offsets[:-1]).to(torch.float64)
         out.update(num_partitions=self.num_partitions, nprobe=self.nprobe, rerank=self.rerank,
+                   code_dim=int(self.code_proj.shape[1]) if self.code_proj.numel() else self.dim,
                    rows=int(self.list_ids.numel()),
                    spill_rows=int(self.list_ids.numel()) - self.num_labels if self.built else 0,
                    mean_list=float(sizes.mean()) if sizes.numel() else 0.0,

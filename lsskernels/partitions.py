@@ -224,36 +224,45 @@ def rerank_grid(max_candidates: int) -> List[int]:
     return grid + [max_candidates]
 
 
+def scan_cost(rows: float, width: int) -> float:
+    """Streamed bytes of scanning `rows` code rows: `width` int8 plus the
+    row's scale, bias, id and sort key (20 bytes)."""
+    return rows * (width + 20)
+
+
 def setting_cost(rows: float, width: int, rerank: int, dim: int, weight_bytes: int) -> float:
     """The modelled cost of one query at a setting, in streamed-byte units:
-    the scanned codes (a row is `width` int8 plus its scale, bias, id and
-    sort key, 20 bytes) and the exact rows (random reads of the weight
-    matrix; about twice a streamed byte each, as measured for
+    the scanned codes (scan_cost) and the exact rows (random reads of the
+    weight matrix; about twice a streamed byte each, as measured for
     gathered_logits against the int8 scan on the AVX-512 machines here).
     A model, not a timing, so that fit() stays a function of its inputs."""
-    return rows * (width + 20) + 2.0 * rerank * dim * weight_bytes
+    return scan_cost(rows, width) + 2.0 * rerank * dim * weight_bytes
 
 
 @torch.no_grad()
 def held_out_precision(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor,
                        y: Tensor, max_candidates: int, nprobe: int, reranks: Optional[List[int]] = None,
-                       batch: int = 512) -> Dict[str, object]:
+                       batch: int = 512, probes: Optional[Tensor] = None) -> Dict[str, object]:
     """At nprobe: "P@1" with exact logits of all max_candidates candidates,
     "recall" (a label among them), "rows" (mean probed rows per query) and
-    "P@1 by rerank" {R: P@1 with exact logits of the first R candidates}."""
+    "P@1 by rerank" {R: P@1 with exact logits of the first R candidates}.
+    probes: the queries' first >= nprobe partitions (_probe), if already
+    known; their first nprobe columns are the probes at nprobe."""
     reranks = reranks or [max_candidates]
     hits = {r: 0 for r in reranks}
     found, rows = 0, 0.0
-    c, cb = index.centroids, index.centroid_bias
+    if probes is None:
+        probes = _probe(index, queries, nprobe)
+    probes = probes[:, :nprobe].to(torch.int32).contiguous()
     sizes = (index.list_offsets[1:] - index.list_offsets[:-1]).to(torch.float64)
+    rows = float(sizes[probes.to(torch.int64)].sum())
     for s in range(0, queries.shape[0], batch):
         xq = queries[s : s + batch].to(weight.dtype)
         yq = y[s : s + batch]
-        probes = _ops.partition_probe(xq, c.to(xq.dtype), cb.to(xq.dtype), nprobe)
-        rows += float(sizes[probes.to(torch.int64)].sum())
-        ids, _ = _ops.quantized_candidates(index.code_queries(xq), probes, index.list_offsets, index.codes,
-                                           index.code_scales,
-                                           index.code_bias, index.list_ids, index.num_labels, max_candidates)
+        pq = probes[s : s + batch]
+        ids, _ = _ops.quantized_candidates(index.code_queries(xq), pq, index.list_offsets, index.codes,
+                                           index.code_scales, index.code_bias, index.list_ids, index.num_labels,
+                                           max_candidates)
         logits = _ops.gathered_logits(xq, weight, bias, ids)
         for r in reranks:
             top = _ops.topk_gathered(logits[:, :r].contiguous(), ids[:, :r].contiguous(), 1)[1]
@@ -265,12 +274,13 @@ def held_out_precision(index: "PartitionIndex", weight: Tensor, bias: Optional[T
             "P@1 by rerank": by_rerank}
 
 
-def _cheapest_within(calibration: List[Dict[str, object]], target: float, dim: int,
-                     weight_bytes: int) -> Optional[float]:
-    """The least setting_cost among the settings with P@1 >= target, or None."""
-    costs = [setting_cost(r["rows"], r["width"], rr, dim, weight_bytes)
-             for r in calibration for rr, p1 in r["P@1 by rerank"].items() if p1 >= target - 1e-12]
-    return min(costs) if costs else None
+def _reaching(calibration: List[Dict[str, object]], target: float, dim: int, weight_bytes: int):
+    """(setting_cost, calibration index, rerank) of every setting whose
+    held-out P@1 is >= target."""
+    for i, r in enumerate(calibration):
+        for rr, p1 in r["P@1 by rerank"].items():
+            if p1 >= target - 1e-12:
+                yield setting_cost(r["rows"], r["width"], rr, dim, weight_bytes), i, rr
 
 
 def choose_setting(calibration: List[Dict[str, object]], dense_p1: float, tolerance: float, *, dim: int,
@@ -282,14 +292,9 @@ def choose_setting(calibration: List[Dict[str, object]], dense_p1: float, tolera
     tolerance of dense); ties go to wider codes, fewer probes, then the
     shorter list."""
     target = min(max(r["P@1"] for r in calibration), dense_p1) - tolerance
-    best = None
-    for i, r in enumerate(calibration):
-        for rr, p1 in r["P@1 by rerank"].items():
-            if p1 < target - 1e-12:
-                continue
-            key = (setting_cost(r["rows"], r["width"], rr, dim, weight_bytes), -r["code_dim"], r["nprobe"], rr, i)
-            best = key if best is None or key < best else best
-    return calibration[best[4]], best[3], target
+    _, i, rerank = min(_reaching(calibration, target, dim, weight_bytes),
+                       key=lambda c: (c[0], -calibration[c[1]]["code_dim"], calibration[c[1]]["nprobe"], c[2]))
+    return calibration[i], rerank, target
 
 
 def code_dims(dim: int) -> List[int]:
@@ -392,7 +397,11 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
         log(f"calibration: dense P@1 on the held-out pairs {report.dense_p1:.4f}")
         dims = code_dims(index.dim) if cfg.project_codes else [index.dim]
         directions = principal_directions(weight, max(dims[1:])) if len(dims) > 1 else None
+        # The held-out queries' probes at the largest nprobe, once: the first
+        # p columns are their probes at p (best first), for every code dim.
+        probes = _probe(index, queries[hold], grid[-1])
         sizes = (index.list_offsets[1:] - index.list_offsets[:-1]).to(torch.float64)
+        rows_at = {p: float(sizes[probes[:, :p]].sum()) / max(1, n_hold) for p in grid}
         wbytes = weight.element_size()
         for dim in dims:
             set_code_projection(index, weight, bias, None if dim == index.dim else directions[:, :dim])
@@ -401,12 +410,12 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
                 # Stop once a setting is within tolerance of dense and this
                 # probe count's scan alone would cost more than it: probed
                 # rows only grow with nprobe.
-                best = _cheapest_within(report.calibration, report.dense_p1 - cfg.tolerance, index.dim, wbytes)
-                if best is not None:
-                    rows = float(sizes[_probe(index, queries[hold], p)].sum()) / max(1, n_hold)
-                    if setting_cost(rows, width, 0, index.dim, 0) >= best:
-                        break
-                r = held_out_precision(index, weight, bias, queries[hold], y[hold], max_candidates, p, reranks)
+                within = [c for c, _, _ in _reaching(report.calibration, report.dense_p1 - cfg.tolerance, index.dim,
+                                                     wbytes)]
+                if within and scan_cost(rows_at[p], width) >= min(within):
+                    break
+                r = held_out_precision(index, weight, bias, queries[hold], y[hold], max_candidates, p, reranks,
+                                       probes=probes)
                 r.update(code_dim=dim, width=width)
                 report.calibration.append(r)
                 shorter = ", ".join(f"{k}: {v:.4f}" for k, v in r["P@1 by rerank"].items() if k != max_candidates)
