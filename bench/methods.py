@@ -163,7 +163,8 @@ DEFAULT = "default"  # the setting of an LSS method as fit() left it (calibrated
 
 def _fit_summary(report) -> Dict[str, object]:
     if hasattr(report, "calibration"):
-        return {"nprobe": report.nprobe, "rerank": report.rerank, "code_dim": report.code_dim,
+        return {"space": report.space, "num_partitions": report.num_partitions, "nprobe": report.nprobe,
+                "rerank": report.rerank, "code_dim": report.code_dim, "target": report.target,
                 "calibration": report.calibration, "spilled": report.spilled,
                 "seconds": report.total_seconds, "phases": report.seconds}
     return {"epochs": report.epochs, "seconds": report.seconds}

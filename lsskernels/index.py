@@ -301,6 +301,12 @@ class PartitionIndex(LSSIndex):
         self.num_partitions = checks.integer("num_partitions", p, 1, num_labels)
         self.nprobe = checks.integer("nprobe", default_nprobe(p) if nprobe is None else nprobe, 1, p)
         self.nprobe_override = nprobe is not None  # fit() calibrates nprobe unless the user set it
+        # fit() sizes a query-space index by its number of queries unless the user set P.
+        self.partitions_override = num_partitions is not None
+        # "labels": k-means of [w, b], probed by inner product; "queries":
+        # k-means of fit()'s training queries, probed by L2 distance
+        # (centroid_bias = -|c|^2 / 2). See lsskernels/partitions.py.
+        self.space = "labels"
         # How many of the max_candidates best labels by quantized score predict()
         # scores exactly (None: all of them). fit() calibrates it on held-out
         # pairs: the int8 score ranks the candidates well enough that the
@@ -327,9 +333,17 @@ class PartitionIndex(LSSIndex):
                 "nprobe": self.nprobe if self.nprobe_override else None, "seed": self.seed}
 
     def _extra_fields(self):
-        return {"nprobe": self.nprobe, "rerank": self.rerank}
+        return {"nprobe": self.nprobe, "rerank": self.rerank, "space": self.space,
+                "partitions_set": self.partitions_override}
 
     def _set_extra_fields(self, state):
+        from .partitions import SPACES
+
+        space = state.get("space", "labels")  # 0.2 / 0.3 state dicts: label space
+        if space not in SPACES:
+            raise ValueError(f"the saved partition index has space {space!r}; expected one of {SPACES}")
+        self.space = space
+        self.partitions_override = bool(state.get("partitions_set", True))
         nprobe = state.get("nprobe", self.nprobe)
         self.nprobe = checks.integer("nprobe", int(nprobe), 1, self.num_partitions)
         rerank = state.get("rerank")
@@ -349,6 +363,7 @@ class PartitionIndex(LSSIndex):
 
         self.code_proj = torch.zeros(0, 0, dtype=torch.float32, device=weight.device)
         build_partitions(self, weight, bias, seed=self.seed)
+        self.space = "labels"
         self.fitted = False
         self.rerank = None
 
@@ -363,6 +378,12 @@ class PartitionIndex(LSSIndex):
             return
         self.codes, self.code_scales, self.code_bias = encode_rows(weight, bias, self.list_ids.to(torch.int64),
                                                                    proj=self.code_proj)
+
+    def clone_empty(self) -> "PartitionIndex":
+        out = super().clone_empty()
+        out.nprobe_override = self.nprobe_override
+        out.partitions_override = self.partitions_override
+        return out
 
     def fit(self, weight, bias, queries, labels, *, max_candidates, seed=0, **options):
         from .partitions import fit_partitions
@@ -435,7 +456,7 @@ class PartitionIndex(LSSIndex):
     def stats(self):
         out = super().stats()
         sizes = (self.list_offsets[1:] - self.list_offsets[:-1]).to(torch.float64)
-        out.update(num_partitions=self.num_partitions, nprobe=self.nprobe, rerank=self.rerank,
+        out.update(space=self.space, num_partitions=self.num_partitions, nprobe=self.nprobe, rerank=self.rerank,
                    code_dim=int(self.code_proj.shape[1]) if self.code_proj.numel() else self.dim,
                    rows=int(self.list_ids.numel()),
                    spill_rows=int(self.list_ids.numel()) - self.num_labels if self.built else 0,

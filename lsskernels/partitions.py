@@ -4,31 +4,44 @@ Build (from the weights alone):
   1. k-means (Lloyd, L2) of the bias-augmented label vectors v = [w, b] on a
      seeded sample, then every label assigned to its nearest centroid. A
      query q = [x, 1] scores partition p by <q, c_p> = <x, c_w> + c_b, an
-     estimate of the logits of the labels there.
+     estimate of the logits of the labels there ("label space").
   2. int8 codes of every listed label's weight row (symmetric, one scale per
      row; the bias is kept exactly in float32), stored contiguously by
      partition, labels ascending within a partition.
 
 Fit (LSSLinear.fit with the partition family), label-superior style:
-  3. **Spill.** Each training label is also listed in the partitions its
-     training queries probe first (`spill_probes`), when its own vector sits
+  3. **Two partition spaces.** Besides the label space, fit() tries
+     partitions of the training queries themselves ("query space"): k-means
+     of the queries, probed by L2 distance (centroid_bias = -|c|^2 / 2, so
+     <x, c> + centroid_bias ranks centroids as -|x - c|^2 / 2 does). Each
+     label's own list is the partition where its logit stands out most
+     among all labels' logits at the centroid (label_homes). Where queries
+     are plentiful and cluster (a trained classifier's hidden vectors),
+     a query's neighbours' labels sit in the partitions it probes first.
+  4. **Spill.** Each training label is also listed in the partitions its
+     training queries probe first (`spill_probes`), when its own list is
      elsewhere, capped per partition (`spill_cap`, most-voted first). A MIPS
      index finds labels with large logits; a query whose correct label has
      a moderate logit, or sits in a partition whose centroid scores low,
      now finds it in the partitions it does probe.
-  4. **Probe count and shortlist.** A slice of the pairs is held out (it is
-     not spilled while calibrating). For each power-of-two nprobe, the
-     held-out queries get their `max_candidates` best labels by quantized
-     score, and P@1 is measured with exact logits of the first R of them
-     for R = 16, 32, ..., max_candidates (a prefix: the same order). The
-     target is the full dense layer's held-out P@1 (or the best over the
-     grid where that is lower) less `tolerance`; of the (nprobe, R) that
-     reach it, fit() keeps the one of least modelled cost (`setting_cost`:
-     bytes of codes scanned plus twice the bytes of exact rows gathered,
-     random rows costing about twice a streamed code byte). The walk up the
+  5. **Space, probe count and shortlist.** A slice of the pairs is held out
+     (it is neither clustered nor spilled while calibrating). In each space,
+     for each power-of-two nprobe, the held-out queries get their
+     `max_candidates` best labels by quantized score, and P@1 is measured
+     with exact logits of the first R of them for R = 16, 32, ...,
+     max_candidates (a prefix: the same order). The target is the full dense
+     layer's held-out P@1 (or the best the settings within budget reach,
+     where that is lower) less `tolerance`; of the (space, code dim, nprobe,
+     R) that reach it, fit() keeps the one of least modelled cost
+     (`setting_cost`: bytes of codes scanned plus twice the bytes of exact
+     rows gathered). No setting may cost more than `max_cost` of the dense
+     layer's weight bytes: the layer is there to be many times cheaper than
+     dense. A layer trained on the fit pairs has memorised them, so its
+     held-out P@1 is higher than on new queries and the budget binds; fit()
+     then says how far below dense the held-out pairs are. The walk up the
      nprobe grid stops once a setting is within tolerance of dense and the
-     next probe count's scan alone would cost more. The final lists spill
-     every pair.
+     next probe count's scan alone would cost more, or the scan leaves the
+     budget. The final lists spill every pair.
 
 Everything is a function of (weights, pairs, options, seed): the same call
 gives the same index, bit for bit, on a given device and thread count.
@@ -50,6 +63,10 @@ if TYPE_CHECKING:
 
 Tensor = torch.Tensor
 
+# Partition spaces: k-means of the label vectors [w, b] probed by inner
+# product, or k-means of the training queries probed by L2 distance.
+SPACES = ("labels", "queries")
+
 
 @dataclass
 class PartitionFitConfig:
@@ -60,7 +77,9 @@ class PartitionFitConfig:
     tolerance: float = 0.002       # calibrated setting: held-out P@1 within this of the target (0.2 point)
     calibrate_rerank: bool = True  # also calibrate how many candidates predict() scores exactly
     project_codes: bool = True     # also try codes of the top d/2, d/3 principal directions (code_dims)
-    kmeans_iters: int = 10
+    spaces: Tuple[str, ...] = SPACES  # partition spaces the calibration tries ("labels", "queries")
+    max_cost: float = 0.1          # a setting's modelled cost: at most this fraction of the dense layer's weight bytes
+    kmeans_iters: int = 6              # Lloyd iterations (10 gave the same test P@1 on WordNet and MiniLM)
     kmeans_sample: int = 64        # sample points per centroid for k-means
     progress: bool = True
 
@@ -69,12 +88,16 @@ class PartitionFitConfig:
 class PartitionFitReport:
     """What fit() did (also printed when progress=True)."""
     nprobe: int = 0
+    space: str = "labels"          # the chosen partition space (SPACES)
+    num_partitions: int = 0
     rerank: Optional[int] = None   # candidates predict() scores exactly (None: max_candidates)
     code_dim: Optional[int] = None  # dimensions of the codes (< d: a principal-directions projection)
-    # Per nprobe: held-out P@1 (with all max_candidates scored exactly),
-    # recall, mean probed rows, and P@1 per rerank ("P@1 by rerank").
+    # Per (space, code dim, nprobe): held-out P@1 (with all max_candidates
+    # scored exactly), recall, mean probed rows, and P@1 per rerank ("P@1 by rerank").
     calibration: List[Dict[str, object]] = field(default_factory=list)
     dense_p1: float = float("nan")  # the full layer's P@1 on the held-out pairs
+    target: float = float("nan")    # the held-out P@1 the chosen setting had to reach
+    budget: float = float("nan")    # the largest setting_cost allowed (max_cost of the dense layer's bytes)
     spilled: int = 0               # rows added by spill in the final index
     seconds: Dict[str, float] = field(default_factory=dict)
     index: Optional["PartitionIndex"] = None
@@ -103,7 +126,10 @@ def _nearest(v: Tensor, centroids: Tensor, chunk: int = 1 << 15) -> Tensor:
 def kmeans(v: Tensor, k: int, *, iters: int, sample: int, gen: torch.Generator) -> Tensor:
     """Lloyd's k-means of the rows of v (float32 [n, D]) on a seeded sample
     of at most sample * k rows, seeded by k distinct sample rows. An emptied
-    cluster keeps its previous centroid."""
+    cluster keeps its previous centroid. (A smaller sample is cheaper but
+    unbalances the clusters: on the WordNet task 16 points per centroid
+    instead of 64 tripled the rows a query scans at the same probes; the
+    first iterations on a quarter of the sample cost 40% more rows.)"""
     n = v.shape[0]
     pick = torch.randperm(n, generator=gen)[: min(n, max(k, sample * k))].to(v.device)
     s = v[pick.sort().values]
@@ -122,7 +148,16 @@ def encode_rows(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: int 
     biases float32 [T] of the labels ids (int64 [T]): w ~ codes * scale.
     With proj ([d, r], non-empty) the coded vectors are proj^T (w - mean w)
     (Dp = r rounded up): the mean shifts every label's score by the same
-    <x, mean>, so rankings are those of proj proj^T w."""
+    <x, mean>, so rankings are those of proj proj^T w. A label listed in
+    several partitions (spill) is encoded once and its row copied."""
+    if ids.numel() > weight.shape[0] // 2:
+        labels, where = torch.unique(ids, return_inverse=True)
+        codes, scales, code_bias = _encode_labels(weight, bias, labels, chunk, proj)
+        return codes[where], scales[where], code_bias[where]
+    return _encode_labels(weight, bias, ids, chunk, proj)
+
+
+def _encode_labels(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: int, proj: Optional[Tensor]):
     project = proj is not None and proj.numel() > 0
     d = proj.shape[1] if project else weight.shape[1]
     mean = weight.detach().to(torch.float32).mean(0) if project else None
@@ -162,7 +197,8 @@ def install_lists(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor
 
 @torch.no_grad()
 def build_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], *, seed: int,
-                     iters: int = 10, sample: int = 64) -> Tensor:
+                     iters: int = PartitionFitConfig.kmeans_iters,
+                     sample: int = PartitionFitConfig.kmeans_sample) -> Tensor:
     """k-means partitions and each label's own list entry; returns the
     assignment int64 [N]."""
     v = augmented(weight, bias)
@@ -175,6 +211,45 @@ def build_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Ten
     return assign
 
 
+@torch.no_grad()
+def label_homes(weight: Tensor, bias: Optional[Tensor], centroids: Tensor, chunk: int = 1 << 14) -> Tensor:
+    """Each label's own partition in a query-space index, int64 [N]: the
+    partition whose centroid (a typical query there) gives the label's logit
+    the largest z-score among all labels' logits at that centroid,
+    argmax_p (<[c_p, 1], v> - mean_p) / std_p with v = [w, b]. A raw argmax
+    of the logit would send every large-norm label to the few centroids of
+    largest norm; the z-score asks where the label stands out."""
+    v = augmented(weight, bias)
+    ca = torch.cat([centroids.to(torch.float32), centroids.new_ones(centroids.shape[0], 1, dtype=torch.float32)], 1)
+    mu = v.to(torch.float64).mean(0)
+    vc = v.to(torch.float64) - mu
+    cov = vc.T @ vc / max(1, v.shape[0])
+    ca64 = ca.to(torch.float64)
+    std = ((ca64 @ cov) * ca64).sum(1).clamp(min=1e-30).sqrt()
+    scale = (1.0 / std).to(torch.float32)
+    shift = (ca64 @ mu).to(torch.float32)
+    out = torch.empty(v.shape[0], dtype=torch.int64, device=v.device)
+    for s in range(0, v.shape[0], chunk):
+        out[s : s + chunk] = ((v[s : s + chunk] @ ca.T - shift) * scale).argmax(1)
+    return out
+
+
+@torch.no_grad()
+def build_query_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor, *,
+                           seed: int, iters: int = PartitionFitConfig.kmeans_iters,
+                           sample: int = PartitionFitConfig.kmeans_sample) -> Tensor:
+    """Query-space partitions: k-means of the queries, probed by L2
+    distance, each label listed in its home partition (label_homes);
+    returns the homes int64 [N]."""
+    gen = torch.Generator().manual_seed(seed)
+    c = kmeans(queries.to(torch.float32), index.num_partitions, iters=iters, sample=sample, gen=gen)
+    index.centroids = c.contiguous()
+    index.centroid_bias = (-0.5 * c.pow(2).sum(1)).contiguous()
+    home = label_homes(weight, bias, c)
+    install_lists(index, weight, bias, home, torch.arange(index.num_labels, device=weight.device))
+    return home
+
+
 def _probe(index: "PartitionIndex", queries: Tensor, n: int, chunk: int = 4096) -> Tensor:
     """The first n partitions each query probes, int64 [n_q, n]."""
     out = torch.empty(queries.shape[0], n, dtype=torch.int64, device=queries.device)
@@ -185,13 +260,14 @@ def _probe(index: "PartitionIndex", queries: Tensor, n: int, chunk: int = 4096) 
 
 
 def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Tensor, cfg: PartitionFitConfig,
-                cap: int) -> Tuple[Tensor, Tensor]:
+                cap: int, probes: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """(partition, label) entries to add: each valid label of y [n, m] into
     the first spill_probes partitions of its query, unless it is listed
     there already; at most cap per partition, most votes first, then
-    smaller label."""
+    smaller label. probes: the queries' first spill_probes partitions, if
+    already known."""
     N = index.num_labels
-    probes = _probe(index, queries, cfg.spill_probes)  # [n, s]
+    probes = _probe(index, queries, cfg.spill_probes) if probes is None else probes[:, : cfg.spill_probes]  # [n, s]
     part = probes.unsqueeze(2).expand(-1, -1, y.shape[1])
     lab = y.unsqueeze(1).expand_as(part)
     valid = lab >= 0
@@ -211,8 +287,8 @@ def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Ten
     return p[kept], l[kept]
 
 
-def _with_spill(index, weight, bias, assign, queries, y, cfg, cap) -> int:
-    sp, sl = spill_pairs(index, queries, y, assign, cfg, cap)
+def _with_spill(index, weight, bias, assign, queries, y, cfg, cap, probes=None) -> int:
+    sp, sl = spill_pairs(index, queries, y, assign, cfg, cap, probes)
     own = torch.arange(index.num_labels, device=assign.device)
     install_lists(index, weight, bias, torch.cat([assign, sp]), torch.cat([own, sl]))
     return int(sp.numel())
@@ -230,13 +306,14 @@ def scan_cost(rows: float, width: int) -> float:
     return rows * (width + 20)
 
 
-def setting_cost(rows: float, width: int, rerank: int, dim: int, weight_bytes: int) -> float:
+def setting_cost(rows: float, width: int, rerank: int, dim: int, weight_bytes: int, partitions: int = 0) -> float:
     """The modelled cost of one query at a setting, in streamed-byte units:
-    the scanned codes (scan_cost) and the exact rows (random reads of the
-    weight matrix; about twice a streamed byte each, as measured for
-    gathered_logits against the int8 scan on the AVX-512 machines here).
-    A model, not a timing, so that fit() stays a function of its inputs."""
-    return scan_cost(rows, width) + 2.0 * rerank * dim * weight_bytes
+    the centroids (partitions float32 rows of dim + 1 numbers), the scanned
+    codes (scan_cost) and the exact rows (random reads of the weight matrix;
+    about twice a streamed byte each, as measured for gathered_logits
+    against the int8 scan on the AVX-512 machines here). A model, not a
+    timing, so that fit() stays a function of its inputs."""
+    return partitions * (dim + 1) * 4.0 + scan_cost(rows, width) + 2.0 * rerank * dim * weight_bytes
 
 
 @torch.no_grad()
@@ -274,26 +351,43 @@ def held_out_precision(index: "PartitionIndex", weight: Tensor, bias: Optional[T
             "P@1 by rerank": by_rerank}
 
 
-def _reaching(calibration: List[Dict[str, object]], target: float, dim: int, weight_bytes: int):
+def _reaching(calibration: List[Dict[str, object]], target: float, dim: int, weight_bytes: int,
+              budget: float = float("inf")):
     """(setting_cost, calibration index, rerank) of every setting whose
-    held-out P@1 is >= target."""
+    held-out P@1 is >= target and whose cost is within budget."""
     for i, r in enumerate(calibration):
         for rr, p1 in r["P@1 by rerank"].items():
-            if p1 >= target - 1e-12:
-                yield setting_cost(r["rows"], r["width"], rr, dim, weight_bytes), i, rr
+            cost = setting_cost(r["rows"], r["width"], rr, dim, weight_bytes, r.get("partitions", 0))
+            if p1 >= target - 1e-12 and cost <= budget:
+                yield cost, i, rr
+
+
+def _within_budget(calibration: List[Dict[str, object]], dim: int, weight_bytes: int, budget: float):
+    """Held-out P@1 of every setting within budget."""
+    for r in calibration:
+        for rr, p1 in r["P@1 by rerank"].items():
+            if setting_cost(r["rows"], r["width"], rr, dim, weight_bytes, r.get("partitions", 0)) <= budget:
+                yield p1
 
 
 def choose_setting(calibration: List[Dict[str, object]], dense_p1: float, tolerance: float, *, dim: int,
-                   weight_bytes: int) -> Tuple[Dict[str, object], int, float]:
+                   weight_bytes: int, budget: float = float("inf")) -> Tuple[Dict[str, object], int, float]:
     """(calibration entry, rerank, target) of least setting_cost among the
-    settings whose held-out P@1 reaches the target min(best at full rerank,
-    dense) - tolerance (best over the settings tried: each walk up the nprobe
-    grid stops once more probes cannot be cheaper than a setting within
-    tolerance of dense); ties go to wider codes, fewer probes, then the
-    shorter list."""
-    target = min(max(r["P@1"] for r in calibration), dense_p1) - tolerance
-    _, i, rerank = min(_reaching(calibration, target, dim, weight_bytes),
-                       key=lambda c: (c[0], -calibration[c[1]]["code_dim"], calibration[c[1]]["nprobe"], c[2]))
+    settings within budget whose held-out P@1 reaches the target
+    min(best within budget, dense) - tolerance (best over the settings
+    tried: each walk up the nprobe grid stops once more probes cannot be
+    cheaper than a setting within tolerance of dense); ties go to wider
+    codes, the label space, fewer probes, then the shorter list. Where no
+    setting is within budget, the cheapest one tried."""
+    reached = list(_within_budget(calibration, dim, weight_bytes, budget))
+    if not reached:
+        _, i, rerank = min(_reaching(calibration, -1.0, dim, weight_bytes),
+                           key=lambda c: (c[0], calibration[c[1]]["nprobe"], c[2]))
+        return calibration[i], rerank, float(calibration[i]["P@1 by rerank"][rerank])
+    target = min(max(reached), dense_p1) - tolerance
+    _, i, rerank = min(_reaching(calibration, target, dim, weight_bytes, budget),
+                       key=lambda c: (c[0], -calibration[c[1]]["code_dim"],
+                                      SPACES.index(calibration[c[1]]["space"]), calibration[c[1]]["nprobe"], c[2]))
     return calibration[i], rerank, target
 
 
@@ -346,7 +440,9 @@ def dense_precision(weight: Tensor, bias: Optional[Tensor], queries: Tensor, y: 
 def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor, labels: Tensor,
                    *, max_candidates: int, seed: int = 0, **options) -> Tuple["PartitionIndex", PartitionFitReport]:
     """Fit an unbuilt PartitionIndex to (query, label) pairs; see the module
-    docstring. Returns (the index, fitted, and a report)."""
+    docstring. Returns (an index, fitted, and a report): `index` itself
+    when the label space is chosen, else a query-space index with the same
+    configuration (and its own partition count unless the user set one)."""
     from .training import labels_matrix
 
     unknown = set(options) - set(PartitionFitConfig.__dataclass_fields__)
@@ -359,6 +455,12 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     checks.integer("max_nprobe", cfg.max_nprobe, 1)
     if cfg.spill_cap is not None:
         checks.integer("spill_cap", cfg.spill_cap, 0)
+    spaces = tuple(cfg.spaces) if isinstance(cfg.spaces, (tuple, list)) else (cfg.spaces,)
+    if not spaces or any(sp not in SPACES for sp in spaces) or len(set(spaces)) != len(spaces):
+        raise ValueError(f"spaces must be a non-empty tuple of distinct names from {SPACES}, got {cfg.spaces!r}")
+    if not isinstance(cfg.max_cost, (int, float)) or isinstance(cfg.max_cost, bool) or not cfg.max_cost > 0:
+        raise ValueError(f"max_cost must be a number > 0 (a fraction of the dense layer's weight bytes), "
+                         f"got {cfg.max_cost!r}")
     checks.tensor("queries", queries, 2, checks.FLOAT_DTYPES, f"[n, {index.dim}] floating point")
     if queries.shape[1] != index.dim:
         raise ValueError(f"queries must be [n, in_features = {index.dim}], got {tuple(queries.shape)}")
@@ -369,78 +471,125 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     y = labels_matrix(labels, queries.shape[0], index.num_labels).to(device)
     log = _logger(cfg.progress)
     report = PartitionFitReport()
-
-    t = time.perf_counter()
-    assign = build_partitions(index, weight, bias, seed=seed, iters=cfg.kmeans_iters, sample=cfg.kmeans_sample)
-    report.seconds["partitions"] = time.perf_counter() - t
-    log(f"k-means: {index.num_partitions} partitions of {index.num_labels:,} labels "
-        f"({report.seconds['partitions']:.1f} s)")
     # No cap by default: the spilled rows are at most spill_probes per pair,
     # and a cap starves exactly the partitions the queries probe most.
     cap = cfg.spill_cap if cfg.spill_cap is not None else queries.shape[0] * max(1, cfg.spill_probes)
 
-    t = time.perf_counter()
     n = queries.shape[0]
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen).to(device)
     n_hold = min(cfg.holdout, n // 5)
     hold, train = perm[:n_hold].sort().values, perm[n_hold:].sort().values
-    if index.nprobe_override or n_hold == 0:
-        report.nprobe = index.nprobe
+    calibrate = not index.nprobe_override and n_hold > 0
+    if not calibrate:  # nothing to choose a space by: the label space where allowed
+        spaces = ("labels",) if "labels" in spaces else spaces[:1]
+    report.seconds["partitions"] = 0.0
+
+    def build(space):
+        t = time.perf_counter()
+        if space == "labels":
+            idx = index
+            home = build_partitions(idx, weight, bias, seed=seed, iters=cfg.kmeans_iters, sample=cfg.kmeans_sample)
+        else:
+            idx = query_space_index(index, train.numel())
+            home = build_query_partitions(idx, weight, bias, queries[train], seed=seed, iters=cfg.kmeans_iters,
+                                          sample=cfg.kmeans_sample)
+        report.seconds["partitions"] += time.perf_counter() - t
+        spill_probes[space] = _probe(idx, queries, cfg.spill_probes) if cfg.spill_probes else None
+        log(f"k-means ({space} space): {idx.num_partitions} partitions of {index.num_labels:,} labels "
+            f"({time.perf_counter() - t:.1f} s)")
+        return idx, home
+
+    built, spill_probes = {}, {}  # per space: (index, homes), every query's first spill_probes partitions
+    t = time.perf_counter()
+    if not calibrate:
+        built[spaces[0]] = build(spaces[0])
+        report.space = spaces[0]
+        report.nprobe = built[spaces[0]][0].nprobe
     else:
-        # Calibrate on held-out queries whose labels were not spilled from them.
-        if cfg.spill_probes:
-            _with_spill(index, weight, bias, assign, queries[train], y[train], cfg, cap)
-        grid = [p for p in (2**i for i in range(0, 31)) if p <= min(cfg.max_nprobe, index.num_partitions)]
+        grid_all = [p for p in (2**i for i in range(0, 31)) if p <= cfg.max_nprobe]
         reranks = rerank_grid(max_candidates) if cfg.calibrate_rerank else [max_candidates]
         report.dense_p1 = dense_precision(weight, bias, queries[hold], y[hold])
-        log(f"calibration: dense P@1 on the held-out pairs {report.dense_p1:.4f}")
+        wbytes = weight.element_size()
+        report.budget = budget = cfg.max_cost * index.num_labels * index.dim * wbytes
+        log(f"calibration: dense P@1 on the held-out pairs {report.dense_p1:.4f}; settings may cost up to "
+            f"{cfg.max_cost:g} of the dense layer's {index.num_labels * index.dim * wbytes / 1e6:.1f} MB")
         dims = code_dims(index.dim) if cfg.project_codes else [index.dim]
         directions = principal_directions(weight, max(dims[1:])) if len(dims) > 1 else None
-        # The held-out queries' probes at the largest nprobe, once: the first
-        # p columns are their probes at p (best first), for every code dim.
-        probes = _probe(index, queries[hold], grid[-1])
-        sizes = (index.list_offsets[1:] - index.list_offsets[:-1]).to(torch.float64)
-        rows_at = {p: float(sizes[probes[:, :p]].sum()) / max(1, n_hold) for p in grid}
-        wbytes = weight.element_size()
-        for dim in dims:
-            set_code_projection(index, weight, bias, None if dim == index.dim else directions[:, :dim])
-            width = index.codes.shape[1]
-            for p in grid:
-                # Stop once a setting is within tolerance of dense and this
-                # probe count's scan alone would cost more than it: probed
-                # rows only grow with nprobe.
-                within = [c for c, _, _ in _reaching(report.calibration, report.dense_p1 - cfg.tolerance, index.dim,
-                                                     wbytes)]
-                if within and scan_cost(rows_at[p], width) >= min(within):
-                    break
-                r = held_out_precision(index, weight, bias, queries[hold], y[hold], max_candidates, p, reranks,
-                                       probes=probes)
-                r.update(code_dim=dim, width=width)
-                report.calibration.append(r)
-                shorter = ", ".join(f"{k}: {v:.4f}" for k, v in r["P@1 by rerank"].items() if k != max_candidates)
-                log(f"calibration: codes of {dim} dims, nprobe {p} ({r['rows']:.0f} rows): held-out P@1 "
-                    f"{r['P@1']:.4f}, label among candidates {r['recall']:.4f}"
-                    + (f"; first R exact: {shorter}" if shorter else ""))
-        chosen, rerank, _ = choose_setting(report.calibration, report.dense_p1, cfg.tolerance, dim=index.dim,
-                                           weight_bytes=wbytes)
-        report.nprobe, report.code_dim = chosen["nprobe"], chosen["code_dim"]
+        for space in spaces:
+            idx, home = built[space] = build(space)
+            # Calibrate on held-out queries whose labels were not spilled from them.
+            if cfg.spill_probes:
+                _with_spill(idx, weight, bias, home, queries[train], y[train], cfg, cap, spill_probes[space][train])
+            grid = [p for p in grid_all if p <= idx.num_partitions]
+            # The held-out queries' probes at the largest nprobe, once: the first
+            # p columns are their probes at p (best first), for every code dim.
+            probes = _probe(idx, queries[hold], grid[-1])
+            sizes = (idx.list_offsets[1:] - idx.list_offsets[:-1]).to(torch.float64)
+            rows_at = {p: float(sizes[probes[:, :p]].sum()) / max(1, n_hold) for p in grid}
+            for dim in dims:
+                set_code_projection(idx, weight, bias, None if dim == index.dim else directions[:, :dim])
+                width = idx.codes.shape[1]
+                for p in grid:
+                    # Stop once a setting is within tolerance of dense and this
+                    # probe count's scan alone would cost more than it (probed
+                    # rows only grow with nprobe), or the scan leaves the budget.
+                    within = [c for c, _, _ in _reaching(report.calibration, report.dense_p1 - cfg.tolerance,
+                                                         index.dim, wbytes, budget)]
+                    scan = scan_cost(rows_at[p], width) + idx.num_partitions * (index.dim + 1) * 4.0
+                    if (within and scan >= min(within)) or (scan > budget and p > grid[0]):
+                        break
+                    r = held_out_precision(idx, weight, bias, queries[hold], y[hold], max_candidates, p, reranks,
+                                           probes=probes)
+                    r.update(space=space, partitions=idx.num_partitions, code_dim=dim, width=width)
+                    report.calibration.append(r)
+                    shorter = ", ".join(f"{k}: {v:.4f}" for k, v in r["P@1 by rerank"].items() if k != max_candidates)
+                    log(f"calibration: {space} space, codes of {dim} dims, nprobe {p} ({r['rows']:.0f} rows): "
+                        f"held-out P@1 {r['P@1']:.4f}, label among candidates {r['recall']:.4f}"
+                        + (f"; first R exact: {shorter}" if shorter else ""))
+        chosen, rerank, report.target = choose_setting(report.calibration, report.dense_p1, cfg.tolerance,
+                                                       dim=index.dim, weight_bytes=wbytes, budget=budget)
+        report.space, report.nprobe, report.code_dim = chosen["space"], chosen["nprobe"], chosen["code_dim"]
         report.rerank = None if rerank >= max_candidates else rerank
-        set_code_projection(index, weight, bias,
+        if report.target < report.dense_p1 - cfg.tolerance - 1e-12:
+            log(f"calibration: the settings tried (nprobe <= {cfg.max_nprobe}, cost <= {cfg.max_cost:g} of dense) reach "
+                f"held-out P@1 {report.target + cfg.tolerance:.4f}, {report.dense_p1 - report.target - cfg.tolerance:.4f} "
+                "below the dense layer's")
+        idx = built[report.space][0]
+        set_code_projection(idx, weight, bias,
                             directions[:, : report.code_dim] if report.code_dim != index.dim else None)
-    index.nprobe = report.nprobe
-    index.rerank = report.rerank
-    report.seconds["calibration"] = time.perf_counter() - t
+    idx, home = built[report.space]
+    report.num_partitions = idx.num_partitions
+    idx.nprobe = report.nprobe
+    idx.rerank = report.rerank
+    report.seconds["calibration"] = time.perf_counter() - t - report.seconds["partitions"]
 
     t = time.perf_counter()
-    report.spilled = _with_spill(index, weight, bias, assign, queries, y, cfg, cap) if cfg.spill_probes else 0
+    report.spilled = (_with_spill(idx, weight, bias, home, queries, y, cfg, cap, spill_probes[report.space])
+                      if cfg.spill_probes else 0)
     report.seconds["spill"] = time.perf_counter() - t
-    index.fitted = True
-    report.index = index
-    log(f"fit: nprobe {index.nprobe}, codes of {report.code_dim or index.dim} dims, exact logits for "
-        f"{index.rerank or max_candidates} of {max_candidates} candidates in predict(), {report.spilled:,} spilled rows ({index.list_ids.numel():,} rows), "
+    idx.fitted = True
+    report.index = idx
+    log(f"fit: {report.space} space, {idx.num_partitions} partitions, nprobe {idx.nprobe}, codes of "
+        f"{report.code_dim or index.dim} dims, exact logits for {idx.rerank or max_candidates} of {max_candidates} "
+        f"candidates in predict(), {report.spilled:,} spilled rows ({idx.list_ids.numel():,} rows), "
         f"{report.total_seconds:.1f} s")
-    return index, report
+    return idx, report
+
+
+def query_space_index(index: "PartitionIndex", num_queries: int) -> "PartitionIndex":
+    """An unbuilt query-space index like `index`: its partition count where
+    the user set one, else default_partitions of the number of queries
+    clustered (the same rule as for labels, on the points clustered)."""
+    from .index import PartitionIndex, default_partitions
+
+    p = index.num_partitions if index.partitions_override else min(default_partitions(num_queries), index.num_labels)
+    out = PartitionIndex(index.num_labels, index.dim, num_partitions=p,
+                         nprobe=index.nprobe if index.nprobe_override else None, seed=index.seed,
+                         device=index.centroids.device)
+    out.partitions_override = index.partitions_override
+    out.space = "queries"
+    return out
 
 
 def _logger(enabled: bool):

@@ -11,7 +11,7 @@ import torch
 import lsskernels as lss
 from lsskernels.data import make_synthetic_task
 from lsskernels.index import PartitionIndex, SimHashIndex, default_partitions, make_index
-from lsskernels.partitions import PartitionFitConfig, rerank_grid, setting_cost
+from lsskernels.partitions import PartitionFitConfig, label_homes, rerank_grid, setting_cost
 from lsskernels.training import label_recall
 
 
@@ -68,26 +68,120 @@ def test_fit_spill_and_calibration_beat_the_unfitted_index(task):
 def test_calibration_picks_the_cheapest_setting_that_reaches_the_target(task):
     layer = layer_for(task)
     report = layer.fit(task.train_x, task.train_y, progress=False)
-    grid = [row["nprobe"] for row in report.calibration]
-    assert grid == sorted(grid) and grid[0] == 1 and layer.index.nprobe == report.nprobe in grid
+    # The query space's walk may stop before its first probe count: its
+    # centroids and lists alone can cost more than a label-space setting
+    # that is within tolerance of dense already.
+    assert "labels" in {row["space"] for row in report.calibration} <= {"labels", "queries"}
+    for space in {row["space"] for row in report.calibration}:
+        grid = [row["nprobe"] for row in report.calibration if row["space"] == space]
+        assert grid == sorted(grid) and grid[0] == 1
+    assert layer.index.nprobe == report.nprobe and layer.index.space == report.space
     assert 0 < report.dense_p1 <= 1
-    tol = PartitionFitConfig().tolerance
-    target = min(max(row["P@1"] for row in report.calibration), report.dense_p1) - tol
+    d = task.weight.shape[1]
+    assert report.budget == PartitionFitConfig().max_cost * task.num_labels * d * 4
+    cost = lambda row, r: setting_cost(row["rows"], row["width"], r, d, 4, row["partitions"])
+    affordable = [p1 for row in report.calibration for r, p1 in row["P@1 by rerank"].items()
+                  if cost(row, r) <= report.budget]
+    target = min(max(affordable), report.dense_p1) - PartitionFitConfig().tolerance
+    assert report.target == pytest.approx(target)
     rerank = report.rerank or layer.max_candidates
     assert layer.index.rerank == report.rerank and rerank in rerank_grid(layer.max_candidates)
-    d = task.weight.shape[1]
-    cost = lambda row, r: setting_cost(row["rows"], row["width"], r, d, 4)
-    chosen = next(row for row in report.calibration
-                  if row["nprobe"] == report.nprobe and row["code_dim"] == (report.code_dim or d))
-    assert chosen["P@1 by rerank"][rerank] >= target - 1e-12
-    # No other setting that reaches the target is modelled cheaper.
+    chosen = next(row for row in report.calibration if row["space"] == report.space
+                  and row["nprobe"] == report.nprobe and row["code_dim"] == (report.code_dim or d))
+    assert chosen["P@1 by rerank"][rerank] >= target - 1e-12 and cost(chosen, rerank) <= report.budget
+    assert chosen["partitions"] == layer.index.num_partitions == report.num_partitions
+    # No other setting within budget that reaches the target is modelled cheaper.
     for row in report.calibration:
         for r, p1 in row["P@1 by rerank"].items():
-            if p1 >= target - 1e-12:
+            if p1 >= target - 1e-12 and cost(row, r) <= report.budget:
                 assert cost(row, r) >= cost(chosen, rerank)
     # Off: every candidate is scored exactly.
     plain = layer_for(task)
     assert plain.fit(task.train_x, task.train_y, progress=False, calibrate_rerank=False).rerank is None
+
+
+def test_the_cost_budget_bounds_the_chosen_setting(task):
+    d = task.weight.shape[1]
+    cost = lambda row, r: setting_cost(row["rows"], row["width"], r, d, 4, row["partitions"])
+    dense_bytes = task.num_labels * d * 4
+
+    def chosen_cost(report):
+        row = next(row for row in report.calibration if row["nprobe"] == report.nprobe
+                   and row["code_dim"] == (report.code_dim or d))
+        return cost(row, report.rerank or 40)
+
+    # Without spill (and with every candidate scored exactly) it takes several probes.
+    opts = {"progress": False, "spaces": ("labels",), "spill_probes": 0, "calibrate_rerank": False}
+    free = layer_for(task).fit(task.train_x, task.train_y, max_cost=100.0, **opts)
+    assert free.nprobe > 1
+    # A budget below what the unbounded calibration chose (above its cheapest setting).
+    cheapest = min(cost(row, r) for row in free.calibration for r in row["P@1 by rerank"])
+    limit = 0.5 * (cheapest + chosen_cost(free))
+    report = layer_for(task).fit(task.train_x, task.train_y, max_cost=limit / dense_bytes, **opts)
+    assert report.budget == pytest.approx(limit)
+    assert chosen_cost(report) <= report.budget
+    # It binds (so this test can fail): fewer probes than without it.
+    assert report.nprobe < free.nprobe and report.target < free.target
+
+
+def test_label_homes_are_where_a_label_stands_out():
+    # Two centroids; label 0's logit is the largest at centroid 1, but it
+    # stands out at centroid 0, where every other label scores low.
+    c = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    w = torch.tensor([[2.0, 3.0], [0.0, 4.0], [0.1, 4.2], [-0.1, 3.9], [0.05, 4.1]])
+    homes = label_homes(w, None, c)
+    assert int(homes[0]) == 0 and (homes[1:] == 1).all()
+    assert int((w @ c.T)[0].argmax()) == 1  # a raw argmax would have sent it to 1
+
+
+def test_query_space_partitions_spill_and_round_trip(task):
+    n_train = task.train_x.shape[0] - min(PartitionFitConfig().holdout, task.train_x.shape[0] // 5)
+    layer = layer_for(task).eval()
+    report = layer.fit(task.train_x, task.train_y, progress=False, spaces=("queries",))
+    idx = layer.index
+    assert report.space == idx.space == "queries" and idx.num_partitions == default_partitions(n_train)
+    # Probed by L2 distance to the centroids of the queries.
+    torch.testing.assert_close(idx.centroid_bias, -0.5 * idx.centroids.pow(2).sum(1))
+    x = task.test_x[:100]
+    probes = lss.partition_probe(x, idx.centroids, idx.centroid_bias, 3).long()
+    assert torch.equal(probes, torch.cdist(x, idx.centroids).topk(3, largest=False).indices)
+    # Every label is in its home list.
+    homes = label_homes(task.weight, task.bias, idx.centroids)
+    part = torch.repeat_interleave(torch.arange(idx.num_partitions), (idx.list_offsets[1:] - idx.list_offsets[:-1]).long())
+    listed = set((part * task.num_labels + idx.list_ids.long()).tolist())
+    assert all(int(h) * task.num_labels + l in listed for l, h in enumerate(homes.tolist()))
+    # Spill raises recall at the same probes (so it does something).
+    y = task.test_y.unsqueeze(1)
+    spilled, plain = layer_for(task, nprobe=2), layer_for(task, nprobe=2)
+    spilled.fit(task.train_x, task.train_y, progress=False, spaces=("queries",))
+    plain.fit(task.train_x, task.train_y, progress=False, spaces=("queries",), spill_probes=0)
+    assert spilled.index.space == plain.index.space == "queries"
+    assert label_recall(spilled, task.test_x, y)[0] > label_recall(plain, task.test_x, y)[0] + 0.03
+    # Saved and loaded into a default layer (another partition count): exact.
+    buf = io.BytesIO()
+    torch.save(layer.state_dict(), buf)
+    buf.seek(0)
+    fresh = lss.LSSLinear(task.weight.shape[1], task.num_labels, max_candidates=40)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert fresh.index.space == "queries" and fresh.index.num_partitions == idx.num_partitions
+    for backend in (None, "reference", "cpu"):
+        fresh.backend = backend
+        assert torch.equal(fresh.predict(x, 5)[1], layer.predict(x, 5)[1]), backend
+    # A partition count the user set is kept in the query space too.
+    fixed = layer_for(task, num_partitions=64)
+    fixed.fit(task.train_x, task.train_y, progress=False, spaces=("queries",))
+    assert fixed.index.num_partitions == 64 and fixed.index.space == "queries"
+
+
+@pytest.mark.parametrize("opts,match", [
+    ({"spaces": ("labels", "words")}, r"spaces must be a non-empty tuple of distinct names"),
+    ({"spaces": ()}, r"spaces must be a non-empty tuple"),
+    ({"max_cost": 0}, r"max_cost must be a number > 0"),
+    ({"max_cost": "all"}, r"max_cost must be a number > 0"),
+])
+def test_bad_fit_options_raise_clear_errors(task, opts, match):
+    with pytest.raises(ValueError, match=match):
+        layer_for(task).fit(task.train_x, task.train_y, progress=False, **opts)
 
 
 def test_predict_scores_exactly_the_calibrated_prefix_of_the_candidates(task):
@@ -255,13 +349,14 @@ def test_fit_takes_principal_direction_codes_where_they_cost_less(low_rank_task)
 
 def test_a_0_2_partition_state_dict_without_code_projection_loads(task):
     layer = layer_for(task)
-    layer.fit(task.train_x, task.train_y, progress=False)
+    layer.fit(task.train_x, task.train_y, progress=False, spaces=("labels",))  # 0.2 had the label space only
     sd = dict(layer.state_dict())
     del sd["index.code_proj"]  # 0.2 had no code projection
-    sd["index._extra_state"] = {k: v for k, v in sd["index._extra_state"].items() if k != "rerank"}
+    sd["index._extra_state"] = {k: v for k, v in sd["index._extra_state"].items()
+                                if k not in ("rerank", "space", "partitions_set")}
     fresh = lss.LSSLinear(task.weight.shape[1], task.num_labels, max_candidates=40)
     fresh.load_state_dict(sd)
-    assert fresh.index.code_proj.numel() == 0 and fresh.index.rerank is None
+    assert fresh.index.code_proj.numel() == 0 and fresh.index.rerank is None and fresh.index.space == "labels"
     layer.index.rerank = None
     x = task.test_x[:100]
     assert torch.equal(fresh.predict(x, 3)[1], layer.predict(x, 3)[1])
