@@ -6,7 +6,8 @@
 //   AVX-512 VNNI  vpdpbusd: unsigned x signed bytes, so the codes are offset
 //                 by +128 (xor 0x80) and 128 * sum(q) is taken off the sum
 //   AVX-512 BW    codes widened to int16 (vpmovsxbw), vpmaddwd with q16
-//   AVX2          the same, 16 codes per instruction
+//   AVX2          vpmaddubsw of |q| and the codes signed by q (vpsignb),
+//                 32 codes per instruction, no saturation (|values| <= 127)
 //   generic       plain C++ (the compiler vectorises it for the baseline ISA)
 //
 // LSS_CPU_ISA=avx512bw keeps AVX-512 but skips VNNI, so that path runs on a
@@ -254,21 +255,29 @@ LSS_TARGET_AVX2 inline __m128i reduce4_epi32_avx2(__m256i a0, __m256i a1, __m256
   return _mm_add_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
 }
 
-LSS_TARGET_AVX2 inline __m256i wide16(const int8_t* r) {
-  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r)));
+// Exact int8 dots without widening the codes: vpmaddubsw multiplies |q|
+// (unsigned) by the codes carrying q's sign (vpsignb) and adds pairs into
+// int16, which cannot saturate (|q|, |code| <= 127: 2 * 127 * 127 = 32258);
+// vpmaddwd with ones widens the pairs to int32. Three instructions per 32
+// codes of a row instead of six for vpmovsxbw + vpmaddwd + add per 16.
+LSS_TARGET_AVX2 inline __m256i dot32_avx2(__m256i acc, const int8_t* r, __m256i qv, __m256i qa, __m256i ones) {
+  const __m256i c = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r)), qv);
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(qa, c), ones));
 }
 
 template <int64_t kWidth>
-LSS_TARGET_AVX2 inline __m128i dot4_avx2(const int16_t* q16, const int8_t* r0, const int8_t* r1, const int8_t* r2,
+LSS_TARGET_AVX2 inline __m128i dot4_avx2(const int8_t* q, const int8_t* r0, const int8_t* r1, const int8_t* r2,
                                          const int8_t* r3, int64_t runtime_width) {
   const int64_t width = kWidth > 0 ? kWidth : runtime_width;
+  const __m256i ones = _mm256_set1_epi16(1);
   __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-  for (int64_t j = 0; j < width; j += 16) {
-    const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q16 + j));
-    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(wide16(r0 + j), qv));
-    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(wide16(r1 + j), qv));
-    a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(wide16(r2 + j), qv));
-    a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(wide16(r3 + j), qv));
+  for (int64_t j = 0; j < width; j += 32) {
+    const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + j));
+    const __m256i qa = _mm256_abs_epi8(qv);
+    a0 = dot32_avx2(a0, r0 + j, qv, qa, ones);
+    a1 = dot32_avx2(a1, r1 + j, qv, qa, ones);
+    a2 = dot32_avx2(a2, r2 + j, qv, qa, ones);
+    a3 = dot32_avx2(a3, r3 + j, qv, qa, ones);
   }
   return reduce4_epi32_avx2(a0, a1, a2, a3);
 }
@@ -318,8 +327,8 @@ LSS_TARGET_AVX2 bool score_rows_avx2(const QuantizedQuery& q, const int8_t* code
     const int64_t rows = std::min<int64_t>(8, n - b);
     const int8_t* r[8];
     for (int64_t i = 0; i < 8; ++i) r[i] = codes + (b + std::min<int64_t>(i, rows - 1)) * width;
-    const __m128i lo = dot4_avx2<kWidth>(q.q16, r[0], r[1], r[2], r[3], width);
-    const __m128i hi = rows > 4 ? dot4_avx2<kWidth>(q.q16, r[4], r[5], r[6], r[7], width) : lo;
+    const __m128i lo = dot4_avx2<kWidth>(q.q, r[0], r[1], r[2], r[3], width);
+    const __m128i hi = rows > 4 ? dot4_avx2<kWidth>(q.q, r[4], r[5], r[6], r[7], width) : lo;
     ok &= keys8_avx2(_mm256_set_m128i(hi, lo), rows, q.scale, scales + b, bias + b, ids + b, num_labels, keys + b);
   }
   return ok;

@@ -17,8 +17,8 @@
 namespace lss::cpu {
 
 // One quantized query, as the kernels read it. q is zero-padded to a multiple
-// of 64 entries past `width`; q16 holds the same values as int16 (the AVX2 /
-// AVX-512 BW kernels widen the codes to int16 and madd). sum is the sum of q,
+// of 64 entries past `width`; q16 holds the same values as int16 (the
+// AVX-512 BW kernel widens the codes to int16 and madds). sum is the sum of q,
 // which the VNNI kernel needs for its unsigned-operand offset.
 struct QuantizedQuery {
   const int8_t* q;
