@@ -58,6 +58,7 @@ CASES = [
     (5, 129, 4099, 30, 5, 64, 40),     # Dp = 160 (any width), N not a multiple of 32
     (4, 256, 1000, 20, 4, 30, 40),     # Dp = 256
     (17, 70, 1000, 8, 16, 7, 25),      # nprobe > P: repeated partitions; Dp = 96
+    (70, 128, 3000, 24, 6, 40, 60),    # a batch scored partition-major, many queries per partition
 ]
 
 
