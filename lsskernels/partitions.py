@@ -496,8 +496,8 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
                                           sample=cfg.kmeans_sample)
         report.seconds["partitions"] += time.perf_counter() - t
         spill_probes[space] = _probe(idx, queries, cfg.spill_probes) if cfg.spill_probes else None
-        log(f"k-means ({space} space): {idx.num_partitions} partitions of {index.num_labels:,} labels "
-            f"({time.perf_counter() - t:.1f} s)")
+        points = f"{index.num_labels:,} labels" if space == "labels" else f"{train.numel():,} training queries"
+        log(f"k-means ({space} space): {idx.num_partitions} partitions of {points} ({time.perf_counter() - t:.1f} s)")
         return idx, home
 
     built, spill_probes = {}, {}  # per space: (index, homes), every query's first spill_probes partitions
