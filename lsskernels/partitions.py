@@ -483,6 +483,13 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     calibrate = not index.nprobe_override and n_hold > 0
     if not calibrate:  # nothing to choose a space by: the label space where allowed
         spaces = ("labels",) if "labels" in spaces else spaces[:1]
+    # k-means of the queries needs a query per partition at least.
+    p_queries = query_space_partitions(index, train.numel())
+    if "queries" in spaces and train.numel() < p_queries:
+        if spaces == ("queries",):
+            raise ValueError(f"the query space needs at least num_partitions = {p_queries} training queries "
+                             f"(after holding out {n_hold}), got {train.numel()}")
+        spaces = tuple(sp for sp in spaces if sp != "queries")
     report.seconds["partitions"] = 0.0
 
     def build(space):
@@ -495,7 +502,8 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
             home = build_query_partitions(idx, weight, bias, queries[train], seed=seed, iters=cfg.kmeans_iters,
                                           sample=cfg.kmeans_sample)
         report.seconds["partitions"] += time.perf_counter() - t
-        spill_probes[space] = _probe(idx, queries, cfg.spill_probes) if cfg.spill_probes else None
+        spill_probes[space] = (_probe(idx, queries, min(cfg.spill_probes, idx.num_partitions))
+                               if cfg.spill_probes else None)
         points = f"{index.num_labels:,} labels" if space == "labels" else f"{train.numel():,} training queries"
         log(f"k-means ({space} space): {idx.num_partitions} partitions of {points} ({time.perf_counter() - t:.1f} s)")
         return idx, home
@@ -577,13 +585,24 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     return idx, report
 
 
+def query_space_partitions(index: "PartitionIndex", num_queries: int) -> int:
+    """Partitions of a query-space index: the user's count where they set
+    one, else default_partitions of the number of queries clustered (the
+    same rule as for labels, on the points clustered), at most N."""
+    from .index import default_partitions
+
+    if index.partitions_override:
+        return index.num_partitions
+    return min(default_partitions(max(1, num_queries)), index.num_labels)
+
+
 def query_space_index(index: "PartitionIndex", num_queries: int) -> "PartitionIndex":
     """An unbuilt query-space index like `index`: its partition count where
     the user set one, else default_partitions of the number of queries
     clustered (the same rule as for labels, on the points clustered)."""
-    from .index import PartitionIndex, default_partitions
+    from .index import PartitionIndex
 
-    p = index.num_partitions if index.partitions_override else min(default_partitions(num_queries), index.num_labels)
+    p = query_space_partitions(index, num_queries)
     out = PartitionIndex(index.num_labels, index.dim, num_partitions=p,
                          nprobe=index.nprobe if index.nprobe_override else None, seed=index.seed,
                          device=index.centroids.device)

@@ -173,6 +173,19 @@ def test_query_space_partitions_spill_and_round_trip(task):
     assert fixed.index.num_partitions == 64 and fixed.index.space == "queries"
 
 
+def test_too_few_queries_for_the_query_space(task):
+    # 60 pairs, 12 held out: 48 queries cannot make 64 partitions. Both
+    # spaces: the label space alone; the query space alone: a clear error.
+    x, y = task.train_x[:60], task.train_y[:60]
+    report = layer_for(task, num_partitions=64).fit(x, y, progress=False)
+    assert report.space == "labels" and {row["space"] for row in report.calibration} == {"labels"}
+    with pytest.raises(ValueError, match=r"the query space needs at least num_partitions = 64 training queries"):
+        layer_for(task, num_partitions=64).fit(x, y, progress=False, spaces=("queries",))
+    # The default count for 48 queries (at most one partition per 8) works.
+    small = layer_for(task).fit(x, y, progress=False, spaces=("queries",))
+    assert small.space == "queries" and small.num_partitions == default_partitions(48)
+
+
 @pytest.mark.parametrize("opts,match", [
     ({"spaces": ("labels", "words")}, r"spaces must be a non-empty tuple of distinct names"),
     ({"spaces": ()}, r"spaces must be a non-empty tuple"),
