@@ -4,10 +4,11 @@ An index owns a hash family, its parameters and its tables; the layer owns
 the weights and passes them in. Two families:
 
 * ``PartitionIndex`` (family ``"partitions"``, the default): data-dependent
-  partitions (k-means) of the bias-augmented label vectors ``[w, b]``, int8
-  codes of every label stored contiguously by partition, and, after
-  ``fit()``, label-superior spill (each training label is also listed in
-  the partitions its training queries probe first). A query probes its
+  partitions (k-means) of the bias-augmented label vectors ``[w, b]`` (or,
+  where ``fit()`` finds it cheaper, of the training queries, probed by L2
+  distance), int8 codes of every label stored contiguously by partition,
+  and, after ``fit()``, label-superior spill (each training label is also
+  listed in the partitions its training queries probe first). A query probes its
   best partitions (``partition_probe``), scores their codes
   (``quantized_candidates``) and keeps the best ``max_candidates``, whose
   exact logits ``gathered_logits`` computes. Built in
@@ -279,8 +280,10 @@ def default_nprobe(num_partitions: int) -> int:
 
 
 class PartitionIndex(LSSIndex):
-    """k-means partitions of [w, b] with int8 codes per partition and
-    label-superior spill after fit(). Buffers:
+    """k-means partitions with int8 codes per partition and label-superior
+    spill after fit(); the partitions are of [w, b] (space "labels") or,
+    after fit(), possibly of the training queries (space "queries",
+    centroid_bias = -|c|^2 / 2: probed by L2 distance). Buffers:
 
     centroids [P, d] and centroid_bias [P] (float32): a query x scores
         partition p by <x, centroids[p]> + centroid_bias[p];
