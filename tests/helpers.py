@@ -23,6 +23,8 @@ GRAD_TOLERANCES = {
     torch.float16: dict(rtol=5e-3, atol=1e-2),
 }
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+# The Triton interpreter cases' dtypes (fp32 first: the kernels' main type).
+TRITON_FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
 def gen(seed: int) -> torch.Generator:
@@ -149,6 +151,20 @@ def random_bitmap(batch: int, num_labels: int, density: float, seed: int) -> tor
     """A packed candidate bitmap [B, ceil(N / 32)] with about `density` of the bits set."""
     dense = torch.rand(batch, num_labels, generator=gen(seed)) < density
     return reference.pack_bitmap(dense)
+
+
+def packed_topk_problem(batch: int, num_labels: int, density: float, seed: int, dtype=torch.float32):
+    """(values, row_ptr, bitmap) of a topk_packed call: about `density` of
+    the bits set, the last row empty, a NaN and a tie among the first values."""
+    dense = torch.rand(batch, num_labels, generator=gen(seed)) < density
+    dense[-1] = False
+    nnz = int(dense.sum())
+    values = randn(nnz, seed=seed + 1, dtype=dtype)
+    if nnz > 3:
+        values[0], values[1], values[2] = float("nan"), 0.25, 0.25
+    row_ptr = torch.zeros(batch + 1, dtype=torch.int64)
+    row_ptr[1:] = dense.sum(1).cumsum(0)
+    return values, row_ptr, reference.pack_bitmap(dense)
 
 
 def leaves(*tensors):

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterator, Tuple
 
 import torch
 
-from helpers import gen, random_ids, random_query_codes, randn, random_tables
+from helpers import gen, packed_topk_problem, random_ids, random_query_codes, randn, random_tables
 from lsskernels import reference
 
 
@@ -149,16 +149,8 @@ def samples_topk_packed(dtype) -> Iterator[Sample]:
     """(values [nnz], row_ptr int64 [B + 1], bitmap, k)."""
     for B, N, density, k in _cases([(1, 37, 0.3, 3), (4, 70, 0.3, 30), (37, 3000, 0.05, 64)],
                                    [(3, 100_000, 0.05, 2500)]):
-        seed = B * 17 + N + k
-        dense = torch.rand(B, N, generator=gen(seed)) < density
-        dense[-1] = False
-        nnz = int(dense.sum())
-        values = randn(nnz, seed=seed + 1, dtype=dtype)
-        if nnz > 3:
-            values[0], values[1], values[2] = float("nan"), 0.25, 0.25
-        row_ptr = torch.zeros(B + 1, dtype=torch.int64)
-        row_ptr[1:] = dense.sum(1).cumsum(0)
-        yield Sample(f"B{B}-N{N}-density{density}-k{k}", (values, row_ptr, reference.pack_bitmap(dense), k))
+        values, row_ptr, bitmap = packed_topk_problem(B, N, density, B * 17 + N + k, dtype)
+        yield Sample(f"B{B}-N{N}-density{density}-k{k}", (values, row_ptr, bitmap, k))
 
 
 # -------------------------------------------------------- partition_probe

@@ -14,7 +14,7 @@ import torch
 import lsskernels as lss
 from lsskernels import reference
 from backends import ISA_CHILD, cpu_isa_child, on, on_backends_but_triton, on_triton, require_backend
-from helpers import FLOAT_DTYPES, GRAD_TOLERANCES, TOLERANCES, gen, leaves, randn, random_bitmap
+from helpers import FLOAT_DTYPES, GRAD_TOLERANCES, TOLERANCES, TRITON_FLOAT_DTYPES, gen, leaves, randn, random_bitmap
 
 BITMAP_SHAPES = [(1, 1, 1, 0.5), (1, 7, 33, 0.3), (5, 33, 100, 0.1), (16, 64, 1000, 0.05),
                  (32, 128, 257, 0.6),  # dense enough for the union-GEMM path
@@ -91,7 +91,6 @@ def test_every_cpu_dot_path(isa):
 
 
 # ------------------------------------------------- the Triton interpreter cases
-TRITON_FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 BITMAP_CASES = [
     # B, d, N, density, bias
     (1, 7, 37, 0.3, True),

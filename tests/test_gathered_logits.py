@@ -10,7 +10,7 @@ import torch
 import lsskernels as lss
 from lsskernels import reference
 from backends import ISA_CHILD, cpu_isa_child, on, on_backends_but_triton, on_triton, require_backend
-from helpers import FLOAT_DTYPES, GRAD_TOLERANCES, TOLERANCES, leaves, poison_heap, randn, random_ids
+from helpers import FLOAT_DTYPES, GRAD_TOLERANCES, TOLERANCES, TRITON_FLOAT_DTYPES, leaves, poison_heap, randn, random_ids
 
 # d = 64, 128, 256 take the AVX-512 kernels compiled for that row length.
 GATHER_SHAPES = [(1, 1, 1, 1), (1, 7, 33, 5), (3, 33, 100, 17), (3, 64, 500, 41), (8, 128, 1000, 64), (2, 256, 777, 45),
@@ -88,7 +88,6 @@ def test_every_cpu_dot_path(isa):
 
 
 # ------------------------------------------------- the Triton interpreter cases
-TRITON_FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 GATHERED_CASES = [
     # B, d, N, M, bias
     (1, 7, 37, 5, True),

@@ -9,7 +9,7 @@ import torch
 import lsskernels as lss
 from lsskernels import reference
 from backends import ISA_CHILD, cpu_isa_child, on, on_backends_but_triton, on_triton, require_backend
-from helpers import FLOAT_DTYPES, gen, randn, random_ids
+from helpers import FLOAT_DTYPES, TRITON_FLOAT_DTYPES, gen, randn, random_ids
 from samples import special_scores
 
 
@@ -75,7 +75,6 @@ def test_every_cpu_dot_path(isa):
 
 
 # ------------------------------------------------- the Triton interpreter cases
-TRITON_FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
 @on_triton

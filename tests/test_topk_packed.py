@@ -6,7 +6,7 @@ import torch
 import lsskernels as lss
 from lsskernels import reference
 from backends import on, on_backends_but_triton, on_triton, require_backend
-from helpers import gen, randn, random_bitmap
+from helpers import TRITON_FLOAT_DTYPES, gen, packed_topk_problem, randn, random_bitmap
 
 
 @on_backends_but_triton
@@ -33,7 +33,6 @@ def test_topk_packed_rejects_row_ptr_that_disagrees_with_bitmap():
 
 
 # ------------------------------------------------- the Triton interpreter cases
-TRITON_FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
 @on_triton
@@ -43,16 +42,7 @@ def test_smoke_topk_packed(backend, dtype, batch, n, k):
     require_backend(backend, "topk_packed")
     from lsskernels import triton as lt
 
-    seed = batch * 17 + n + k
-    dense = torch.rand(batch, n, generator=gen(seed)) < 0.3
-    dense[-1] = False
-    bitmap = reference.pack_bitmap(dense)
-    nnz = int(dense.sum())
-    values = randn(nnz, seed=seed + 1, dtype=dtype)
-    if nnz > 3:
-        values[0], values[1], values[2] = float("nan"), 0.25, 0.25
-    row_ptr = torch.zeros(batch + 1, dtype=torch.int64)
-    row_ptr[1:] = dense.sum(1).cumsum(0)
+    values, row_ptr, bitmap = packed_topk_problem(batch, n, 0.3, batch * 17 + n + k, dtype)
     s, l = lt.topk_packed(values, row_ptr, bitmap, k)
     rs, rl = reference.topk_packed(values, row_ptr, bitmap, k)
     assert torch.equal(l, rl)
