@@ -362,14 +362,6 @@ def _reaching(calibration: List[Dict[str, object]], target: float, dim: int, wei
                 yield cost, i, rr
 
 
-def _within_budget(calibration: List[Dict[str, object]], dim: int, weight_bytes: int, budget: float):
-    """Held-out P@1 of every setting within budget."""
-    for r in calibration:
-        for rr, p1 in r["P@1 by rerank"].items():
-            if setting_cost(r["rows"], r["width"], rr, dim, weight_bytes, r.get("partitions", 0)) <= budget:
-                yield p1
-
-
 def choose_setting(calibration: List[Dict[str, object]], dense_p1: float, tolerance: float, *, dim: int,
                    weight_bytes: int, budget: float = float("inf")) -> Tuple[Dict[str, object], int, float]:
     """(calibration entry, rerank, target) of least setting_cost among the
@@ -379,9 +371,10 @@ def choose_setting(calibration: List[Dict[str, object]], dense_p1: float, tolera
     cheaper than a setting within tolerance of dense); ties go to wider
     codes, the label space, fewer probes, then the shorter list. Where no
     setting is within budget, the cheapest one tried."""
-    reached = list(_within_budget(calibration, dim, weight_bytes, budget))
+    reached = [calibration[i]["P@1 by rerank"][rr]
+               for _, i, rr in _reaching(calibration, float("-inf"), dim, weight_bytes, budget)]
     if not reached:
-        _, i, rerank = min(_reaching(calibration, -1.0, dim, weight_bytes),
+        _, i, rerank = min(_reaching(calibration, float("-inf"), dim, weight_bytes),
                            key=lambda c: (c[0], calibration[c[1]]["nprobe"], c[2]))
         return calibration[i], rerank, float(calibration[i]["P@1 by rerank"][rerank])
     target = min(max(reached), dense_p1) - tolerance
@@ -544,7 +537,7 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
                     # rows only grow with nprobe), or the scan leaves the budget.
                     within = [c for c, _, _ in _reaching(report.calibration, report.dense_p1 - cfg.tolerance,
                                                          index.dim, wbytes, budget)]
-                    scan = scan_cost(rows_at[p], width) + idx.num_partitions * (index.dim + 1) * 4.0
+                    scan = setting_cost(rows_at[p], width, 0, index.dim, wbytes, idx.num_partitions)
                     if (within and scan >= min(within)) or (scan > budget and p > grid[0]):
                         break
                     r = held_out_precision(idx, weight, bias, queries[hold], y[hold], max_candidates, p, reranks,

@@ -14,9 +14,9 @@
 //      taken labels are cleared afterwards). Where the kept keys run out of
 //      distinct labels, the same walk runs over all keys.
 //
-// Queries run in parallel at B = 2, 3; from B = 4 on, the batch is scored
-// partition by partition (run_batch); at B == 1 the partitions are split
-// across the threads only where LSS_SPLIT_QUERY_BYTES asks for it (below).
+// A batch is scored partition by partition (run_batch); at B == 1 the
+// partitions are split across the threads only where LSS_SPLIT_QUERY_BYTES
+// asks for it (below).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -230,20 +230,35 @@ const int64_t kSplitBytes = [] {
   return v ? std::max<int64_t>(0, std::atoll(v)) : std::numeric_limits<int64_t>::max();
 }();
 
-// One query from start to end; `split` lets it use the other threads.
-void run_query(const Problem& pr, int64_t b, bool split, int32_t* out_ids, int32_t* out_count) {
+// Query b quantized into q8 / q16 (padded entries each), as the kernels read it.
+QuantizedQuery make_query(const Problem& pr, int64_t b, int8_t* q8, int16_t* q16, int64_t padded) {
+  QuantizedQuery q;
+  quantize_row(pr.x + b * pr.d, pr.d, padded, q8, q16, &q.sum, &q.scale);
+  q.q = q8;
+  q.q16 = q16;
+  q.width = pr.width;
+  return q;
+}
+
+// The M best distinct labels of one query's keys into out (-1 padded) and its count.
+void select_into(const Problem& pr, uint64_t* keys, int64_t rows, Scratch& s, int32_t* out, int32_t* out_count) {
+  size_selection(s, pr, rows);
+  const int64_t count = select_distinct(keys, rows, pr.M, s, out);
+  clear_taken(s.seen.data(), out, count);
+  std::fill(out + count, out + pr.M, -1);
+  *out_count = int32_t(count);
+}
+
+// A batch of one, start to end; its partitions may be split across the threads.
+void run_query(const Problem& pr, int32_t* out_ids, int32_t* out_count) {
   Scratch& s = thread_scratch();
   std::vector<Span>& spans = s.spans;
-  const int64_t rows = probed_spans(pr, b, spans);
+  const int64_t rows = probed_spans(pr, 0, spans);
   size_scratch(s, pr, rows);
-  QuantizedQuery q;
-  quantize_row(pr.x + b * pr.d, pr.d, int64_t(s.q.size()), s.q.data(), s.q16.data(), &q.sum, &q.scale);
-  q.q = s.q.data();
-  q.q16 = s.q16.data();
-  q.width = pr.width;
+  const QuantizedQuery q = make_query(pr, 0, s.q.data(), s.q16.data(), int64_t(s.q.size()));
   uint64_t* keys = s.keys.data();
   bool ok = true;
-  if (split && rows * pr.width >= kSplitBytes && spans.size() > 1 && at::get_num_threads() > 1) {
+  if (rows * pr.width >= kSplitBytes && spans.size() > 1 && at::get_num_threads() > 1) {
     std::atomic<bool> good{true};
     at::parallel_for(0, int64_t(spans.size()), 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
@@ -259,18 +274,15 @@ void run_query(const Problem& pr, int64_t b, bool split, int32_t* out_ids, int32
     }
   }
   TORCH_CHECK(ok, "quantized_candidates: list_ids of the probed partitions must be in [0, num_labels = ", pr.N, ")");
-  const int64_t count = select_distinct(keys, rows, pr.M, s, out_ids);
-  clear_taken(s.seen.data(), out_ids, count);
-  std::fill(out_ids + count, out_ids + pr.M, -1);
-  *out_count = int32_t(count);
+  select_into(pr, keys, rows, s, out_ids, out_count);
 }
 
 // Batches, partition-major: each probed partition's rows are scored for
 // every query of the batch that probes it while they are in cache, instead
 // of being streamed from memory once per query (on WordNet's lists, 31 MB,
 // a partition is probed by ~8 of 256 queries). Each query's keys go to its
-// own stretch of one buffer, at the positions run_query gives them, and the
-// selection is run_query's: the same bits.
+// own stretch of one buffer, in probe order as for a batch of one, and the
+// selection is the same (select_into): the same bits.
 struct BatchBuffers {
   std::vector<uint64_t> keys;  // reused across calls: no page faults per call
   std::vector<int8_t> q;
@@ -297,15 +309,8 @@ void run_batch(const Problem& pr, int64_t b0, int64_t b1, const std::vector<Span
     buf.q16.resize(size_t(nb * padded));
   }
   std::vector<QuantizedQuery> qs(static_cast<size_t>(nb));
-  for (int64_t i = 0; i < nb; ++i) {
-    QuantizedQuery& q = qs[size_t(i)];
-    int8_t* qi = buf.q.data() + i * padded;
-    int16_t* q16 = buf.q16.data() + i * padded;
-    quantize_row(pr.x + (b0 + i) * pr.d, pr.d, padded, qi, q16, &q.sum, &q.scale);
-    q.q = qi;
-    q.q16 = q16;
-    q.width = pr.width;
-  }
+  for (int64_t i = 0; i < nb; ++i)
+    qs[size_t(i)] = make_query(pr, b0 + i, buf.q.data() + i * padded, buf.q16.data() + i * padded, padded);
   // The (query, span) pairs of every partition, partitions in id order.
   std::vector<int64_t> part_start(size_t(pr.P + 1), 0);
   for (int64_t t = first_span[b0]; t < first_span[b1]; ++t) ++part_start[size_t(spans[size_t(t)].part + 1)];
@@ -336,19 +341,12 @@ void run_batch(const Problem& pr, int64_t b0, int64_t b1, const std::vector<Span
   at::parallel_for(0, nb, 1, [&](int64_t i0, int64_t i1) {
     Scratch& s = thread_scratch();
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = b0 + i, rows = first_key[b + 1] - first_key[b];
-      size_selection(s, pr, rows);
-      int32_t* out = out_ids + b * pr.M;
-      const int64_t count = select_distinct(keys + (first_key[b] - key0), rows, pr.M, s, out);
-      clear_taken(s.seen.data(), out, count);
-      std::fill(out + count, out + pr.M, -1);
-      out_count[b] = int32_t(count);
+      const int64_t b = b0 + i;
+      select_into(pr, keys + (first_key[b] - key0), first_key[b + 1] - first_key[b], s, out_ids + b * pr.M,
+                  out_count + b);
     }
   });
 }
-
-// From this batch size on, the partition-major path.
-constexpr int64_t kPartitionMajorBatch = 4;
 
 void run_batches(const Problem& pr, int64_t B, int32_t* out_ids, int32_t* out_count) {
   // Every query's spans (checked), in probe order, and where its keys start.
@@ -388,13 +386,9 @@ std::tuple<at::Tensor, at::Tensor> quantized_candidates_cpu(const at::Tensor& x,
   int32_t* ip = ids.data_ptr<int32_t>();
   int32_t* cp = counts.data_ptr<int32_t>();
   if (B == 1) {
-    run_query(pr, 0, /*split=*/true, ip, cp);
-  } else if (B >= kPartitionMajorBatch) {
-    run_batches(pr, B, ip, cp);
+    run_query(pr, ip, cp);
   } else {
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) run_query(pr, b, /*split=*/false, ip + b * M, cp + b);
-    });
+    run_batches(pr, B, ip, cp);
   }
   return {ids, counts};
 }
