@@ -51,9 +51,10 @@ TORCH_LIBRARY(lsskernels, m) {
       "Tensor code_scales, Tensor code_bias, Tensor list_ids, int num_labels, int max_candidates) "
       "-> (Tensor, Tensor)");
   // The partition family's predict in one call: partition_probe ->
-  // quantized_candidates -> gathered_logits -> topk_gathered (a composite)
+  // quantized_candidates -> gathered_logits -> topk_gathered (a composite).
+  // code_proj float32 [d, r]: the codes are of U^T (w - mean w), scored with x @ U.
   m.def(
       "partition_predict_topk(Tensor x, Tensor centroids, Tensor? centroid_bias, Tensor list_offsets, "
       "Tensor codes, Tensor code_scales, Tensor code_bias, Tensor list_ids, Tensor weight, Tensor? bias, "
-      "int num_labels, int nprobe, int max_candidates, int k) -> (Tensor, Tensor)");
+      "int num_labels, int nprobe, int max_candidates, int k, Tensor? code_proj=None) -> (Tensor, Tensor)");
 }

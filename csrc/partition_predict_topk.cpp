@@ -1,5 +1,8 @@
 // partition_predict_topk: the partition family's whole predict in one call,
 //   x -> partition_probe -> quantized_candidates -> gathered_logits -> topk_gathered.
+// Under a code projection U (code_proj [d, r], the codes being of U^T (w - mean w))
+// the candidates are scored with the code queries x @ U; probe and exact
+// logits still take x.
 // Like predict_topk (csrc/predict_topk.cpp) it is a composite of the other
 // ops, called through the dispatcher: it runs on whatever device they have
 // kernels for, torch.compile traces through it, and a batch-1 call pays one
@@ -22,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor> partition_predict_topk(
     const at::Tensor& x, const at::Tensor& centroids, const OptTensor& centroid_bias, const at::Tensor& list_offsets,
     const at::Tensor& codes, const at::Tensor& code_scales, const at::Tensor& code_bias, const at::Tensor& list_ids,
     const at::Tensor& weight, const OptTensor& bias, int64_t num_labels, int64_t nprobe, int64_t max_candidates,
-    int64_t k) {
+    int64_t k, const OptTensor& code_proj) {
   static const auto partition_probe =
       op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, int64_t)>("lsskernels::partition_probe");
   static const auto quantized_candidates =
@@ -40,8 +43,16 @@ std::tuple<at::Tensor, at::Tensor> partition_predict_topk(
   // (registered from Python, tens of microseconds a call) is skipped.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const at::Tensor probes = partition_probe.call(x, centroids, centroid_bias, nprobe);
-  const at::Tensor ids = std::get<0>(quantized_candidates.call(x, probes, list_offsets, codes, code_scales,
-                                                               code_bias, list_ids, num_labels, max_candidates));
+  // (sym_numel: under torch.compile with dynamic shapes the size is symbolic.)
+  const bool projected = code_proj.has_value() && code_proj->defined() &&
+                         code_proj->sym_numel() != 0;
+  // (x.to(float) of a float32 x would return x itself, which the dispatcher
+  // does not allow below autograd.)
+  const at::Tensor code_queries =
+      !projected ? x : at::matmul(x.scalar_type() == at::kFloat ? x : x.to(at::kFloat), *code_proj);
+  const at::Tensor ids = std::get<0>(quantized_candidates.call(code_queries, probes, list_offsets, codes,
+                                                               code_scales, code_bias, list_ids, num_labels,
+                                                               max_candidates));
   const at::Tensor logits = gathered_logits.call(x, weight, bias, ids);
   return topk_gathered.call(logits, ids, k);
 }

@@ -281,9 +281,24 @@ def partition_probe_args(x, centroids, centroid_bias, nprobe):
     return x, centroids, centroid_bias, nprobe
 
 
-def partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels):
+def code_proj_args(x, code_proj) -> Optional[int]:
+    """A code projection: None or empty (the codes are of x's d dimensions:
+    returns None), or float32 [d, r] with 1 <= r <= d on x's device (returns r)."""
+    d = x.shape[1]
+    if code_proj is None or (isinstance(code_proj, torch.Tensor) and code_proj.numel() == 0):
+        return None
+    tensor("code_proj", code_proj, 2, (torch.float32,), f"float32 [d = {d}, r] or None")
+    same_device(("x", x), ("code_proj", code_proj))
+    if code_proj.shape[0] != d or not 1 <= code_proj.shape[1] <= d:
+        raise ValueError(f"code_proj must be float32 [d = {d}, r] with 1 <= r <= d, or None; "
+                         f"got {tuple(code_proj.shape)}")
+    return code_proj.shape[1]
+
+
+def partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels, code_dim=None):
     """The partition lists: offsets int32 [P + 1], codes int8 [T, Dp] (Dp a
-    multiple of 32 with d <= Dp < d + 32), scales / bias float32 [T], ids int32 [T]."""
+    multiple of 32 with r <= Dp < r + 32, r the code width: d, or code_dim
+    under a code projection), scales / bias float32 [T], ids int32 [T]."""
     tensor("x", x, 2, FLOAT_DTYPES, "[B, d] floating point")
     tensor("list_offsets", list_offsets, 1, (torch.int32,), "int32 [P + 1]")
     tensor("codes", codes, 2, (torch.int8,), "int8 [T, Dp]")
@@ -292,10 +307,11 @@ def partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_id
     tensor("list_ids", list_ids, 1, (torch.int32,), "int32 [T]")
     same_device(("x", x), ("list_offsets", list_offsets), ("codes", codes), ("code_scales", code_scales),
                 ("code_bias", code_bias), ("list_ids", list_ids))
-    d, (rows, width) = x.shape[1], codes.shape
+    d, (rows, width) = x.shape[1] if code_dim is None else code_dim, codes.shape
     if not code_width_ok(d, width):
-        raise ValueError(f"codes must be int8 [T, Dp] with Dp = d rounded up to a multiple of {CODE_ALIGN} "
-                         f"(d = {d}: Dp = {-(-d // CODE_ALIGN) * CODE_ALIGN}), got {tuple(codes.shape)}")
+        what = "d" if code_dim is None else "the code width r"
+        raise ValueError(f"codes must be int8 [T, Dp] with Dp = {what} rounded up to a multiple of {CODE_ALIGN} "
+                         f"({what} = {d}: Dp = {-(-d // CODE_ALIGN) * CODE_ALIGN}), got {tuple(codes.shape)}")
     for name, t in (("code_scales", code_scales), ("code_bias", code_bias), ("list_ids", list_ids)):
         if t.shape[0] != rows:
             raise ValueError(f"{name} must be [T] = [{rows}] (one entry per row of codes), got {tuple(t.shape)}")
@@ -321,9 +337,10 @@ def quantized_candidates_values(x, probes, list_offsets, *_):
 
 
 def partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids,
-                                weight, bias, num_labels, nprobe, max_candidates, k):
+                                weight, bias, num_labels, nprobe, max_candidates, k, code_proj=None):
     partition_probe_args(x, centroids, centroid_bias, nprobe)
-    partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels)
+    code_dim = code_proj_args(x, code_proj)
+    partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels, code_dim)
     if list_offsets.shape[0] != centroids.shape[0] + 1:
         raise ValueError(f"list_offsets must be int32 [P + 1] = [{centroids.shape[0] + 1}] (P = centroids.shape[0]), "
                          f"got {tuple(list_offsets.shape)}")
@@ -335,7 +352,7 @@ def partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes
     integer("max_candidates", max_candidates, 1)
     topk_k(k)
     return (x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids, weight, bias,
-            num_labels, nprobe, max_candidates, k)
+            num_labels, nprobe, max_candidates, k, code_proj)
 
 
 def well_formed_partition_probe_cpu(x, centroids, centroid_bias, nprobe) -> bool:
@@ -353,7 +370,8 @@ def well_formed_partition_probe_cpu(x, centroids, centroid_bias, nprobe) -> bool
                                      and bias_fits(centroid_bias.shape, c_shape[0]))
 
 
-def well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels) -> bool:
+def well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels,
+                                    code_dim=None) -> bool:
     """All of partition_lists_args at once for CPU tensors (x itself is
     checked by the caller)."""
     T = torch.Tensor
@@ -361,7 +379,7 @@ def well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bi
             and isinstance(code_bias, T) and isinstance(list_ids, T) and list_offsets.is_cpu and codes.is_cpu
             and code_scales.is_cpu and code_bias.is_cpu and list_ids.is_cpu):
         return False
-    c_shape, d = codes.shape, x.shape[1]
+    c_shape, d = codes.shape, x.shape[1] if code_dim is None else code_dim
     if not (len(c_shape) == 2 and codes.dtype is torch.int8 and code_width_ok(d, c_shape[1])):
         return False
     rows = c_shape[0]
@@ -386,12 +404,23 @@ def well_formed_quantized_candidates_cpu(x, probes, list_offsets, codes, code_sc
 
 
 def well_formed_partition_predict_topk_cpu(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias,
-                                           list_ids, weight, bias, num_labels, nprobe, max_candidates, k) -> bool:
+                                           list_ids, weight, bias, num_labels, nprobe, max_candidates, k,
+                                           code_proj=None) -> bool:
     """All of partition_predict_topk_args at once for the common CPU call."""
     T = torch.Tensor
-    if not (well_formed_partition_probe_cpu(x, centroids, centroid_bias, nprobe)
-            and well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids,
-                                                num_labels)
+    if not well_formed_partition_probe_cpu(x, centroids, centroid_bias, nprobe):
+        return False
+    code_dim = x.shape[1]
+    if code_proj is not None:
+        if not (isinstance(code_proj, T) and code_proj.is_cpu and code_proj.dtype is torch.float32
+                and len(code_proj.shape) == 2):
+            return False
+        if code_proj.numel():
+            code_dim = code_proj.shape[1]
+            if not (code_proj.shape[0] == x.shape[1] and code_dim <= x.shape[1]):
+                return False
+    if not (well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels,
+                                            code_dim)
             and list_offsets.shape[0] == centroids.shape[0] + 1 and isinstance(weight, T) and weight.is_cpu
             and weight.dtype is x.dtype and len(weight.shape) == 2 and matches_width(weight.shape, x.shape)
             and num_labels <= weight.shape[0] and count_ok(max_candidates, 1) and count_ok(k, 1)):

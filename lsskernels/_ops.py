@@ -250,10 +250,10 @@ class Op:
 
 
 def _partition_predict_topk_triton(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias,
-                                   list_ids, weight, bias, num_labels, nprobe, max_candidates, k):
+                                   list_ids, weight, bias, num_labels, nprobe, max_candidates, k, code_proj=None):
     probes = partition_probe(x, centroids, centroid_bias, nprobe, backend="triton")
-    ids, _ = quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
-                                  num_labels, max_candidates, backend="triton")
+    ids, _ = quantized_candidates(reference.code_queries(x, code_proj), probes, list_offsets, codes, code_scales,
+                                  code_bias, list_ids, num_labels, max_candidates, backend="triton")
     return topk_gathered(gathered_logits(x, weight, bias, ids, backend="triton"), ids, k, backend="triton")
 
 
@@ -457,20 +457,23 @@ def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes:
 
 def partition_predict_topk(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], list_offsets: Tensor,
                            codes: Tensor, code_scales: Tensor, code_bias: Tensor, list_ids: Tensor, weight: Tensor,
-                           bias: Optional[Tensor], num_labels: int, nprobe: int, max_candidates: int, k: int, *,
+                           bias: Optional[Tensor], num_labels: int, nprobe: int, max_candidates: int, k: int,
+                           code_proj: Optional[Tensor] = None, *,
                            backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """The partition family's predict in one call: partition_probe ->
     quantized_candidates -> exact logits of the max_candidates best
     (gathered_logits) -> top-k. Returns (scores [B, k] in x's dtype, labels
-    int64 [B, k]), -inf / -1 where a query has fewer than k candidates. No
-    gradient flows through it. Exact contract: reference.partition_predict_topk."""
+    int64 [B, k]), -inf / -1 where a query has fewer than k candidates. With
+    code_proj (float32 [d, r]) the codes are of projected label vectors and
+    are scored with x @ code_proj. No gradient flows through it. Exact
+    contract: reference.partition_predict_topk."""
     if _fast_cpu(backend) and checks.well_formed_partition_predict_topk_cpu(
             x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids, weight, bias,
-            num_labels, nprobe, max_candidates, k):
+            num_labels, nprobe, max_candidates, k, code_proj):
         return torch.ops.lsskernels.partition_predict_topk.default(x, centroids, centroid_bias, list_offsets, codes,
                                                                    code_scales, code_bias, list_ids, weight, bias,
-                                                                   num_labels, nprobe, max_candidates, k)
+                                                                   num_labels, nprobe, max_candidates, k, code_proj)
     args = checks.partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes, code_scales,
                                               code_bias, list_ids, weight, bias, num_labels, nprobe,
-                                              max_candidates, k)
+                                              max_candidates, k, code_proj)
     return _dispatch("partition_predict_topk", backend, x.device, *args)

@@ -34,6 +34,7 @@ from torch import nn
 
 from . import _checks as checks
 from . import _ops
+from . import reference
 from .hashing import EXTRA_DIMS, augment_queries, label_codes, simhash_projections
 from .tables import build_label_tables, bucket_size_stats, validate_tables
 
@@ -400,8 +401,7 @@ class PartitionIndex(LSSIndex):
 
     def code_queries(self, x: Tensor) -> Tensor:
         """The queries as the codes see them: x, or U^T x (float32) under a code projection."""
-        proj = self._buffers["code_proj"]
-        return x if proj.numel() == 0 else x.to(torch.float32) @ proj
+        return reference.code_queries(x, self._buffers["code_proj"])
 
     def _centroids(self, x: Tensor):
         buf = self._buffers  # not self.centroids: nn.Module's attribute fallback is ~1 us a name
@@ -428,20 +428,11 @@ class PartitionIndex(LSSIndex):
         buf = self._buffers  # not self.codes etc.: nn.Module's attribute fallback is ~1 us a name
         if _native(x, backend) and x.device == buf["codes"].device and _ops._has_kernel("quantized_candidates", x.device.type):
             c, cb = self._centroids(x)
-            nprobe = min(self.nprobe, self.num_partitions)
-            if buf["code_proj"].numel():
-                # The composite op scores codes with x itself; under a code
-                # projection its steps run here, below autograd as there.
-                ops = torch.ops.lsskernels
-                with torch.no_grad(), torch._C._AutoDispatchBelowAutograd():
-                    probes = ops.partition_probe.default(x, c, cb, nprobe)
-                    ids = ops.quantized_candidates.default(
-                        self.code_queries(x), probes, buf["list_offsets"], buf["codes"],
-                        buf["code_scales"], buf["code_bias"], buf["list_ids"], self.num_labels, m)[0]
-                    return ops.topk_gathered.default(ops.gathered_logits.default(x, weight, bias, ids), ids, k)
+            proj = buf["code_proj"]
             return torch.ops.lsskernels.partition_predict_topk.default(
                 x, c, cb, buf["list_offsets"], buf["codes"], buf["code_scales"], buf["code_bias"], buf["list_ids"],
-                weight, bias, self.num_labels, nprobe, m, k)
+                weight, bias, self.num_labels, min(self.nprobe, self.num_partitions), m, k,
+                proj if proj.numel() else None)
         return super().predict_topk(x, weight, bias, m, k, backend)
 
     # ---------------------------------------------------------- validation

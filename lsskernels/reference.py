@@ -294,14 +294,21 @@ def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes:
     return ids_out, counts
 
 
+def code_queries(x: Tensor, code_proj: Optional[Tensor]) -> Tensor:
+    """The queries as projected codes see them: x @ code_proj in float32, or x
+    itself without a projection (None or empty)."""
+    return x if code_proj is None or code_proj.numel() == 0 else x.to(torch.float32) @ code_proj
+
+
 def partition_predict_topk(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], list_offsets: Tensor,
                            codes: Tensor, code_scales: Tensor, code_bias: Tensor, list_ids: Tensor,
                            weight: Tensor, bias: Optional[Tensor], num_labels: int, nprobe: int,
-                           max_candidates: int, k: int) -> Tuple[Tensor, Tensor]:
+                           max_candidates: int, k: int, code_proj: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """The partition family's whole predict: probe -> quantized candidates ->
     exact logits of the max_candidates best -> top-k (scores in x's dtype,
-    labels int64 [B, k])."""
+    labels int64 [B, k]). Under a code projection (code_proj float32 [d, r],
+    non-empty) the candidates are scored with the code queries x @ code_proj."""
     probes = partition_probe(x, centroids, centroid_bias, nprobe)
-    ids, _ = quantized_candidates(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
-                                  num_labels, max_candidates)
+    ids, _ = quantized_candidates(code_queries(x, code_proj), probes, list_offsets, codes, code_scales, code_bias,
+                                  list_ids, num_labels, max_candidates)
     return topk_gathered(gathered_logits(x, weight, bias, ids), ids, k)

@@ -281,6 +281,40 @@ def test_partition_predict_topk_matches_reference(backend, dtype, batch, dim, la
         assert torch.equal(got.cpu() >= 0, want >= 0)
 
 
+def projected_problem(batch, dim, rank, labels, partitions, seed, dtype=torch.float32):
+    """partition_problem with codes of a rank-r projection: code_proj an
+    orthonormal float32 [d, r], codes [T, r rounded up to 32]."""
+    x, centroids, cbias, _, weight, bias = partition_problem(batch, dim, labels, partitions, seed, dtype)
+    proj = torch.linalg.qr(torch.randn(dim, rank, generator=gen(seed + 2)))[0].contiguous()
+    return x, centroids, cbias, random_partition_lists(labels, partitions, rank, seed + 3), weight, bias, proj
+
+
+@on_backends
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch,dim,rank,labels,partitions,nprobe,M,k", [
+    (1, 96, 40, 1000, 16, 4, 50, 5), (4, 130, 64, 3000, 24, 5, 80, 10)])
+def test_partition_predict_topk_with_a_code_projection(backend, dtype, batch, dim, rank, labels, partitions, nprobe,
+                                                       M, k):
+    device = require_backend(backend, "partition_probe", "quantized_candidates")
+    x, centroids, cbias, lists, weight, bias, proj = projected_problem(batch, dim, rank, labels, partitions,
+                                                                       batch + rank, dtype)
+    args = on(device, x, centroids, cbias, *lists, weight, bias)
+    scores, got = lss.partition_predict_topk(*args, labels, nprobe, M, k, proj.to(device), backend=backend)
+    want_scores, want = reference.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, labels, nprobe,
+                                                         M, k, proj)
+    torch.testing.assert_close(scores.cpu(), want_scores, **TOLERANCES[dtype])
+    if dtype == torch.float32:
+        assert torch.equal(got.cpu(), want)
+    else:  # 16-bit logits can tie after rounding
+        assert torch.equal(got.cpu() >= 0, want >= 0)
+    # The candidates are those of the code queries x @ code_proj (so the
+    # projection is used, not ignored): the same pipeline step by step.
+    probes = reference.partition_probe(x, centroids, cbias, nprobe)
+    ids, _ = reference.quantized_candidates(x.float() @ proj, probes, *lists, labels, M)
+    step_scores, step = reference.topk_gathered(reference.gathered_logits(x, weight, bias, ids), ids, k)
+    assert torch.equal(want, step) and torch.equal(want_scores, step_scores)
+
+
 def test_partition_predict_topk_without_biases():
     require_backend("cpu", "quantized_candidates")
     x, centroids, _, lists, weight, _ = partition_problem(4, 33, 500, 9, seed=3, with_bias=False)
@@ -319,6 +353,9 @@ def test_opcheck_quantized_candidates_and_composite():
     xb, centroids, cbias, lists2, weight, bias = partition_problem(3, 45, 300, 10, seed=16)
     torch.library.opcheck(torch.ops.lsskernels.partition_predict_topk.default,
                           (xb, centroids, cbias, *lists2, weight, bias, 300, 3, 25, 5))
+    xp, centroids, cbias, lists3, weight, bias, proj = projected_problem(3, 45, 20, 300, 10, seed=17)
+    torch.library.opcheck(torch.ops.lsskernels.partition_predict_topk.default,
+                          (xp, centroids, cbias, *lists3, weight, bias, 300, 3, 25, 5, proj))
 
 
 # ---------------------------------------------------------------- bad input
@@ -374,6 +411,25 @@ def test_partition_predict_topk_bad_arguments():
         lss.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, 200, 2, 20, 0)
     with pytest.raises(ValueError, match=r"weight must be \[N, d\]"):
         lss.partition_predict_topk(x, centroids, cbias, *lists, weight[:, :3], bias, 200, 2, 20, 3)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_partition_predict_topk_bad_code_projections(backend):
+    if backend == "cpu":
+        require_backend("cpu", "quantized_candidates")
+    x, centroids, cbias, lists, weight, bias, proj = projected_problem(2, 48, 20, 200, 5, seed=8)
+    call = lambda lists, proj: lss.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, 200, 2, 20, 3,
+                                                          proj, backend=backend)
+    with pytest.raises(ValueError, match=r"code_proj must be float32 \[d = 48, r\] with 1 <= r <= d"):
+        call(lists, proj[:40])
+    with pytest.raises(ValueError, match=r"code_proj must be float32 \[d = 48, r\] with 1 <= r <= d"):
+        call(lists, torch.randn(48, 49))
+    with pytest.raises(TypeError, match=r"code_proj must have dtype"):
+        call(lists, proj.double())
+    with pytest.raises(ValueError, match=r"codes must be int8 \[T, Dp\] with Dp = the code width r rounded up"):
+        call(lists, proj[:, :19].repeat(1, 2))  # r = 38: codes of width 32 do not fit
+    with pytest.raises(ValueError, match=r"codes must be int8 \[T, Dp\] with Dp = d rounded up"):
+        call(lists, None)  # 32-wide codes of projected vectors cannot be scored with 48-wide x
 
 
 def _malformed():

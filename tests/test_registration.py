@@ -47,6 +47,7 @@ def _samples():
     values, row_ptr = reference.bitmap_sparse_matmul(x, w, b, bitmap)
     grad = randn(3, 8, seed=8)
     lists = random_partition_lists(70, 6, 9, seed=20)
+    projected_lists, code_proj = random_partition_lists(70, 6, 4, seed=21), randn(9, 4, seed=22)
     return [
         (ops.hash_codes.default, (x, proj)),
         (ops.build_tables.default, (random_query_codes(70, 4, 5, seed=9), 5)),
@@ -68,10 +69,12 @@ def _samples():
         (ops.quantized_candidates.default, (x.detach(), random_probes(3, 3, 6, seed=19), *lists, 70, 16)),
         (ops.partition_predict_topk.default, (x.detach(), randn(6, 9, seed=17), randn(6, seed=18), *lists, w.detach(),
                                               b.detach(), 70, 3, 16, 4)),
+        (ops.partition_predict_topk.default, (x.detach(), randn(6, 9, seed=17), randn(6, seed=18), *projected_lists,
+                                              w.detach(), b.detach(), 70, 3, 16, 4, code_proj)),
     ]
 
 
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(17))
 def test_opcheck(case):
     op, args = _samples()[case]
     # bitmap_sparse_matmul's output size is data-dependent; aot_dispatch_dynamic
