@@ -50,11 +50,14 @@ TORCH_LIBRARY(lsskernels, m) {
       "quantized_candidates(Tensor x, Tensor probes, Tensor list_offsets, Tensor codes, "
       "Tensor code_scales, Tensor code_bias, Tensor list_ids, int num_labels, int max_candidates) "
       "-> (Tensor, Tensor)");
-  // The partition family's predict in one call: partition_probe ->
-  // quantized_candidates -> gathered_logits -> topk_gathered (a composite).
-  // code_proj float32 [d, r]: the codes are of U^T (w - mean w), scored with x @ U.
+  // The partition family's predict in one call (a composite): the probe is
+  // quantized_candidates over one list of the P centroid codes (int8 [P, Dp],
+  // scales and bias float32 [P]), then quantized_candidates over the probed
+  // lists -> gathered_logits -> topk_gathered. code_proj float32 [d, r]: the
+  // list codes are of U^T (w - mean w), scored with x @ U.
   m.def(
-      "partition_predict_topk(Tensor x, Tensor centroids, Tensor? centroid_bias, Tensor list_offsets, "
-      "Tensor codes, Tensor code_scales, Tensor code_bias, Tensor list_ids, Tensor weight, Tensor? bias, "
-      "int num_labels, int nprobe, int max_candidates, int k, Tensor? code_proj=None) -> (Tensor, Tensor)");
+      "partition_predict_topk(Tensor x, Tensor centroid_codes, Tensor centroid_scales, Tensor centroid_bias, "
+      "Tensor list_offsets, Tensor codes, Tensor code_scales, Tensor code_bias, Tensor list_ids, Tensor weight, "
+      "Tensor? bias, int num_labels, int nprobe, int max_candidates, int k, Tensor? code_proj=None) "
+      "-> (Tensor, Tensor)");
 }

@@ -5,7 +5,7 @@ Public API (see docs/api.md):
     hash_codes, build_tables, bucket_lookup, bucket_lookup_bitmap,
     gathered_logits, bitmap_sparse_matmul, topk_gathered, topk_packed
                                    the ops, with a backend= switch
-    partition_probe, quantized_candidates, partition_predict_topk
+    partition_probe, quantized_candidates, quantized_probe, partition_predict_topk
                                    the partition family's ops (int8 quantized
                                    candidate scoring), same switch
 """
@@ -21,6 +21,7 @@ from ._ops import (
     hash_codes,
     partition_predict_topk,
     partition_probe,
+    quantized_probe,
     quantized_candidates,
     topk_gathered,
     topk_packed,
@@ -42,6 +43,7 @@ __all__ = [
     "hash_codes",
     "partition_predict_topk",
     "partition_probe",
+    "quantized_probe",
     "quantized_candidates",
     "topk_gathered",
     "topk_packed",

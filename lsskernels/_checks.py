@@ -281,6 +281,42 @@ def partition_probe_args(x, centroids, centroid_bias, nprobe):
     return x, centroids, centroid_bias, nprobe
 
 
+def probe_codes_args(x, centroid_codes, centroid_scales, centroid_bias, nprobe):
+    """The probe's centroid codes (reference.quantized_probe): int8 [P, Dp]
+    (Dp = d rounded up to a multiple of 32), scales and bias float32 [P], P >= 1;
+    nprobe in [1, P]."""
+    tensor("x", x, 2, FLOAT_DTYPES, "[B, d] floating point")
+    tensor("centroid_codes", centroid_codes, 2, (torch.int8,), "int8 [P, Dp]")
+    tensor("centroid_scales", centroid_scales, 1, (torch.float32,), "float32 [P]")
+    tensor("centroid_bias", centroid_bias, 1, (torch.float32,), "float32 [P]")
+    same_device(("x", x), ("centroid_codes", centroid_codes), ("centroid_scales", centroid_scales),
+                ("centroid_bias", centroid_bias))
+    d, (partitions, width) = x.shape[1], centroid_codes.shape
+    if partitions == 0 or not code_width_ok(d, width):
+        raise ValueError(f"centroid_codes must be int8 [P, Dp] with P >= 1 and Dp = d rounded up to a multiple of "
+                         f"{CODE_ALIGN} (d = {d}: Dp = {-(-d // CODE_ALIGN) * CODE_ALIGN}), "
+                         f"got {tuple(centroid_codes.shape)}")
+    for name, t in (("centroid_scales", centroid_scales), ("centroid_bias", centroid_bias)):
+        if t.shape[0] != partitions:
+            raise ValueError(f"{name} must be [P] = [{partitions}] (one entry per centroid code), "
+                             f"got {tuple(t.shape)}")
+    integer("nprobe", nprobe, 1, partitions)
+
+
+def well_formed_probe_codes_cpu(x, centroid_codes, centroid_scales, centroid_bias, nprobe) -> bool:
+    """All of probe_codes_args at once for CPU tensors (x itself is checked
+    by the caller)."""
+    T = torch.Tensor
+    if not (isinstance(centroid_codes, T) and isinstance(centroid_scales, T) and isinstance(centroid_bias, T)
+            and centroid_codes.is_cpu and centroid_scales.is_cpu and centroid_bias.is_cpu):
+        return False
+    c_shape = centroid_codes.shape
+    return (len(c_shape) == 2 and centroid_codes.dtype is torch.int8 and c_shape[0] >= 1
+            and code_width_ok(x.shape[1], c_shape[1]) and centroid_scales.dtype is torch.float32
+            and centroid_scales.shape == (c_shape[0],) and centroid_bias.dtype is torch.float32
+            and centroid_bias.shape == (c_shape[0],) and count_ok(nprobe, 1, c_shape[0]))
+
+
 def code_proj_args(x, code_proj) -> Optional[int]:
     """A code projection: None or empty (the codes are of x's d dimensions:
     returns None), or float32 [d, r] with 1 <= r <= d on x's device (returns r)."""
@@ -336,13 +372,15 @@ def quantized_candidates_values(x, probes, list_offsets, *_):
     as_int32("probes", probes, -1, list_offsets.shape[0] - 1, check_values=True)
 
 
-def partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids,
-                                weight, bias, num_labels, nprobe, max_candidates, k, code_proj=None):
-    partition_probe_args(x, centroids, centroid_bias, nprobe)
+def partition_predict_topk_args(x, centroid_codes, centroid_scales, centroid_bias, list_offsets, codes, code_scales,
+                                code_bias, list_ids, weight, bias, num_labels, nprobe, max_candidates, k,
+                                code_proj=None):
+    probe_codes_args(x, centroid_codes, centroid_scales, centroid_bias, nprobe)
     code_dim = code_proj_args(x, code_proj)
     partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels, code_dim)
-    if list_offsets.shape[0] != centroids.shape[0] + 1:
-        raise ValueError(f"list_offsets must be int32 [P + 1] = [{centroids.shape[0] + 1}] (P = centroids.shape[0]), "
+    partitions = centroid_codes.shape[0]
+    if list_offsets.shape[0] != partitions + 1:
+        raise ValueError(f"list_offsets must be int32 [P + 1] = [{partitions + 1}] (P = centroid_codes.shape[0]), "
                          f"got {tuple(list_offsets.shape)}")
     dense_layer_args(x, weight, bias)
     same_device(("x", x), ("list_offsets", list_offsets))
@@ -351,8 +389,8 @@ def partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes
                          f"rows), got {num_labels}")
     integer("max_candidates", max_candidates, 1)
     topk_k(k)
-    return (x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids, weight, bias,
-            num_labels, nprobe, max_candidates, k, code_proj)
+    return (x, centroid_codes, centroid_scales, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids,
+            weight, bias, num_labels, nprobe, max_candidates, k, code_proj)
 
 
 def well_formed_partition_probe_cpu(x, centroids, centroid_bias, nprobe) -> bool:
@@ -403,12 +441,13 @@ def well_formed_quantized_candidates_cpu(x, probes, list_offsets, codes, code_sc
                                                 num_labels))
 
 
-def well_formed_partition_predict_topk_cpu(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias,
-                                           list_ids, weight, bias, num_labels, nprobe, max_candidates, k,
-                                           code_proj=None) -> bool:
+def well_formed_partition_predict_topk_cpu(x, centroid_codes, centroid_scales, centroid_bias, list_offsets, codes,
+                                           code_scales, code_bias, list_ids, weight, bias, num_labels, nprobe,
+                                           max_candidates, k, code_proj=None) -> bool:
     """All of partition_predict_topk_args at once for the common CPU call."""
     T = torch.Tensor
-    if not well_formed_partition_probe_cpu(x, centroids, centroid_bias, nprobe):
+    if not (isinstance(x, T) and x.is_cpu and len(x.shape) == 2 and x.dtype in FLOAT_DTYPES
+            and well_formed_probe_codes_cpu(x, centroid_codes, centroid_scales, centroid_bias, nprobe)):
         return False
     code_dim = x.shape[1]
     if code_proj is not None:
@@ -421,7 +460,7 @@ def well_formed_partition_predict_topk_cpu(x, centroids, centroid_bias, list_off
                 return False
     if not (well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels,
                                             code_dim)
-            and list_offsets.shape[0] == centroids.shape[0] + 1 and isinstance(weight, T) and weight.is_cpu
+            and list_offsets.shape[0] == centroid_codes.shape[0] + 1 and isinstance(weight, T) and weight.is_cpu
             and weight.dtype is x.dtype and len(weight.shape) == 2 and matches_width(weight.shape, x.shape)
             and num_labels <= weight.shape[0] and count_ok(max_candidates, 1) and count_ok(k, 1)):
         return False

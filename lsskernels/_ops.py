@@ -249,9 +249,10 @@ class Op:
                                       # to the reference where a build lacks the kernel
 
 
-def _partition_predict_topk_triton(x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias,
-                                   list_ids, weight, bias, num_labels, nprobe, max_candidates, k, code_proj=None):
-    probes = partition_probe(x, centroids, centroid_bias, nprobe, backend="triton")
+def _partition_predict_topk_triton(x, centroid_codes, centroid_scales, centroid_bias, list_offsets, codes,
+                                   code_scales, code_bias, list_ids, weight, bias, num_labels, nprobe,
+                                   max_candidates, k, code_proj=None):
+    probes = quantized_probe(x, centroid_codes, centroid_scales, centroid_bias, nprobe, backend="triton")
     ids, _ = quantized_candidates(reference.code_queries(x, code_proj), probes, list_offsets, codes, code_scales,
                                   code_bias, list_ids, num_labels, max_candidates, backend="triton")
     return topk_gathered(gathered_logits(x, weight, bias, ids, backend="triton"), ids, k, backend="triton")
@@ -455,25 +456,35 @@ def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes:
     return _dispatch("quantized_candidates", backend, x.device, *args)
 
 
-def partition_predict_topk(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], list_offsets: Tensor,
-                           codes: Tensor, code_scales: Tensor, code_bias: Tensor, list_ids: Tensor, weight: Tensor,
-                           bias: Optional[Tensor], num_labels: int, nprobe: int, max_candidates: int, k: int,
-                           code_proj: Optional[Tensor] = None, *,
+def quantized_probe(x: Tensor, centroid_codes: Tensor, centroid_scales: Tensor, centroid_bias: Tensor, nprobe: int,
+                    probe_list: Optional[Tuple[Tensor, Tensor]] = None, *, backend: Optional[str] = None) -> Tensor:
+    """The nprobe best partitions by int8 score, int32 [B, nprobe]:
+    quantized_candidates over one list of the centroid codes (exact
+    contract: reference.quantized_probe). probe_list: that list's (offsets,
+    ids), reference.probe_list, if the caller keeps them."""
+    offsets, ids = probe_list if probe_list is not None else reference.probe_list(centroid_codes.shape[0], x.device)
+    one_list = torch.zeros(x.shape[0], 1, dtype=torch.int32, device=x.device)
+    return quantized_candidates(x, one_list, offsets, centroid_codes, centroid_scales, centroid_bias, ids,
+                                centroid_codes.shape[0], nprobe, backend=backend)[0]
+
+
+def partition_predict_topk(x: Tensor, centroid_codes: Tensor, centroid_scales: Tensor, centroid_bias: Tensor,
+                           list_offsets: Tensor, codes: Tensor, code_scales: Tensor, code_bias: Tensor,
+                           list_ids: Tensor, weight: Tensor, bias: Optional[Tensor], num_labels: int, nprobe: int,
+                           max_candidates: int, k: int, code_proj: Optional[Tensor] = None, *,
                            backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
-    """The partition family's predict in one call: partition_probe ->
-    quantized_candidates -> exact logits of the max_candidates best
+    """The partition family's predict in one call: the probe
+    (quantized_probe: the int8 centroid codes, e.g. from
+    lsskernels.partitions.probe_codes) -> quantized_candidates of the probed
+    lists -> exact logits of the max_candidates best
     (gathered_logits) -> top-k. Returns (scores [B, k] in x's dtype, labels
     int64 [B, k]), -inf / -1 where a query has fewer than k candidates. With
     code_proj (float32 [d, r]) the codes are of projected label vectors and
     are scored with x @ code_proj. No gradient flows through it. Exact
     contract: reference.partition_predict_topk."""
-    if _fast_cpu(backend) and checks.well_formed_partition_predict_topk_cpu(
-            x, centroids, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids, weight, bias,
-            num_labels, nprobe, max_candidates, k, code_proj):
-        return torch.ops.lsskernels.partition_predict_topk.default(x, centroids, centroid_bias, list_offsets, codes,
-                                                                   code_scales, code_bias, list_ids, weight, bias,
-                                                                   num_labels, nprobe, max_candidates, k, code_proj)
-    args = checks.partition_predict_topk_args(x, centroids, centroid_bias, list_offsets, codes, code_scales,
-                                              code_bias, list_ids, weight, bias, num_labels, nprobe,
-                                              max_candidates, k, code_proj)
+    args = (x, centroid_codes, centroid_scales, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids,
+            weight, bias, num_labels, nprobe, max_candidates, k, code_proj)
+    if _fast_cpu(backend) and checks.well_formed_partition_predict_topk_cpu(*args):
+        return torch.ops.lsskernels.partition_predict_topk.default(*args)
+    args = checks.partition_predict_topk_args(*args)
     return _dispatch("partition_predict_topk", backend, x.device, *args)

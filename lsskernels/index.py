@@ -9,7 +9,8 @@ the weights and passes them in. Two families:
   distance), int8 codes of every label stored contiguously by partition,
   and, after ``fit()``, label-superior spill (each training label is also
   listed in the partitions its training queries probe first). A query probes its
-  best partitions (``partition_probe``), scores their codes
+  best partitions by the int8 score of the centroids' codes
+  (``quantized_probe``: a ``quantized_candidates`` call), scores their codes
   (``quantized_candidates``) and keeps the best ``max_candidates``, whose
   exact logits ``gathered_logits`` computes. Built in
   ``lsskernels/partitions.py``.
@@ -331,6 +332,9 @@ class PartitionIndex(LSSIndex):
         # top principal directions of the label vectors (fit() keeps it only
         # where held-out pairs say it is cheaper at the same P@1).
         self.register_buffer("code_proj", torch.zeros(0, 0, **f32))
+        # The centroids as the probe scores them (probe_codes), derived from
+        # the centroids buffer on first use after it changes; not saved.
+        self._probe_cache: Optional[tuple] = None
 
     def config(self):
         return {"num_labels": self.num_labels, "dim": self.dim, "num_partitions": self.num_partitions,
@@ -403,20 +407,31 @@ class PartitionIndex(LSSIndex):
         """The queries as the codes see them: x, or U^T x (float32) under a code projection."""
         return reference.code_queries(x, self._buffers["code_proj"])
 
-    def _centroids(self, x: Tensor):
-        buf = self._buffers  # not self.centroids: nn.Module's attribute fallback is ~1 us a name
-        c, cb = buf["centroids"], buf["centroid_bias"]
-        return (c, cb) if x.dtype == torch.float32 else (c.to(x.dtype), cb.to(x.dtype))
+    def probe_codes(self) -> Tuple[Tensor, Tensor, Tuple[Tensor, Tensor]]:
+        """The centroids as the probe scores them: (codes int8 [P, Dp], scales
+        float32 [P], the probe list (offsets, ids)); see
+        lsskernels.partitions.probe_codes. Derived on first use after the
+        centroids change (fit, rebuild, load_state_dict, .to())."""
+        c = self._buffers["centroids"]
+        cached = self._probe_cache
+        if cached is None or cached[0] is not c or cached[1] != c._version:
+            from .partitions import probe_codes
+
+            codes, scales = probe_codes(c)
+            cached = (c, c._version, codes, scales, reference.probe_list(c.shape[0], c.device))
+            self._probe_cache = cached
+        return cached[2], cached[3], cached[4]
+
+    def probe(self, x: Tensor, nprobe: int, backend: Optional[str] = None) -> Tensor:
+        """The nprobe partitions x [B, d] probes first, int32 [B, nprobe]: by
+        int8 score of the centroid codes (quantized_probe), as predict() does."""
+        codes, scales, probe_list = self.probe_codes()
+        return _ops.quantized_probe(x, codes, scales, self._buffers["centroid_bias"], nprobe, probe_list,
+                                    backend=backend)
 
     def candidates(self, x, weight, bias, max_candidates, backend=None, nprobe: Optional[int] = None):
         nprobe = min(self.nprobe if nprobe is None else nprobe, self.num_partitions)
-        c, cb = self._centroids(x)
-        if _native(x, backend) and x.device == self.codes.device and _ops._has_kernel("quantized_candidates", x.device.type):
-            ops = torch.ops.lsskernels
-            probes = ops.partition_probe(x, c, cb, nprobe)
-            return ops.quantized_candidates(self.code_queries(x), probes, *self._lists(), self.num_labels,
-                                            max_candidates)
-        probes = _ops.partition_probe(x, c, cb, nprobe, backend=backend)
+        probes = self.probe(x, nprobe, backend)
         return _ops.quantized_candidates(self.code_queries(x), probes, *self._lists(), self.num_labels,
                                          max_candidates, backend=backend)
 
@@ -427,12 +442,12 @@ class PartitionIndex(LSSIndex):
         m = self.shortlist(max_candidates, k)
         buf = self._buffers  # not self.codes etc.: nn.Module's attribute fallback is ~1 us a name
         if _native(x, backend) and x.device == buf["codes"].device and _ops._has_kernel("quantized_candidates", x.device.type):
-            c, cb = self._centroids(x)
+            probe_codes, probe_scales, _ = self.probe_codes()
             proj = buf["code_proj"]
             return torch.ops.lsskernels.partition_predict_topk.default(
-                x, c, cb, buf["list_offsets"], buf["codes"], buf["code_scales"], buf["code_bias"], buf["list_ids"],
-                weight, bias, self.num_labels, min(self.nprobe, self.num_partitions), m, k,
-                proj if proj.numel() else None)
+                x, probe_codes, probe_scales, buf["centroid_bias"], buf["list_offsets"], buf["codes"],
+                buf["code_scales"], buf["code_bias"], buf["list_ids"], weight, bias, self.num_labels,
+                min(self.nprobe, self.num_partitions), m, k, proj if proj.numel() else None)
         return super().predict_topk(x, weight, bias, m, k, backend)
 
     # ---------------------------------------------------------- validation
@@ -446,6 +461,12 @@ class PartitionIndex(LSSIndex):
 
     def validate_state(self, tensors, config):
         validate_partition_lists(tensors, config["num_labels"], config["dim"], config["num_partitions"])
+
+    def index_bytes(self):
+        # The buffers and the probe's centroid codes (derived, not saved):
+        # P rows of Dp int8, a float32 scale, and the probe list's int32 ids.
+        width = -(-self.dim // checks.CODE_ALIGN) * checks.CODE_ALIGN
+        return super().index_bytes() + self.num_partitions * (width + 8) + 8
 
     def stats(self):
         out = super().stats()

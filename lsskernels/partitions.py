@@ -157,6 +157,31 @@ def encode_rows(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: int 
     return _encode_labels(weight, bias, ids, chunk, proj)
 
 
+def quantize_rows_into(rows: Tensor, codes: Tensor, scales: Tensor) -> None:
+    """Symmetric int8 codes of float32 rows [n, d], one scale per row (rows ~
+    codes * scale), written into codes [n, >= d] (the tail stays as it is) and
+    scales [n]."""
+    d = rows.shape[1]
+    amax = rows.abs().amax(1) if d else rows.new_zeros(rows.shape[0])
+    inv = torch.where(amax > 0, torch.full_like(amax, QUANT_LEVELS) / amax, torch.zeros_like(amax))
+    codes[:, :d] = torch.round(rows * inv.unsqueeze(1)).clamp(-QUANT_LEVELS, QUANT_LEVELS).to(torch.int8)
+    scales.copy_(amax / QUANT_LEVELS)
+
+
+def probe_codes(centroids: Tensor) -> Tuple[Tensor, Tensor]:
+    """The centroids as the probe scores them: int8 codes [P, Dp] (Dp = d
+    rounded up to 32) and scales float32 [P] of centroids - their mean. The
+    mean shifts every partition's score by the same <x, mean>, so the ranking
+    is that of <x, c> + centroid_bias up to int8 rounding, and centering makes
+    the codes' rounding small against the differences between partitions."""
+    c = centroids.detach().to(torch.float32)
+    width = -(-c.shape[1] // checks.CODE_ALIGN) * checks.CODE_ALIGN
+    codes = torch.zeros(c.shape[0], width, dtype=torch.int8, device=c.device)
+    scales = torch.empty(c.shape[0], dtype=torch.float32, device=c.device)
+    quantize_rows_into(c - c.mean(0), codes, scales)
+    return codes, scales
+
+
 def _encode_labels(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: int, proj: Optional[Tensor]):
     project = proj is not None and proj.numel() > 0
     d = proj.shape[1] if project else weight.shape[1]
@@ -168,10 +193,7 @@ def _encode_labels(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: i
         w = weight.detach()[ids[s : s + chunk]].to(torch.float32)
         if project:
             w = (w - mean) @ proj
-        amax = w.abs().amax(1) if d else w.new_zeros(w.shape[0])
-        inv = torch.where(amax > 0, torch.full_like(amax, QUANT_LEVELS) / amax, torch.zeros_like(amax))
-        codes[s : s + chunk, :d] = torch.round(w * inv.unsqueeze(1)).clamp(-QUANT_LEVELS, QUANT_LEVELS).to(torch.int8)
-        scales[s : s + chunk] = amax / QUANT_LEVELS
+        quantize_rows_into(w, codes[s : s + chunk], scales[s : s + chunk])
     code_bias = (bias.detach()[ids].to(torch.float32) if bias is not None
                  else torch.zeros(ids.numel(), dtype=torch.float32, device=weight.device))
     return codes, scales, code_bias
@@ -251,11 +273,11 @@ def build_query_partitions(index: "PartitionIndex", weight: Tensor, bias: Option
 
 
 def _probe(index: "PartitionIndex", queries: Tensor, n: int, chunk: int = 4096) -> Tensor:
-    """The first n partitions each query probes, int64 [n_q, n]."""
+    """The first n partitions each query probes (as predict() probes them:
+    PartitionIndex.probe), int64 [n_q, n]."""
     out = torch.empty(queries.shape[0], n, dtype=torch.int64, device=queries.device)
     for s in range(0, queries.shape[0], chunk):
-        xq = queries[s : s + chunk].to(torch.float32)
-        out[s : s + chunk] = _ops.partition_probe(xq, index.centroids, index.centroid_bias, n).to(torch.int64)
+        out[s : s + chunk] = index.probe(queries[s : s + chunk].to(torch.float32), n).to(torch.int64)
     return out
 
 
@@ -308,12 +330,13 @@ def scan_cost(rows: float, width: int) -> float:
 
 def setting_cost(rows: float, width: int, rerank: int, dim: int, weight_bytes: int, partitions: int = 0) -> float:
     """The modelled cost of one query at a setting, in streamed-byte units:
-    the centroids (partitions float32 rows of dim + 1 numbers), the scanned
-    codes (scan_cost) and the exact rows (random reads of the weight matrix;
+    the probe (a scan of the partitions' int8 centroid codes, probe_codes),
+    the scanned codes (scan_cost) and the exact rows (random reads of the weight matrix;
     about twice a streamed byte each, as measured for gathered_logits
     against the int8 scan on the AVX-512 machines here). A model, not a
     timing, so that fit() stays a function of its inputs."""
-    return partitions * (dim + 1) * 4.0 + scan_cost(rows, width) + 2.0 * rerank * dim * weight_bytes
+    probe_width = -(-dim // checks.CODE_ALIGN) * checks.CODE_ALIGN
+    return scan_cost(partitions, probe_width) + scan_cost(rows, width) + 2.0 * rerank * dim * weight_bytes
 
 
 @torch.no_grad()

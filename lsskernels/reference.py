@@ -300,15 +300,35 @@ def code_queries(x: Tensor, code_proj: Optional[Tensor]) -> Tensor:
     return x if code_proj is None or code_proj.numel() == 0 else x.to(torch.float32) @ code_proj
 
 
-def partition_predict_topk(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], list_offsets: Tensor,
-                           codes: Tensor, code_scales: Tensor, code_bias: Tensor, list_ids: Tensor,
-                           weight: Tensor, bias: Optional[Tensor], num_labels: int, nprobe: int,
+def probe_list(num_partitions: int, device) -> Tuple[Tensor, Tensor]:
+    """The centroid codes as one partition list: offsets [0, P] and ids
+    0 .. P - 1 (int32), so the probe is a quantized_candidates call."""
+    return (torch.tensor([0, num_partitions], dtype=torch.int32, device=device),
+            torch.arange(num_partitions, dtype=torch.int32, device=device))
+
+
+def quantized_probe(x: Tensor, centroid_codes: Tensor, centroid_scales: Tensor, centroid_bias: Tensor,
+                    nprobe: int) -> Tensor:
+    """The nprobe best partitions by int8 score, int32 [B, nprobe]: the
+    centroid codes scored like list rows (quantized_candidates over one list
+    of the P centroids, centroid_bias as the rows' bias), best first, ties by
+    smaller partition."""
+    offsets, ids = probe_list(centroid_codes.shape[0], x.device)
+    one_list = torch.zeros(x.shape[0], 1, dtype=torch.int32, device=x.device)
+    return quantized_candidates(x, one_list, offsets, centroid_codes, centroid_scales, centroid_bias, ids,
+                                centroid_codes.shape[0], nprobe)[0]
+
+
+def partition_predict_topk(x: Tensor, centroid_codes: Tensor, centroid_scales: Tensor, centroid_bias: Tensor,
+                           list_offsets: Tensor, codes: Tensor, code_scales: Tensor, code_bias: Tensor,
+                           list_ids: Tensor, weight: Tensor, bias: Optional[Tensor], num_labels: int, nprobe: int,
                            max_candidates: int, k: int, code_proj: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """The partition family's whole predict: probe -> quantized candidates ->
-    exact logits of the max_candidates best -> top-k (scores in x's dtype,
-    labels int64 [B, k]). Under a code projection (code_proj float32 [d, r],
-    non-empty) the candidates are scored with the code queries x @ code_proj."""
-    probes = partition_probe(x, centroids, centroid_bias, nprobe)
+    """The partition family's whole predict: probe (quantized_probe) ->
+    quantized candidates -> exact logits of the max_candidates best -> top-k
+    (scores in x's dtype, labels int64 [B, k]). Under a code projection
+    (code_proj float32 [d, r], non-empty) the candidates are scored with the
+    code queries x @ code_proj."""
+    probes = quantized_probe(x, centroid_codes, centroid_scales, centroid_bias, nprobe)
     ids, _ = quantized_candidates(code_queries(x, code_proj), probes, list_offsets, codes, code_scales, code_bias,
                                   list_ids, num_labels, max_candidates)
     return topk_gathered(gathered_logits(x, weight, bias, ids), ids, k)

@@ -335,7 +335,11 @@ def test_lss_reports_index_bytes():
     weight, bias, _, _ = _mips_problem(n=500)
     m = LSS("lss", weight, bias, LSSConfig(candidates=50))
     layer = m.layer
-    assert m.index_bytes == sum(t.numel() * t.element_size() for t in layer.buffers()) > 0
+    buffers = sum(t.numel() * t.element_size() for t in layer.buffers())
+    # ... and the probe's centroid codes (derived from the centroids, not saved)
+    codes, scales, (offsets, ids) = layer.index.probe_codes()
+    derived = sum(t.numel() * t.element_size() for t in (codes, scales, offsets, ids))
+    assert m.index_bytes == buffers + derived and buffers > 0 and derived > 0
 
 
 def test_partition_ops_micro_benchmark_tiny(tmp_path, capsys):

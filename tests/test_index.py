@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lsskernels as lss
+from lsskernels import reference
 from lsskernels.data import make_synthetic_task
 from lsskernels.index import PartitionIndex, SimHashIndex, default_partitions, make_index
 from lsskernels.partitions import PartitionFitConfig, label_homes, rerank_grid, setting_cost
@@ -132,6 +133,35 @@ def test_label_homes_are_where_a_label_stands_out():
     homes = label_homes(w, None, c)
     assert int(homes[0]) == 0 and (homes[1:] == 1).all()
     assert int((w @ c.T)[0].argmax()) == 1  # a raw argmax would have sent it to 1
+
+
+@pytest.mark.parametrize("space", ["labels", "queries"])
+def test_the_int8_probe_is_the_fp32_probe_up_to_rounding(task, space):
+    # predict() probes by the int8 score of the centered centroid codes; it
+    # must rank partitions as <x, c> + c_b does, but for near-ties.
+    layer = layer_for(task).eval()
+    layer.fit(task.train_x, task.train_y, progress=False, spaces=(space,))
+    idx = layer.index
+    x = task.test_x[:400]
+    got = idx.probe(x, 4).long()
+    want = lss.partition_probe(x, idx.centroids, idx.centroid_bias, 4).long()
+    overlap = (got.unsqueeze(2) == want.unsqueeze(1)).any(2).float().mean().item()
+    assert overlap >= 0.97, overlap
+    assert torch.equal(got, reference.quantized_probe(x, *idx.probe_codes()[:2], idx.centroid_bias, 4).long())
+    assert idx.probe_codes()[0].dtype == torch.int8 and idx.probe_codes()[0] is idx.probe_codes()[0]  # cached
+
+
+def test_probe_codes_follow_the_centroids():
+    layer = layer_for(make_synthetic_task(num_labels=600, dim=16, num_train=10, num_test=10, seed=4)).eval()
+    layer.rebuild_index()
+    idx = layer.index
+    before = idx.probe_codes()[0].clone()
+    with torch.no_grad():
+        idx.centroids.mul_(-1)  # in place: the cache must notice
+    assert torch.equal(idx.probe_codes()[0], -before)
+    fresh = layer_for(make_synthetic_task(num_labels=600, dim=16, num_train=10, num_test=10, seed=4)).eval()
+    fresh.load_state_dict(layer.state_dict())
+    assert torch.equal(fresh.index.probe_codes()[0], -before)
 
 
 def test_query_space_partitions_spill_and_round_trip(task):

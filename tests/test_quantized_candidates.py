@@ -22,6 +22,7 @@ import lsskernels as lss
 from lsskernels import _ops, reference
 from backends import HERE, ISA_CHILD, ROOT, cpu_isa_available, cpu_isa_child, on, on_backends, require_backend
 from helpers import FLOAT_DTYPES, TOLERANCES, gen, poison_heap, randn, random_partition_lists, random_probes
+from lsskernels.partitions import probe_codes
 
 def run_qc(backend, device, x, probes, lists, num_labels, max_candidates):
     offsets, codes, scales, bias, ids = on(device, *lists)
@@ -250,16 +251,15 @@ def test_batch_one_split_across_threads():
 
 # ------------------------------------------------------------- the composite
 def partition_problem(batch, dim, labels, partitions, seed, dtype=torch.float32, with_bias=True):
-    """Well-separated partition scores (centroid biases 1 apart, centroid dots
-    small), so probes are exact on every backend, and exact logits."""
+    """Random int8 centroid codes (the probe) and lists, and exact logits:
+    x, (centroid codes, scales, bias), lists, weight, bias."""
     g = gen(seed)
     x = torch.randn(batch, dim, generator=g).to(dtype)
-    centroids = (torch.randn(partitions, dim, generator=g) * 1e-3).to(dtype)
-    cbias = torch.randperm(partitions, generator=g).to(dtype)
+    probe = probe_codes(torch.randn(partitions, dim, generator=g)) + (torch.randn(partitions, generator=g),)
     lists = random_partition_lists(labels, partitions, dim, seed + 1)
     weight = torch.randn(labels, dim, generator=g).to(dtype)
     bias = torch.randn(labels, generator=g).to(dtype) if with_bias else None
-    return x, centroids, cbias, lists, weight, bias
+    return x, probe, lists, weight, bias
 
 
 @on_backends
@@ -267,12 +267,11 @@ def partition_problem(batch, dim, labels, partitions, seed, dtype=torch.float32,
 @pytest.mark.parametrize("batch,dim,labels,partitions,nprobe,M,k", [
     (1, 37, 1000, 16, 4, 50, 5), (3, 100, 300, 10, 3, 500, 20), (5, 64, 4099, 30, 6, 64, 10)])
 def test_partition_predict_topk_matches_reference(backend, dtype, batch, dim, labels, partitions, nprobe, M, k):
-    device = require_backend(backend, "partition_probe", "quantized_candidates")
-    x, centroids, cbias, lists, weight, bias = partition_problem(batch, dim, labels, partitions, batch + dim, dtype)
-    args = on(device, x, centroids, cbias, *lists, weight, bias)
+    device = require_backend(backend, "quantized_candidates")
+    x, probe, lists, weight, bias = partition_problem(batch, dim, labels, partitions, batch + dim, dtype)
+    args = on(device, x, *probe, *lists, weight, bias)
     scores, got = lss.partition_predict_topk(*args, labels, nprobe, M, k, backend=backend)
-    want_scores, want = reference.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, labels, nprobe,
-                                                         M, k)
+    want_scores, want = reference.partition_predict_topk(x, *probe, *lists, weight, bias, labels, nprobe, M, k)
     assert scores.dtype == dtype and got.dtype == torch.int64 and got.shape == (batch, k)
     torch.testing.assert_close(scores.cpu(), want_scores, **TOLERANCES[dtype])
     if dtype in (torch.float32, torch.float64):
@@ -284,9 +283,9 @@ def test_partition_predict_topk_matches_reference(backend, dtype, batch, dim, la
 def projected_problem(batch, dim, rank, labels, partitions, seed, dtype=torch.float32):
     """partition_problem with codes of a rank-r projection: code_proj an
     orthonormal float32 [d, r], codes [T, r rounded up to 32]."""
-    x, centroids, cbias, _, weight, bias = partition_problem(batch, dim, labels, partitions, seed, dtype)
+    x, probe, _, weight, bias = partition_problem(batch, dim, labels, partitions, seed, dtype)
     proj = torch.linalg.qr(torch.randn(dim, rank, generator=gen(seed + 2)))[0].contiguous()
-    return x, centroids, cbias, random_partition_lists(labels, partitions, rank, seed + 3), weight, bias, proj
+    return x, probe, random_partition_lists(labels, partitions, rank, seed + 3), weight, bias, proj
 
 
 @on_backends
@@ -295,13 +294,11 @@ def projected_problem(batch, dim, rank, labels, partitions, seed, dtype=torch.fl
     (1, 96, 40, 1000, 16, 4, 50, 5), (4, 130, 64, 3000, 24, 5, 80, 10)])
 def test_partition_predict_topk_with_a_code_projection(backend, dtype, batch, dim, rank, labels, partitions, nprobe,
                                                        M, k):
-    device = require_backend(backend, "partition_probe", "quantized_candidates")
-    x, centroids, cbias, lists, weight, bias, proj = projected_problem(batch, dim, rank, labels, partitions,
-                                                                       batch + rank, dtype)
-    args = on(device, x, centroids, cbias, *lists, weight, bias)
+    device = require_backend(backend, "quantized_candidates")
+    x, probe, lists, weight, bias, proj = projected_problem(batch, dim, rank, labels, partitions, batch + rank, dtype)
+    args = on(device, x, *probe, *lists, weight, bias)
     scores, got = lss.partition_predict_topk(*args, labels, nprobe, M, k, proj.to(device), backend=backend)
-    want_scores, want = reference.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, labels, nprobe,
-                                                         M, k, proj)
+    want_scores, want = reference.partition_predict_topk(x, *probe, *lists, weight, bias, labels, nprobe, M, k, proj)
     torch.testing.assert_close(scores.cpu(), want_scores, **TOLERANCES[dtype])
     if dtype == torch.float32:
         assert torch.equal(got.cpu(), want)
@@ -309,7 +306,7 @@ def test_partition_predict_topk_with_a_code_projection(backend, dtype, batch, di
         assert torch.equal(got.cpu() >= 0, want >= 0)
     # The candidates are those of the code queries x @ code_proj (so the
     # projection is used, not ignored): the same pipeline step by step.
-    probes = reference.partition_probe(x, centroids, cbias, nprobe)
+    probes = reference.quantized_probe(x, *probe, nprobe)
     ids, _ = reference.quantized_candidates(x.float() @ proj, probes, *lists, labels, M)
     step_scores, step = reference.topk_gathered(reference.gathered_logits(x, weight, bias, ids), ids, k)
     assert torch.equal(want, step) and torch.equal(want_scores, step_scores)
@@ -317,9 +314,9 @@ def test_partition_predict_topk_with_a_code_projection(backend, dtype, batch, di
 
 def test_partition_predict_topk_without_biases():
     require_backend("cpu", "quantized_candidates")
-    x, centroids, _, lists, weight, _ = partition_problem(4, 33, 500, 9, seed=3, with_bias=False)
-    got = lss.partition_predict_topk(x, centroids, None, *lists, weight, None, 500, 3, 40, 7, backend="cpu")
-    want = reference.partition_predict_topk(x, centroids, None, *lists, weight, None, 500, 3, 40, 7)
+    x, probe, lists, weight, _ = partition_problem(4, 33, 500, 9, seed=3, with_bias=False)
+    got = lss.partition_predict_topk(x, *probe, *lists, weight, None, 500, 3, 40, 7, backend="cpu")
+    want = reference.partition_predict_topk(x, *probe, *lists, weight, None, 500, 3, 40, 7)
     assert torch.equal(got[1], want[1])
     torch.testing.assert_close(got[0], want[0])
 
@@ -327,8 +324,8 @@ def test_partition_predict_topk_without_biases():
 def test_partition_predict_topk_compiles_with_fullgraph():
     require_backend("cpu", "quantized_candidates")
     torch._dynamo.reset()
-    x, centroids, cbias, lists, weight, bias = partition_problem(3, 40, 600, 12, seed=5)
-    fn = lambda x: lss.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, 600, 4, 50, 6)
+    x, probe, lists, weight, bias = partition_problem(3, 40, 600, 12, seed=5)
+    fn = lambda x: lss.partition_predict_topk(x, *probe, *lists, weight, bias, 600, 4, 50, 6)
     want = fn(x)
     got = torch.compile(fn, fullgraph=True)(x)
     assert torch.equal(got[1], want[1])
@@ -337,9 +334,9 @@ def test_partition_predict_topk_compiles_with_fullgraph():
 
 def test_partition_predict_topk_takes_no_gradient():
     require_backend("cpu", "quantized_candidates")
-    x, centroids, cbias, lists, weight, bias = partition_problem(2, 16, 200, 5, seed=6)
+    x, probe, lists, weight, bias = partition_problem(2, 16, 200, 5, seed=6)
     weight.requires_grad_(True)
-    scores, _ = lss.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, 200, 2, 20, 3)
+    scores, _ = lss.partition_predict_topk(x, *probe, *lists, weight, bias, 200, 2, 20, 3)
     assert not scores.requires_grad
 
 
@@ -350,12 +347,12 @@ def test_opcheck_quantized_candidates_and_composite():
     x = queries(3, 45, 14, torch.float32)
     probes = random_probes(3, 4, 10, seed=15)
     torch.library.opcheck(torch.ops.lsskernels.quantized_candidates.default, (x, probes, *lists, 300, 25))
-    xb, centroids, cbias, lists2, weight, bias = partition_problem(3, 45, 300, 10, seed=16)
+    xb, probe, lists2, weight, bias = partition_problem(3, 45, 300, 10, seed=16)
     torch.library.opcheck(torch.ops.lsskernels.partition_predict_topk.default,
-                          (xb, centroids, cbias, *lists2, weight, bias, 300, 3, 25, 5))
-    xp, centroids, cbias, lists3, weight, bias, proj = projected_problem(3, 45, 20, 300, 10, seed=17)
+                          (xb, *probe, *lists2, weight, bias, 300, 3, 25, 5))
+    xp, probe, lists3, weight, bias, proj = projected_problem(3, 45, 20, 300, 10, seed=17)
     torch.library.opcheck(torch.ops.lsskernels.partition_predict_topk.default,
-                          (xp, centroids, cbias, *lists3, weight, bias, 300, 3, 25, 5, proj))
+                          (xp, *probe, *lists3, weight, bias, 300, 3, 25, 5, proj))
 
 
 # ---------------------------------------------------------------- bad input
@@ -402,24 +399,32 @@ def test_probe_values_are_checked_by_the_reference_wrapper():
 
 
 def test_partition_predict_topk_bad_arguments():
-    x, centroids, cbias, lists, weight, bias = partition_problem(2, 16, 200, 5, seed=6)
+    x, probe, lists, weight, bias = partition_problem(2, 16, 200, 5, seed=6)
     with pytest.raises(ValueError, match=r"num_labels must be <= weight.shape\[0\] = 200"):
-        lss.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, 201, 2, 20, 3)
+        lss.partition_predict_topk(x, *probe, *lists, weight, bias, 201, 2, 20, 3)
     with pytest.raises(ValueError, match=r"list_offsets must be int32 \[P \+ 1\] = \[5\]"):
-        lss.partition_predict_topk(x, centroids[:4], cbias[:4], *lists, weight, bias, 200, 2, 20, 3)
+        lss.partition_predict_topk(x, *(t[:4] for t in probe), *lists, weight, bias, 200, 2, 20, 3)
     with pytest.raises(ValueError, match=r"k must be in \[1, "):
-        lss.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, 200, 2, 20, 0)
+        lss.partition_predict_topk(x, *probe, *lists, weight, bias, 200, 2, 20, 0)
     with pytest.raises(ValueError, match=r"weight must be \[N, d\]"):
-        lss.partition_predict_topk(x, centroids, cbias, *lists, weight[:, :3], bias, 200, 2, 20, 3)
+        lss.partition_predict_topk(x, *probe, *lists, weight[:, :3], bias, 200, 2, 20, 3)
+    with pytest.raises(ValueError, match=r"centroid_codes must be int8 \[P, Dp\] with P >= 1 and Dp = d"):
+        lss.partition_predict_topk(x, probe[0][:, :0], *probe[1:], *lists, weight, bias, 200, 2, 20, 3)
+    with pytest.raises(ValueError, match=r"centroid_scales must be \[P\] = \[5\]"):
+        lss.partition_predict_topk(x, probe[0], probe[1][:4], probe[2], *lists, weight, bias, 200, 2, 20, 3)
+    with pytest.raises(TypeError, match=r"centroid_bias must have dtype"):
+        lss.partition_predict_topk(x, *probe[:2], probe[2].double(), *lists, weight, bias, 200, 2, 20, 3)
+    with pytest.raises(ValueError, match=r"nprobe must be in \[1, 5\]"):
+        lss.partition_predict_topk(x, *probe, *lists, weight, bias, 200, 6, 20, 3)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_partition_predict_topk_bad_code_projections(backend):
     if backend == "cpu":
         require_backend("cpu", "quantized_candidates")
-    x, centroids, cbias, lists, weight, bias, proj = projected_problem(2, 48, 20, 200, 5, seed=8)
-    call = lambda lists, proj: lss.partition_predict_topk(x, centroids, cbias, *lists, weight, bias, 200, 2, 20, 3,
-                                                          proj, backend=backend)
+    x, probe, lists, weight, bias, proj = projected_problem(2, 48, 20, 200, 5, seed=8)
+    call = lambda lists, proj: lss.partition_predict_topk(x, *probe, *lists, weight, bias, 200, 2, 20, 3, proj,
+                                                          backend=backend)
     with pytest.raises(ValueError, match=r"code_proj must be float32 \[d = 48, r\] with 1 <= r <= d"):
         call(lists, proj[:40])
     with pytest.raises(ValueError, match=r"code_proj must be float32 \[d = 48, r\] with 1 <= r <= d"):

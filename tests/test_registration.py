@@ -6,6 +6,7 @@ import torch
 
 import lsskernels as lss
 from lsskernels import reference
+from lsskernels.partitions import probe_codes
 from helpers import randn, random_ids, random_partition_lists, random_probes, random_query_codes, random_tables
 
 pytestmark = pytest.mark.skipif(not lss.extension_loaded(), reason="compiled extension not built")
@@ -48,6 +49,7 @@ def _samples():
     grad = randn(3, 8, seed=8)
     lists = random_partition_lists(70, 6, 9, seed=20)
     projected_lists, code_proj = random_partition_lists(70, 6, 4, seed=21), randn(9, 4, seed=22)
+    probe = probe_codes(randn(6, 9, seed=17))
     return [
         (ops.hash_codes.default, (x, proj)),
         (ops.build_tables.default, (random_query_codes(70, 4, 5, seed=9), 5)),
@@ -67,9 +69,9 @@ def _samples():
                                     70, 16, 1, 3)),
         (ops.partition_probe.default, (x.detach(), randn(6, 9, seed=17), randn(6, seed=18), 3)),
         (ops.quantized_candidates.default, (x.detach(), random_probes(3, 3, 6, seed=19), *lists, 70, 16)),
-        (ops.partition_predict_topk.default, (x.detach(), randn(6, 9, seed=17), randn(6, seed=18), *lists, w.detach(),
+        (ops.partition_predict_topk.default, (x.detach(), *probe, randn(6, seed=18), *lists, w.detach(),
                                               b.detach(), 70, 3, 16, 4)),
-        (ops.partition_predict_topk.default, (x.detach(), randn(6, 9, seed=17), randn(6, seed=18), *projected_lists,
+        (ops.partition_predict_topk.default, (x.detach(), *probe, randn(6, seed=18), *projected_lists,
                                               w.detach(), b.detach(), 70, 3, 16, 4, code_proj)),
     ]
 

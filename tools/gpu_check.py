@@ -446,7 +446,7 @@ def bench(args, lsskernels, entry: dict) -> None:
         c, cb = index.centroids, index.centroid_bias
         lists = (index.list_offsets, index.codes, index.code_scales, index.code_bias, index.list_ids)
         with torch.no_grad():
-            probes = reference.partition_probe(x, c, cb, nprobe)
+            probes = index.probe(x, nprobe, backend="reference")  # as predict() probes
             ids, _ = reference.quantized_candidates(x, probes, *lists, N, M)
             logits = reference.gathered_logits(x, W, b, ids)
             bitmap = reference.bitmap_from_ids(ids, N)
