@@ -1,4 +1,5 @@
-"""Micro-benchmark of the partition family's CPU ops: partition_probe and
+"""Micro-benchmark of the partition family's CPU ops: partition_probe (fp32
+centroids), quantized_probe (their int8 codes: the probe predict() uses) and
 quantized_candidates, per call, for the native int8 kernel of this machine
 and for LSS_CPU_ISA=avx2 (run in a child process: the kernel tables are
 picked once, at load time).
@@ -28,6 +29,8 @@ from pathlib import Path
 import torch
 
 import lsskernels as lss
+from lsskernels import reference
+from lsskernels.partitions import probe_codes
 from bench.common import machine_stamp, markdown_table, stamp_line, time_call, write_json
 
 
@@ -52,6 +55,8 @@ def run(args):
     lists = build_lists(args.labels, args.dim, args.partitions, args.spill, args.seed)
     centroids = torch.randn(args.partitions, args.dim, generator=gen)
     cbias = torch.randn(args.partitions, generator=gen)
+    centroid_codes = probe_codes(centroids)
+    probe_list = reference.probe_list(args.partitions, centroids.device)
     sizes = (lists[0][1:] - lists[0][:-1]).to(torch.int64)
     queries = {batch: [torch.randn(batch, args.dim, generator=gen) for _ in range(max(2, args.pool // batch))]
                for batch in args.batches}
@@ -73,7 +78,12 @@ def run(args):
                         j = 0 if hot else i % len(xs)
                         return lss.partition_probe(xs[j], centroids, cbias, nprobe)
 
-                    for name, fn in (("quantized_candidates", qc), ("partition_probe", probe)):
+                    def qprobe(i, hot=False):
+                        j = 0 if hot else i % len(xs)
+                        return lss.quantized_probe(xs[j], *centroid_codes, cbias, nprobe, probe_list)
+
+                    for name, fn in (("quantized_candidates", qc), ("partition_probe", probe),
+                                     ("quantized_probe", qprobe)):
                         rotating = time_call(fn, min_time=args.min_time)
                         hot = time_call(lambda i: fn(i, hot=True), min_time=args.min_time)
                         rows_out.append({

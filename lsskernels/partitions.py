@@ -73,7 +73,7 @@ class PartitionFitConfig:
     holdout: int = 2000            # pairs kept aside to calibrate nprobe (at most a fifth of them)
     spill_probes: int = 2          # a training label is spilled into its query's first spill_probes partitions
     spill_cap: Optional[int] = None  # spilled labels per partition (most-voted first); default: no cap
-    max_nprobe: int = 64           # largest probe count the calibration tries
+    max_nprobe: int = 256          # largest probe count the calibration tries
     tolerance: float = 0.002       # calibrated setting: held-out P@1 within this of the target (0.2 point)
     calibrate_rerank: bool = True  # also calibrate how many candidates predict() scores exactly
     project_codes: bool = True     # also try codes of the top d/2, d/3 principal directions (code_dims)
