@@ -462,6 +462,16 @@ class PartitionIndex(LSSIndex):
     def validate_state(self, tensors, config):
         validate_partition_lists(tensors, config["num_labels"], config["dim"], config["num_partitions"])
 
+    def _apply(self, fn, recurse=True):
+        # The float buffers are float32 by contract (the int8 kernels read
+        # them so): module.to(dtype) / .half() move them to the new device
+        # but keep them float32 and unrounded.
+        def keep_dtype(t):
+            out = fn(t)
+            return out if out.dtype == t.dtype else t.to(device=out.device)
+
+        return super()._apply(keep_dtype, recurse)
+
     def index_bytes(self):
         # The buffers and the probe's centroid codes (derived, not saved):
         # P rows of Dp int8, a float32 scale, and the probe list's int32 ids.

@@ -164,6 +164,19 @@ def test_probe_codes_follow_the_centroids():
     assert torch.equal(fresh.index.probe_codes()[0], -before)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_built_partition_index_keeps_float32_buffers_through_to_dtype(dtype):
+    layer = layer_for(make_synthetic_task(num_labels=600, dim=16, num_train=10, num_test=10, seed=5)).eval()
+    layer.rebuild_index()
+    centroids = layer.index.centroids.clone()
+    layer = layer.to(dtype)
+    assert layer.weight.dtype == dtype
+    assert all(b.dtype != dtype for b in layer.index.buffers())
+    assert torch.equal(layer.index.centroids, centroids)  # not rounded through dtype
+    scores, labels = layer.predict(torch.randn(3, 16).to(dtype), k=4)
+    assert scores.dtype == dtype and labels.shape == (3, 4) and bool((labels[:, 0] >= 0).all())
+
+
 def test_query_space_partitions_spill_and_round_trip(task):
     n_train = task.train_x.shape[0] - min(PartitionFitConfig().holdout, task.train_x.shape[0] // 5)
     layer = layer_for(task).eval()
