@@ -473,10 +473,9 @@ class PartitionIndex(LSSIndex):
         return super()._apply(keep_dtype, recurse)
 
     def index_bytes(self):
-        # The buffers and the probe's centroid codes (derived, not saved):
-        # P rows of Dp int8, a float32 scale, and the probe list's int32 ids.
-        width = -(-self.dim // checks.CODE_ALIGN) * checks.CODE_ALIGN
-        return super().index_bytes() + self.num_partitions * (width + 8) + 8
+        # The buffers and what the probe holds besides (derived, not saved).
+        codes, scales, probe_list = self.probe_codes()
+        return super().index_bytes() + sum(t.numel() * t.element_size() for t in (codes, scales, *probe_list))
 
     def stats(self):
         out = super().stats()

@@ -401,6 +401,25 @@ else:
         got = _ops.partition_probe(x, c, None, 4, backend="triton")
         assert torch.equal(got, _ops.partition_probe(x, c, None, 4, backend="reference"))
 
+    # ---------------------------------- the probe and the composite (Triton path)
+    @pytest.mark.parametrize("projected", [False, True])
+    def test_quantized_probe_and_partition_predict_topk_public_wrappers(projected):
+        from lsskernels.partitions import probe_codes
+
+        batch, d, parts, n, rank = 3, 40, 8, 120, 20
+        x = torch.randn(batch, d, generator=gen(81))
+        probe = (*probe_codes(torch.randn(parts, d, generator=gen(82))), torch.randn(parts, generator=gen(83)))
+        got = _ops.quantized_probe(x, *probe, 3, backend="triton")
+        assert torch.equal(got, reference.quantized_probe(x, *probe, 3))
+        proj = torch.linalg.qr(torch.randn(d, rank, generator=gen(84)))[0].contiguous() if projected else None
+        lists = random_lists(parts, rank if projected else d, n, seed=85)
+        weight, bias = torch.randn(n, d, generator=gen(86)), torch.randn(n, generator=gen(87))
+        args = (x, *probe, *lists, weight, bias, n, 3, 12, 4, proj)
+        scores, labels = _ops.partition_predict_topk(*args, backend="triton")
+        want_scores, want_labels = reference.partition_predict_topk(*args)
+        assert torch.equal(labels, want_labels)
+        torch.testing.assert_close(scores, want_scores)
+
     def test_max_code_width_bound():
         # 127^2 * MAX_CODE_WIDTH fits in int32, one more block of 32 would not be guaranteed to
         assert 127 * 127 * qc_mod.MAX_CODE_WIDTH < 2**31
