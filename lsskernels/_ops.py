@@ -67,6 +67,22 @@ def _triton_importable() -> bool:
     return True
 
 
+def check_backend(backend: Optional[str]) -> Optional[str]:
+    """backend itself if this build can run it on some device, else a clear
+    error (what a layer checks when its backend is set, before any call)."""
+    if backend is None:
+        return None
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    if backend == "cpu" and not extension_loaded():
+        raise RuntimeError(f"backend='cpu' needs the compiled extension: {EXTENSION_ERROR}")
+    if backend == "cuda" and not cuda_kernels_built():
+        raise RuntimeError("backend='cuda' needs lsskernels built with CUDA (see docs/gpu.md)")
+    if backend == "triton" and not _triton_importable():
+        raise RuntimeError("backend='triton' needs the triton package")
+    return backend
+
+
 def resolve_backend(backend: Optional[str], device: torch.device) -> str:
     """The backend an op call runs on; raises ValueError for an impossible choice."""
     if backend is not None and backend not in BACKENDS:

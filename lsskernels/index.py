@@ -36,6 +36,7 @@ from torch import nn
 from . import _checks as checks
 from . import _ops
 from . import reference
+from .reference import QUANT_LEVELS
 from .hashing import EXTRA_DIMS, augment_queries, label_codes, simhash_projections
 from .tables import build_label_tables, bucket_size_stats, validate_tables
 
@@ -47,10 +48,19 @@ _FORMAT = 2
 
 def _native(x: Tensor, backend: Optional[str]) -> bool:
     """Whether the native ops run for x, so per-call Python checks can be
-    skipped on the index's own (validated) buffers."""
+    skipped on the index's own (validated) buffers. A forced backend counts
+    only on its own device: backend="cuda" with CPU tensors goes through the
+    checked wrappers, which refuse it."""
     if backend is None:
         return _ops.resolve_backend(None, x.device) in ("cpu", "cuda")
-    return backend in ("cpu", "cuda")
+    return backend == x.device.type and backend in ("cpu", "cuda")
+
+
+@torch.compiler.assume_constant_result
+def _fused_kernel(device_type: str) -> bool:
+    """Whether this build has the native kernels partition_predict_topk
+    composes for device_type (a constant of the build, for torch.compile)."""
+    return _ops._has_kernel("quantized_candidates", device_type)
 
 
 class LSSIndex(nn.Module, abc.ABC):
@@ -62,6 +72,8 @@ class LSSIndex(nn.Module, abc.ABC):
     """
 
     family = "base"
+    # Buffers an older state dict may lack (the family's loader fills them in).
+    optional_buffers: Tuple[str, ...] = ()
 
     def __init__(self, num_labels: int, dim: int, *, seed: int = 0) -> None:
         super().__init__()
@@ -113,6 +125,11 @@ class LSSIndex(nn.Module, abc.ABC):
         """Raise ValueError unless the buffers in tensors are a well-formed
         index of this family for config."""
 
+    def mismatch(self, weight: Tensor, bias: Optional[Tensor]) -> Optional[str]:
+        """Why the built index is not one of these weights (None: it is).
+        Checked when a state dict brings an index and weights together."""
+        return None
+
     def stats(self) -> Dict[str, object]:
         return {"family": self.family, "fitted": self.fitted, "index_bytes": self.index_bytes()}
 
@@ -120,9 +137,15 @@ class LSSIndex(nn.Module, abc.ABC):
         """Bytes held by the index's tables (the layer's weights excluded)."""
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
+    def spec(self) -> Dict[str, object]:
+        """The configuration the user asked for (constructor arguments; None
+        where the family chooses): what fit() and rebuild start from, so
+        that nothing a previous fit() chose leaks into the next."""
+        return self.config()
+
     def clone_empty(self) -> "LSSIndex":
-        """An unbuilt index of the same family and configuration."""
-        return type(self)(**self.config())
+        """An unbuilt index of the user's configuration (spec())."""
+        return type(self)(**self.spec())
 
     # ---------------------------------------------------------- state dict
     def get_extra_state(self) -> dict:
@@ -256,6 +279,25 @@ class SimHashIndex(LSSIndex):
         if tensors["offsets"].shape[0] != config["num_tables"]:
             raise ValueError(f"offsets has {tensors['offsets'].shape[0]} tables, the config says {config['num_tables']}")
 
+    @torch.no_grad()
+    def mismatch(self, weight, bias):
+        # Unfitted tables list every label in its own bucket of every table.
+        # Fitted ones come from the training pairs (capped buckets): they
+        # carry no invariant of the weights to check.
+        if self.fitted:
+            return None
+        codes = label_codes(weight, bias, self.label_proj).to(torch.int64)  # [N, L]
+        n, buckets = self.num_labels, 1 << self.bits
+        counts = (self.offsets[:, 1:] - self.offsets[:, :-1]).to(torch.int64)  # [L, buckets]
+        table_bucket = torch.arange(self.num_tables * buckets, device=counts.device).repeat_interleave(counts.reshape(-1))
+        # Table l's entries are items[l, :offsets[l, -1]] (the rest is padding).
+        used = torch.arange(self.items.shape[1], device=counts.device) < self.offsets[:, -1:].to(torch.int64)
+        have = table_bucket * n + self.items[used].to(torch.int64)
+        tables = torch.arange(self.num_tables, device=codes.device)
+        need = ((tables * buckets + codes) * n + torch.arange(n, device=codes.device).unsqueeze(1)).reshape(-1)
+        lost = int((~torch.isin(need, have)).sum())
+        return None if lost == 0 else f"{lost} (label, table) pairs are not in the bucket of the label's code"
+
     def stats(self):
         out = super().stats()
         out.update(bucket_size_stats(self.offsets), num_tables=self.num_tables, bits=self.bits,
@@ -298,6 +340,7 @@ class PartitionIndex(LSSIndex):
     """
 
     family = "partitions"
+    optional_buffers = ("code_proj",)  # 0.2 state dicts
 
     def __init__(self, num_labels: int, dim: int, *, num_partitions: Optional[int] = None,
                  nprobe: Optional[int] = None, seed: int = 0, device=None) -> None:
@@ -339,6 +382,11 @@ class PartitionIndex(LSSIndex):
     def config(self):
         return {"num_labels": self.num_labels, "dim": self.dim, "num_partitions": self.num_partitions,
                 "nprobe": self.nprobe if self.nprobe_override else None, "seed": self.seed}
+
+    def spec(self):
+        # A fitted index may hold a partition count fit() chose (query
+        # space); the user's spec has it only where the user set it.
+        return {**self.config(), "num_partitions": self.num_partitions if self.partitions_override else None}
 
     def _extra_fields(self):
         return {"nprobe": self.nprobe, "rerank": self.rerank, "space": self.space,
@@ -387,11 +435,6 @@ class PartitionIndex(LSSIndex):
         self.codes, self.code_scales, self.code_bias = encode_rows(weight, bias, self.list_ids.to(torch.int64),
                                                                    proj=self.code_proj)
 
-    def clone_empty(self) -> "PartitionIndex":
-        out = super().clone_empty()
-        out.nprobe_override = self.nprobe_override
-        out.partitions_override = self.partitions_override
-        return out
 
     def fit(self, weight, bias, queries, labels, *, max_candidates, seed=0, **options):
         from .partitions import fit_partitions
@@ -414,6 +457,10 @@ class PartitionIndex(LSSIndex):
         centroids change (fit, rebuild, load_state_dict, .to())."""
         c = self._buffers["centroids"]
         cached = self._probe_cache
+        if torch.compiler.is_compiling() and cached is not None:
+            # Dynamo cannot guard on _version; a compiled predict reads the
+            # cache as an eager call last left it (see LSSLinear.sync_index).
+            return cached[2], cached[3], cached[4]
         if cached is None or cached[0] is not c or cached[1] != c._version:
             from .partitions import probe_codes
 
@@ -441,7 +488,7 @@ class PartitionIndex(LSSIndex):
         # prefix of candidates().
         m = self.shortlist(max_candidates, k)
         buf = self._buffers  # not self.codes etc.: nn.Module's attribute fallback is ~1 us a name
-        if _native(x, backend) and x.device == buf["codes"].device and _ops._has_kernel("quantized_candidates", x.device.type):
+        if _native(x, backend) and x.device == buf["codes"].device and _fused_kernel(x.device.type):
             probe_codes, probe_scales, _ = self.probe_codes()
             proj = buf["code_proj"]
             return torch.ops.lsskernels.partition_predict_topk.default(
@@ -458,6 +505,21 @@ class PartitionIndex(LSSIndex):
             state_dict[prefix + "code_proj"] = torch.zeros(0, 0, dtype=torch.float32)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+    @torch.no_grad()
+    def mismatch(self, weight, bias):
+        from .partitions import encode_rows
+
+        codes, scales, code_bias = encode_rows(weight, bias, self.list_ids.to(torch.int64), proj=self.code_proj)
+        # Codes may differ by one step where a projection's rounding differs
+        # between machines or thread counts; a code of other weights differs by more.
+        if codes.shape != self.codes.shape or bool(((codes.to(torch.int16) - self.codes.to(torch.int16)).abs() > 1).any()):
+            return "the int8 codes differ from those of the weights"
+        if not torch.allclose(scales, self.code_scales, rtol=1e-3, atol=1e-12):
+            return "code_scales differ from those of the weights"
+        if not torch.allclose(code_bias, self.code_bias, rtol=1e-5, atol=1e-6):
+            return "code_bias differs from the bias"
+        return None
 
     def validate_state(self, tensors, config):
         validate_partition_lists(tensors, config["num_labels"], config["dim"], config["num_partitions"])
@@ -520,6 +582,21 @@ def validate_partition_lists(tensors: Dict[str, Tensor], num_labels: int, dim: i
         raise ValueError(f"list_ids must be label ids in [0, {num_labels})")
     if not bool(torch.isfinite(tensors["code_scales"]).all() and torch.isfinite(tensors["code_bias"]).all()):
         raise ValueError("code_scales and code_bias must be finite")
+    # Values the kernels rely on: finite probe scores, non-negative scales
+    # (a negative one inverts a label's score), codes in the symmetric range
+    # [-127, 127] the int8 dots assume, and each label at most once per list,
+    # ascending (as the lists are built).
+    if not bool(torch.isfinite(c).all() and torch.isfinite(cb).all()):
+        raise ValueError("centroids and centroid_bias must be finite")
+    if tensors["code_scales"].numel() and float(tensors["code_scales"].min()) < 0:
+        raise ValueError("code_scales must be >= 0")
+    if tensors["codes"].numel() and int(tensors["codes"].min()) < -QUANT_LEVELS:
+        raise ValueError(f"codes must be in [-{QUANT_LEVELS}, {QUANT_LEVELS}]")
+    if ids.numel() > 1:
+        part = torch.repeat_interleave(torch.arange(num_partitions, device=off.device), off[1:] - off[:-1])
+        key = part * num_labels + ids.to(torch.int64)
+        if bool((key[1:] <= key[:-1]).any()):
+            raise ValueError("list_ids must be ascending and distinct within each partition")
 
 
 # ==========================================================================

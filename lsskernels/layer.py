@@ -16,6 +16,7 @@ the index in sync with the weights lives in one place, _ensure_index().
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Optional, Tuple
 
 import torch
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _checks as checks
+from . import _ops
 from .index import LSSIndex, SimHashIndex, index_from_extra_state, make_index
 
 Tensor = torch.Tensor
@@ -58,7 +60,7 @@ class LSSLinear(nn.Module):
         self.out_features = out_features
         self.max_candidates = max_candidates
         self.seed = seed
-        self.backend = backend
+        self.backend = backend  # checked by the property below
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
@@ -68,7 +70,24 @@ class LSSLinear(nn.Module):
         self.index: LSSIndex = make_index(out_features, in_features, family=family, seed=seed, device=device,
                                           num_partitions=num_partitions, nprobe=nprobe, num_tables=num_tables,
                                           bits=bits, min_hits=min_hits)
-        self._indexed_version = -1
+        self._indexed_version: Optional[tuple] = None
+        # Holds the indexed parameters weakly: id() alone could be reused by
+        # a new parameter once the old one is freed.
+        self._indexed_params: tuple = ()
+        self._loading_index = False
+        self.register_load_state_dict_post_hook(LSSLinear._after_load)
+
+    @property
+    def backend(self) -> Optional[str]:
+        """The kernel backend every call of this layer runs on (None:
+        automatic). Set to a backend this build cannot run, it raises at
+        once; set to one that cannot run on the layer's tensors' device
+        (backend="cuda" with CPU tensors), every call raises."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: Optional[str]) -> None:
+        self._backend = _ops.check_backend(value)
 
     def _reset_linear_parameters(self) -> None:
         # Same initialisation as nn.Linear.
@@ -118,19 +137,43 @@ class LSSLinear(nn.Module):
 
     @torch.no_grad()
     def rebuild_index(self) -> None:
-        """Build the unlearned index from the current weights (discards what
-        fit() learned). Call fit() again to learn it."""
-        self.index.rebuild(self.weight, self.bias)
-        self._indexed_version = self._weights_version()
+        """A fresh start: the unlearned index of the user's configuration,
+        built from the current weights. Everything fit() learned or chose
+        (partition space and count, probes, spill, shortlist, projection)
+        is discarded; call fit() again to learn it."""
+        index = self.index.clone_empty().to(self.weight.device)
+        index.rebuild(self.weight, self.bias)
+        self.index = index
+        self._mark_indexed()
 
     rebuild_tables = rebuild_index  # the 0.1 name
 
-    def _weights_version(self) -> int:
+    def _weights_version(self) -> tuple:
+        """What identifies the weights' current values: each parameter's
+        object, storage and in-place version count. Replacing a parameter
+        (layer.weight = p), swapping its data (.data = t, module.to()) or
+        writing into it (optimizer steps, copy_, load_state_dict) changes it."""
         # Through _parameters: nn.Module's attribute fallback costs ~1 us a
         # name, which a batch-1 predict pays on every call.
         params = self._parameters
-        bias = params.get("bias")
-        return params["weight"]._version + (bias._version << 32 if bias is not None else 0)
+        w, b = params["weight"], params.get("bias")
+        return (id(w), w.data_ptr(), w._version,
+                id(b) if b is not None else 0, b.data_ptr() if b is not None else 0, b._version if b is not None else 0)
+
+    def _mark_indexed(self) -> None:
+        """The index now reflects the current weights."""
+        params = self._parameters
+        w, b = params["weight"], params.get("bias")
+        self._indexed_version = self._weights_version()
+        self._indexed_params = (weakref.ref(w), weakref.ref(b) if b is not None else None)
+
+    def _index_current(self) -> bool:
+        if self._indexed_version != self._weights_version():
+            return False
+        params = self._parameters
+        refs = self._indexed_params
+        b = params.get("bias")
+        return refs[0]() is params["weight"] and (refs[1]() if refs[1] is not None else None) is b
 
     def _ensure_index(self) -> None:
         """The one rule keeping the index in sync with the weights: build it
@@ -138,14 +181,22 @@ class LSSLinear(nn.Module):
         derives from the weights (SimHashIndex: random tables rebuilt, fitted
         ones kept; PartitionIndex: codes re-encoded, partitions and spill kept)."""
         if torch.compiler.is_compiling():
+            # Dynamo cannot trace the check; a compiled caller must call
+            # sync_index() after changing the weights (docs/api.md).
             return
-        version = self._weights_version()
         index = self._modules["index"]
         if not index.built:
             index.rebuild(self.weight, self.bias)
-        elif self._indexed_version != version:
+        elif not self._index_current():
             index.sync(self.weight, self.bias)
-        self._indexed_version = version
+        else:
+            return
+        self._mark_indexed()
+
+    def sync_index(self) -> None:
+        """Bring the index up to date with the weights now (what every
+        predict / candidates / eval forward does first, outside torch.compile)."""
+        self._ensure_index()
 
     def fit(self, queries: Tensor, labels: Tensor, *, seed: Optional[int] = None, **options):
         """Learn the index from (hidden vector, label) pairs so that queries
@@ -158,7 +209,7 @@ class LSSLinear(nn.Module):
         index, report = self.index.fit(self.weight, self.bias, queries, labels, max_candidates=self.max_candidates,
                                        seed=self.seed if seed is None else seed, **options)
         self.index = index
-        self._indexed_version = self._weights_version()
+        self._mark_indexed()
         return report
 
     def table_stats(self) -> dict:
@@ -184,8 +235,6 @@ class LSSLinear(nn.Module):
     def sparse_logits(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Exact logits of the candidates: (logits [..., M] with -inf padding,
         ids int32 [..., M] with -1 padding). Differentiable."""
-        from . import _ops
-
         flat, lead = self._flat(x)
         ids, _ = self.candidates(flat)
         logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self.backend)
@@ -210,8 +259,6 @@ class LSSLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             return F.linear(x, self.weight, self.bias)
-        from . import _ops
-
         flat, lead = self._flat(x)
         ids, _ = self.candidates(flat)
         logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self.backend)
@@ -254,9 +301,35 @@ class LSSLinear(nn.Module):
                     self.index = index_from_extra_state(saved, device=self.weight.device)
             except (TypeError, ValueError, KeyError) as exc:
                 raise ValueError(f"state_dict['{prefix}index._extra_state'] is not a usable index: {exc}") from None
+        # The index loads whole or not at all (strict=False included): a
+        # part of it would leave a layer that says it is built and is not.
+        parts = ["_extra_state"] + [n for n, _ in self.index.named_buffers(recurse=False)
+                                    if n not in self.index.optional_buffers]
+        present = [n for n in parts if prefix + "index." + n in state_dict]
+        if present and len(present) != len(parts):
+            missing = [n for n in parts if n not in present]
+            raise ValueError(f"state_dict holds part of the layer's index under '{prefix}index.': missing {missing}; "
+                             "save and load the whole layer, or leave every index entry out (the index is then "
+                             "brought up to date with the loaded weights on first use)")
+        self._loading_index = bool(present)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        self._indexed_version = self._weights_version()
+
+    @staticmethod
+    def _after_load(module: "LSSLinear", incompatible_keys) -> None:
+        # Runs after the index (a child) has loaded. A loaded index must be
+        # that of the loaded weights: else it is refused, loudly. Without one,
+        # the index is left stale and is synced with the weights on first use.
+        if not getattr(module, "_loading_index", False):
+            return
+        module._loading_index = False
+        index = module._modules["index"]
+        if index.built:
+            reason = index.mismatch(module.weight, module.bias)
+            if reason is not None:
+                module.index = index.clone_empty().to(module.weight.device)  # rebuilt on first use
+                raise ValueError(f"the state_dict's index was not built from its weights: {reason}")
+        module._mark_indexed()
 
 
 def _upgrade_v1(state_dict, prefix, extra, dim, num_labels) -> None:

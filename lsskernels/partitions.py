@@ -56,6 +56,7 @@ import torch
 
 from . import _checks as checks
 from . import _ops
+from .fit_pairs import dense_precision, fit_logger, fit_pairs
 from .reference import QUANT_LEVELS
 
 if TYPE_CHECKING:
@@ -289,7 +290,8 @@ def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Ten
     smaller label. probes: the queries' first spill_probes partitions, if
     already known."""
     N = index.num_labels
-    probes = _probe(index, queries, cfg.spill_probes) if probes is None else probes[:, : cfg.spill_probes]  # [n, s]
+    width = min(cfg.spill_probes, index.num_partitions)
+    probes = _probe(index, queries, width) if probes is None else probes[:, :width]  # [n, s]
     part = probes.unsqueeze(2).expand(-1, -1, y.shape[1])
     lab = y.unsqueeze(1).expand_as(part)
     valid = lab >= 0
@@ -443,31 +445,19 @@ def set_code_projection(index: "PartitionIndex", weight: Tensor, bias: Optional[
                                                                   proj=index.code_proj)
 
 
-@torch.no_grad()
-def dense_precision(weight: Tensor, bias: Optional[Tensor], queries: Tensor, y: Tensor, chunk: int = 256) -> float:
-    """P@1 of the full dense layer (its top-1 is one of the labels)."""
-    hits = 0
-    for s in range(0, queries.shape[0], chunk):
-        top = torch.nn.functional.linear(queries[s : s + chunk].to(weight.dtype), weight, bias).argmax(1)
-        hits += int((top.unsqueeze(1) == y[s : s + chunk]).any(1).sum())
-    return hits / max(1, queries.shape[0])
-
-
 def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor, labels: Tensor,
                    *, max_candidates: int, seed: int = 0, **options) -> Tuple["PartitionIndex", PartitionFitReport]:
     """Fit an unbuilt PartitionIndex to (query, label) pairs; see the module
     docstring. Returns (an index, fitted, and a report): `index` itself
     when the label space is chosen, else a query-space index with the same
     configuration (and its own partition count unless the user set one)."""
-    from .training import labels_matrix
-
     unknown = set(options) - set(PartitionFitConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"fit() got unknown options {sorted(unknown)} for the partitions family; valid: "
                         f"{sorted(PartitionFitConfig.__dataclass_fields__)}")
     cfg = PartitionFitConfig(**options)
     checks.integer("holdout", cfg.holdout, 0)
-    checks.integer("spill_probes", cfg.spill_probes, 0, index.num_partitions)
+    checks.integer("spill_probes", cfg.spill_probes, 0)  # each space spills into at most its P partitions
     checks.integer("max_nprobe", cfg.max_nprobe, 1)
     if cfg.spill_cap is not None:
         checks.integer("spill_cap", cfg.spill_cap, 0)
@@ -477,15 +467,9 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     if not isinstance(cfg.max_cost, (int, float)) or isinstance(cfg.max_cost, bool) or not cfg.max_cost > 0:
         raise ValueError(f"max_cost must be a number > 0 (a fraction of the dense layer's weight bytes), "
                          f"got {cfg.max_cost!r}")
-    checks.tensor("queries", queries, 2, checks.FLOAT_DTYPES, f"[n, {index.dim}] floating point")
-    if queries.shape[1] != index.dim:
-        raise ValueError(f"queries must be [n, in_features = {index.dim}], got {tuple(queries.shape)}")
-    if queries.shape[0] == 0:
-        raise ValueError("queries is empty: fit() needs at least one (query, label) pair")
     device = weight.device
-    queries = queries.to(device)
-    y = labels_matrix(labels, queries.shape[0], index.num_labels).to(device)
-    log = _logger(cfg.progress)
+    queries, y = fit_pairs(queries, labels, index.num_labels, index.dim, device)
+    log = fit_logger(cfg.progress)
     report = PartitionFitReport()
     # No cap by default: the spilled rows are at most spill_probes per pair,
     # and a cap starves exactly the partitions the queries probe most.
@@ -625,11 +609,3 @@ def query_space_index(index: "PartitionIndex", num_queries: int) -> "PartitionIn
     out.partitions_override = index.partitions_override
     out.space = "queries"
     return out
-
-
-def _logger(enabled: bool):
-    def log(text: str) -> None:
-        if enabled:
-            print(f"LSS fit: {text}", flush=True)
-
-    return log

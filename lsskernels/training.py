@@ -48,6 +48,7 @@ import torch
 
 from . import _checks as checks
 from . import _ops
+from .fit_pairs import fit_pairs
 from .hashing import augment_labels, augment_queries, label_norms
 
 if TYPE_CHECKING:
@@ -83,19 +84,6 @@ class FitReport:
 
     def last(self) -> dict:
         return self.epochs[-1] if self.epochs else {}
-
-
-def labels_matrix(labels: Tensor, n: int, num_labels: int) -> Tensor:
-    checks.tensor("labels", labels, None, (torch.int64, torch.int32), "int64 [n] or [n, m] (-1 padded)")
-    if labels.dim() not in (1, 2) or labels.shape[0] != n:
-        raise ValueError(f"labels must be [n] or [n, m] with n = queries.shape[0] = {n}, got {tuple(labels.shape)}")
-    y = labels.to(torch.int64)
-    y = y.unsqueeze(1) if y.dim() == 1 else y
-    if y.numel() and (int(y.min()) < -1 or int(y.max()) >= num_labels):
-        raise ValueError(f"labels must be in [0, {num_labels}) or -1 (padding), got min {int(y.min())}, max {int(y.max())}")
-    if y.numel() and not bool((y >= 0).any(1).all()):
-        raise ValueError("every query needs at least one label (a row of labels is all -1)")
-    return y
 
 
 @torch.no_grad()
@@ -243,16 +231,10 @@ def fit_simhash(index: "SimHashIndex", weight: Tensor, bias: Optional[Tensor], q
     cfg = FitConfig(**options)
     index.reindex(weight, bias)  # random tables of the seed's projections
     layer = SimHashFit(index, weight, bias, max_candidates)
-    checks.tensor("queries", queries, 2, checks.FLOAT_DTYPES, f"[n, {layer.in_features}] floating point")
-    if queries.shape[1] != layer.in_features:
-        raise ValueError(f"queries must be [n, in_features = {layer.in_features}], got {tuple(queries.shape)}")
-    if queries.shape[0] == 0:
-        raise ValueError("queries is empty: fit() needs at least one (query, label) pair")
     checks.integer("epochs", cfg.epochs, 0)
     checks.integer("batch_size", cfg.batch_size, 1)
     device = layer.weight.device
-    queries = queries.to(device)
-    y = labels_matrix(labels, queries.shape[0], layer.out_features).to(device)
+    queries, y = fit_pairs(queries, labels, layer.out_features, layer.in_features, device)
     checks.integer("teacher_topk", cfg.teacher_topk, 0, layer.out_features)
 
     t_start = time.perf_counter()
