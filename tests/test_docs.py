@@ -178,6 +178,9 @@ def test_named_objects_exist():
             resolve(dotted)
         except LookupError as e:
             missing.append(f"{path}: {e}")
+        except ImportError as e:  # a module of the package that needs an optional dependency (triton)
+            if not (e.name or "").split(".")[0] or e.name.startswith("lsskernels"):
+                raise
     assert not missing, "names in the docs that the package does not have:\n" + "\n".join(sorted(set(missing)))
 
 
