@@ -52,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--min-time", type=float, default=None,
                         help="seconds per timing measurement (default 0.1 quick, 0.3 full)")
     g = parser.add_argument_group("ops")
-    g.add_argument("--plan", action="store_true", help="ops: print the grid, skip reasons and estimates; run nothing")
+    g.add_argument("--plan", action="store_true", help="ops: print the grid, skip reasons and estimates; times no op (measures the machine's "
+                        "bandwidth and matmul rate first, ~10 s)")
     g.add_argument("--ops", nargs="+", default=None, metavar="OP", help="ops: only these ops (names as in the table)")
     g = parser.add_argument_group("problems")
     g.add_argument("--synthetic-labels", type=int, default=None, help="synthetic task N (full 670000, quick 50000)")

@@ -18,7 +18,9 @@ N, d, B). Points are skipped, with the reason in the output, when
   FLOPs at half the measured matmul rate) exceeds the per-call limit
   (2 s full, 0.25 s quick): such a point costs more than a few seconds.
 
-`--plan` prints the grid with the skip reasons and estimates, runs nothing.
+`--plan` prints the grid with the skip reasons and estimates and times no
+op; it still measures the machine's bandwidth and matmul rate first (~10 s),
+which the estimates need.
 
 Conventions. fp32 everywhere; L = 16 tables of K = 12 bits for hash_codes;
 bucket_lookup tables hold N labels with uniformly random codes and K chosen

@@ -28,7 +28,8 @@ from ._ops import (
 )
 from .layer import LSSLinear
 
-__version__ = "0.1.0"
+# The one version number: pyproject.toml reads it (dynamic), docs and bench stamps print it.
+__version__ = "0.6.0"
 
 __all__ = [
     "BACKENDS",

@@ -197,7 +197,7 @@ def topk_packed(values: Tensor, row_ptr: Tensor, bitmap: Tensor, k: int) -> Tupl
 
 
 # --------------------------------------------------------------------------
-# The partition family's ops (lsskernels/index.py, PartitionFamily).
+# The partition family's ops (PartitionIndex in lsskernels/index.py; built and fitted in lsskernels/partitions.py).
 # --------------------------------------------------------------------------
 
 
