@@ -164,8 +164,10 @@ DEFAULT = "default"  # the setting of an LSS method as fit() left it (calibrated
 def _fit_summary(report) -> Dict[str, object]:
     if hasattr(report, "calibration"):
         return {"space": report.space, "num_partitions": report.num_partitions, "nprobe": report.nprobe,
-                "rerank": report.rerank, "code_dim": report.code_dim, "target": report.target,
-                "calibration": report.calibration, "spilled": report.spilled,
+                "rerank": report.rerank, "code_dim": report.code_dim, "accepted": report.accepted,
+                "loss": asdict(report.loss) if report.loss is not None else None,
+                "missing_mass": report.missing_mass, "held_out": list(report.held_out),
+                "calibration": [asdict(p) for p in report.calibration], "spilled": report.spilled,
                 "seconds": report.total_seconds, "phases": report.seconds}
     return {"epochs": report.epochs, "seconds": report.seconds}
 

@@ -55,13 +55,18 @@ def fit_pairs(queries: Tensor, labels: Tensor, num_labels: int, dim: int, device
 
 
 @torch.no_grad()
-def dense_precision(weight: Tensor, bias: Optional[Tensor], queries: Tensor, y: Tensor, chunk: int = 256) -> float:
-    """P@1 of the full dense layer on the pairs (its top-1 is one of the labels)."""
-    hits = 0
+def dense_hits(weight: Tensor, bias: Optional[Tensor], queries: Tensor, y: Tensor, chunk: int = 256) -> Tensor:
+    """bool [n]: whether the full dense layer's top-1 is one of each pair's labels."""
+    out = torch.empty(queries.shape[0], dtype=torch.bool, device=queries.device)
     for s in range(0, queries.shape[0], chunk):
         top = torch.nn.functional.linear(queries[s : s + chunk].to(weight.dtype), weight, bias).argmax(1)
-        hits += int((top.unsqueeze(1) == y[s : s + chunk]).any(1).sum())
-    return hits / max(1, queries.shape[0])
+        out[s : s + chunk] = (top.unsqueeze(1) == y[s : s + chunk]).any(1)
+    return out
+
+
+def dense_precision(weight: Tensor, bias: Optional[Tensor], queries: Tensor, y: Tensor, chunk: int = 256) -> float:
+    """P@1 of the full dense layer on the pairs."""
+    return float(dense_hits(weight, bias, queries, y, chunk).double().mean()) if queries.shape[0] else 0.0
 
 
 def fit_logger(enabled: bool):

@@ -24,24 +24,20 @@ Fit (LSSLinear.fit with the partition family), label-superior style:
      index finds labels with large logits; a query whose correct label has
      a moderate logit, or sits in a partition whose centroid scores low,
      now finds it in the partitions it does probe.
-  5. **Space, probe count and shortlist.** A slice of the pairs is held out
-     (it is neither clustered nor spilled while calibrating). In each space,
-     for each power-of-two nprobe, the held-out queries get their
-     `max_candidates` best labels by quantized score, and P@1 is measured
-     with exact logits of the first R of them for R = 16, 32, ...,
-     max_candidates (a prefix: the same order). The target is the full dense
-     layer's held-out P@1 (or the best the settings within budget reach,
-     where that is lower) less `tolerance`; of the (space, code dim, nprobe,
-     R) that reach it, fit() keeps the one of least modelled cost
-     (`setting_cost`: bytes of codes scanned plus twice the bytes of exact
-     rows gathered). No setting may cost more than `max_cost` of the dense
-     layer's weight bytes: the layer is there to be many times cheaper than
-     dense. A layer trained on the fit pairs has memorised them, so its
-     held-out P@1 is higher than on new queries and the budget binds; fit()
-     then says how far below dense the held-out pairs are. The walk up the
-     nprobe grid stops once a setting is within tolerance of dense and the
-     next probe count's scan alone would cost more, or the scan leaves the
-     budget. The final lists spill every pair.
+  5. **Space, probe count and shortlist.** Held-out pairs (two strata:
+     lsskernels/calibration.py) are neither clustered nor spilled while
+     calibrating. In each space, for each power-of-two nprobe, the held-out
+     queries get their `max_candidates` best labels by quantized score, and
+     each query's top-1 is taken from the exact logits of the first R of
+     them for R = 16, 32, ..., max_candidates (a prefix: the same order).
+     A setting is accepted when the upper confidence bound of its paired
+     P@1 loss against the dense layer is within `tolerance`; of the
+     accepted (space, code dim, nprobe, R), fit() keeps the one of least
+     modelled cost (`setting_cost`). No setting may cost more than
+     `max_cost` of the dense layer's weight bytes. The walk up the nprobe
+     grid stops once the next probe count's scan alone would cost more
+     than an accepted setting, or the scan leaves the budget. The final
+     lists spill every pair.
 
 Everything is a function of (weights, pairs, options, seed): the same call
 gives the same index, bit for bit, on a given device and thread count.
@@ -56,7 +52,9 @@ import torch
 
 from . import _checks as checks
 from . import _ops
-from .fit_pairs import dense_precision, fit_logger, fit_pairs
+from .calibration import (CalibrationPoint, PairedLoss, cheapest_accepted, choose_setting, hold_out, scan_cost,
+                          setting_cost, z_of)
+from .fit_pairs import dense_hits, fit_logger, fit_pairs
 from .reference import QUANT_LEVELS
 
 if TYPE_CHECKING:
@@ -71,16 +69,18 @@ SPACES = ("labels", "queries")
 
 @dataclass
 class PartitionFitConfig:
-    holdout: int = 2000            # pairs kept aside to calibrate nprobe (at most a fifth of them)
+    holdout: int = 2000            # held-out pairs per stratum (lsskernels/calibration.py), at most a fifth of the pairs
     spill_probes: int = 2          # a training label is spilled into its query's first spill_probes partitions
     spill_cap: Optional[int] = None  # spilled labels per partition (most-voted first); default: no cap
     max_nprobe: int = 256          # largest probe count the calibration tries
-    tolerance: float = 0.002       # calibrated setting: held-out P@1 within this of the target (0.2 point)
+    tolerance: float = 0.002       # a setting is accepted when its held-out P@1 loss against dense is at most
+                                   # this (0.2 point) with `confidence`
+    confidence: float = 0.9        # one-sided confidence of that bound
     calibrate_rerank: bool = True  # also calibrate how many candidates predict() scores exactly
     project_codes: bool = True     # also try codes of the top d/2, d/3 principal directions (code_dims)
     spaces: Tuple[str, ...] = SPACES  # partition spaces the calibration tries ("labels", "queries")
     max_cost: float = 0.1          # a setting's modelled cost: at most this fraction of the dense layer's weight bytes
-    kmeans_iters: int = 6              # Lloyd iterations (10 gave the same test P@1 on WordNet and MiniLM)
+    kmeans_iters: int = 6          # Lloyd iterations (docs/performance.md: fit())
     kmeans_sample: int = 64        # sample points per centroid for k-means
     progress: bool = True
 
@@ -93,11 +93,12 @@ class PartitionFitReport:
     num_partitions: int = 0
     rerank: Optional[int] = None   # candidates predict() scores exactly (None: max_candidates)
     code_dim: Optional[int] = None  # dimensions of the codes (< d: a principal-directions projection)
-    # Per (space, code dim, nprobe): held-out P@1 (with all max_candidates
-    # scored exactly), recall, mean probed rows, and P@1 per rerank ("P@1 by rerank").
-    calibration: List[Dict[str, object]] = field(default_factory=list)
-    dense_p1: float = float("nan")  # the full layer's P@1 on the held-out pairs
-    target: float = float("nan")    # the held-out P@1 the chosen setting had to reach
+    calibration: List[CalibrationPoint] = field(default_factory=list)  # every setting evaluated
+    dense_p1: float = float("nan")  # the full layer's P@1 on the held-out pairs (strata weighted)
+    loss: Optional[PairedLoss] = None  # the chosen setting's P@1 loss against dense on them
+    accepted: bool = False         # its bound is within tolerance (else: the least bound within budget)
+    missing_mass: float = float("nan")  # Good-Turing share of new queries whose label has no fit pair
+    held_out: Tuple[int, int] = (0, 0)  # held-out pairs (seen, unseen strata)
     budget: float = float("nan")    # the largest setting_cost allowed (max_cost of the dense layer's bytes)
     spilled: int = 0               # rows added by spill in the final index
     seconds: Dict[str, float] = field(default_factory=dict)
@@ -324,89 +325,30 @@ def rerank_grid(max_candidates: int) -> List[int]:
     return grid + [max_candidates]
 
 
-def scan_cost(rows: float, width: int) -> float:
-    """Streamed bytes of scanning `rows` code rows: `width` int8 plus the
-    row's scale, bias, id and sort key (20 bytes)."""
-    return rows * (width + 20)
-
-
-def setting_cost(rows: float, width: int, rerank: int, dim: int, weight_bytes: int, partitions: int = 0) -> float:
-    """The modelled cost of one query at a setting, in streamed-byte units:
-    the probe (a scan of the partitions' int8 centroid codes, probe_codes),
-    the scanned codes (scan_cost) and the exact rows (random reads of the weight matrix;
-    about twice a streamed byte each, as measured for gathered_logits
-    against the int8 scan on the AVX-512 machines here). A model, not a
-    timing, so that fit() stays a function of its inputs."""
-    probe_width = -(-dim // checks.CODE_ALIGN) * checks.CODE_ALIGN
-    return scan_cost(partitions, probe_width) + scan_cost(rows, width) + 2.0 * rerank * dim * weight_bytes
-
-
 @torch.no_grad()
-def held_out_precision(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor,
-                       y: Tensor, max_candidates: int, nprobe: int, reranks: Optional[List[int]] = None,
-                       batch: int = 512, probes: Optional[Tensor] = None) -> Dict[str, object]:
-    """At nprobe: "P@1" with exact logits of all max_candidates candidates,
-    "recall" (a label among them), "rows" (mean probed rows per query) and
-    "P@1 by rerank" {R: P@1 with exact logits of the first R candidates}.
-    probes: the queries' first >= nprobe partitions (_probe), if already
-    known; their first nprobe columns are the probes at nprobe."""
-    reranks = reranks or [max_candidates]
-    hits = {r: 0 for r in reranks}
-    found, rows = 0, 0.0
-    if probes is None:
-        probes = _probe(index, queries, nprobe)
+def evaluate_setting(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor, y: Tensor,
+                     max_candidates: int, nprobe: int, reranks: List[int], probes: Tensor,
+                     batch: int = 512) -> Tuple[Dict[int, Tensor], Tensor, Tensor]:
+    """Per query at nprobe: ({R: top-1 of the exact logits of the first R
+    candidates is a label, bool [n]}, a label among the candidates bool [n],
+    probed rows float64 [n]). probes: the queries' first >= nprobe partitions."""
     probes = probes[:, :nprobe].to(torch.int32).contiguous()
     sizes = (index.list_offsets[1:] - index.list_offsets[:-1]).to(torch.float64)
-    rows = float(sizes[probes.to(torch.int64)].sum())
+    rows = sizes[probes.to(torch.int64)].sum(1)
+    hits = {r: torch.empty(queries.shape[0], dtype=torch.bool, device=queries.device) for r in reranks}
+    found = torch.empty(queries.shape[0], dtype=torch.bool, device=queries.device)
     for s in range(0, queries.shape[0], batch):
         xq = queries[s : s + batch].to(weight.dtype)
         yq = y[s : s + batch]
-        pq = probes[s : s + batch]
-        ids, _ = _ops.quantized_candidates(index.code_queries(xq), pq, index.list_offsets, index.codes,
-                                           index.code_scales, index.code_bias, index.list_ids, index.num_labels,
-                                           max_candidates)
+        ids, _ = _ops.quantized_candidates(index.code_queries(xq), probes[s : s + batch], index.list_offsets,
+                                           index.codes, index.code_scales, index.code_bias, index.list_ids,
+                                           index.num_labels, max_candidates)
         logits = _ops.gathered_logits(xq, weight, bias, ids)
         for r in reranks:
             top = _ops.topk_gathered(logits[:, :r].contiguous(), ids[:, :r].contiguous(), 1)[1]
-            hits[r] += int(((top == yq) & (yq >= 0)).any(1).sum())
-        found += int(((ids.to(torch.int64).unsqueeze(2) == yq.unsqueeze(1)) & (yq.unsqueeze(1) >= 0)).any(2).any(1).sum())
-    n = max(1, queries.shape[0])
-    by_rerank = {r: hits[r] / n for r in reranks}
-    return {"nprobe": nprobe, "P@1": by_rerank[reranks[-1]], "recall": found / n, "rows": rows / n,
-            "P@1 by rerank": by_rerank}
-
-
-def _reaching(calibration: List[Dict[str, object]], target: float, dim: int, weight_bytes: int,
-              budget: float = float("inf")):
-    """(setting_cost, calibration index, rerank) of every setting whose
-    held-out P@1 is >= target and whose cost is within budget."""
-    for i, r in enumerate(calibration):
-        for rr, p1 in r["P@1 by rerank"].items():
-            cost = setting_cost(r["rows"], r["width"], rr, dim, weight_bytes, r.get("partitions", 0))
-            if p1 >= target - 1e-12 and cost <= budget:
-                yield cost, i, rr
-
-
-def choose_setting(calibration: List[Dict[str, object]], dense_p1: float, tolerance: float, *, dim: int,
-                   weight_bytes: int, budget: float = float("inf")) -> Tuple[Dict[str, object], int, float]:
-    """(calibration entry, rerank, target) of least setting_cost among the
-    settings within budget whose held-out P@1 reaches the target
-    min(best within budget, dense) - tolerance (best over the settings
-    tried: each walk up the nprobe grid stops once more probes cannot be
-    cheaper than a setting within tolerance of dense); ties go to wider
-    codes, the label space, fewer probes, then the shorter list. Where no
-    setting is within budget, the cheapest one tried."""
-    reached = [calibration[i]["P@1 by rerank"][rr]
-               for _, i, rr in _reaching(calibration, float("-inf"), dim, weight_bytes, budget)]
-    if not reached:
-        _, i, rerank = min(_reaching(calibration, float("-inf"), dim, weight_bytes),
-                           key=lambda c: (c[0], calibration[c[1]]["nprobe"], c[2]))
-        return calibration[i], rerank, float(calibration[i]["P@1 by rerank"][rerank])
-    target = min(max(reached), dense_p1) - tolerance
-    _, i, rerank = min(_reaching(calibration, target, dim, weight_bytes, budget),
-                       key=lambda c: (c[0], -calibration[c[1]]["code_dim"],
-                                      SPACES.index(calibration[c[1]]["space"]), calibration[c[1]]["nprobe"], c[2]))
-    return calibration[i], rerank, target
+            hits[r][s : s + batch] = ((top == yq) & (yq >= 0)).any(1)
+        found[s : s + batch] = ((ids.to(torch.int64).unsqueeze(2) == yq.unsqueeze(1)) & (yq.unsqueeze(1) >= 0)).any(2).any(1)
+    return hits, found, rows
 
 
 def code_dims(dim: int) -> List[int]:
@@ -457,6 +399,10 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
                         f"{sorted(PartitionFitConfig.__dataclass_fields__)}")
     cfg = PartitionFitConfig(**options)
     checks.integer("holdout", cfg.holdout, 0)
+    if not isinstance(cfg.confidence, float) or not 0.5 <= cfg.confidence < 1:
+        raise ValueError(f"confidence must be a float in [0.5, 1), got {cfg.confidence!r}")
+    if not isinstance(cfg.tolerance, (int, float)) or isinstance(cfg.tolerance, bool) or not cfg.tolerance >= 0:
+        raise ValueError(f"tolerance must be a number >= 0 (a fraction of P@1), got {cfg.tolerance!r}")
     checks.integer("spill_probes", cfg.spill_probes, 0)  # each space spills into at most its P partitions
     checks.integer("max_nprobe", cfg.max_nprobe, 1)
     if cfg.spill_cap is not None:
@@ -475,11 +421,9 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     # and a cap starves exactly the partitions the queries probe most.
     cap = cfg.spill_cap if cfg.spill_cap is not None else queries.shape[0] * max(1, cfg.spill_probes)
 
-    n = queries.shape[0]
     gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=gen).to(device)
-    n_hold = min(cfg.holdout, n // 5)
-    hold, train = perm[:n_hold].sort().values, perm[n_hold:].sort().values
+    held = hold_out(y, cfg.holdout, gen)
+    train, n_hold = held.train, held.size
     calibrate = not index.nprobe_override and n_hold > 0
     if not calibrate:  # nothing to choose a space by: the label space where allowed
         spaces = ("labels",) if "labels" in spaces else spaces[:1]
@@ -515,57 +459,10 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
         report.space = spaces[0]
         report.nprobe = built[spaces[0]][0].nprobe
     else:
-        grid_all = [p for p in (2**i for i in range(0, 31)) if p <= cfg.max_nprobe]
-        reranks = rerank_grid(max_candidates) if cfg.calibrate_rerank else [max_candidates]
-        report.dense_p1 = dense_precision(weight, bias, queries[hold], y[hold])
-        wbytes = weight.element_size()
-        report.budget = budget = cfg.max_cost * index.num_labels * index.dim * wbytes
-        log(f"calibration: dense P@1 on the held-out pairs {report.dense_p1:.4f}; settings may cost up to "
-            f"{cfg.max_cost:g} of the dense layer's {index.num_labels * index.dim * wbytes / 1e6:.1f} MB")
-        dims = code_dims(index.dim) if cfg.project_codes else [index.dim]
-        directions = principal_directions(weight, max(dims[1:])) if len(dims) > 1 else None
-        for space in spaces:
-            idx, home = built[space] = build(space)
-            # Calibrate on held-out queries whose labels were not spilled from them.
-            if cfg.spill_probes:
-                _with_spill(idx, weight, bias, home, queries[train], y[train], cfg, cap, spill_probes[space][train])
-            grid = [p for p in grid_all if p <= idx.num_partitions]
-            # The held-out queries' probes at the largest nprobe, once: the first
-            # p columns are their probes at p (best first), for every code dim.
-            probes = _probe(idx, queries[hold], grid[-1])
-            sizes = (idx.list_offsets[1:] - idx.list_offsets[:-1]).to(torch.float64)
-            rows_at = {p: float(sizes[probes[:, :p]].sum()) / max(1, n_hold) for p in grid}
-            for dim in dims:
-                set_code_projection(idx, weight, bias, None if dim == index.dim else directions[:, :dim])
-                width = idx.codes.shape[1]
-                for p in grid:
-                    # Stop once a setting is within tolerance of dense and this
-                    # probe count's scan alone would cost more than it (probed
-                    # rows only grow with nprobe), or the scan leaves the budget.
-                    within = [c for c, _, _ in _reaching(report.calibration, report.dense_p1 - cfg.tolerance,
-                                                         index.dim, wbytes, budget)]
-                    scan = setting_cost(rows_at[p], width, 0, index.dim, wbytes, idx.num_partitions)
-                    if (within and scan >= min(within)) or (scan > budget and p > grid[0]):
-                        break
-                    r = held_out_precision(idx, weight, bias, queries[hold], y[hold], max_candidates, p, reranks,
-                                           probes=probes)
-                    r.update(space=space, partitions=idx.num_partitions, code_dim=dim, width=width)
-                    report.calibration.append(r)
-                    shorter = ", ".join(f"{k}: {v:.4f}" for k, v in r["P@1 by rerank"].items() if k != max_candidates)
-                    log(f"calibration: {space} space, codes of {dim} dims, nprobe {p} ({r['rows']:.0f} rows): "
-                        f"held-out P@1 {r['P@1']:.4f}, label among candidates {r['recall']:.4f}"
-                        + (f"; first R exact: {shorter}" if shorter else ""))
-        chosen, rerank, report.target = choose_setting(report.calibration, report.dense_p1, cfg.tolerance,
-                                                       dim=index.dim, weight_bytes=wbytes, budget=budget)
-        report.space, report.nprobe, report.code_dim = chosen["space"], chosen["nprobe"], chosen["code_dim"]
-        report.rerank = None if rerank >= max_candidates else rerank
-        if report.target < report.dense_p1 - cfg.tolerance - 1e-12:
-            log(f"calibration: the settings tried (nprobe <= {cfg.max_nprobe}, cost <= {cfg.max_cost:g} of dense) reach "
-                f"held-out P@1 {report.target + cfg.tolerance:.4f}, {report.dense_p1 - report.target - cfg.tolerance:.4f} "
-                "below the dense layer's")
+        chosen = _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spill_probes, cap, cfg,
+                            max_candidates, report, log)
         idx = built[report.space][0]
-        set_code_projection(idx, weight, bias,
-                            directions[:, : report.code_dim] if report.code_dim != index.dim else None)
+        set_code_projection(idx, weight, bias, chosen)
     idx, home = built[report.space]
     report.num_partitions = idx.num_partitions
     idx.nprobe = report.nprobe
@@ -583,6 +480,75 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
         f"candidates in predict(), {report.spilled:,} spilled rows ({idx.list_ids.numel():,} rows), "
         f"{report.total_seconds:.1f} s")
     return idx, report
+
+
+def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spill_probes, cap, cfg, max_candidates,
+               report, log) -> Optional[Tensor]:
+    """Evaluate settings on the held-out pairs (lsskernels/calibration.py)
+    and record the chosen one in report; returns the chosen code projection
+    (None: codes of x itself)."""
+    hold = held.queries
+    wbytes = weight.element_size()
+    grid_all = [p for p in (2**i for i in range(0, 31)) if p <= cfg.max_nprobe]
+    reranks = rerank_grid(max_candidates) if cfg.calibrate_rerank else [max_candidates]
+    z = z_of(cfg.confidence)
+    weights = held.weights()
+    dense = dense_hits(weight, bias, queries[hold], y[hold])
+    report.dense_p1 = float((weights * dense).sum())
+    report.missing_mass, report.held_out = held.missing_mass, (int(held.seen.numel()), int(held.unseen.numel()))
+    report.budget = budget = cfg.max_cost * index.num_labels * index.dim * wbytes
+    log(f"calibration: {held.seen.numel():,} held-out pairs of recurring labels and {held.unseen.numel():,} of "
+        f"labels seen once (Good-Turing share of new queries with an unseen label {held.missing_mass:.3f}); "
+        f"dense P@1 on them {report.dense_p1:.4f}; settings may cost up to {cfg.max_cost:g} of the dense layer's "
+        f"{index.num_labels * index.dim * wbytes / 1e6:.1f} MB")
+    dims = code_dims(index.dim) if cfg.project_codes else [index.dim]
+    directions = principal_directions(weight, max(dims[1:])) if len(dims) > 1 else None
+    for space in spaces:
+        idx, home = built[space] = build(space)
+        # Calibrate on held-out queries whose labels were not spilled from them.
+        if cfg.spill_probes:
+            _with_spill(idx, weight, bias, home, queries[held.train], y[held.train], cfg, cap,
+                        spill_probes[space][held.train])
+        grid = [p for p in grid_all if p <= idx.num_partitions]
+        # The held-out queries' probes at the largest nprobe, once: the first
+        # p columns are their probes at p (best first), for every code dim.
+        probes = _probe(idx, queries[hold], grid[-1])
+        sizes = (idx.list_offsets[1:] - idx.list_offsets[:-1]).to(torch.float64)
+        rows_at = {p: float((weights * sizes[probes[:, :p]].sum(1)).sum()) for p in grid}
+        for dim in dims:
+            set_code_projection(idx, weight, bias, None if dim == index.dim else directions[:, :dim])
+            width = idx.codes.shape[1]
+            for p in grid:
+                # Stop once this probe count's scan alone costs more than an
+                # accepted setting (probed rows only grow with nprobe), or the
+                # scan leaves the budget.
+                best = cheapest_accepted(report.calibration, cfg.tolerance, index.dim, wbytes, budget)
+                scan = setting_cost(rows_at[p], width, 0, index.dim, wbytes, idx.num_partitions)
+                if (best is not None and scan >= best) or (scan > budget and p > grid[0]):
+                    break
+                hits, found, _ = evaluate_setting(idx, weight, bias, queries[hold], y[hold], max_candidates, p,
+                                                  reranks, probes)
+                point = CalibrationPoint(space=space, partitions=idx.num_partitions, code_dim=dim, width=width,
+                                         nprobe=p, rows=rows_at[p], recall=float((weights * found).sum()),
+                                         p1={r: float((weights * h).sum()) for r, h in hits.items()},
+                                         loss={r: PairedLoss.of(dense, h, held, z) for r, h in hits.items()})
+                report.calibration.append(point)
+                shorter = ", ".join(f"{r}: {v:.4f}" for r, v in point.p1.items() if r != max_candidates)
+                full = point.loss[max_candidates]
+                log(f"calibration: {space} space, codes of {dim} dims, nprobe {p} ({point.rows:.0f} rows): "
+                    f"held-out P@1 {point.p1[max_candidates]:.4f} (loss {100 * full.loss:+.2f} +- "
+                    f"{100 * full.se:.2f} point), label among candidates {point.recall:.4f}"
+                    + (f"; first R exact: {shorter}" if shorter else ""))
+    point, rerank, report.accepted = choose_setting(report.calibration, cfg.tolerance, dim=index.dim,
+                                                    weight_bytes=wbytes, budget=budget)
+    report.space, report.nprobe, report.code_dim = point.space, point.nprobe, point.code_dim
+    report.rerank = None if rerank >= max_candidates else rerank
+    report.loss = point.loss[rerank]
+    if not report.accepted:
+        log(f"calibration: no setting tried (nprobe <= {cfg.max_nprobe}, cost <= {cfg.max_cost:g} of dense) has its "
+            f"P@1 loss against dense within {100 * cfg.tolerance:.2f} point at {cfg.confidence:.0%} confidence; "
+            f"kept the one of least bound: loss {100 * report.loss.loss:+.2f} +- {100 * report.loss.se:.2f} point")
+    return directions[:, : report.code_dim] if report.code_dim != index.dim else None
 
 
 def query_space_partitions(index: "PartitionIndex", num_queries: int) -> int:

@@ -12,7 +12,7 @@ import lsskernels as lss
 from lsskernels import reference
 from lsskernels.data import make_synthetic_task
 from lsskernels.index import PartitionIndex, SimHashIndex, default_partitions, make_index
-from lsskernels.partitions import PartitionFitConfig, label_homes, rerank_grid, setting_cost
+from lsskernels.partitions import PartitionFitConfig, label_homes, rerank_grid
 from lsskernels.training import label_recall
 
 
@@ -66,36 +66,35 @@ def test_fit_spill_and_calibration_beat_the_unfitted_index(task):
     assert torch.equal(plain.index.list_ids, base.index.list_ids)
 
 
-def test_calibration_picks_the_cheapest_setting_that_reaches_the_target(task):
+def test_calibration_picks_the_cheapest_accepted_setting(task):
     layer = layer_for(task)
     report = layer.fit(task.train_x, task.train_y, progress=False)
     # The query space's walk may stop before its first probe count: its
-    # centroids and lists alone can cost more than a label-space setting
-    # that is within tolerance of dense already.
-    assert "labels" in {row["space"] for row in report.calibration} <= {"labels", "queries"}
-    for space in {row["space"] for row in report.calibration}:
-        grid = [row["nprobe"] for row in report.calibration if row["space"] == space]
+    # centroids and lists alone can cost more than an accepted label-space setting.
+    assert "labels" in {p.space for p in report.calibration} <= {"labels", "queries"}
+    for space in {p.space for p in report.calibration}:
+        grid = [p.nprobe for p in report.calibration if p.space == space]
         assert grid == sorted(grid) and grid[0] == 1
     assert layer.index.nprobe == report.nprobe and layer.index.space == report.space
-    assert 0 < report.dense_p1 <= 1
+    assert 0 < report.dense_p1 <= 1 and sum(report.held_out) > 0
     d = task.weight.shape[1]
     assert report.budget == PartitionFitConfig().max_cost * task.num_labels * d * 4
-    cost = lambda row, r: setting_cost(row["rows"], row["width"], r, d, 4, row["partitions"])
-    affordable = [p1 for row in report.calibration for r, p1 in row["P@1 by rerank"].items()
-                  if cost(row, r) <= report.budget]
-    target = min(max(affordable), report.dense_p1) - PartitionFitConfig().tolerance
-    assert report.target == pytest.approx(target)
+    tol = PartitionFitConfig().tolerance
     rerank = report.rerank or layer.max_candidates
     assert layer.index.rerank == report.rerank and rerank in rerank_grid(layer.max_candidates)
-    chosen = next(row for row in report.calibration if row["space"] == report.space
-                  and row["nprobe"] == report.nprobe and row["code_dim"] == (report.code_dim or d))
-    assert chosen["P@1 by rerank"][rerank] >= target - 1e-12 and cost(chosen, rerank) <= report.budget
-    assert chosen["partitions"] == layer.index.num_partitions == report.num_partitions
-    # No other setting within budget that reaches the target is modelled cheaper.
-    for row in report.calibration:
-        for r, p1 in row["P@1 by rerank"].items():
-            if p1 >= target - 1e-12 and cost(row, r) <= report.budget:
-                assert cost(row, r) >= cost(chosen, rerank)
+    chosen = next(p for p in report.calibration if p.space == report.space
+                  and p.nprobe == report.nprobe and p.code_dim == (report.code_dim or d))
+    assert chosen.partitions == layer.index.num_partitions == report.num_partitions
+    assert report.loss == chosen.loss[rerank]
+    assert report.accepted and report.loss.bound <= tol and chosen.cost(rerank, d, 4) <= report.budget
+    # The bound is the loss plus z standard errors, and a setting's loss is paired against dense.
+    assert report.loss.bound == pytest.approx(report.loss.loss + 1.2815515655446004 * report.loss.se)
+    assert chosen.p1[rerank] == pytest.approx(report.dense_p1 - report.loss.loss)
+    # No other accepted setting within budget is modelled cheaper.
+    for p in report.calibration:
+        for r, loss in p.loss.items():
+            if loss.bound <= tol and p.cost(r, d, 4) <= report.budget:
+                assert p.cost(r, d, 4) >= chosen.cost(rerank, d, 4)
     # Off: every candidate is scored exactly.
     plain = layer_for(task)
     assert plain.fit(task.train_x, task.train_y, progress=False, calibrate_rerank=False).rerank is None
@@ -103,26 +102,25 @@ def test_calibration_picks_the_cheapest_setting_that_reaches_the_target(task):
 
 def test_the_cost_budget_bounds_the_chosen_setting(task):
     d = task.weight.shape[1]
-    cost = lambda row, r: setting_cost(row["rows"], row["width"], r, d, 4, row["partitions"])
     dense_bytes = task.num_labels * d * 4
 
     def chosen_cost(report):
-        row = next(row for row in report.calibration if row["nprobe"] == report.nprobe
-                   and row["code_dim"] == (report.code_dim or d))
-        return cost(row, report.rerank or 40)
+        p = next(p for p in report.calibration if p.nprobe == report.nprobe
+                 and p.code_dim == (report.code_dim or d))
+        return p.cost(report.rerank or 40, d, 4)
 
     # Without spill (and with every candidate scored exactly) it takes several probes.
     opts = {"progress": False, "spaces": ("labels",), "spill_probes": 0, "calibrate_rerank": False}
     free = layer_for(task).fit(task.train_x, task.train_y, max_cost=100.0, **opts)
     assert free.nprobe > 1
     # A budget below what the unbounded calibration chose (above its cheapest setting).
-    cheapest = min(cost(row, r) for row in free.calibration for r in row["P@1 by rerank"])
+    cheapest = min(p.cost(r, d, 4) for p in free.calibration for r in p.loss)
     limit = 0.5 * (cheapest + chosen_cost(free))
     report = layer_for(task).fit(task.train_x, task.train_y, max_cost=limit / dense_bytes, **opts)
     assert report.budget == pytest.approx(limit)
     assert chosen_cost(report) <= report.budget
-    # It binds (so this test can fail): fewer probes than without it.
-    assert report.nprobe < free.nprobe and report.target < free.target
+    # It binds (so this test can fail): fewer probes than without it, a looser bound.
+    assert report.nprobe < free.nprobe and report.loss.bound > free.loss.bound
 
 
 def test_label_homes_are_where_a_label_stands_out():
@@ -221,7 +219,7 @@ def test_too_few_queries_for_the_query_space(task):
     # spaces: the label space alone; the query space alone: a clear error.
     x, y = task.train_x[:60], task.train_y[:60]
     report = layer_for(task, num_partitions=64).fit(x, y, progress=False)
-    assert report.space == "labels" and {row["space"] for row in report.calibration} == {"labels"}
+    assert report.space == "labels" and {p.space for p in report.calibration} == {"labels"}
     with pytest.raises(ValueError, match=r"the query space needs at least num_partitions = 64 training queries"):
         layer_for(task, num_partitions=64).fit(x, y, progress=False, spaces=("queries",))
     # The default count for 48 queries (at most one partition per 8) works.
@@ -369,7 +367,7 @@ def test_fit_takes_principal_direction_codes_where_they_cost_less(low_rank_task)
         lin.bias.copy_(b)
     layer = lss.LSSLinear.from_linear(lin, max_candidates=64).eval()
     report = layer.fit(xtr, ytr, progress=False)
-    assert {row["code_dim"] for row in report.calibration} == {256, 128}
+    assert {p.code_dim for p in report.calibration} == {256, 128}
     assert report.code_dim == 128 and tuple(layer.index.code_proj.shape) == (256, 128)
     assert layer.index.codes.shape[1] == 128
     # predict() is the pipeline on the projected queries, on every backend.

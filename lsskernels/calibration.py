@@ -1,0 +1,224 @@
+"""What fit()'s calibration measures, how sure it is, and when it stops.
+
+The question a setting (partition space, code dims, nprobe, exact shortlist
+R) must answer is "does it lose P@1 against the full dense layer on queries
+the index has not seen?". The calibration answers it on held-out fit pairs
+with three choices, each for a reason that holds on layers unlike ours
+(docs/lss.md, "The calibration", has the arithmetic):
+
+* **Paired loss, not two P@1s.** Each held-out query contributes
+  d_i = [dense top-1 correct] - [setting's top-1 correct], in {-1, 0, 1}.
+  The loss is the mean of d_i; its standard error comes only from the
+  queries where the two disagree, so it is far smaller than that of either
+  P@1 (at P@1 5% on 2,000 queries: 0.49 point for a P@1, ~0.1 point for
+  the loss of a setting that disagrees with dense on 20 of them).
+* **Two strata, weighted by Good-Turing.** Pairs held out at random (their
+  label keeps other pairs, which are spilled: a test query of a label seen
+  in training), and pairs whose label occurs once in the fit pairs (held
+  out, their label has no pair left: a test query of a label with no
+  training query). The second stratum's weight is the Good-Turing estimate
+  of the probability that a new query's label was never seen, the share of
+  singleton pairs, so a layer whose labels mostly lack training queries is
+  judged mostly on such queries, and a layer whose labels all recur on none.
+* **A confidence bound as the stop rule.** A setting is accepted when the
+  upper one-sided `confidence` bound of its loss, loss + z * SE, is at most
+  `tolerance`; the cheapest accepted setting (modelled cost) wins. Choosing
+  the cheapest of many noisy estimates favours the ones whose noise was
+  kind; the bound makes each of them earn its place. Where none within the
+  cost budget is accepted, the one of least bound (then least cost) wins,
+  and fit() says so.
+
+This module knows nothing of a family's internals: the family evaluates a
+setting (per-query hits) and this module turns hits into a decision.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from . import _checks as checks
+
+Tensor = torch.Tensor
+
+
+# ----------------------------------------------------------------- held out
+@dataclass
+class HoldOut:
+    """The calibration's held-out pairs (indices into the fit pairs) and the
+    pairs it learns from meanwhile."""
+    seen: Tensor               # int64, held out at random among pairs whose labels recur
+    unseen: Tensor             # int64, pairs whose every label occurs once in the fit pairs
+    train: Tensor              # int64, the rest: clustered and spilled while calibrating
+    missing_mass: float        # Good-Turing: P(a new query's label has no fit pair)
+
+    @property
+    def queries(self) -> Tensor:
+        """Every held-out pair, seen stratum first."""
+        return torch.cat([self.seen, self.unseen])
+
+    @property
+    def size(self) -> int:
+        return int(self.seen.numel() + self.unseen.numel())
+
+    def weights(self) -> Tensor:
+        """Per held-out pair (order of .queries), float64, summing to 1: the
+        strata's shares (1 - m, m) spread evenly over their pairs."""
+        ns, nu = self.seen.numel(), self.unseen.numel()
+        m = self.missing_mass if nu else 0.0
+        if ns == 0:
+            m = 1.0
+        w_seen = torch.full((ns,), (1.0 - m) / max(1, ns), dtype=torch.float64)
+        w_unseen = torch.full((nu,), m / max(1, nu), dtype=torch.float64)
+        return torch.cat([w_seen, w_unseen]).to(self.seen.device)
+
+    def strata(self) -> List[Tuple[slice, float]]:
+        """(positions in .queries, weight) of each non-empty stratum."""
+        ns, nu = self.seen.numel(), self.unseen.numel()
+        m = self.missing_mass if nu else 0.0
+        if ns == 0:
+            m = 1.0
+        out = []
+        if ns:
+            out.append((slice(0, ns), 1.0 - m))
+        if nu:
+            out.append((slice(ns, ns + nu), m))
+        return out
+
+
+def hold_out(y: Tensor, size: int, gen: torch.Generator, max_fraction: float = 0.2) -> HoldOut:
+    """Held-out pairs for labels y int64 [n, m] (-1 padded): up to `size`
+    pairs of each stratum, together at most max_fraction of the pairs."""
+    n = y.shape[0]
+    valid = y >= 0
+    counts = torch.bincount(y[valid], minlength=int(y.max()) + 1 if y.numel() else 1)
+    once = torch.zeros_like(valid)
+    once[valid] = counts[y[valid]] == 1
+    singleton = (once | ~valid).all(1) & valid.any(1)  # every label of the pair occurs only here
+    occurrences = int(valid.sum())
+    # Good-Turing: labels seen once / label occurrences estimates the share of
+    # new queries whose label the pairs never show.
+    missing = float(int((counts == 1).sum()) / max(1, occurrences))
+    cap = int(max_fraction * n)
+    perm = torch.randperm(n, generator=gen).to(y.device)
+    single_perm = perm[singleton[perm]]
+    recur_perm = perm[~singleton[perm]]
+    n_unseen = min(size, single_perm.numel(), cap // 2 if recur_perm.numel() else cap) if missing > 0 else 0
+    n_seen = min(size, recur_perm.numel(), cap - n_unseen)
+    seen, unseen = recur_perm[:n_seen].sort().values, single_perm[:n_unseen].sort().values
+    keep = torch.ones(n, dtype=torch.bool, device=y.device)
+    keep[seen] = False
+    keep[unseen] = False
+    return HoldOut(seen=seen, unseen=unseen, train=torch.nonzero(keep).squeeze(1), missing_mass=missing)
+
+
+# ---------------------------------------------------------------- statistic
+@dataclass
+class PairedLoss:
+    """The P@1 a setting loses against dense on the held-out pairs."""
+    loss: float                # weighted mean of d_i (negative: the setting beats dense)
+    se: float                  # its standard error (stratified)
+    bound: float               # loss + z * se
+
+    @staticmethod
+    def of(dense_hits: Tensor, hits: Tensor, holdout: HoldOut, z: float) -> "PairedLoss":
+        d = dense_hits.to(torch.float64) - hits.to(torch.float64)
+        loss, var = 0.0, 0.0
+        for where, share in holdout.strata():
+            dh = d[where]
+            nh = dh.numel()
+            mean = float(dh.mean())
+            # The sample variance, floored at one discordant pair's worth: a
+            # stratum where nothing disagreed still bounds the loss at z / n.
+            s2 = max(float(((dh - mean) ** 2).sum()) / max(1, nh - 1), 1.0 / nh)
+            loss += share * mean
+            var += share * share * s2 / nh
+        se = math.sqrt(var)
+        return PairedLoss(loss=loss, se=se, bound=loss + z * se)
+
+
+def z_of(confidence: float) -> float:
+    """The one-sided normal quantile of confidence (0.9 -> 1.2816)."""
+    return NormalDist().inv_cdf(confidence)
+
+
+# -------------------------------------------------------------- cost model
+def scan_cost(rows: float, width: int) -> float:
+    """Streamed bytes of scanning `rows` code rows: `width` int8 plus the
+    row's scale, bias, id and sort key (20 bytes)."""
+    return rows * (width + 20)
+
+
+def setting_cost(rows: float, width: int, rerank: int, dim: int, weight_bytes: int, partitions: int = 0) -> float:
+    """The modelled cost of one query at a setting, in streamed-byte units:
+    the probe (a scan of the partitions' int8 centroid codes), the scanned
+    codes (scan_cost) and the exact rows (random reads of the weight matrix,
+    priced at twice a streamed byte each: docs/performance.md). A model, not
+    a timing, so that fit() stays a function of its inputs."""
+    probe_width = -(-dim // checks.CODE_ALIGN) * checks.CODE_ALIGN
+    return scan_cost(partitions, probe_width) + scan_cost(rows, width) + 2.0 * rerank * dim * weight_bytes
+
+
+# ------------------------------------------------------------------ points
+@dataclass
+class CalibrationPoint:
+    """One (space, code dims, nprobe) the calibration evaluated, with every
+    shortlist R it tried."""
+    space: str
+    partitions: int
+    code_dim: int
+    width: int                 # bytes per code row (code_dim rounded up)
+    nprobe: int
+    rows: float                # mean probed rows per held-out query
+    recall: float              # weighted share of held-out pairs with a label among the candidates
+    p1: Dict[int, float] = field(default_factory=dict)           # weighted held-out P@1 by R
+    loss: Dict[int, PairedLoss] = field(default_factory=dict)    # paired loss against dense by R
+
+    def cost(self, rerank: int, dim: int, weight_bytes: int) -> float:
+        return setting_cost(self.rows, self.width, rerank, dim, weight_bytes, self.partitions)
+
+
+def settings(points: List[CalibrationPoint], dim: int, weight_bytes: int,
+             budget: float = float("inf")) -> Iterator[Tuple[float, CalibrationPoint, int]]:
+    """(cost, point, R) of every setting tried whose cost is within budget."""
+    for p in points:
+        for r in p.loss:
+            c = p.cost(r, dim, weight_bytes)
+            if c <= budget:
+                yield c, p, r
+
+
+def accepted(points: List[CalibrationPoint], tolerance: float, dim: int, weight_bytes: int,
+             budget: float = float("inf")) -> List[Tuple[float, CalibrationPoint, int]]:
+    """The settings within budget whose loss bound is at most tolerance."""
+    return [s for s in settings(points, dim, weight_bytes, budget) if s[1].loss[s[2]].bound <= tolerance + 1e-12]
+
+
+def choose_setting(points: List[CalibrationPoint], tolerance: float, *, dim: int, weight_bytes: int,
+                   budget: float = float("inf")) -> Tuple[CalibrationPoint, int, bool]:
+    """(point, R, accepted): the cheapest accepted setting (ties: wider
+    codes, the label space, fewer probes, shorter list); where none is
+    accepted, the one within budget of least loss bound (then least cost);
+    where none is within budget, the cheapest tried."""
+    order = lambda s: (s[0], -s[1].code_dim, 0 if s[1].space == "labels" else 1, s[1].nprobe, s[2])  # noqa: E731
+    ok = accepted(points, tolerance, dim, weight_bytes, budget)
+    if ok:
+        _, p, r = min(ok, key=order)
+        return p, r, True
+    affordable = list(settings(points, dim, weight_bytes, budget))
+    if affordable:
+        _, p, r = min(affordable, key=lambda s: (round(s[1].loss[s[2]].bound, 12),) + order(s))
+        return p, r, False
+    _, p, r = min(settings(points, dim, weight_bytes), key=order)
+    return p, r, False
+
+
+def cheapest_accepted(points: List[CalibrationPoint], tolerance: float, dim: int, weight_bytes: int,
+                      budget: float) -> Optional[float]:
+    """The least cost of an accepted setting so far (None: none yet): the
+    walk up the nprobe grid stops once a scan alone would cost more."""
+    ok = accepted(points, tolerance, dim, weight_bytes, budget)
+    return min(c for c, _, _ in ok) if ok else None

@@ -1,0 +1,82 @@
+"""lsskernels/calibration.py: the held-out strata and their Good-Turing
+weight, the paired loss and its standard error, and the stop rule (a
+setting is accepted on its confidence bound, the cheapest accepted wins)."""
+import math
+
+import pytest
+import torch
+
+from lsskernels.calibration import CalibrationPoint, HoldOut, PairedLoss, choose_setting, hold_out, z_of
+
+
+def test_hold_out_strata_and_good_turing():
+    # Labels 0..9 occur 3 times each, labels 10..49 once: 40 singletons.
+    y = torch.cat([torch.arange(10).repeat(3), torch.arange(10, 50)]).unsqueeze(1)
+    held = hold_out(y, 5, torch.Generator().manual_seed(0))
+    assert held.missing_mass == pytest.approx(40 / 70)
+    assert held.seen.numel() == 5 and held.unseen.numel() == 5
+    assert bool((y[held.unseen, 0] >= 10).all()) and bool((y[held.seen, 0] < 10).all())
+    # Every pair is in exactly one of the three sets.
+    all_ids = torch.cat([held.seen, held.unseen, held.train]).sort().values
+    assert torch.equal(all_ids, torch.arange(70))
+    w = held.weights()
+    assert float(w.sum()) == pytest.approx(1.0)
+    assert float(w[5:].sum()) == pytest.approx(40 / 70)
+    # A function of (labels, size, seed).
+    again = hold_out(y, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(again.seen, held.seen) and torch.equal(again.unseen, held.unseen)
+
+
+def test_hold_out_without_singletons_has_one_stratum():
+    y = torch.arange(20).repeat(5).unsqueeze(1)
+    held = hold_out(y, 1000, torch.Generator().manual_seed(1))
+    assert held.missing_mass == 0 and held.unseen.numel() == 0
+    assert held.seen.numel() == 20  # at most a fifth of the pairs
+    assert held.strata() == [(slice(0, 20), 1.0)]
+
+
+def test_hold_out_multi_label_pairs():
+    # A pair is a singleton pair only when every label of it occurs once.
+    y = torch.tensor([[0, 5], [0, -1], [6, -1], [7, 8], [1, -1], [1, 2]] * 1 + [[2, -1]] * 4)
+    held = hold_out(y, 10, torch.Generator().manual_seed(2), max_fraction=1.0)
+    unseen_rows = {tuple(r) for r in y[held.unseen].tolist()}
+    assert unseen_rows <= {(6, -1), (7, 8)}
+
+
+def test_paired_loss_is_stratified_and_floored():
+    held = HoldOut(seen=torch.arange(4), unseen=torch.arange(4, 8), train=torch.empty(0, dtype=torch.int64),
+                   missing_mass=0.25)
+    dense = torch.tensor([1, 1, 0, 0, 1, 0, 0, 0], dtype=torch.bool)
+    hits = torch.tensor([1, 0, 0, 1, 0, 0, 0, 0], dtype=torch.bool)
+    z = z_of(0.9)
+    got = PairedLoss.of(dense, hits, held, z)
+    # seen: d = [0, 1, 0, -1], mean 0, var 2/3; unseen: d = [1, 0, 0, 0], mean 1/4, var 1/4.
+    assert got.loss == pytest.approx(0.75 * 0 + 0.25 * 0.25)
+    se = math.sqrt(0.75**2 * (2 / 3) / 4 + 0.25**2 * 0.25 / 4)
+    assert got.se == pytest.approx(se) and got.bound == pytest.approx(got.loss + z * se)
+    # Nothing disagrees: the bound is still z / n, never zero.
+    same = PairedLoss.of(dense, dense, held, z)
+    assert same.loss == 0 and same.bound == pytest.approx(z * math.sqrt(0.75**2 / 16 + 0.25**2 / 16))
+
+
+def _point(nprobe, rows, loss, se):
+    return CalibrationPoint(space="labels", partitions=16, code_dim=32, width=32, nprobe=nprobe, rows=rows,
+                            recall=1.0, p1={64: 0.5}, loss={64: PairedLoss(loss, se, loss + 1.28 * se)})
+
+
+def test_the_stop_rule_needs_the_bound_not_the_estimate():
+    # The cheap setting's estimate passes the tolerance, its bound does not.
+    noisy = _point(1, 100, 0.001, 0.004)
+    solid = _point(4, 400, 0.0005, 0.0005)
+    point, rerank, ok = choose_setting([noisy, solid], 0.002, dim=32, weight_bytes=4)
+    assert ok and point is solid and rerank == 64
+    # Cheapest of the accepted ones.
+    solid2 = _point(8, 800, 0.0, 0.0001)
+    assert choose_setting([solid2, solid], 0.002, dim=32, weight_bytes=4)[0] is solid
+    # None accepted: least bound, flagged.
+    point, _, ok = choose_setting([noisy, _point(2, 200, 0.01, 0.001)], 0.002, dim=32, weight_bytes=4)
+    assert not ok and point is noisy
+    # The budget excludes what it cannot afford, accepted or not.
+    budget = solid.cost(64, 32, 4) - 1
+    point, _, ok = choose_setting([noisy, solid], 0.002, dim=32, weight_bytes=4, budget=budget)
+    assert not ok and point is noisy
