@@ -201,10 +201,37 @@ def _encode_labels(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: i
     return codes, scales, code_bias
 
 
+class LabelCodes:
+    """Every label's code, scale and bias under each code projection of one
+    fit, encoded once: a fit installs lists several times (each space, with
+    and without spill, each code dim), and a list only chooses and repeats
+    labels, so an install is a gather. Within a fit the projections of a
+    given width are all the same matrix (the top principal directions), so
+    the width is the key."""
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor]) -> None:
+        self.weight, self.bias = weight, bias
+        self._encoded: Dict[tuple, tuple] = {}
+
+    def rows(self, ids: Tensor, proj: Optional[Tensor]):
+        """(codes, scales, biases) of the labels ids (int64 [T]) under proj."""
+        key = None if proj is None or proj.numel() == 0 else tuple(proj.shape)
+        if key not in self._encoded:
+            every = torch.arange(self.weight.shape[0], device=self.weight.device)
+            self._encoded[key] = _encode_labels(self.weight, self.bias, every, 1 << 16, proj)
+        codes, scales, code_bias = self._encoded[key]
+        return codes[ids], scales[ids], code_bias[ids]
+
+
+def _encoded(weight, bias, ids, proj, book: Optional[LabelCodes]):
+    return encode_rows(weight, bias, ids, proj=proj) if book is None else book.rows(ids, proj)
+
+
 def install_lists(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], part: Tensor,
-                  label: Tensor) -> None:
+                  label: Tensor, book: Optional[LabelCodes] = None) -> None:
     """Lists from (partition, label) pairs (int64, distinct): sorted by
-    partition, labels ascending within one; codes encoded from weight."""
+    partition, labels ascending within one; codes encoded from weight (or
+    taken from a fit's LabelCodes)."""
     key = part * index.num_labels + label
     key = key.sort().values
     part, label = key // index.num_labels, key % index.num_labels
@@ -215,14 +242,14 @@ def install_lists(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor
         raise ValueError(f"the partition lists would hold {int(offsets[-1])} rows; at most 2^31 - 1")
     index.list_offsets = offsets.to(torch.int32)
     index.list_ids = label.to(torch.int32)
-    index.codes, index.code_scales, index.code_bias = encode_rows(weight, bias, label, proj=index.code_proj)
+    index.codes, index.code_scales, index.code_bias = _encoded(weight, bias, label, index.code_proj, book)
     index.built = True
 
 
 @torch.no_grad()
 def build_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], *, seed: int,
                      iters: int = PartitionFitConfig.kmeans_iters,
-                     sample: int = PartitionFitConfig.kmeans_sample) -> Tensor:
+                     sample: int = PartitionFitConfig.kmeans_sample, book: Optional[LabelCodes] = None) -> Tensor:
     """k-means partitions and each label's own list entry; returns the
     assignment int64 [N]."""
     v = augmented(weight, bias)
@@ -231,7 +258,7 @@ def build_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Ten
     index.centroids = c[:, :-1].contiguous()
     index.centroid_bias = c[:, -1].contiguous()
     assign = _nearest(v, c)
-    install_lists(index, weight, bias, assign, torch.arange(index.num_labels, device=weight.device))
+    install_lists(index, weight, bias, assign, torch.arange(index.num_labels, device=weight.device), book)
     return assign
 
 
@@ -261,7 +288,7 @@ def label_homes(weight: Tensor, bias: Optional[Tensor], centroids: Tensor, chunk
 @torch.no_grad()
 def build_query_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor, *,
                            seed: int, iters: int = PartitionFitConfig.kmeans_iters,
-                           sample: int = PartitionFitConfig.kmeans_sample) -> Tensor:
+                           sample: int = PartitionFitConfig.kmeans_sample, book: Optional[LabelCodes] = None) -> Tensor:
     """Query-space partitions: k-means of the queries, probed by L2
     distance, each label listed in its home partition (label_homes);
     returns the homes int64 [N]."""
@@ -270,7 +297,7 @@ def build_query_partitions(index: "PartitionIndex", weight: Tensor, bias: Option
     index.centroids = c.contiguous()
     index.centroid_bias = (-0.5 * c.pow(2).sum(1)).contiguous()
     home = label_homes(weight, bias, c)
-    install_lists(index, weight, bias, home, torch.arange(index.num_labels, device=weight.device))
+    install_lists(index, weight, bias, home, torch.arange(index.num_labels, device=weight.device), book)
     return home
 
 
@@ -312,10 +339,10 @@ def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Ten
     return p[kept], l[kept]
 
 
-def _with_spill(index, weight, bias, assign, queries, y, cfg, cap, probes=None) -> int:
+def _with_spill(index, weight, bias, assign, queries, y, cfg, cap, probes=None, book=None) -> int:
     sp, sl = spill_pairs(index, queries, y, assign, cfg, cap, probes)
     own = torch.arange(index.num_labels, device=assign.device)
-    install_lists(index, weight, bias, torch.cat([assign, sp]), torch.cat([own, sl]))
+    install_lists(index, weight, bias, torch.cat([assign, sp]), torch.cat([own, sl]), book)
     return int(sp.numel())
 
 
@@ -379,12 +406,12 @@ def principal_directions(weight: Tensor, r: int) -> Tensor:
 
 
 def set_code_projection(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor],
-                        proj: Optional[Tensor]) -> None:
+                        proj: Optional[Tensor], book: Optional[LabelCodes] = None) -> None:
     """Re-encode the listed rows with proj ([d, r]) or without a projection."""
     index.code_proj = (proj.contiguous() if proj is not None
                        else torch.zeros(0, 0, dtype=torch.float32, device=weight.device))
-    index.codes, index.code_scales, index.code_bias = encode_rows(weight, bias, index.list_ids.to(torch.int64),
-                                                                  proj=index.code_proj)
+    index.codes, index.code_scales, index.code_bias = _encoded(weight, bias, index.list_ids.to(torch.int64),
+                                                               index.code_proj, book)
 
 
 def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor, labels: Tensor,
@@ -440,11 +467,12 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
         t = time.perf_counter()
         if space == "labels":
             idx = index
-            home = build_partitions(idx, weight, bias, seed=seed, iters=cfg.kmeans_iters, sample=cfg.kmeans_sample)
+            home = build_partitions(idx, weight, bias, seed=seed, iters=cfg.kmeans_iters, sample=cfg.kmeans_sample,
+                                    book=book)
         else:
             idx = query_space_index(index, train.numel())
             home = build_query_partitions(idx, weight, bias, queries[train], seed=seed, iters=cfg.kmeans_iters,
-                                          sample=cfg.kmeans_sample)
+                                          sample=cfg.kmeans_sample, book=book)
         report.seconds["partitions"] += time.perf_counter() - t
         spill_probes[space] = (_probe(idx, queries, min(cfg.spill_probes, idx.num_partitions))
                                if cfg.spill_probes else None)
@@ -453,6 +481,7 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
         return idx, home
 
     built, spill_probes = {}, {}  # per space: (index, homes), every query's first spill_probes partitions
+    book = LabelCodes(weight, bias)
     t = time.perf_counter()
     if not calibrate:
         built[spaces[0]] = build(spaces[0])
@@ -460,9 +489,9 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
         report.nprobe = built[spaces[0]][0].nprobe
     else:
         chosen = _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spill_probes, cap, cfg,
-                            max_candidates, report, log)
+                            max_candidates, report, log, book)
         idx = built[report.space][0]
-        set_code_projection(idx, weight, bias, chosen)
+        set_code_projection(idx, weight, bias, chosen, book)
     idx, home = built[report.space]
     report.num_partitions = idx.num_partitions
     idx.nprobe = report.nprobe
@@ -470,7 +499,7 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     report.seconds["calibration"] = time.perf_counter() - t - report.seconds["partitions"]
 
     t = time.perf_counter()
-    report.spilled = (_with_spill(idx, weight, bias, home, queries, y, cfg, cap, spill_probes[report.space])
+    report.spilled = (_with_spill(idx, weight, bias, home, queries, y, cfg, cap, spill_probes[report.space], book)
                       if cfg.spill_probes else 0)
     report.seconds["spill"] = time.perf_counter() - t
     idx.fitted = True
@@ -483,7 +512,7 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
 
 
 def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spill_probes, cap, cfg, max_candidates,
-               report, log) -> Optional[Tensor]:
+               report, log, book) -> Optional[Tensor]:
     """Evaluate settings on the held-out pairs (lsskernels/calibration.py)
     and record the chosen one in report; returns the chosen code projection
     (None: codes of x itself)."""
@@ -508,7 +537,7 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
         # Calibrate on held-out queries whose labels were not spilled from them.
         if cfg.spill_probes:
             _with_spill(idx, weight, bias, home, queries[held.train], y[held.train], cfg, cap,
-                        spill_probes[space][held.train])
+                        spill_probes[space][held.train], book)
         grid = [p for p in grid_all if p <= idx.num_partitions]
         # The held-out queries' probes at the largest nprobe, once: the first
         # p columns are their probes at p (best first), for every code dim.
@@ -516,7 +545,7 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
         sizes = (idx.list_offsets[1:] - idx.list_offsets[:-1]).to(torch.float64)
         rows_at = {p: float((weights * sizes[probes[:, :p]].sum(1)).sum()) for p in grid}
         for dim in dims:
-            set_code_projection(idx, weight, bias, None if dim == index.dim else directions[:, :dim])
+            set_code_projection(idx, weight, bias, None if dim == index.dim else directions[:, :dim], book)
             width = idx.codes.shape[1]
             for p in grid:
                 # Stop once this probe count's scan alone costs more than an
