@@ -29,6 +29,11 @@ except (ImportError, AttributeError):
 MAX_BITS: int = LIMITS["max_bits"]          # bits per hash table (codes are non-negative int32)
 MAX_TABLES: int = LIMITS["max_tables"]      # hash tables per index
 CODE_ALIGN: int = LIMITS["code_align"]      # rows of int8 codes are padded to a multiple of this
+
+
+def code_width(dim: int) -> int:
+    """Dp: dim rounded up to a multiple of CODE_ALIGN (bytes of an int8 code row)."""
+    return -(-dim // CODE_ALIGN) * CODE_ALIGN
 QUANT_LEVELS: int = LIMITS["quant_levels"]  # int8 codes and quantized queries use [-127, 127]
 MAX_INT32 = 2**31 - 1
 
@@ -101,7 +106,7 @@ def bias_fits(b_shape, rows: int) -> bool:
 
 def code_width_ok(d: int, width: int) -> bool:
     """Dp = d rounded up to a multiple of CODE_ALIGN."""
-    return width % CODE_ALIGN == 0 and d <= width < d + CODE_ALIGN
+    return width == code_width(d)
 
 
 def count_ok(v, low: int, high: Optional[int] = None) -> bool:
@@ -294,7 +299,7 @@ def probe_codes_args(x, centroid_codes, centroid_scales, centroid_bias, nprobe):
     d, (partitions, width) = x.shape[1], centroid_codes.shape
     if partitions == 0 or not code_width_ok(d, width):
         raise ValueError(f"centroid_codes must be int8 [P, Dp] with P >= 1 and Dp = d rounded up to a multiple of "
-                         f"{CODE_ALIGN} (d = {d}: Dp = {-(-d // CODE_ALIGN) * CODE_ALIGN}), "
+                         f"{CODE_ALIGN} (d = {d}: Dp = {code_width(d)}), "
                          f"got {tuple(centroid_codes.shape)}")
     for name, t in (("centroid_scales", centroid_scales), ("centroid_bias", centroid_bias)):
         if t.shape[0] != partitions:
@@ -347,7 +352,7 @@ def partition_lists_args(x, list_offsets, codes, code_scales, code_bias, list_id
     if not code_width_ok(d, width):
         what = "d" if code_dim is None else "the code width r"
         raise ValueError(f"codes must be int8 [T, Dp] with Dp = {what} rounded up to a multiple of {CODE_ALIGN} "
-                         f"({what} = {d}: Dp = {-(-d // CODE_ALIGN) * CODE_ALIGN}), got {tuple(codes.shape)}")
+                         f"({what} = {d}: Dp = {code_width(d)}), got {tuple(codes.shape)}")
     for name, t in (("code_scales", code_scales), ("code_bias", code_bias), ("list_ids", list_ids)):
         if t.shape[0] != rows:
             raise ValueError(f"{name} must be [T] = [{rows}] (one entry per row of codes), got {tuple(t.shape)}")

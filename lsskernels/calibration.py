@@ -158,7 +158,7 @@ def setting_cost(rows: float, width: int, rerank: int, dim: int, weight_bytes: i
     codes (scan_cost) and the exact rows (random reads of the weight matrix,
     priced at twice a streamed byte each: docs/performance.md). A model, not
     a timing, so that fit() stays a function of its inputs."""
-    probe_width = -(-dim // checks.CODE_ALIGN) * checks.CODE_ALIGN
+    probe_width = checks.code_width(dim)
     return scan_cost(partitions, probe_width) + scan_cost(rows, width) + 2.0 * rerank * dim * weight_bytes
 
 

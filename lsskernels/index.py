@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -36,14 +36,19 @@ from torch import nn
 from . import _checks as checks
 from . import _ops
 from . import reference
+from .codec import encode_rows, probe_codes
 from .reference import QUANT_LEVELS
 from .hashing import EXTRA_DIMS, augment_queries, label_codes, simhash_projections
 from .tables import build_label_tables, bucket_size_stats, validate_tables
 
 Tensor = torch.Tensor
 
-FAMILIES = ("partitions", "simhash")
 _FORMAT = 2
+# Partition spaces: k-means of the label vectors [w, b] probed by inner
+# product, or k-means of the training queries probed by L2 distance.
+SPACES = ("labels", "queries")
+# codes_of(ids int64 [T], proj) -> (codes int8 [T, Dp], scales [T], biases [T]): a family's encoder.
+CodesOf = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]]
 
 
 def _native(x: Tensor, backend: Optional[str]) -> bool:
@@ -103,18 +108,10 @@ class LSSIndex(nn.Module, abc.ABC):
             return _ops.topk_gathered(logits, ids, k, backend=backend)
 
     @abc.abstractmethod
-    def rebuild(self, weight: Tensor, bias: Optional[Tensor]) -> None:
-        """Build the unlearned index from the weights alone (discards fit())."""
-
-    @abc.abstractmethod
     def sync(self, weight: Tensor, bias: Optional[Tensor]) -> None:
         """The weights changed: bring what is derived from them up to date,
-        keeping what fit() learned where the family can."""
-
-    @abc.abstractmethod
-    def fit(self, weight: Tensor, bias: Optional[Tensor], queries: Tensor, labels: Tensor, *,
-            max_candidates: int, seed: int = 0, **options):
-        """A new, fitted index of this family and configuration, and a report."""
+        keeping what fit() learned where the family can. (Building and
+        fitting an index are its family's: lsskernels/families.py.)"""
 
     @abc.abstractmethod
     def config(self) -> Dict[str, object]:
@@ -188,7 +185,7 @@ class LSSIndex(nn.Module, abc.ABC):
 
 
 def check_extra_state(extra, family: Optional[str] = None) -> None:
-    if not isinstance(extra, dict) or extra.get("format") != _FORMAT or extra.get("family") not in FAMILIES \
+    if not isinstance(extra, dict) or extra.get("format") != _FORMAT or not isinstance(extra.get("family"), str) \
             or not isinstance(extra.get("config"), dict):
         raise ValueError(f"unrecognised LSSIndex extra state {extra!r}")
     if family is not None and extra["family"] != family:
@@ -261,12 +258,6 @@ class SimHashIndex(LSSIndex):
             return torch.ops.lsskernels.predict_topk(x, self.query_proj, self.offsets, self.items, weight, bias,
                                                      self.num_labels, max_candidates, self.min_hits, k)
         return super().predict_topk(x, weight, bias, max_candidates, k, backend)
-
-    def fit(self, weight, bias, queries, labels, *, max_candidates, seed=0, **options):
-        from .training import fit_simhash
-
-        return fit_simhash(self.clone_empty().to(weight.device), weight, bias, queries, labels,
-                           max_candidates=max_candidates, seed=seed, **options)
 
     def validate_state(self, tensors, config):
         dim = config["dim"] + EXTRA_DIMS
@@ -361,7 +352,7 @@ class PartitionIndex(LSSIndex):
         # correct label is usually among the first few, and each exact row is
         # a random read of the weight matrix.
         self.rerank: Optional[int] = None
-        width = -(-dim // checks.CODE_ALIGN) * checks.CODE_ALIGN
+        width = checks.code_width(dim)
         f32 = {"dtype": torch.float32, "device": device}
         self.register_buffer("centroids", torch.zeros(p, dim, **f32))
         self.register_buffer("centroid_bias", torch.zeros(p, **f32))
@@ -393,8 +384,6 @@ class PartitionIndex(LSSIndex):
                 "partitions_set": self.partitions_override}
 
     def _set_extra_fields(self, state):
-        from .partitions import SPACES
-
         space = state.get("space", "labels")  # 0.2 / 0.3 state dicts: label space
         if space not in SPACES:
             raise ValueError(f"the saved partition index has space {space!r}; expected one of {SPACES}")
@@ -412,35 +401,66 @@ class PartitionIndex(LSSIndex):
             return max_candidates
         return min(max_candidates, max(k, self.rerank))
 
-    # -------------------------------------------------------------- build
+    # ------------------------------------------------- the one writer
+    # Builders (lsskernels/partitions.py) compute partitions and lists and
+    # hand them here; nothing else writes the buffers.
     @torch.no_grad()
-    def rebuild(self, weight, bias):
-        from .partitions import build_partitions
+    def set_partitions(self, centroids: Tensor, centroid_bias: Tensor, space: str) -> None:
+        """New partitions (float32 [P, d], [P]) in space; the lists must be installed next."""
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+        if tuple(centroids.shape) != (self.num_partitions, self.dim) or tuple(centroid_bias.shape) != (self.num_partitions,):
+            raise ValueError(f"centroids must be [{self.num_partitions}, {self.dim}] and centroid_bias "
+                             f"[{self.num_partitions}], got {tuple(centroids.shape)}, {tuple(centroid_bias.shape)}")
+        if not bool(torch.isfinite(centroids).all() and torch.isfinite(centroid_bias).all()):
+            raise ValueError("centroids and centroid_bias must be finite")
+        self.centroids = centroids.to(torch.float32).contiguous()
+        self.centroid_bias = centroid_bias.to(torch.float32).contiguous()
+        self.space = space
+        self.built = False
 
-        self.code_proj = torch.zeros(0, 0, dtype=torch.float32, device=weight.device)
-        build_partitions(self, weight, bias, seed=self.seed)
-        self.space = "labels"
-        self.fitted = False
-        self.rerank = None
+    @torch.no_grad()
+    def install_lists(self, part: Tensor, label: Tensor, codes_of: CodesOf) -> None:
+        """Lists from (partition, label) pairs (int64, distinct): sorted by
+        partition, labels ascending within one; codes_of(ids, proj) gives
+        the rows' (codes, scales, biases) under the index's code projection."""
+        n = self.num_labels
+        key = (part * n + label).sort().values
+        part, label = key // n, key % n
+        if part.numel() and (int(part.min()) < 0 or int(part.max()) >= self.num_partitions):
+            raise ValueError(f"partitions must be in [0, {self.num_partitions})")
+        if bool((key[1:] == key[:-1]).any()):
+            raise ValueError("(partition, label) pairs must be distinct")
+        counts = torch.bincount(part, minlength=self.num_partitions)
+        offsets = torch.zeros(self.num_partitions + 1, dtype=torch.int64, device=part.device)
+        offsets[1:] = torch.cumsum(counts, 0)
+        if int(offsets[-1]) >= 2**31:
+            raise ValueError(f"the partition lists would hold {int(offsets[-1])} rows; at most 2^31 - 1")
+        self.list_offsets = offsets.to(torch.int32)
+        self.list_ids = label.to(torch.int32)
+        self.codes, self.code_scales, self.code_bias = codes_of(label, self.code_proj)
+        self.built = True
+
+    @torch.no_grad()
+    def set_code_projection(self, proj: Optional[Tensor], codes_of: CodesOf) -> None:
+        """Re-encode the listed rows with proj ([d, r]) or without a projection (None)."""
+        self.code_proj = (proj.to(torch.float32).contiguous() if proj is not None
+                          else torch.zeros(0, 0, dtype=torch.float32, device=self.centroids.device))
+        self.codes, self.code_scales, self.code_bias = codes_of(self.list_ids.to(torch.int64), self.code_proj)
+
+    def set_search(self, nprobe: int, rerank: Optional[int]) -> None:
+        """The calibrated probe count and shortlist."""
+        self.nprobe = checks.integer("nprobe", nprobe, 1, self.num_partitions)
+        self.rerank = None if rerank is None else checks.integer("rerank", rerank, 1)
 
     @torch.no_grad()
     def sync(self, weight, bias):
         # Keep the partitions and spill lists (what fit() learned); re-encode
         # the codes of every listed label from the current weights.
-        from .partitions import encode_rows
-
         if not self.built:
-            self.rebuild(weight, bias)
-            return
+            raise RuntimeError("sync() of an unbuilt index: build it first (lsskernels.families.rebuild)")
         self.codes, self.code_scales, self.code_bias = encode_rows(weight, bias, self.list_ids.to(torch.int64),
                                                                    proj=self.code_proj)
-
-
-    def fit(self, weight, bias, queries, labels, *, max_candidates, seed=0, **options):
-        from .partitions import fit_partitions
-
-        return fit_partitions(self.clone_empty().to(weight.device), weight, bias, queries, labels,
-                              max_candidates=max_candidates, seed=seed, **options)
 
     # ---------------------------------------------------------- inference
     def _lists(self):
@@ -462,8 +482,6 @@ class PartitionIndex(LSSIndex):
             # cache as an eager call last left it (see LSSLinear.sync_index).
             return cached[2], cached[3], cached[4]
         if cached is None or cached[0] is not c or cached[1] != c._version:
-            from .partitions import probe_codes
-
             codes, scales = probe_codes(c)
             cached = (c, c._version, codes, scales, reference.probe_list(c.shape[0], c.device))
             self._probe_cache = cached
@@ -508,8 +526,6 @@ class PartitionIndex(LSSIndex):
 
     @torch.no_grad()
     def mismatch(self, weight, bias):
-        from .partitions import encode_rows
-
         codes, scales, code_bias = encode_rows(weight, bias, self.list_ids.to(torch.int64), proj=self.code_proj)
         # Codes may differ by one step where a projection's rounding differs
         # between machines or thread counts; a code of other weights differs by more.
@@ -597,33 +613,3 @@ def validate_partition_lists(tensors: Dict[str, Tensor], num_labels: int, dim: i
         key = part * num_labels + ids.to(torch.int64)
         if bool((key[1:] <= key[:-1]).any()):
             raise ValueError("list_ids must be ascending and distinct within each partition")
-
-
-# ==========================================================================
-_CLASSES = {"partitions": PartitionIndex, "simhash": SimHashIndex}
-_SIMHASH_KNOBS = ("num_tables", "bits", "min_hits")
-_PARTITION_KNOBS = ("num_partitions", "nprobe")
-
-
-def make_index(num_labels: int, dim: int, *, family: Optional[str] = None, seed: int = 0, device=None,
-               **knobs) -> LSSIndex:
-    """An unbuilt index for N labels of dimension d. family None picks
-    "simhash" when a SimHash knob (num_tables, bits, min_hits) is given,
-    else "partitions"; knobs left as None take the family's defaults."""
-    knobs = {k: v for k, v in knobs.items() if v is not None}
-    if family is None:
-        family = "simhash" if any(k in knobs for k in _SIMHASH_KNOBS) else "partitions"
-    if family not in _CLASSES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    allowed = _SIMHASH_KNOBS if family == "simhash" else _PARTITION_KNOBS
-    wrong = sorted(set(knobs) - set(allowed))
-    if wrong:
-        raise TypeError(f"options {wrong} do not apply to the {family!r} family (its options: {list(allowed)})")
-    return _CLASSES[family](num_labels, dim, seed=seed, device=device, **knobs)
-
-
-def index_from_extra_state(extra: dict, device=None) -> LSSIndex:
-    """An unbuilt index with the family and configuration of a saved extra state."""
-    check_extra_state(extra)
-    cfg = dict(extra["config"])
-    return _CLASSES[extra["family"]](**cfg, device=device)

@@ -25,7 +25,11 @@ from torch import nn
 
 from . import _checks as checks
 from . import _ops
-from .index import LSSIndex, SimHashIndex, index_from_extra_state, make_index
+from . import families
+from . import partitions as _partitions  # noqa: F401  (registers the "partitions" family)
+from . import training as _simhash  # noqa: F401  (registers the "simhash" family)
+from .families import index_from_extra_state, make_index
+from .index import LSSIndex, SimHashIndex
 
 Tensor = torch.Tensor
 
@@ -142,7 +146,7 @@ class LSSLinear(nn.Module):
         (partition space and count, probes, spill, shortlist, projection)
         is discarded; call fit() again to learn it."""
         index = self.index.clone_empty().to(self.weight.device)
-        index.rebuild(self.weight, self.bias)
+        families.rebuild(index, self.weight, self.bias)
         self.index = index
         self._mark_indexed()
 
@@ -186,7 +190,7 @@ class LSSLinear(nn.Module):
             return
         index = self._modules["index"]
         if not index.built:
-            index.rebuild(self.weight, self.bias)
+            families.rebuild(index, self.weight, self.bias)
         elif not self._index_current():
             index.sync(self.weight, self.bias)
         else:
@@ -206,8 +210,9 @@ class LSSLinear(nn.Module):
         fit. Options: PartitionFitConfig (lsskernels/partitions.py) or
         FitConfig (lsskernels/training.py). Returns the family's report; the
         new index is installed (report.index)."""
-        index, report = self.index.fit(self.weight, self.bias, queries, labels, max_candidates=self.max_candidates,
-                                       seed=self.seed if seed is None else seed, **options)
+        index, report = families.fit(self.index, self.weight, self.bias, queries, labels,
+                                     max_candidates=self.max_candidates, seed=self.seed if seed is None else seed,
+                                     **options)
         self.index = index
         self._mark_indexed()
         return report

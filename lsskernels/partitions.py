@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -54,17 +54,14 @@ from . import _checks as checks
 from . import _ops
 from .calibration import (CalibrationPoint, PairedLoss, cheapest_accepted, choose_setting, hold_out, scan_cost,
                           setting_cost, z_of)
+from .codec import encode_labels, encode_rows
+from .families import Family, register
 from .fit_pairs import dense_hits, fit_logger, fit_pairs
-from .reference import QUANT_LEVELS
+from .index import SPACES, PartitionIndex, default_partitions
 
-if TYPE_CHECKING:
-    from .index import PartitionIndex
 
 Tensor = torch.Tensor
 
-# Partition spaces: k-means of the label vectors [w, b] probed by inner
-# product, or k-means of the training queries probed by L2 distance.
-SPACES = ("labels", "queries")
 
 
 @dataclass
@@ -144,63 +141,6 @@ def kmeans(v: Tensor, k: int, *, iters: int, sample: int, gen: torch.Generator) 
     return c
 
 
-def encode_rows(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: int = 1 << 16,
-                proj: Optional[Tensor] = None):
-    """int8 codes [T, Dp] (Dp = d rounded up to 32, zero tail), scales and
-    biases float32 [T] of the labels ids (int64 [T]): w ~ codes * scale.
-    With proj ([d, r], non-empty) the coded vectors are proj^T (w - mean w)
-    (Dp = r rounded up): the mean shifts every label's score by the same
-    <x, mean>, so rankings are those of proj proj^T w. A label listed in
-    several partitions (spill) is encoded once and its row copied."""
-    if ids.numel() > weight.shape[0] // 2:
-        labels, where = torch.unique(ids, return_inverse=True)
-        codes, scales, code_bias = _encode_labels(weight, bias, labels, chunk, proj)
-        return codes[where], scales[where], code_bias[where]
-    return _encode_labels(weight, bias, ids, chunk, proj)
-
-
-def quantize_rows_into(rows: Tensor, codes: Tensor, scales: Tensor) -> None:
-    """Symmetric int8 codes of float32 rows [n, d], one scale per row (rows ~
-    codes * scale), written into codes [n, >= d] (the tail stays as it is) and
-    scales [n]."""
-    d = rows.shape[1]
-    amax = rows.abs().amax(1) if d else rows.new_zeros(rows.shape[0])
-    inv = torch.where(amax > 0, torch.full_like(amax, QUANT_LEVELS) / amax, torch.zeros_like(amax))
-    codes[:, :d] = torch.round(rows * inv.unsqueeze(1)).clamp(-QUANT_LEVELS, QUANT_LEVELS).to(torch.int8)
-    scales.copy_(amax / QUANT_LEVELS)
-
-
-def probe_codes(centroids: Tensor) -> Tuple[Tensor, Tensor]:
-    """The centroids as the probe scores them: int8 codes [P, Dp] (Dp = d
-    rounded up to 32) and scales float32 [P] of centroids - their mean. The
-    mean shifts every partition's score by the same <x, mean>, so the ranking
-    is that of <x, c> + centroid_bias up to int8 rounding, and centering makes
-    the codes' rounding small against the differences between partitions."""
-    c = centroids.detach().to(torch.float32)
-    width = -(-c.shape[1] // checks.CODE_ALIGN) * checks.CODE_ALIGN
-    codes = torch.zeros(c.shape[0], width, dtype=torch.int8, device=c.device)
-    scales = torch.empty(c.shape[0], dtype=torch.float32, device=c.device)
-    quantize_rows_into(c - c.mean(0), codes, scales)
-    return codes, scales
-
-
-def _encode_labels(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: int, proj: Optional[Tensor]):
-    project = proj is not None and proj.numel() > 0
-    d = proj.shape[1] if project else weight.shape[1]
-    mean = weight.detach().to(torch.float32).mean(0) if project else None
-    width = -(-d // checks.CODE_ALIGN) * checks.CODE_ALIGN
-    codes = torch.zeros(ids.numel(), width, dtype=torch.int8, device=weight.device)
-    scales = torch.empty(ids.numel(), dtype=torch.float32, device=weight.device)
-    for s in range(0, ids.numel(), chunk):
-        w = weight.detach()[ids[s : s + chunk]].to(torch.float32)
-        if project:
-            w = (w - mean) @ proj
-        quantize_rows_into(w, codes[s : s + chunk], scales[s : s + chunk])
-    code_bias = (bias.detach()[ids].to(torch.float32) if bias is not None
-                 else torch.zeros(ids.numel(), dtype=torch.float32, device=weight.device))
-    return codes, scales, code_bias
-
-
 class LabelCodes:
     """Every label's code, scale and bias under each code projection of one
     fit, encoded once: a fit installs lists several times (each space, with
@@ -218,32 +158,16 @@ class LabelCodes:
         key = None if proj is None or proj.numel() == 0 else tuple(proj.shape)
         if key not in self._encoded:
             every = torch.arange(self.weight.shape[0], device=self.weight.device)
-            self._encoded[key] = _encode_labels(self.weight, self.bias, every, 1 << 16, proj)
+            self._encoded[key] = encode_labels(self.weight, self.bias, every, 1 << 16, proj)
         codes, scales, code_bias = self._encoded[key]
         return codes[ids], scales[ids], code_bias[ids]
 
 
-def _encoded(weight, bias, ids, proj, book: Optional[LabelCodes]):
-    return encode_rows(weight, bias, ids, proj=proj) if book is None else book.rows(ids, proj)
-
-
-def install_lists(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], part: Tensor,
-                  label: Tensor, book: Optional[LabelCodes] = None) -> None:
-    """Lists from (partition, label) pairs (int64, distinct): sorted by
-    partition, labels ascending within one; codes encoded from weight (or
-    taken from a fit's LabelCodes)."""
-    key = part * index.num_labels + label
-    key = key.sort().values
-    part, label = key // index.num_labels, key % index.num_labels
-    counts = torch.bincount(part, minlength=index.num_partitions)
-    offsets = torch.zeros(index.num_partitions + 1, dtype=torch.int64, device=part.device)
-    offsets[1:] = torch.cumsum(counts, 0)
-    if int(offsets[-1]) >= 2**31:
-        raise ValueError(f"the partition lists would hold {int(offsets[-1])} rows; at most 2^31 - 1")
-    index.list_offsets = offsets.to(torch.int32)
-    index.list_ids = label.to(torch.int32)
-    index.codes, index.code_scales, index.code_bias = _encoded(weight, bias, label, index.code_proj, book)
-    index.built = True
+def _codes_of(weight: Tensor, bias: Optional[Tensor], book: Optional[LabelCodes]):
+    """The encoder the index's list writer takes: a fit's LabelCodes, or encode_rows."""
+    if book is not None:
+        return book.rows
+    return lambda ids, proj: encode_rows(weight, bias, ids, proj=proj)
 
 
 @torch.no_grad()
@@ -255,10 +179,9 @@ def build_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Ten
     v = augmented(weight, bias)
     gen = torch.Generator().manual_seed(seed)
     c = kmeans(v, index.num_partitions, iters=iters, sample=sample, gen=gen)
-    index.centroids = c[:, :-1].contiguous()
-    index.centroid_bias = c[:, -1].contiguous()
+    index.set_partitions(c[:, :-1], c[:, -1], "labels")
     assign = _nearest(v, c)
-    install_lists(index, weight, bias, assign, torch.arange(index.num_labels, device=weight.device), book)
+    index.install_lists(assign, torch.arange(index.num_labels, device=weight.device), _codes_of(weight, bias, book))
     return assign
 
 
@@ -294,10 +217,9 @@ def build_query_partitions(index: "PartitionIndex", weight: Tensor, bias: Option
     returns the homes int64 [N]."""
     gen = torch.Generator().manual_seed(seed)
     c = kmeans(queries.to(torch.float32), index.num_partitions, iters=iters, sample=sample, gen=gen)
-    index.centroids = c.contiguous()
-    index.centroid_bias = (-0.5 * c.pow(2).sum(1)).contiguous()
+    index.set_partitions(c, -0.5 * c.pow(2).sum(1), "queries")
     home = label_homes(weight, bias, c)
-    install_lists(index, weight, bias, home, torch.arange(index.num_labels, device=weight.device), book)
+    index.install_lists(home, torch.arange(index.num_labels, device=weight.device), _codes_of(weight, bias, book))
     return home
 
 
@@ -342,7 +264,7 @@ def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Ten
 def _with_spill(index, weight, bias, assign, queries, y, cfg, cap, probes=None, book=None) -> int:
     sp, sl = spill_pairs(index, queries, y, assign, cfg, cap, probes)
     own = torch.arange(index.num_labels, device=assign.device)
-    install_lists(index, weight, bias, torch.cat([assign, sp]), torch.cat([own, sl]), book)
+    index.install_lists(torch.cat([assign, sp]), torch.cat([own, sl]), _codes_of(weight, bias, book))
     return int(sp.numel())
 
 
@@ -403,15 +325,6 @@ def principal_directions(weight: Tensor, r: int) -> Tensor:
     vecs = vecs.flip(1)[:, :r]
     sign = torch.sign(vecs.gather(0, vecs.abs().argmax(0, keepdim=True)))
     return (vecs * torch.where(sign == 0, torch.ones_like(sign), sign)).to(torch.float32).contiguous()
-
-
-def set_code_projection(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor],
-                        proj: Optional[Tensor], book: Optional[LabelCodes] = None) -> None:
-    """Re-encode the listed rows with proj ([d, r]) or without a projection."""
-    index.code_proj = (proj.contiguous() if proj is not None
-                       else torch.zeros(0, 0, dtype=torch.float32, device=weight.device))
-    index.codes, index.code_scales, index.code_bias = _encoded(weight, bias, index.list_ids.to(torch.int64),
-                                                               index.code_proj, book)
 
 
 def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor, labels: Tensor,
@@ -491,11 +404,10 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
         chosen = _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spill_probes, cap, cfg,
                             max_candidates, report, log, book)
         idx = built[report.space][0]
-        set_code_projection(idx, weight, bias, chosen, book)
+        idx.set_code_projection(chosen, _codes_of(weight, bias, book))
     idx, home = built[report.space]
     report.num_partitions = idx.num_partitions
-    idx.nprobe = report.nprobe
-    idx.rerank = report.rerank
+    idx.set_search(report.nprobe, report.rerank)
     report.seconds["calibration"] = time.perf_counter() - t - report.seconds["partitions"]
 
     t = time.perf_counter()
@@ -545,7 +457,7 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
         sizes = (idx.list_offsets[1:] - idx.list_offsets[:-1]).to(torch.float64)
         rows_at = {p: float((weights * sizes[probes[:, :p]].sum(1)).sum()) for p in grid}
         for dim in dims:
-            set_code_projection(idx, weight, bias, None if dim == index.dim else directions[:, :dim], book)
+            idx.set_code_projection(None if dim == index.dim else directions[:, :dim], _codes_of(weight, bias, book))
             width = idx.codes.shape[1]
             for p in grid:
                 # Stop once this probe count's scan alone costs more than an
@@ -584,8 +496,6 @@ def query_space_partitions(index: "PartitionIndex", num_queries: int) -> int:
     """Partitions of a query-space index: the user's count where they set
     one, else default_partitions of the number of queries clustered (the
     same rule as for labels, on the points clustered), at most N."""
-    from .index import default_partitions
-
     if index.partitions_override:
         return index.num_partitions
     return min(default_partitions(max(1, num_queries)), index.num_labels)
@@ -595,12 +505,19 @@ def query_space_index(index: "PartitionIndex", num_queries: int) -> "PartitionIn
     """An unbuilt query-space index like `index`: its partition count where
     the user set one, else default_partitions of the number of queries
     clustered (the same rule as for labels, on the points clustered)."""
-    from .index import PartitionIndex
-
     p = query_space_partitions(index, num_queries)
     out = PartitionIndex(index.num_labels, index.dim, num_partitions=p,
                          nprobe=index.nprobe if index.nprobe_override else None, seed=index.seed,
                          device=index.centroids.device)
     out.partitions_override = index.partitions_override
-    out.space = "queries"
     return out
+
+
+def build_index(index: PartitionIndex, weight: Tensor, bias: Optional[Tensor]) -> None:
+    """The unlearned index: label-space k-means partitions, each label in
+    its nearest one (what an unfitted layer uses)."""
+    build_partitions(index, weight, bias, seed=index.seed)
+
+
+register(Family(name="partitions", index_class=PartitionIndex, knobs=("num_partitions", "nprobe"),
+                options=PartitionFitConfig, build=build_index, fit=fit_partitions))

@@ -42,17 +42,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 import torch
 
 from . import _checks as checks
 from . import _ops
+from .families import Family, register
 from .fit_pairs import fit_pairs
+from .index import SimHashIndex
 from .hashing import augment_labels, augment_queries, label_norms
 
-if TYPE_CHECKING:
-    from .index import SimHashIndex
 
 Tensor = torch.Tensor
 
@@ -352,3 +352,12 @@ def _progress_logger(enabled: bool):
             print(text, flush=True)
 
     return log
+
+
+def build_simhash(index: SimHashIndex, weight: Tensor, bias: Optional[Tensor]) -> None:
+    """The unlearned index: the seed's random projections, each label once per table."""
+    index.rebuild(weight, bias)
+
+
+register(Family(name="simhash", index_class=SimHashIndex, knobs=("num_tables", "bits", "min_hits"),
+                options=FitConfig, build=build_simhash, fit=fit_simhash))

@@ -11,7 +11,8 @@ import torch
 import lsskernels as lss
 from lsskernels import reference
 from lsskernels.data import make_synthetic_task
-from lsskernels.index import PartitionIndex, SimHashIndex, default_partitions, make_index
+from lsskernels.families import make_index
+from lsskernels.index import PartitionIndex, SimHashIndex, default_partitions
 from lsskernels.partitions import PartitionFitConfig, label_homes, rerank_grid
 from lsskernels.training import label_recall
 
