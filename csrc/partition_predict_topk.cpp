@@ -13,6 +13,10 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <initializer_list>
+
+#include "lss/arg_checks.h"
+
 namespace lss {
 namespace {
 
@@ -39,6 +43,20 @@ std::tuple<at::Tensor, at::Tensor> partition_predict_topk(
   static const auto topk_gathered =
       op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t)>(
           "lsskernels::topk_gathered");
+
+  // The arguments as the caller passed them (ValueError / TypeError naming
+  // them), where their sizes are concrete: under torch.compile's symbolic
+  // shapes the check is left to the ops below, which make it at run time.
+  bool concrete = true;
+  for (const at::Tensor* t : {&x, &centroid_codes, &centroid_scales, &centroid_bias, &list_offsets, &codes,
+                              &code_scales, &code_bias, &list_ids, &weight})
+    concrete = concrete && !t->unsafeGetTensorImpl()->has_symbolic_sizes_strides();
+  for (const OptTensor* t : {&bias, &code_proj})
+    concrete = concrete && !(t->has_value() && (*t)->defined() &&
+                             (*t)->unsafeGetTensorImpl()->has_symbolic_sizes_strides());
+  if (concrete)
+    check_partition_predict_topk(x, centroid_codes, centroid_scales, centroid_bias, list_offsets, codes, code_scales,
+                                 code_bias, list_ids, weight, bias, num_labels, nprobe, max_candidates, k, code_proj);
 
   // Inference only: below autograd, so gathered_logits' autograd kernel
   // (registered from Python, tens of microseconds a call) is skipped.

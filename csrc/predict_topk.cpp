@@ -32,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor> predict_topk(const at::Tensor& x, const at::T
       op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t)>(
           "lsskernels::topk_gathered");
 
-  TORCH_CHECK(x.dim() == 2, "predict_topk: x must be [B, d], got ", x.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 2, "predict_topk: x must be [B, d], got shape ", x.sizes());
   // The query side of the asymmetric hash: [x, 1, 0] (lsskernels.hashing.augment_queries).
   at::Tensor tail = at::zeros({x.size(0), 2}, x.options());
   tail.select(1, 0).fill_(1);

@@ -1,11 +1,16 @@
 """Argument validation for the public op wrappers.
 
 Every check raises before any kernel runs, with a message that names the
-argument and says what was expected (shape, dtype or device). Checks on
-*values* (codes in range, ids in range) cost a pass over the data and, on
-CUDA, a device sync; the C++/CUDA kernels repeat them with TORCH_CHECK, so the
-wrappers only run them where a kernel would not (the reference backend) or
-where they are cheap (small integer inputs on the CPU).
+argument and says what was expected (shape, dtype or device): TypeError for
+a wrong type or dtype, ValueError for a wrong shape, device or value. The
+C++/CUDA kernels check the same preconditions and raise the same types
+(TORCH_CHECK_TYPE / TORCH_CHECK_VALUE, csrc/include/lss/arg_checks.h), so the
+CPU fast path of lsskernels._ops calls a kernel directly and runs these only
+where the kernel refuses the call. Checks on *values* (codes in range, ids in
+range) cost a pass over the data and, on CUDA, a device sync; the kernels
+make them as they read the data, so the wrappers only run them where a kernel
+would not (the reference backend) or where they are cheap (small integer
+inputs on the CPU).
 """
 from __future__ import annotations
 
@@ -91,9 +96,7 @@ def as_int32(name: str, t: torch.Tensor, low: int, high: Optional[int], check_va
 
 
 # --------------------------------------------------------------------------
-# Small predicates: each shape rule is written once, here, and used both by
-# the named checks below (which raise on it) and by the well_formed_*_cpu
-# fast paths (which only test it).
+# Small predicates: shape rules used by several named checks below.
 # --------------------------------------------------------------------------
 def matches_width(t_shape, x_shape) -> bool:
     """t is [N, d] with x's d (x: [B, d])."""
@@ -107,11 +110,6 @@ def bias_fits(b_shape, rows: int) -> bool:
 def code_width_ok(d: int, width: int) -> bool:
     """Dp = d rounded up to a multiple of CODE_ALIGN."""
     return width == code_width(d)
-
-
-def count_ok(v, low: int, high: Optional[int] = None) -> bool:
-    """A plain int in [low, high]: the common case of integer()."""
-    return type(v) is int and v >= low and (high is None or v <= high)
 
 
 def hash_codes_args(x, proj):
@@ -182,25 +180,6 @@ def dense_layer_args(x, weight, bias):
     same_device(("x", x), ("weight", weight), ("bias", bias))
 
 
-def well_formed_gathered_cpu(x, weight, bias, ids) -> bool:
-    """Every check of gathered_args at once, for CPU tensors and int32 ids
-    (int64 ones need a value check): ~3x cheaper than the named checks, which
-    matters at batch 1 where the kernel itself takes tens of microseconds.
-    The fast path of lsskernels.gathered_logits on the CPU backend; the named
-    checks run whenever this is False."""
-    T = torch.Tensor
-    if not (isinstance(x, T) and isinstance(weight, T) and isinstance(ids, T)
-            and x.is_cpu and weight.is_cpu and ids.is_cpu):
-        return False
-    x_shape, w_shape, ids_shape, dtype = x.shape, weight.shape, ids.shape, x.dtype
-    if not (len(x_shape) == 2 and len(w_shape) == 2 and len(ids_shape) == 2
-            and matches_width(w_shape, x_shape) and ids_shape[0] == x_shape[0]
-            and dtype in FLOAT_DTYPES and weight.dtype is dtype and ids.dtype is torch.int32):
-        return False
-    return bias is None or (isinstance(bias, T) and bias.is_cpu and bias.dtype is dtype
-                            and len(bias.shape) == 1 and bias_fits(bias.shape, w_shape[0]))
-
-
 def gathered_args(x, weight, bias, ids, check_values=False):
     dense_layer_args(x, weight, bias)
     tensor("ids", ids, 2, INT_DTYPES, "[B, M] int32 label ids (-1 = padding)")
@@ -229,15 +208,6 @@ def bitmap_args(x, weight, bias, bitmap):
 
 
 bitmap_sparse_matmul_args = bitmap_args
-
-
-def well_formed_topk_gathered_cpu(logits, ids, k) -> bool:
-    """All of topk_gathered's argument checks at once for the common CPU call
-    (int32 ids, a plain int k); see well_formed_gathered_cpu."""
-    T = torch.Tensor
-    return (isinstance(logits, T) and isinstance(ids, T) and logits.is_cpu and ids.is_cpu
-            and count_ok(k, 1) and len(logits.shape) == 2 and logits.dtype in FLOAT_DTYPES
-            and ids.dtype is torch.int32 and ids.shape == logits.shape)
 
 
 def topk_k(k) -> int:
@@ -306,20 +276,6 @@ def probe_codes_args(x, centroid_codes, centroid_scales, centroid_bias, nprobe):
             raise ValueError(f"{name} must be [P] = [{partitions}] (one entry per centroid code), "
                              f"got {tuple(t.shape)}")
     integer("nprobe", nprobe, 1, partitions)
-
-
-def well_formed_probe_codes_cpu(x, centroid_codes, centroid_scales, centroid_bias, nprobe) -> bool:
-    """All of probe_codes_args at once for CPU tensors (x itself is checked
-    by the caller)."""
-    T = torch.Tensor
-    if not (isinstance(centroid_codes, T) and isinstance(centroid_scales, T) and isinstance(centroid_bias, T)
-            and centroid_codes.is_cpu and centroid_scales.is_cpu and centroid_bias.is_cpu):
-        return False
-    c_shape = centroid_codes.shape
-    return (len(c_shape) == 2 and centroid_codes.dtype is torch.int8 and c_shape[0] >= 1
-            and code_width_ok(x.shape[1], c_shape[1]) and centroid_scales.dtype is torch.float32
-            and centroid_scales.shape == (c_shape[0],) and centroid_bias.dtype is torch.float32
-            and centroid_bias.shape == (c_shape[0],) and count_ok(nprobe, 1, c_shape[0]))
 
 
 def code_proj_args(x, code_proj) -> Optional[int]:
@@ -396,78 +352,3 @@ def partition_predict_topk_args(x, centroid_codes, centroid_scales, centroid_bia
     topk_k(k)
     return (x, centroid_codes, centroid_scales, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids,
             weight, bias, num_labels, nprobe, max_candidates, k, code_proj)
-
-
-def well_formed_partition_probe_cpu(x, centroids, centroid_bias, nprobe) -> bool:
-    """All of partition_probe_args at once for the common CPU call (see
-    well_formed_gathered_cpu): the fast path of lsskernels.partition_probe."""
-    T = torch.Tensor
-    if not (isinstance(x, T) and isinstance(centroids, T) and x.is_cpu and centroids.is_cpu):
-        return False
-    x_shape, c_shape, dtype = x.shape, centroids.shape, x.dtype
-    if not (len(x_shape) == 2 and len(c_shape) == 2 and matches_width(c_shape, x_shape) and dtype in FLOAT_DTYPES
-            and centroids.dtype is dtype and count_ok(nprobe, 1, c_shape[0])):
-        return False
-    return centroid_bias is None or (isinstance(centroid_bias, T) and centroid_bias.is_cpu
-                                     and centroid_bias.dtype is dtype and len(centroid_bias.shape) == 1
-                                     and bias_fits(centroid_bias.shape, c_shape[0]))
-
-
-def well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels,
-                                    code_dim=None) -> bool:
-    """All of partition_lists_args at once for CPU tensors (x itself is
-    checked by the caller)."""
-    T = torch.Tensor
-    if not (isinstance(list_offsets, T) and isinstance(codes, T) and isinstance(code_scales, T)
-            and isinstance(code_bias, T) and isinstance(list_ids, T) and list_offsets.is_cpu and codes.is_cpu
-            and code_scales.is_cpu and code_bias.is_cpu and list_ids.is_cpu):
-        return False
-    c_shape, d = codes.shape, x.shape[1] if code_dim is None else code_dim
-    if not (len(c_shape) == 2 and codes.dtype is torch.int8 and code_width_ok(d, c_shape[1])):
-        return False
-    rows = c_shape[0]
-    return (list_offsets.dtype is torch.int32 and len(list_offsets.shape) == 1 and list_offsets.shape[0] >= 2
-            and code_scales.dtype is torch.float32 and code_scales.shape == (rows,)
-            and code_bias.dtype is torch.float32 and code_bias.shape == (rows,)
-            and list_ids.dtype is torch.int32 and list_ids.shape == (rows,)
-            and count_ok(num_labels, 1, MAX_INT32))
-
-
-def well_formed_quantized_candidates_cpu(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
-                                         num_labels, max_candidates) -> bool:
-    """All of quantized_candidates_args at once for the common CPU call (int32
-    probes; their values, like the lists', are checked by the kernel as it
-    reads them): the fast path of lsskernels.quantized_candidates."""
-    T = torch.Tensor
-    return (isinstance(x, T) and isinstance(probes, T) and x.is_cpu and probes.is_cpu and len(x.shape) == 2
-            and x.dtype in FLOAT_DTYPES and probes.dtype is torch.int32 and len(probes.shape) == 2
-            and probes.shape[0] == x.shape[0] and count_ok(max_candidates, 1)
-            and well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids,
-                                                num_labels))
-
-
-def well_formed_partition_predict_topk_cpu(x, centroid_codes, centroid_scales, centroid_bias, list_offsets, codes,
-                                           code_scales, code_bias, list_ids, weight, bias, num_labels, nprobe,
-                                           max_candidates, k, code_proj=None) -> bool:
-    """All of partition_predict_topk_args at once for the common CPU call."""
-    T = torch.Tensor
-    if not (isinstance(x, T) and x.is_cpu and len(x.shape) == 2 and x.dtype in FLOAT_DTYPES
-            and well_formed_probe_codes_cpu(x, centroid_codes, centroid_scales, centroid_bias, nprobe)):
-        return False
-    code_dim = x.shape[1]
-    if code_proj is not None:
-        if not (isinstance(code_proj, T) and code_proj.is_cpu and code_proj.dtype is torch.float32
-                and len(code_proj.shape) == 2):
-            return False
-        if code_proj.numel():
-            code_dim = code_proj.shape[1]
-            if not (code_proj.shape[0] == x.shape[1] and code_dim <= x.shape[1]):
-                return False
-    if not (well_formed_partition_lists_cpu(x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels,
-                                            code_dim)
-            and list_offsets.shape[0] == centroid_codes.shape[0] + 1 and isinstance(weight, T) and weight.is_cpu
-            and weight.dtype is x.dtype and len(weight.shape) == 2 and matches_width(weight.shape, x.shape)
-            and num_labels <= weight.shape[0] and count_ok(max_candidates, 1) and count_ok(k, 1)):
-        return False
-    return bias is None or (isinstance(bias, T) and bias.is_cpu and bias.dtype is x.dtype and len(bias.shape) == 1
-                            and bias_fits(bias.shape, weight.shape[0]))

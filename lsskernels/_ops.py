@@ -362,12 +362,22 @@ def _warn_missing_kernel_once(op: str, backend: str) -> None:
 
 
 # --------------------------------------------------------------------------
-# Public wrappers: docstring, the batch-1 CPU fast path where there is one
-# (checks.well_formed_*_cpu, then the kernel, which checks values itself),
-# the named checks, _dispatch.
+# Public wrappers: docstring, the CPU fast path where there is one, the named
+# checks, _dispatch.
+#
+# The CPU fast path (the ops a batch-1 predict calls, where the named checks
+# would cost as much as the kernel): a call whose first tensor is on the CPU
+# goes straight to the kernel, which checks every argument itself and raises
+# the ValueError / TypeError the named checks would (one validation
+# contract: csrc/include/lss/arg_checks.h). Only where the call fails do the
+# named checks run: they name the problem in the wrapper's terms (an
+# argument that is no tensor, tensors on different devices) or accept what
+# the wrapper takes beyond the op's schema (int64 ids, a kernel missing from
+# an old build), and _dispatch then calls the backend, whose own error
+# stands if the named checks found nothing wrong.
 # --------------------------------------------------------------------------
-def _fast_cpu(backend: Optional[str]) -> bool:
-    return _C is not None and backend in (None, "cpu")
+def _fast_cpu(backend: Optional[str], first) -> bool:
+    return _C is not None and backend in (None, "cpu") and isinstance(first, Tensor) and first.is_cpu
 
 
 def hash_codes(x: Tensor, proj: Tensor, *, backend: Optional[str] = None) -> Tensor:
@@ -405,11 +415,11 @@ def gathered_logits(x: Tensor, weight: Tensor, bias: Optional[Tensor], ids: Tens
                     backend: Optional[str] = None) -> Tensor:
     """Exact logits of per-query candidates: [B, M] in x's dtype, -inf where
     ids == -1. Differentiable in x, weight and bias."""
-    # The common CPU call: one combined check, then the kernel (which checks
-    # the id values itself). At batch 1 the named checks cost ~10% of the
-    # whole call; anything unusual still goes through them.
-    if _fast_cpu(backend) and checks.well_formed_gathered_cpu(x, weight, bias, ids):
-        return torch.ops.lsskernels.gathered_logits.default(x, weight, bias, ids)
+    if _fast_cpu(backend, x):
+        try:
+            return torch.ops.lsskernels.gathered_logits.default(x, weight, bias, ids)
+        except Exception:
+            pass  # the named checks say why (or take int64 ids); see _fast_cpu
     args = checks.gathered_logits_args(x, weight, bias, ids)
     return _dispatch("gathered_logits", backend, x.device, *args)
 
@@ -426,10 +436,11 @@ def bitmap_sparse_matmul(x: Tensor, weight: Tensor, bias: Optional[Tensor], bitm
 def topk_gathered(logits: Tensor, ids: Tensor, k: int, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """Top-k of gathered logits: (scores [B, k], labels int64 [B, k]), larger
     score first, ties by smaller label; -inf / -1 where fewer than k."""
-    # The common CPU call skips the named checks (they cost as much as the
-    # kernel at M = 2,000); anything unusual still goes through them.
-    if _fast_cpu(backend) and checks.well_formed_topk_gathered_cpu(logits, ids, k):
-        return torch.ops.lsskernels.topk_gathered.default(logits, ids, k)
+    if _fast_cpu(backend, logits):
+        try:
+            return torch.ops.lsskernels.topk_gathered.default(logits, ids, k)
+        except Exception:
+            pass  # the named checks say why (or take int64 ids); see _fast_cpu
     args = checks.topk_gathered_args(logits, ids, k)
     return _dispatch("topk_gathered", backend, logits.device, *args)
 
@@ -446,10 +457,11 @@ def partition_probe(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor
     """The nprobe best partitions of each query, int32 [B, nprobe]: larger
     <x, centroids[p]> + centroid_bias[p] first, ties by smaller p.
     x: [B, d]; centroids: [P, d], x's dtype; centroid_bias: [P] or None."""
-    # The common CPU call: one combined check, then the kernel (the named
-    # checks cost as much as a batch-1 kernel).
-    if _fast_cpu(backend) and checks.well_formed_partition_probe_cpu(x, centroids, centroid_bias, nprobe):
-        return torch.ops.lsskernels.partition_probe.default(x, centroids, centroid_bias, nprobe)
+    if _fast_cpu(backend, x):
+        try:
+            return torch.ops.lsskernels.partition_probe.default(x, centroids, centroid_bias, nprobe)
+        except Exception:
+            pass  # the named checks say why; see _fast_cpu
     args = checks.partition_probe_args(x, centroids, centroid_bias, nprobe)
     return _dispatch("partition_probe", backend, x.device, *args)
 
@@ -461,12 +473,12 @@ def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes:
     over the partitions it probes: ids int32 [B, M] (-1 padded; score desc,
     then id asc; a label listed in several probed partitions counts once) and
     counts int32 [B]. Exact contract: lsskernels.reference.quantized_candidates."""
-    # The common CPU call: one combined check, then the kernel, which checks
-    # the probes, offsets and list ids as it reads them.
-    if _fast_cpu(backend) and checks.well_formed_quantized_candidates_cpu(
-            x, probes, list_offsets, codes, code_scales, code_bias, list_ids, num_labels, max_candidates):
-        return torch.ops.lsskernels.quantized_candidates.default(x, probes, list_offsets, codes, code_scales,
-                                                                 code_bias, list_ids, num_labels, max_candidates)
+    if _fast_cpu(backend, x):
+        try:
+            return torch.ops.lsskernels.quantized_candidates.default(x, probes, list_offsets, codes, code_scales,
+                                                                     code_bias, list_ids, num_labels, max_candidates)
+        except Exception:
+            pass  # the named checks say why (or take int64 probes); see _fast_cpu
     args = checks.quantized_candidates_args(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
                                             num_labels, max_candidates)
     return _dispatch("quantized_candidates", backend, x.device, *args)
@@ -500,7 +512,10 @@ def partition_predict_topk(x: Tensor, centroid_codes: Tensor, centroid_scales: T
     contract: reference.partition_predict_topk."""
     args = (x, centroid_codes, centroid_scales, centroid_bias, list_offsets, codes, code_scales, code_bias, list_ids,
             weight, bias, num_labels, nprobe, max_candidates, k, code_proj)
-    if _fast_cpu(backend) and checks.well_formed_partition_predict_topk_cpu(*args):
-        return torch.ops.lsskernels.partition_predict_topk.default(*args)
+    if _fast_cpu(backend, x):
+        try:
+            return torch.ops.lsskernels.partition_predict_topk.default(*args)
+        except Exception:
+            pass  # the named checks say why; see _fast_cpu
     args = checks.partition_predict_topk_args(*args)
     return _dispatch("partition_predict_topk", backend, x.device, *args)

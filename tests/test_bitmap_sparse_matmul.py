@@ -78,7 +78,7 @@ def test_bitmap_with_stray_bits_past_num_labels_is_rejected():
     x, w = randn(1, 4, seed=1), randn(40, 4, seed=2)
     bitmap = torch.zeros(1, 2, dtype=torch.int32)
     bitmap[0, 1] = 1 << 9  # label 41 >= N = 40
-    with pytest.raises(RuntimeError, match="num_labels"):
+    with pytest.raises(ValueError, match="num_labels"):
         lss.bitmap_sparse_matmul(x, w, None, bitmap, backend="cpu")
 
 

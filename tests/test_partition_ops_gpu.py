@@ -186,13 +186,13 @@ if not IN_CHILD:
         offsets, codes, scales, bias, ids = random_lists(6, 20, 50, seed=1, device="cuda")
         x = torch.randn(2, 20, device="cuda")
         probes = torch.tensor([[0, 1], [2, -1]], dtype=torch.int32, device="cuda")
-        with pytest.raises(RuntimeError, match="probes must be in"):
+        with pytest.raises(ValueError, match="probes must be in"):
             ops.quantized_candidates(x, probes + 10, offsets, codes, scales, bias, ids, 50, 4)
         bad = offsets.clone()
         bad[-1] = codes.shape[0] + 3
-        with pytest.raises(RuntimeError, match="list_offsets"):
+        with pytest.raises(ValueError, match="list_offsets"):
             ops.quantized_candidates(x, probes, bad, codes, scales, bias, ids, 50, 4)
-        with pytest.raises(RuntimeError, match="list_ids"):
+        with pytest.raises(ValueError, match="list_ids"):
             ops.quantized_candidates(x, probes, offsets, codes, scales, bias, ids + 50, 50, 4)
 
 else:

@@ -158,11 +158,11 @@ def test_bad_arguments_raise_clear_errors(call, exc, match, backend):
 def test_kernel_checks_its_arguments():
     require_backend("cpu", "partition_probe")
     op = torch.ops.lsskernels.partition_probe
-    with pytest.raises(RuntimeError, match="partition_probe: nprobe must be in"):
+    with pytest.raises(ValueError, match="partition_probe: nprobe must be in"):
         op(randn(2, 4, seed=0), randn(9, 4, seed=1), None, 10)
-    with pytest.raises(RuntimeError, match="partition_probe: centroids must be"):
+    with pytest.raises(ValueError, match="partition_probe: centroids must hold at least one partition"):
         op(randn(2, 4, seed=0), randn(0, 4, seed=1), None, 1)
-    with pytest.raises(RuntimeError, match="partition_probe: x must be floating point"):
+    with pytest.raises(TypeError, match="partition_probe: x must have dtype in"):
         op(torch.ones(2, 4, dtype=torch.int64), randn(9, 4, seed=1), None, 1)
 
 

@@ -439,7 +439,8 @@ def test_partition_predict_topk_bad_code_projections(backend):
 
 def _malformed():
     """Structures the Python wrapper does not scan (only the kernel reads
-    them): each must raise RuntimeError from the kernel, never crash."""
+    them): each must raise ValueError (TypeError for a dtype) from the kernel,
+    never crash."""
     dim = 20
     lists = random_partition_lists(100, 5, dim, seed=23, empty_fraction=0.0)
     x = queries(2, dim, 24, torch.float32)
@@ -469,7 +470,7 @@ def _malformed():
 def test_malformed_structures_raise_in_the_kernel(case):
     require_backend("cpu", "quantized_candidates")
     args = _malformed()[case]
-    with pytest.raises(RuntimeError, match="quantized_candidates"):
+    with pytest.raises(TypeError if case == "probes int64" else ValueError, match="quantized_candidates"):
         torch.ops.lsskernels.quantized_candidates(*args, 100, 10)
 
 

@@ -62,7 +62,7 @@ def test_topk_gathered_kernel_rejects_ids_below_minus_one(dtype):
     require_backend("cpu", "topk_gathered")
     ids = torch.zeros(1, 40, dtype=torch.int32)
     ids[0, 33] = -2
-    with pytest.raises(RuntimeError, match=r"ids must be -1 \(padding\) or >= 0"):
+    with pytest.raises(ValueError, match=r"ids must be -1 \(padding\) or >= 0"):
         torch.ops.lsskernels.topk_gathered(randn(1, 40, seed=1, dtype=dtype), ids, 5)
 
 

@@ -28,7 +28,7 @@ def test_topk_packed_rejects_row_ptr_that_disagrees_with_bitmap():
     require_backend("cpu", "topk_packed")
     bitmap = torch.tensor([[0b1011]], dtype=torch.int32)
     values = torch.randn(3)
-    with pytest.raises(RuntimeError, match="row_ptr"):
+    with pytest.raises(ValueError, match="row_ptr"):
         lss.topk_packed(values, torch.tensor([0, 2], dtype=torch.int64), bitmap, 2, backend="cpu")
 
 

@@ -48,10 +48,10 @@ DecodedBitmap decode_bitmap(const char* op, const at::Tensor& bitmap, int64_t nu
       rp[b + 1] = c;
     }
   });
-  TORCH_CHECK(!stray_bits, op, ": bitmap has bits set at label ids >= num_labels = ", num_labels);
+  TORCH_CHECK_VALUE(!stray_bits, op, ": bitmap has bits set at label ids >= num_labels = ", num_labels);
   for (int64_t b = 0; b < B; ++b) rp[b + 1] += rp[b];
   const int64_t nnz = rp[B];
-  TORCH_CHECK(nnz < (int64_t(1) << 31), op, ": more than 2^31 - 1 candidates in one call");
+  TORCH_CHECK_VALUE(nnz < (int64_t(1) << 31), op, ": more than 2^31 - 1 candidates in one call");
   at::Tensor cols = at::empty({nnz}, bitmap.options());
   at::Tensor row_of = at::empty({nnz}, bitmap.options());
   int32_t* cp = cols.data_ptr<int32_t>();

@@ -41,9 +41,9 @@ void candidate_logits_forward(const acc_t<scalar_t>* x_acc, const scalar_t* weig
   // small fp32 buffer and are rounded once, as before.
   constexpr bool kInPlace = std::is_same_v<acc, scalar_t>;
   // 256 entries per task: a batch-1 query (M = 2000) uses both cores, which
-  // on an idle machine halves its time (measured with the first, scalar dot
-  // kernel: 0.206 vs 0.585 ms cold at d = 128). On a machine whose other core is busy, waking the second
-  // OpenMP thread can instead cost milliseconds; see docs/performance.md.
+  // on an idle machine about halves its time. On a machine whose other core
+  // is busy, waking the second OpenMP thread can instead cost milliseconds;
+  // see docs/performance.md.
   const int64_t grain = 256;
   at::parallel_for(0, e.nnz, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc> buffer(kInPlace ? 0 : kLogitBlock);

@@ -14,7 +14,8 @@ namespace lss::cpu {
 
 at::Tensor hash_codes_cpu(const at::Tensor& x, const at::Tensor& proj) {
   check_hash_codes(x, proj);
-  TORCH_CHECK(x.device().is_cpu() && proj.device().is_cpu(), "hash_codes: CPU kernel got non-CPU tensors");
+  TORCH_CHECK_VALUE(x.device().is_cpu() && proj.device().is_cpu(), "hash_codes: the CPU kernel got x on ", x.device(),
+                    " and proj on ", proj.device(), "; all inputs must be on the same device");
 
   const int64_t B = x.size(0), d = x.size(1), L = proj.size(0), K = proj.size(1);
   at::Tensor codes = at::empty({B, L}, x.options().dtype(at::kInt));

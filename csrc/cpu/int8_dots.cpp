@@ -20,11 +20,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include "vector_math.h"
+#include "x86_targets.h"  // LSS_TARGET_*, LSS_HAVE_X86_KERNELS
 
 namespace lss::cpu {
 namespace {
@@ -33,9 +30,9 @@ namespace {
 // scores and keys in one vector pass.
 constexpr int64_t kBlock = 16;
 // No software prefetch inside a partition: its rows are one contiguous
-// stream, which the hardware prefetcher follows (prefetching 2-8 KB ahead
-// cost ~10% on L2-resident rows and gained nothing on L3 ones); the caller
-// prefetches the start of the next partition.
+// stream, which the hardware prefetcher follows (prefetching ahead cost time
+// on L2-resident rows and gained nothing on L3 ones); the caller prefetches
+// the start of the next partition.
 
 inline bool id_ok(int32_t id, int64_t num_labels) { return id >= 0 && int64_t(id) < num_labels; }
 
@@ -66,16 +63,8 @@ int64_t keys_at_least_generic(const uint64_t* keys, int64_t n, uint64_t threshol
   return kept;
 }
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#define LSS_HAVE_X86_INT8 1
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-#define LSS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
-#define LSS_TARGET_VNNI __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx2,fma")))
-#define LSS_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#if defined(LSS_HAVE_X86_KERNELS)
+LSS_X86_WARNINGS_OFF
 
 // The same barrier as LSS_NO_FMA for a zmm (the "x" class stops at xmm15).
 #define LSS_NO_FMA_ZMM(v) __asm__("" : "+v"(v))
@@ -334,8 +323,8 @@ LSS_TARGET_AVX2 bool score_rows_avx2(const QuantizedQuery& q, const int8_t* code
   return ok;
 }
 
-#pragma GCC diagnostic pop
-#endif
+LSS_X86_WARNINGS_ON
+#endif  // LSS_HAVE_X86_KERNELS
 
 // ------------------------------------------------------------------ table
 using ScoreRowsFn = bool (*)(const QuantizedQuery&, const int8_t*, const float*, const float*, const int32_t*,
@@ -356,7 +345,7 @@ struct Int8Kernels {
 
 Int8Kernels pick_int8_kernels() {
   Int8Kernels k;
-#if defined(LSS_HAVE_X86_INT8)
+#if defined(LSS_HAVE_X86_KERNELS)
   const int level = vector_level();
   const char* forced = std::getenv("LSS_CPU_ISA");
   __builtin_cpu_init();

@@ -27,16 +27,14 @@ namespace lss::cpu {
 namespace {
 
 // From this batch on, one GEMM scores the batch: it reads the centroids once
-// for all queries, the row kernels once per query. Measured (P = 2,048,
-// d = 128, fp32, one thread): B = 1 18 us either way, B = 2 48 us by rows vs
-// 20 us by GEMM, B = 4 71 vs 40 us.
+// for all queries, the row kernels once per query, so the GEMM wins from the
+// second query on (at one query the two take the same time).
 constexpr int64_t kMatmulBatch = 2;
 // Bytes of centroids from which a batch-1 query splits them across the
-// threads: LSS_SPLIT_QUERY_BYTES (as quantized_candidates), default never.
-// On the shared 2-vCPU Xeon this was written on, P = 2,048 x d = 128 fp32
-// took 17-36 us on one thread and ~11,900 us on two (P = 16,384: 566 vs
-// 11,600 us): waking the second OpenMP thread on a busy core costs a time
-// slice. An idle machine may want ~512 KB.
+// threads: LSS_SPLIT_QUERY_BYTES (as quantized_candidates), default never:
+// waking the second OpenMP thread on a busy core costs a time slice, far
+// more than the probe takes on one thread (docs/performance.md). An idle
+// machine may want a few hundred KB.
 const int64_t kSplitBytes = [] {
   const char* v = std::getenv("LSS_SPLIT_QUERY_BYTES");
   return v ? std::max<int64_t>(0, std::atoll(v)) : std::numeric_limits<int64_t>::max();

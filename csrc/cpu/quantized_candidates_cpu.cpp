@@ -36,7 +36,7 @@
 namespace lss::cpu {
 namespace {
 
-constexpr float kLevels = 127.0f;  // reference.QUANT_LEVELS
+constexpr float kLevels = float(kQuantLevels);  // reference.QUANT_LEVELS
 
 // Per-thread buffers, reused across calls. `seen` is all zero between
 // queries: the selection clears exactly the words it set.
@@ -175,9 +175,9 @@ int64_t probed_spans(const Problem& pr, int64_t b, std::vector<Span>& spans) {
   for (int64_t i = 0; i < pr.nprobe; ++i) {
     const int32_t p = pr.probes[b * pr.nprobe + i];
     if (p == -1) continue;
-    TORCH_CHECK(p >= 0 && p < pr.P, "quantized_candidates: probes must be -1 or in [0, P = ", pr.P, "), got ", p);
+    TORCH_CHECK_VALUE(p >= 0 && p < pr.P, "quantized_candidates: probes must be -1 or in [0, P = ", pr.P, "), got ", p);
     const int64_t lo = pr.offsets[p], hi = pr.offsets[p + 1];
-    TORCH_CHECK(lo >= 0 && lo <= hi && hi <= pr.T, "quantized_candidates: list_offsets must be non-decreasing in [0, T = ",
+    TORCH_CHECK_VALUE(lo >= 0 && lo <= hi && hi <= pr.T, "quantized_candidates: list_offsets must be non-decreasing in [0, T = ",
                 pr.T, "]; partition ", p, " is [", lo, ", ", hi, ")");
     spans.push_back({lo, hi, rows, p});
     rows += hi - lo;
@@ -219,12 +219,10 @@ void size_scratch(Scratch& s, const Problem& pr, int64_t rows) {
 }
 
 // Bytes of probed rows from which a B == 1 call splits its partitions across
-// the threads: LSS_SPLIT_QUERY_BYTES, default never. Measured on the shared
-// 2-vCPU Xeon this was written on (load ~3 per core): 8 partitions (~4,000
-// rows, 0.5 MB) took 18-51 us on one thread and 18-270 us on two hot,
-// 200-235 vs 720-3,800 us rotating; 64 partitions (4 MB) 415-590 vs
-// 714-7,066 us hot. Waking the second OpenMP thread on a busy core costs a
-// time slice; on an idle machine a threshold of a few hundred KB may pay.
+// the threads: LSS_SPLIT_QUERY_BYTES, default never. Waking a second OpenMP
+// thread on a busy core costs a time slice, far more than a batch-1 query
+// takes on one thread (docs/performance.md); on an idle machine a threshold
+// of a few hundred KB may pay.
 const int64_t kSplitBytes = [] {
   const char* v = std::getenv("LSS_SPLIT_QUERY_BYTES");
   return v ? std::max<int64_t>(0, std::atoll(v)) : std::numeric_limits<int64_t>::max();
@@ -273,14 +271,14 @@ void run_query(const Problem& pr, int32_t* out_ids, int32_t* out_count) {
       ok &= score_span(pr, q, spans[i], keys);
     }
   }
-  TORCH_CHECK(ok, "quantized_candidates: list_ids of the probed partitions must be in [0, num_labels = ", pr.N, ")");
+  TORCH_CHECK_VALUE(ok, "quantized_candidates: list_ids of the probed partitions must be in [0, num_labels = ", pr.N, ")");
   select_into(pr, keys, rows, s, out_ids, out_count);
 }
 
 // Batches, partition-major: each probed partition's rows are scored for
 // every query of the batch that probes it while they are in cache, instead
-// of being streamed from memory once per query (on WordNet's lists, 31 MB,
-// a partition is probed by ~8 of 256 queries). Each query's keys go to its
+// of being streamed from memory once per query (a partition is typically
+// probed by several queries of a batch). Each query's keys go to its
 // own stretch of one buffer, in probe order as for a batch of one, and the
 // selection is the same (select_into): the same bits.
 struct BatchBuffers {
@@ -336,7 +334,7 @@ void run_batch(const Problem& pr, int64_t b0, int64_t b1, const std::vector<Span
     }
     if (!ok) good = false;
   });
-  TORCH_CHECK(good.load(), "quantized_candidates: list_ids of the probed partitions must be in [0, num_labels = ", pr.N,
+  TORCH_CHECK_VALUE(good.load(), "quantized_candidates: list_ids of the probed partitions must be in [0, num_labels = ", pr.N,
               ")");
   at::parallel_for(0, nb, 1, [&](int64_t i0, int64_t i1) {
     Scratch& s = thread_scratch();

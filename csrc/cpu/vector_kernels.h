@@ -14,7 +14,7 @@
 // Internal to csrc/cpu/vector_math*.cpp; the ops include vector_math.h.
 //
 // The ISA files mark each of their functions with a target attribute
-// (LSS_TARGET_*) instead of being compiled with their own flags: setup.py has
+// (LSS_TARGET_*, x86_targets.h) instead of being compiled with their own flags: setup.py has
 // no per-file flags, and the inline helpers below are then the same baseline
 // code in every file that includes them (a header inline compiled with
 // -mavx512f in one file and without it in another is an ODR trap: the linker
@@ -29,24 +29,9 @@
 #include <cstring>
 #include <limits>
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define LSS_HAVE_X86_KERNELS 1
-#define LSS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma,f16c")))
-#define LSS_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-// GCC 12 flags the intrinsics' own _mm512_undefined_*() placeholders as
-// "(may be) used uninitialized", and warns that returning __m256 from a
-// function changes the ABI; both are internal to these files and harmless.
-#define LSS_X86_WARNINGS_OFF                                   \
-  _Pragma("GCC diagnostic push")                               \
-  _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") \
-  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")       \
-  _Pragma("GCC diagnostic ignored \"-Wpsabi\"")
-#define LSS_X86_WARNINGS_ON _Pragma("GCC diagnostic pop")
-#endif
-
 #include "lss/common.h"
 #include "vector_math.h"
+#include "x86_targets.h"  // LSS_TARGET_*, LSS_HAVE_X86_KERNELS
 
 namespace lss::cpu {
 

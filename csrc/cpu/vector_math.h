@@ -25,7 +25,7 @@ double dot(const double* x, const double* w, int64_t n);
 
 // Four dots sharing x, out[j] = dot(x, w[j], n), bit-identical to four dot()
 // calls: interleaving them keeps the FMA units busy while each one's
-// reduction tree waits (1.3x on a d = 128 fp32 row, hot cache).
+// reduction tree waits.
 void dot4(const float* x, const float* const w[4], int64_t n, float out[4]);
 void dot4(const float* x, const c10::BFloat16* const w[4], int64_t n, float out[4]);
 void dot4(const float* x, const c10::Half* const w[4], int64_t n, float out[4]);
@@ -48,15 +48,14 @@ void gathered_dots(const double* x, const double* weight, const double* bias, in
 // The first j in [0, n) with ids[j] >= 0 and !(scores[j] < threshold), or n:
 // the entries a streaming top-k whose k-th best score is `threshold` must
 // still look at (NaN passes, it ranks first). 16 at a time with AVX-512, so a
-// top-k over M = 2,000 logits skips the ~95% that cannot enter in ~0.2 us.
+// streaming top-k skips the bulk of a row, which cannot enter, in a few
+// vector compares.
 int64_t next_topk_candidate(const float* scores, const int32_t* ids, int64_t n, float threshold);
 
 // How far ahead to prefetch weight rows: the rows are random, so the hardware
-// prefetcher cannot guess them. Measured on the 2-vCPU EPYC (d = 128 fp32,
-// 2,000 random rows of a 343 MB matrix, 2 threads): 8 rows ahead with
-// prefetcht2 took 36 us, 16-64 rows (8-32 KB) ahead with prefetcht1 23-29 us;
-// further ahead gained nothing. So the distance is a byte budget, turned into
-// rows per call.
+// prefetcher cannot guess them. A few rows ahead is too close, 8-32 KB ahead
+// (prefetcht1) was best and further gained nothing (docs/performance.md). So
+// the distance is a byte budget, turned into rows per call.
 constexpr int64_t kPrefetchBytes = 16 * 1024;
 
 inline int64_t prefetch_distance(int64_t row_bytes) {

@@ -43,12 +43,12 @@ RowPtr bitmap_row_ptr_checked(const char* op, const at::Tensor& bc, int64_t num_
                    status_ptr(status), stream);
   }
   const auto st = read_status(status);
-  TORCH_CHECK(st[kStatusError] == 0, op, ": bitmap has bits set at label ids >= num_labels = ",
+  TORCH_CHECK_VALUE(st[kStatusError] == 0, op, ": bitmap has bits set at label ids >= num_labels = ",
               num_labels);
   r.nnz = st[kStatusNnz];
   r.tiles = st[kStatusTiles];
   r.columns = st[kStatusColumns];
-  TORCH_CHECK(r.nnz < (int64_t(1) << 31), op, ": more than 2^31 - 1 candidates in one call");
+  TORCH_CHECK_VALUE(r.nnz < (int64_t(1) << 31), op, ": more than 2^31 - 1 candidates in one call");
   return r;
 }
 

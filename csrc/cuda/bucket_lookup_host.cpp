@@ -20,7 +20,7 @@ void check_tables(const char* op, const at::Tensor& codes, const at::Tensor& off
 }
 
 void raise_malformed(const char* op, int64_t err) {
-  TORCH_CHECK(err == 0, op, ": malformed tables: a code is outside [0, 2^K), a bucket's offsets "
+  TORCH_CHECK_VALUE(err == 0, op, ": malformed tables: a code is outside [0, 2^K), a bucket's offsets "
               "are decreasing or past items.size(1), or an item is outside [0, num_labels)");
 }
 
@@ -31,7 +31,7 @@ void run_lookup(const char* op, const Tables& t, const at::Tensor& retrieved, in
                 int64_t min_hits, const LookupOut& out, const at::Tensor& like,
                 cudaStream_t stream) {
   if (t.B == 0) return;
-  TORCH_CHECK(max_retrieved <= (int64_t(1) << 30), op, ": a query retrieves ", max_retrieved,
+  TORCH_CHECK_VALUE(max_retrieved <= (int64_t(1) << 30), op, ": a query retrieves ", max_retrieved,
               " items (with duplicates); at most 2^30 are supported");
   const int64_t smem_cap = std::max<int64_t>(
       32, std::min<int64_t>(next_pow2_host(max_retrieved), lookup_smem_capacity()));
@@ -60,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor> bucket_lookup_cuda(const at::Tensor& codes,
                                                       int64_t max_candidates, int64_t min_hits) {
   const char* op = "bucket_lookup";
   check_tables(op, codes, offsets, items, num_labels, min_hits);
-  check_max_candidates(max_candidates);
+  check_max_candidates(op, max_candidates);
   const c10::cuda::CUDAGuard guard(codes.device());
   const cudaStream_t stream = current_stream();
   const int64_t B = codes.size(0), M = max_candidates;

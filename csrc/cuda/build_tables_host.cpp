@@ -37,8 +37,8 @@ std::tuple<at::Tensor, at::Tensor> build_tables_cuda(const at::Tensor& codes, in
                        ids.data_ptr<int32_t>(), items.data_ptr<int32_t>() + l * N, N, int(bits),
                        stream);
   }
-  TORCH_CHECK(read_status(status)[kStatusError] == 0,
-              "build_tables: codes must be in [0, 2^bits) = [0, ", buckets, ")");
+  TORCH_CHECK_VALUE(read_status(status)[kStatusError] == 0, "build_tables: codes values must be in [0, ", buckets,
+                    ") (0 <= code < 2^bits, bits = ", bits, ")");
   return {offsets, items};
 }
 

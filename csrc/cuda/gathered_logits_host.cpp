@@ -19,14 +19,14 @@ int bit_width(int64_t v) {  // bits needed for values in [0, v]
 
 void check_ids(const char* op, const at::Tensor& x, const at::Tensor& ids) {
   check_ids_shape(op, x, ids);
-  TORCH_CHECK(ids.numel() < (int64_t(1) << 31), op, ": at most 2^31 - 1 candidates per call");
+  TORCH_CHECK_VALUE(ids.numel() < (int64_t(1) << 31), op, ": at most 2^31 - 1 candidates per call");
   check_cuda(op, {&x, &ids});
 }
 
 void raise_bad_ids(const char* op, const at::Tensor& status, int64_t num_labels) {
   if (async_errors()) return;
-  TORCH_CHECK(read_status(status)[kStatusError] == 0, op, ": ids must be -1 (padding) or in [0, ",
-              num_labels, ")");
+  TORCH_CHECK_VALUE(read_status(status)[kStatusError] == 0, op, ": ids must be -1 (padding) or in [0, ",
+                    num_labels, ")");
 }
 
 at::Tensor gathered_logits_cuda(const at::Tensor& x, const at::Tensor& weight,

@@ -4,7 +4,7 @@
 // include this (the .cu kernels see launch.h alone).
 //
 // Argument checks are the CPU kernels' (lss/arg_checks.h) plus the device
-// checks. Value checks (codes, ids, table contents, row_ptr, probes, list
+// checks, with the same exception types (ValueError / TypeError). Value checks (codes, ids, table contents, row_ptr, probes, list
 // offsets) run inside the kernels, which never read out of bounds on
 // malformed input: they skip the access and OR a bit into a device status
 // word. The host reads that word back after the launch (one device-to-host
@@ -36,8 +36,8 @@ inline DType dtype_of(const char* op, const at::Tensor& t) {
     case at::kDouble: return DType::kFloat64;
     case at::kHalf: return DType::kFloat16;
     case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, op, ": unsupported dtype ", t.scalar_type(),
-                         " (float16, bfloat16, float32 or float64)");
+    default: TORCH_CHECK_TYPE(false, op, ": unsupported dtype ", dtype_name(t.scalar_type()),
+                              " (float16, bfloat16, float32 or float64)");
   }
 }
 
@@ -46,9 +46,10 @@ inline at::ScalarType acc_type(at::ScalarType s) { return s == at::kDouble ? at:
 inline void check_cuda(const char* op, std::initializer_list<const at::Tensor*> tensors) {
   const at::Tensor& first = **tensors.begin();
   for (const at::Tensor* t : tensors) {
-    TORCH_CHECK(t->is_cuda(), op, ": CUDA kernel got a tensor on ", t->device());
-    TORCH_CHECK(t->device() == first.device(), op, ": tensors on ", first.device(), " and ",
-                t->device());
+    TORCH_CHECK_VALUE(t->is_cuda(), op, ": CUDA kernel got a tensor on ", t->device(),
+                      "; all inputs must be on the same device");
+    TORCH_CHECK_VALUE(t->device() == first.device(), op, ": tensors on ", first.device(), " and ",
+                      t->device(), "; all inputs must be on the same device");
   }
 }
 
@@ -90,10 +91,7 @@ inline uint32_t* as_u32(const at::Tensor& t) {
   return reinterpret_cast<uint32_t*>(t.data_ptr<int32_t>());
 }
 
-inline bool is_float(const at::Tensor& t) {
-  const auto s = t.scalar_type();
-  return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
-}
+inline bool is_float(const at::Tensor& t) { return is_float_dtype(t.scalar_type()); }
 
 // x, weight, bias of the logits ops: the shared checks (lss/arg_checks.h),
 // then the devices and the dtypes the kernels are built for.

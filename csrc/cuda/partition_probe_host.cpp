@@ -1,6 +1,6 @@
 // Host side of partition_probe on CUDA (kernels: partition_probe_cuda.cu;
 // interface: launch.h; shared host helpers: host_utils.h): argument checks
-// (TORCH_CHECK, the preconditions of lsskernels/_checks.py), the device
+// (lss/arg_checks.h, the preconditions of lsskernels/_checks.py), the device
 // guard, the current stream, allocation through the caching allocator.
 // (partition_predict_topk is a composite of the partition ops and the logits
 // / top-k ops: no CUDA kernel of its own.)
@@ -16,29 +16,15 @@
 namespace lss::cuda {
 namespace {
 
+// The shared checks (lss/arg_checks.h), then the devices.
 void check_partition_probe(const at::Tensor& x, const at::Tensor& centroids,
                            const c10::optional<at::Tensor>& bias, int64_t nprobe) {
-  const char* op = "partition_probe";
-  TORCH_CHECK(x.dim() == 2 && is_float(x), op, ": x must be [B, d] floating point, got ",
-              x.scalar_type(), " ", x.sizes());
-  TORCH_CHECK(centroids.dim() == 2 && centroids.size(1) == x.size(1), op,
-              ": centroids must be [P, d] with d = x.size(1) = ", x.size(1), ", got ",
-              centroids.sizes());
-  TORCH_CHECK(centroids.scalar_type() == x.scalar_type(), op, ": centroids dtype ",
-              centroids.scalar_type(), " differs from x dtype ", x.scalar_type());
-  TORCH_CHECK(centroids.size(0) >= 1, op, ": centroids must hold at least one partition");
-  TORCH_CHECK(centroids.size(0) < (int64_t(1) << 31), op, ": at most 2^31 - 1 partitions");
+  lss::check_partition_probe(x, centroids, bias, nprobe);
   if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == centroids.size(0), op,
-                ": centroid_bias must be [P] = [", centroids.size(0), "], got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), op,
-                ": centroid_bias dtype differs from x dtype");
-    check_cuda(op, {&x, &centroids, &*bias});
+    check_cuda("partition_probe", {&x, &centroids, &*bias});
   } else {
-    check_cuda(op, {&x, &centroids});
+    check_cuda("partition_probe", {&x, &centroids});
   }
-  TORCH_CHECK(nprobe >= 1 && nprobe <= centroids.size(0), op, ": nprobe must be in [1, P] = [1, ",
-              centroids.size(0), "], got ", nprobe);
 }
 
 at::Tensor partition_probe_cuda(const at::Tensor& x, const at::Tensor& centroids,
@@ -65,7 +51,7 @@ at::Tensor partition_probe_cuda(const at::Tensor& x, const at::Tensor& centroids
     return probes;
   }
   // P above the shared-memory capacity: sort in global scratch, <= 256 MiB of rows at a time.
-  TORCH_CHECK(n <= (int64_t(1) << 30), op, ": P = ", P, " partitions is too many");
+  TORCH_CHECK_VALUE(n <= (int64_t(1) << 30), op, ": P = ", P, " partitions is too many");
   const int64_t per_row = int64_t(probe_scratch_bytes_per_row(dt, n));
   const int64_t rows = std::max<int64_t>(1, (int64_t(1) << 28) / per_row);
   at::Tensor scratch = at::empty({std::min(rows, B) * per_row}, x.options().dtype(at::kByte));

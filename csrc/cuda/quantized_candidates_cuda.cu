@@ -44,6 +44,7 @@ namespace lss::cuda {
 namespace {
 
 constexpr uint64_t kEmptyKey = ~uint64_t(0);
+constexpr float kLevels = float(kQuantLevels);  // lss/common.h: quantized values in [-kLevels, kLevels]
 constexpr int kThreads = 256;
 constexpr int kLanesPerRow = 8;                                   // 8 x 16 bytes per step
 constexpr int kRowsPerWarp = 32 / kLanesPerRow;
@@ -120,18 +121,18 @@ quantize_queries_kernel(const float* __restrict__ x, int64_t d, int64_t Dp,
     any_nan |= warp_nan[w];
   }
   if (any_nan) amax = __int_as_float(0x7FC00000);
-  const float inv = amax > 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+  const float inv = amax > 0.0f ? __fdiv_rn(kLevels, amax) : 0.0f;
   for (int64_t j = threadIdx.x; j < Dp; j += blockDim.x) {
     int v = 0;
     if (j < d) {
       float s = __fmul_rn(row[j], inv);
       if (s != s) s = 0.0f;
-      s = fminf(fmaxf(s, -127.0f), 127.0f);
+      s = fminf(fmaxf(s, -kLevels), kLevels);
       v = __float2int_rn(s);  // round half to even
     }
     q[b * Dp + j] = int8_t(v);
   }
-  if (threadIdx.x == 0) scale[b] = __fdiv_rn(amax, 127.0f);
+  if (threadIdx.x == 0) scale[b] = __fdiv_rn(amax, kLevels);
 }
 
 __device__ __forceinline__ int dot16(const int4& a, const int4& b, int acc) {

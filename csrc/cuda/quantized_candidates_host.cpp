@@ -1,6 +1,6 @@
 // Host side of quantized_candidates on CUDA (kernels:
 // quantized_candidates_cuda.cu; interface: launch.h; shared host helpers:
-// host_utils.h): argument checks (TORCH_CHECK, the preconditions of
+// host_utils.h): argument checks (lss/arg_checks.h, the preconditions of
 // lsskernels/_checks.py), the device guard, the current stream, allocation
 // through the caching allocator, the status read-back, and the chunking of
 // queries over the key buffers.
@@ -17,49 +17,18 @@
 namespace lss::cuda {
 namespace {
 
-constexpr int64_t kCodeAlign = 32;  // reference.CODE_ALIGN
-constexpr int64_t kQuantLevels = 127;
-// Widest codes row whose exact int32 dot cannot overflow: 127^2 Dp < 2^31.
-constexpr int64_t kMaxCodeWidth = ((int64_t(1) << 31) - 1) / (kQuantLevels * kQuantLevels) /
-                                  kCodeAlign * kCodeAlign;
 // Keys (8 bytes each, two buffers) per chunk of queries in quantized_candidates.
 constexpr int64_t kChunkKeys = int64_t(1) << 25;
 
+// The shared checks (lss/arg_checks.h: shapes, dtypes, the code width
+// kMaxCodeWidth whose int32 dots cannot overflow), then the devices.
 void check_quantized_candidates(const at::Tensor& x, const at::Tensor& probes,
                                 const at::Tensor& offsets, const at::Tensor& codes,
                                 const at::Tensor& scales, const at::Tensor& bias,
                                 const at::Tensor& ids, int64_t num_labels,
                                 int64_t max_candidates) {
-  const char* op = "quantized_candidates";
-  TORCH_CHECK(x.dim() == 2 && is_float(x), op, ": x must be [B, d] floating point, got ",
-              x.scalar_type(), " ", x.sizes());
-  TORCH_CHECK(probes.dim() == 2 && probes.scalar_type() == at::kInt && probes.size(0) == x.size(0),
-              op, ": probes must be int32 [B, nprobe] with B = ", x.size(0), ", got ",
-              probes.scalar_type(), " ", probes.sizes());
-  TORCH_CHECK(offsets.dim() == 1 && offsets.scalar_type() == at::kInt && offsets.size(0) >= 2, op,
-              ": list_offsets must be int32 [P + 1] with P >= 1, got ", offsets.scalar_type(), " ",
-              offsets.sizes());
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar, op,
-              ": codes must be int8 [T, Dp], got ", codes.scalar_type(), " ", codes.sizes());
-  const int64_t d = x.size(1), T = codes.size(0), Dp = codes.size(1);
-  TORCH_CHECK(Dp % kCodeAlign == 0 && d <= Dp && Dp < d + kCodeAlign, op,
-              ": codes must be int8 [T, Dp] with Dp = d rounded up to a multiple of ", kCodeAlign,
-              " (d = ", d, "), got ", codes.sizes());
-  TORCH_CHECK(Dp <= kMaxCodeWidth, op, ": codes rows of ", Dp,
-              " entries could overflow the int32 dot product; at most ", kMaxCodeWidth,
-              " supported");
-  TORCH_CHECK(T < (int64_t(1) << 31), op, ": at most 2^31 - 1 list rows");
-  for (const auto& [name, t, dtype] :
-       {std::tuple<const char*, const at::Tensor*, at::ScalarType>{"code_scales", &scales, at::kFloat},
-        {"code_bias", &bias, at::kFloat},
-        {"list_ids", &ids, at::kInt}})
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == T && t->scalar_type() == dtype, op, ": ", name,
-                " must be ", dtype, " [T] = [", T, "] (one entry per row of codes), got ",
-                t->scalar_type(), " ", t->sizes());
-  TORCH_CHECK(num_labels >= 1 && num_labels < (int64_t(1) << 31), op,
-              ": num_labels must be in [1, 2^31), got ", num_labels);
-  TORCH_CHECK(max_candidates >= 1, op, ": max_candidates must be >= 1, got ", max_candidates);
-  check_cuda(op, {&x, &probes, &offsets, &codes, &scales, &bias, &ids});
+  lss::check_quantized_candidates(x, probes, offsets, codes, scales, bias, ids, num_labels, max_candidates);
+  check_cuda("quantized_candidates", {&x, &probes, &offsets, &codes, &scales, &bias, &ids});
 }
 
 // codes with 16-byte aligned rows (the kernel's int4 loads): contiguous, and
@@ -103,9 +72,9 @@ std::tuple<at::Tensor, at::Tensor> quantized_candidates_cuda(
   const at::Tensor host = at::cat({status, per_query}).to(at::kCPU);
   const int64_t* h = host.data_ptr<int64_t>();
   const int64_t err = h[kStatusError];
-  TORCH_CHECK((err & kBadOffsets) == 0, op, ": list_offsets must be non-negative, non-decreasing "
-              "and at most codes.size(0) = ", lists.T);
-  TORCH_CHECK((err & kBadProbe) == 0, op, ": probes must be in [-1, P) = [-1, ", lists.P, ")");
+  TORCH_CHECK_VALUE((err & kBadOffsets) == 0, op, ": list_offsets must be non-negative, non-decreasing "
+                    "and at most codes.size(0) = ", lists.T);
+  TORCH_CHECK_VALUE((err & kBadProbe) == 0, op, ": probes must be in [-1, P) = [-1, ", lists.P, ")");
   const int64_t* rows = h + kStatusWords;  // per query
   std::vector<int64_t> qoff(size_t(B) + 1, 0);
   for (int64_t b = 0; b < B; ++b) qoff[size_t(b) + 1] = qoff[size_t(b)] + rows[b];
@@ -148,8 +117,8 @@ std::tuple<at::Tensor, at::Tensor> quantized_candidates_cuda(
     q0 = q1;
   }
   if (!async_errors())
-    TORCH_CHECK((read_status(status)[kStatusError] & kBadListId) == 0, op,
-                ": list_ids of a probed row must be in [0, num_labels) = [0, ", num_labels, ")");
+    TORCH_CHECK_VALUE((read_status(status)[kStatusError] & kBadListId) == 0, op,
+                      ": list_ids of a probed row must be in [0, num_labels) = [0, ", num_labels, ")");
   return {out_ids, counts};
 }
 

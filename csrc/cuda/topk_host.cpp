@@ -25,7 +25,7 @@ void run_topk(const char* op, DType dt, int64_t B, int64_t k, int64_t max_per_ro
     return;
   }
   const int64_t cap = next_pow2_host(2 * kk + kTopkThreads);
-  TORCH_CHECK(cap <= (int64_t(1) << 30), op, ": k = ", k, " is too large");
+  TORCH_CHECK_VALUE(cap <= (int64_t(1) << 30), op, ": k = ", k, " is too large");
   const int64_t per_row = int64_t(topk_scratch_bytes_per_row(dt, cap));
   const int64_t rows = std::max<int64_t>(1, (int64_t(1) << 28) / per_row);
   at::Tensor scratch = at::empty({std::min(rows, B) * per_row}, like.options().dtype(at::kByte));
@@ -51,8 +51,8 @@ std::tuple<at::Tensor, at::Tensor> topk_gathered_cuda(const at::Tensor& logits,
                   scores.data_ptr(), labels.data_ptr<int64_t>(), status_ptr(status), stream);
   });
   if (!async_errors())
-    TORCH_CHECK(read_status(status)[kStatusError] == 0,
-                "topk_gathered: ids must be -1 (padding) or >= 0");
+    TORCH_CHECK_VALUE(read_status(status)[kStatusError] == 0,
+                      "topk_gathered: ids must be -1 (padding) or >= 0");
   return {scores, labels};
 }
 
@@ -62,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> topk_packed_cuda(const at::Tensor& values,
   const char* op = "topk_packed";
   check_topk_packed(values, row_ptr, bitmap, k);
   const int64_t B = bitmap.size(0), W = bitmap.size(1);
-  TORCH_CHECK(W < (int64_t(1) << 26), "topk_packed: the CUDA kernel supports label ids < 2^31 "
+  TORCH_CHECK_VALUE(W < (int64_t(1) << 26), "topk_packed: the CUDA kernel supports label ids < 2^31 "
               "(bitmap.size(1) < 2^26), got ", W, " words");
   check_cuda(op, {&values, &row_ptr, &bitmap});
   const DType dt = dtype_of(op, values);
@@ -72,8 +72,8 @@ std::tuple<at::Tensor, at::Tensor> topk_packed_cuda(const at::Tensor& values,
   at::Tensor scores = at::empty({B, k}, values.options());
   at::Tensor labels = at::empty({B, k}, values.options().dtype(at::kLong));
   if (B == 0) {  // no row to check it: row_ptr = [0] and no values
-    TORCH_CHECK(rc.item<int64_t>() == 0 && values.numel() == 0,
-                "topk_packed: row_ptr must start at 0 and end at values.numel() = ", values.numel());
+    TORCH_CHECK_VALUE(rc.item<int64_t>() == 0 && values.numel() == 0,
+                      "topk_packed: row_ptr must start at 0 and end at values.numel() = ", values.numel());
     return {scores, labels};
   }
   at::Tensor status = new_status(values);
@@ -83,9 +83,9 @@ std::tuple<at::Tensor, at::Tensor> topk_packed_cuda(const at::Tensor& values,
                 status_ptr(status), stream);
   });
   if (!async_errors())
-    TORCH_CHECK(read_status(status)[kStatusError] == 0,
-                "topk_packed: row_ptr must start at 0, end at values.numel() = ", values.numel(),
-                " and match the bitmap's row popcounts");
+    TORCH_CHECK_VALUE(read_status(status)[kStatusError] == 0,
+                      "topk_packed: row_ptr must start at 0, end at values.numel() = ", values.numel(),
+                      " and match the bitmap's row popcounts");
   return {scores, labels};
 }
 

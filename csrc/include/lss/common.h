@@ -25,6 +25,10 @@ constexpr int kMaxBits = 30;
 // (Dp = d rounded up); codes and quantized queries use [-kQuantLevels, kQuantLevels].
 constexpr int kCodeAlign = 32;
 constexpr int kQuantLevels = 127;
+// The widest codes row (a multiple of kCodeAlign) whose exact int32 dot
+// cannot overflow: kQuantLevels^2 * Dp < 2^31.
+constexpr int64_t kMaxCodeWidth =
+    ((int64_t(1) << 31) - 1) / (int64_t(kQuantLevels) * kQuantLevels) / kCodeAlign * kCodeAlign;
 
 LSS_HOST_DEVICE int32_t set_code_bit(int32_t code, int bit, float projection) {
   return projection > 0.0f ? (code | (int32_t(1) << bit)) : code;

@@ -1,4 +1,5 @@
-// build_tables, bucket_lookup and bucket_lookup_bitmap on the CPU.
+// bucket_lookup and bucket_lookup_bitmap on the CPU (the tables come from
+// build_tables_cpu.cpp).
 //
 // Tables are CSR per table: offsets int32 [L, 2^K + 1] and items int32 [L, T];
 // bucket c of table l is items[l, offsets[l, c] : offsets[l, c + 1]], labels
@@ -104,45 +105,12 @@ struct CandidateOrder {
 };
 thread_local CandidateOrder tls_order;
 
-std::tuple<at::Tensor, at::Tensor> build_tables_cpu(const at::Tensor& codes, int64_t bits) {
-  check_build_tables(codes, bits);
-  const int64_t N = codes.size(0), L = codes.size(1), buckets = int64_t(1) << bits;
-  const at::Tensor c = codes.t().contiguous();  // [L, N]: one table per row
-  const int32_t* cp = c.data_ptr<int32_t>();
-  std::atomic<bool> bad_code{false};
-  at::parallel_for(0, N * L, 1 << 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i)
-      if (cp[i] < 0 || cp[i] >= buckets) bad_code = true;
-  });
-  TORCH_CHECK(!bad_code, "build_tables: codes must be in [0, 2^bits) = [0, ", buckets, ")");
-
-  at::Tensor offsets = at::zeros({L, buckets + 1}, codes.options());
-  at::Tensor items = at::empty({L, N}, codes.options());
-  int32_t* op = offsets.data_ptr<int32_t>();
-  int32_t* ip = items.data_ptr<int32_t>();
-  // Counting sort per table; labels are visited in ascending order, so each
-  // bucket comes out ascending.
-  at::parallel_for(0, L, 1, [&](int64_t lb, int64_t le) {
-    std::vector<int32_t> cursor;
-    for (int64_t l = lb; l < le; ++l) {
-      const int32_t* tc = cp + l * N;
-      int32_t* to = op + l * (buckets + 1);
-      for (int64_t n = 0; n < N; ++n) ++to[tc[n] + 1];
-      for (int64_t b = 0; b < buckets; ++b) to[b + 1] += to[b];
-      cursor.assign(to, to + buckets);
-      int32_t* ti = ip + l * N;
-      for (int64_t n = 0; n < N; ++n) ti[cursor[tc[n]]++] = int32_t(n);
-    }
-  });
-  return {offsets, items};
-}
-
 std::tuple<at::Tensor, at::Tensor> bucket_lookup_cpu(const at::Tensor& codes,
                                                      const at::Tensor& offsets,
                                                      const at::Tensor& items, int64_t num_labels,
                                                      int64_t max_candidates, int64_t min_hits) {
   check_tables("bucket_lookup", codes, offsets, items, num_labels, min_hits);
-  check_max_candidates(max_candidates);
+  check_max_candidates("bucket_lookup", max_candidates);
   const int64_t B = codes.size(0), L = codes.size(1), M = max_candidates;
   const int64_t buckets = offsets.size(1) - 1, T = items.size(1);
   const at::Tensor cc = codes.contiguous(), oc = offsets.contiguous(), ic = items.contiguous();
@@ -172,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor> bucket_lookup_cpu(const at::Tensor& codes,
       cntp[q] = int32_t(n);
     }
   });
-  TORCH_CHECK(!malformed, "bucket_lookup: malformed tables: a code is outside [0, 2^K), a "
+  TORCH_CHECK_VALUE(!malformed, "bucket_lookup: malformed tables: a code is outside [0, 2^K), a "
               "bucket's offsets are decreasing or past items.size(1), or an item is outside "
               "[0, num_labels)");
   return {ids, counts};
@@ -207,7 +175,7 @@ at::Tensor bucket_lookup_bitmap_cpu(const at::Tensor& codes, const at::Tensor& o
       counter.clear();
     }
   });
-  TORCH_CHECK(!malformed, "bucket_lookup_bitmap: malformed tables: a code is outside [0, 2^K), "
+  TORCH_CHECK_VALUE(!malformed, "bucket_lookup_bitmap: malformed tables: a code is outside [0, 2^K), "
               "a bucket's offsets are decreasing or past items.size(1), or an item is outside "
               "[0, num_labels)");
   return bitmap;
@@ -216,7 +184,6 @@ at::Tensor bucket_lookup_bitmap_cpu(const at::Tensor& codes, const at::Tensor& o
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lsskernels, CPU, m) {
-  m.impl("build_tables", &build_tables_cpu);
   m.impl("bucket_lookup", &bucket_lookup_cpu);
   m.impl("bucket_lookup_bitmap", &bucket_lookup_bitmap_cpu);
 }
