@@ -17,9 +17,10 @@ predict(x, k = 5) at batch 1 and batch 256 (sharded: rank 0's wall time of
 the whole collective call; every rank runs the same fixed number of calls,
 agreed by a broadcast from rank 0); "local" the shard's own LSSLinear.predict
 alone; "all_gather" one gloo all_gather of what predict sends ([B, 2k]
-float64 per rank) alone, in ms per call. Time per query is the median of
-three rounds. On a machine with fewer cores than K processes the processes
-share cores and the times say so. Writes <out>/sharded[-quick].json and .md.
+float64 per rank) alone, in ms per call. Each time is the median of five
+rounds, interleaved between the three (a change in the machine's load hits
+them alike), each round after a barrier. On a machine with fewer cores than
+K processes the processes share cores and the times say so. Writes <out>/sharded[-quick].json and .md.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from typing import Dict, List
 import torch
 
 K_TOP = 5
+ROUNDS = 5  # timing rounds, interleaved between predict, the local predict and the all_gather
 BATCHES = (1, 256)
 COLUMNS = ["world", "P@1 sharded", "P@1 single", "P@1 dense", "B=1 ms/q", "B=1 local ms/q", "B=1 all_gather ms",
            "B=256 ms/q", "B=256 local ms/q", "B=256 all_gather ms", "fit s"]
@@ -97,19 +99,21 @@ def _worker(rank: int, world: int, tmpdir: str, candidates: int, min_time: float
             for b in BATCHES:
                 x = p["test_x"][:b] if b <= p["test_x"].shape[0] else p["test_x"].repeat(-(-b // p["test_x"].shape[0]), 1)[:b]
                 x = x.contiguous()
-                reps = _agreed_reps(lambda: layer.predict(x, K_TOP), min_time, dist)
-                dist.barrier()
-                out[f"B={b} ms/q"] = 1e3 * _rounds(lambda: layer.predict(x, K_TOP), reps) / b
-                dist.barrier()
-                local_reps = _agreed_reps(lambda: layer.local.predict(x, K_TOP), min_time, dist)
-                out[f"B={b} local ms/q"] = 1e3 * _rounds(lambda: layer.local.predict(x, K_TOP), local_reps) / b
-                dist.barrier()
                 packed = torch.randn(b, 2 * K_TOP, dtype=torch.float64)
                 gathered = packed.new_empty(world * b, 2 * K_TOP)
                 gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-                g_reps = _agreed_reps(lambda: gather(gathered, packed), min_time, dist)
-                dist.barrier()
-                out[f"B={b} all_gather ms"] = 1e3 * _rounds(lambda: gather(gathered, packed), g_reps)
+                calls = {"ms/q": lambda: layer.predict(x, K_TOP), "local ms/q": lambda: layer.local.predict(x, K_TOP),
+                         "all_gather ms": lambda: gather(gathered, packed)}
+                reps = {name: _agreed_reps(fn, min_time, dist) for name, fn in calls.items()}
+                # Interleaved rounds: a change in the machine's load hits the three alike.
+                times = {name: [] for name in calls}
+                for _ in range(ROUNDS):
+                    for name, fn in calls.items():
+                        dist.barrier()
+                        times[name].append(_rounds(fn, reps[name], rounds=1))
+                for name, ts in times.items():
+                    per = 1 if name == "all_gather ms" else b
+                    out[f"B={b} {name}"] = 1e3 * sorted(ts)[len(ts) // 2] / per
         torch.save(out, os.path.join(tmpdir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
