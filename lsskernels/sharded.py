@@ -606,7 +606,10 @@ class ShardedLSSLinear(nn.Module):
             parts = list(out.view(self.world_size, width, cols).unbind(0))
         else:
             parts = [torch.empty_like(mine) for _ in range(self.world_size)] if self.rank == dst else None
-            _dist().gather(mine, parts, group=self._group, group_dst=dst)
+            try:
+                _dist().gather(mine, parts, group=self._group, group_dst=dst)
+            except TypeError:  # a torch without group_dst: dst is a global rank there
+                _dist().gather(mine, parts, dst=_dist().get_global_rank(self._group, dst), group=self._group)
             if self.rank != dst:
                 return None
         full = torch.cat([p[: shard_range(self.out_features, self.world_size, r)[1]

@@ -304,6 +304,23 @@ def scenario_fit(rank, world):
     s0, i0 = layer.predict(task.test_x[:50], 3)
     s1, i1 = fresh.predict(task.test_x[:50], 3)
     assert torch.equal(i0, i1) and torch.equal(s0, s1) and fresh.fitted
+    # Every label on the first shard: the others have no pair and keep the unfitted index of their rows.
+    first = shard_range(2000, world, 0)[1]
+    only0 = lss.ShardedLSSLinear.from_linear(linear, max_candidates=16)
+    rep3 = only0.fit(task.train_x, task.train_y % first, progress=False)
+    assert rep3.pairs == [4000] + [0] * (world - 1) and [s["fitted"] for s in rep3.shards] == [True] + [False] * (world - 1)
+    assert (rep3.local is None) == (rank != 0) and only0.local.index.built
+    # A shard's own failure is raised on every rank: its exception there, a RuntimeError naming it elsewhere.
+    y4 = torch.where(torch.arange(4000) < 3980, task.train_y % first, task.train_y % 2000)  # 20 pairs elsewhere
+    few = lss.ShardedLSSLinear.from_linear(linear, max_candidates=16, num_partitions=64)
+    try:
+        few.fit(task.train_x, y4, progress=False, spaces=("queries",))
+    except ValueError as e:
+        assert rank != 0 and "query space" in str(e), (rank, e)
+    except RuntimeError as e:
+        assert rank == 0 and "rank 1:" in str(e) and "query space" in str(e), str(e)
+    else:
+        raise AssertionError("a shard's failed fit was not raised")
     return {"unfitted": unfitted, "fitted": fitted, "pairs": report.pairs, "ids": i0}
 
 
