@@ -2,6 +2,9 @@
 
 Public API (see docs/api.md):
     LSSLinear                      drop-in nn.Linear with sparse inference
+    ShardedLSSLinear, vocab_parallel_cross_entropy
+                                   LSSLinear split by output rows over a
+                                   torch.distributed group (lsskernels/sharded.py)
     hash_codes, build_tables, bucket_lookup, bucket_lookup_bitmap,
     gathered_logits, bitmap_sparse_matmul, topk_gathered, topk_packed
                                    the ops, with a backend= switch
@@ -27,6 +30,7 @@ from ._ops import (
     topk_packed,
 )
 from .layer import LSSLinear
+from .sharded import ShardedLSSLinear, vocab_parallel_cross_entropy
 
 # The one version number: pyproject.toml reads it (dynamic), docs and bench stamps print it.
 __version__ = "0.6.0"
@@ -34,6 +38,7 @@ __version__ = "0.6.0"
 __all__ = [
     "BACKENDS",
     "LSSLinear",
+    "ShardedLSSLinear",
     "bitmap_sparse_matmul",
     "bucket_lookup",
     "bucket_lookup_bitmap",
@@ -48,4 +53,5 @@ __all__ = [
     "quantized_candidates",
     "topk_gathered",
     "topk_packed",
+    "vocab_parallel_cross_entropy",
 ]
