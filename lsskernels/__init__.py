@@ -11,6 +11,9 @@ Public API (see docs/api.md):
     partition_probe, quantized_candidates, quantized_probe, partition_predict_topk
                                    the partition family's ops (int8 quantized
                                    candidate scoring), same switch
+    sampled_cross_entropy, SampledCrossEntropyLoss, RowSparseAdagrad
+                                   training the layer: sampled softmax with
+                                   index-mined negatives (docs/training.md)
 """
 from ._ops import (
     BACKENDS,
@@ -30,6 +33,7 @@ from ._ops import (
     topk_packed,
 )
 from .layer import LSSLinear
+from .sampled_loss import RowSparseAdagrad, SampledCrossEntropyLoss, sampled_cross_entropy
 from .sharded import ShardedLSSLinear, vocab_parallel_cross_entropy
 
 # The one version number: pyproject.toml reads it (dynamic), docs and bench stamps print it.
@@ -38,6 +42,8 @@ __version__ = "0.6.0"
 __all__ = [
     "BACKENDS",
     "LSSLinear",
+    "RowSparseAdagrad",
+    "SampledCrossEntropyLoss",
     "ShardedLSSLinear",
     "bitmap_sparse_matmul",
     "bucket_lookup",
@@ -51,6 +57,7 @@ __all__ = [
     "partition_probe",
     "quantized_probe",
     "quantized_candidates",
+    "sampled_cross_entropy",
     "topk_gathered",
     "topk_packed",
     "vocab_parallel_cross_entropy",

@@ -36,7 +36,7 @@ from torch import nn
 from . import _checks as checks
 from . import _ops
 from . import reference
-from .codec import encode_rows, probe_codes
+from .codec import encode_rows, probe_codes, quantize_rows_into
 from .reference import QUANT_LEVELS
 from .hashing import EXTRA_DIMS, augment_queries, label_codes, simhash_projections
 from .tables import build_label_tables, bucket_size_stats, validate_tables
@@ -461,6 +461,60 @@ class PartitionIndex(LSSIndex):
             raise RuntimeError("sync() of an unbuilt index: build it first (lsskernels.families.rebuild)")
         self.codes, self.code_scales, self.code_bias = encode_rows(weight, bias, self.list_ids.to(torch.int64),
                                                                    proj=self.code_proj)
+
+    @torch.no_grad()
+    def sync_rows(self, weight, bias, rows: Tensor) -> None:
+        """Re-encode, in place, only the codes of the labels in rows (int
+        ids, repeats allowed; every list entry of each, spill included) from
+        the current weights: O(|rows| d) where sync() is O(N d). Partitions,
+        spill lists and calibration are kept, as by sync(). Under a code
+        projection the projected rows are centred on the label mean taken at
+        the first sync_rows() after the codes were last rebuilt (sync, fit,
+        rebuild, load): computing it afresh would cost the O(N d) this avoids.
+        The weights' version is not recorded: the layer still sees a stale
+        index and its next predict / candidates call runs the full sync()."""
+        if not self.built:
+            raise RuntimeError("sync_rows() of an unbuilt index: build it first (lsskernels.families.rebuild)")
+        buf = self._buffers
+        list_ids = buf["list_ids"]
+        rows = rows.reshape(-1).to(device=list_ids.device, dtype=torch.int64)
+        if rows.numel() == 0:
+            return
+        if int(rows.min()) < 0 or int(rows.max()) >= self.num_labels:
+            raise ValueError(f"rows must be label ids in [0, {self.num_labels})")
+        # Where each label sits in the lists (derived once per list layout).
+        cache = getattr(self, "_rows_cache", None)
+        if cache is None or cache[0] is not list_ids or cache[1] != list_ids._version:
+            ids64 = list_ids.to(torch.int64)
+            starts = torch.zeros(self.num_labels + 1, dtype=torch.int64, device=ids64.device)
+            starts[1:] = torch.cumsum(torch.bincount(ids64, minlength=self.num_labels), 0)
+            cache = (list_ids, list_ids._version, torch.argsort(ids64, stable=True), starts)
+            self._rows_cache = cache
+        order, starts = cache[2], cache[3]
+        rows = torch.unique(rows)
+        lo, n = starts[rows], starts[rows + 1] - starts[rows]
+        seg = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), n)
+        first = torch.cumsum(n, 0) - n
+        pos = order[lo[seg] + torch.arange(seg.numel(), device=rows.device) - first[seg]]
+        labels = list_ids[pos].to(torch.int64)
+        proj = buf["code_proj"]
+        codes = buf["codes"]
+        if proj.numel() == 0:
+            new_codes, scales, code_bias = encode_rows(weight, bias, labels)
+        else:
+            mean = getattr(self, "_rows_mean", None)
+            if mean is None or mean[0] is not codes:
+                mean = (codes, weight.detach().to(torch.float32).mean(0))
+                self._rows_mean = mean
+            w = (weight.detach()[labels].to(torch.float32) - mean[1]) @ proj
+            new_codes = torch.zeros(labels.numel(), codes.shape[1], dtype=torch.int8, device=codes.device)
+            scales = torch.empty(labels.numel(), dtype=torch.float32, device=codes.device)
+            quantize_rows_into(w, new_codes, scales)
+            code_bias = (bias.detach()[labels].to(torch.float32) if bias is not None
+                         else torch.zeros(labels.numel(), dtype=torch.float32, device=codes.device))
+        codes[pos] = new_codes
+        buf["code_scales"][pos] = scales
+        buf["code_bias"][pos] = code_bias
 
     # ---------------------------------------------------------- inference
     def _lists(self):

@@ -1,0 +1,425 @@
+"""Sampled softmax cross-entropy for training an LSSLinear output layer.
+
+    loss = lss.sampled_cross_entropy(layer, x, target, reduction="mean", ignore_index=-100)
+    loss_fn = lss.SampledCrossEntropyLoss(num_uniform=64, seed=0); loss = loss_fn(layer, x, target)
+
+Per query b the loss sees a candidate set: its positives, its index
+candidates (hard negatives: the layer's own index, ``num_hard`` of them, best
+first), and ``num_uniform`` uniform draws shared by the batch. Exact logits of
+those candidates only come from the package's differentiable ops
+(``gathered_logits`` on per-row ids, or ``bitmap_sparse_matmul`` on per-row
+bitmaps); no ``[B, N]`` tensor is formed.
+
+The estimator ("top set + importance-sampled tail", docs/training.md):
+
+    Z_b = sum_{j in S_b} exp(z_bj) + sum_{j not in S_b} exp(z_bj)
+        ~ sum_{j in S_b} exp(z_bj) + (N / n) sum_{u in U, u not in S_b} c_u exp(z_bu)
+
+S_b (positives and index candidates of query b) is a deterministic set given
+(x, index): its terms are exact (probability 1, no correction). U holds the
+distinct labels among n uniform draws from all N labels (with replacement),
+label u drawn c_u times: each draw lands outside S_b with probability
+(N - |S_b|) / N and is then uniform there, so the second sum is an unbiased
+estimate of the tail. The draws that fall inside S_b (accidental hits: a
+positive or an index candidate) are dropped, which is what makes it unbiased.
+The correction enters as a logit offset log(c_u N / n). When S_b covers all N
+labels every draw is a hit and the loss is exactly the full softmax CE.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Tuple
+
+import torch
+from torch import nn
+
+from . import _checks as checks
+from . import _ops
+from .layer import LSSLinear
+
+Tensor = torch.Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+IMPLS = ("auto", "gathered", "bitmap")
+MULTI_LABEL = ("each", "soft")
+# impl="auto" takes the bitmap path when the batch's (query, label) pairs fill
+# at least this fraction of the [B, |union|] tile: the CPU bitmap kernel's own
+# threshold for one dense GEMM over the union (csrc/cpu/bitmap_sparse_matmul_cpu.cpp).
+UNION_DENSITY = 0.25
+
+
+@dataclass
+class _Upkeep:
+    """Per layer: what the loss knows about its index since the last full sync."""
+    calls: int = 0
+    index: Optional[weakref.ref] = None
+    dirty: Optional[Tensor] = None  # bool [N]: rows given a gradient since their codes were encoded
+    full_syncs: int = 0
+    row_syncs: int = 0
+    rebuilds: int = 0
+
+
+_UPKEEP: "weakref.WeakKeyDictionary[LSSLinear, _Upkeep]" = weakref.WeakKeyDictionary()
+
+
+def upkeep_stats(layer: LSSLinear) -> dict:
+    """How the loss kept layer's index up to date: calls, full syncs, row
+    syncs, rebuilds (since the layer's first call)."""
+    s = _UPKEEP.get(layer) or _Upkeep()
+    return {"calls": s.calls, "full_syncs": s.full_syncs, "row_syncs": s.row_syncs, "rebuilds": s.rebuilds}
+
+
+# ----------------------------------------------------------------- checks
+def _check_args(layer, x, target, reduction, ignore_index, num_hard, num_uniform, impl, multi_label,
+                refresh_every, rebuild_every, generator, seed):
+    if not isinstance(layer, LSSLinear):
+        raise TypeError(f"layer must be an lsskernels.LSSLinear, got {type(layer).__name__}")
+    d, n = layer.in_features, layer.out_features
+    checks.tensor("x", x, None, checks.FLOAT_DTYPES, f"[..., {d}] floating point")
+    if x.dim() < 1 or x.shape[-1] != d:
+        raise ValueError(f"x must be [..., in_features = {d}] (e.g. [B, {d}]), got {tuple(x.shape)}")
+    w = layer.weight
+    if x.dtype != w.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but layer.weight is {w.dtype}; they must match")
+    if x.device != w.device:
+        raise ValueError(f"x is on {x.device} but layer.weight is on {w.device}")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor of int64 labels, got {type(target).__name__}")
+    if target.dtype != torch.int64:
+        raise TypeError(f"target must have dtype int64, got {str(target.dtype).replace('torch.', '')}")
+    if target.device != x.device:
+        raise ValueError(f"target is on {target.device} but x is on {x.device}")
+    lead = tuple(x.shape[:-1])
+    if tuple(target.shape) == lead:
+        multi = False
+    elif target.dim() == len(lead) + 1 and tuple(target.shape[:-1]) == lead:
+        multi = True
+    else:
+        raise ValueError(f"target must be {list(lead)} (one label per query) or {list(lead) + ['m']} "
+                         f"(multi-label, -1 padded) for x of shape {tuple(x.shape)}; got {tuple(target.shape)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    checks.integer("ignore_index", ignore_index)
+    if num_hard is not None:
+        checks.integer("num_hard", num_hard, 0)
+    checks.integer("num_uniform", num_uniform, 0)
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if multi_label not in MULTI_LABEL:
+        raise ValueError(f"multi_label must be one of {MULTI_LABEL}, got {multi_label!r}")
+    if refresh_every is not None:
+        checks.integer("refresh_every", refresh_every, 1)
+    if rebuild_every is not None:
+        checks.integer("rebuild_every", rebuild_every, 1)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if seed is not None:
+        checks.integer("seed", seed)
+    if generator is not None and seed is not None:
+        raise ValueError("give generator or seed, not both")
+    # Label values: in [0, N), or padding.
+    if target.numel():
+        pad = (target == ignore_index) | ((target == -1) if multi else torch.zeros_like(target, dtype=torch.bool))
+        bad = ~pad & ((target < 0) | (target >= n))
+        if bool(bad.any()):
+            v = int(target[bad][0])
+            allowed = f"[0, {n}), ignore_index = {ignore_index}" + (" or -1 (padding)" if multi else "")
+            raise ValueError(f"target values must be in {allowed}; got {v}")
+    return multi
+
+
+# ------------------------------------------------------------ index upkeep
+@torch.no_grad()
+def _upkeep(layer: LSSLinear, refresh_every: Optional[int], rebuild_every: Optional[int]) -> _Upkeep:
+    """Bring the index up to the rule refresh_every asks for, before mining."""
+    state = _UPKEEP.get(layer)
+    if state is None:
+        state = _UPKEEP[layer] = _Upkeep()
+    if rebuild_every is not None and state.calls and state.calls % rebuild_every == 0:
+        layer.rebuild_index()  # fresh k-means partitions of the current weights
+        state.rebuilds += 1
+    index = layer.index
+    replaced = state.index is None or state.index() is not index
+    full = (refresh_every == 1 or replaced or not index.built
+            or (refresh_every is not None and state.calls % refresh_every == 0))
+    if full:
+        if not layer._index_current():
+            state.full_syncs += 1
+        layer.sync_index()  # a no-op when the index is current
+        state.index = weakref.ref(layer.index)
+        state.dirty = None
+    elif state.dirty is not None:
+        rows = state.dirty.nonzero().squeeze(1)
+        if rows.numel() and hasattr(index, "sync_rows"):
+            index.sync_rows(layer.weight, layer.bias, rows)
+            state.row_syncs += 1
+        state.dirty.zero_()
+    state.calls += 1
+    return state
+
+
+def _mark_dirty(state: _Upkeep, labels: Tensor, num_labels: int, refresh_every: Optional[int]) -> None:
+    if refresh_every == 1:
+        return
+    if state.dirty is None:
+        state.dirty = torch.zeros(num_labels, dtype=torch.bool, device=labels.device)
+    state.dirty[labels] = True
+
+
+# ------------------------------------------------------------- candidates
+def _uniform(num_labels: int, n: int, generator: Optional[torch.Generator], device) -> Tuple[Tensor, Tensor]:
+    """Distinct labels among n uniform draws (with replacement) and their counts."""
+    draws = torch.randint(0, num_labels, (n,), generator=generator,
+                          device=generator.device if generator is not None else "cpu")
+    labels, counts = torch.unique(draws.to(device), return_counts=True)
+    return labels, counts
+
+
+def _candidates(layer, xf, positives, num_hard, num_uniform, generator, acc):
+    """Per row, deduplicated and ascending: ids int64 [B, C] (-1 = no entry),
+    log-corrections [B, C] (acc dtype) and the positive flags [B, C]."""
+    B, n = xf.shape[0], layer.out_features
+    dev = xf.device
+    parts = [positives]
+    corr = [torch.zeros(positives.shape, dtype=acc, device=dev)]
+    if num_hard:
+        with torch.no_grad():
+            w, b = layer.weight.detach(), layer.bias.detach() if layer.bias is not None else None
+            hard, _ = layer.index.candidates(xf.detach(), w, b, num_hard, layer.backend)
+        parts.append(hard.to(torch.int64))
+        corr.append(torch.zeros(hard.shape, dtype=acc, device=dev))
+    if num_uniform:
+        labels, counts = _uniform(n, num_uniform, generator, dev)
+        parts.append(labels.unsqueeze(0).expand(B, -1))
+        corr.append(torch.log(counts.to(acc) * (n / num_uniform)).unsqueeze(0).expand(B, -1))
+    ids = torch.cat(parts, 1)
+    corr = torch.cat(corr, 1)
+    pos = torch.zeros(ids.shape, dtype=torch.bool, device=dev)
+    pos[:, : positives.shape[1]] = positives >= 0
+    # Rows with no positive (ignored) compute nothing.
+    ids = torch.where((positives >= 0).any(1, keepdim=True), ids, -1)
+    # Dedupe per row, first occurrence wins (positives, then index candidates,
+    # then uniform draws): a uniform draw inside S_b is an accidental hit and
+    # is dropped, an index candidate equal to a positive counts as the positive.
+    key = torch.where(ids >= 0, ids, n)
+    sk, order = key.sort(dim=1, stable=True)
+    keep = sk < n
+    keep[:, 1:] &= sk[:, 1:] != sk[:, :-1]
+    ids = torch.where(keep, sk, -1)
+    return ids, corr.gather(1, order), pos.gather(1, order) & keep
+
+
+def _bitmap(rows: Tensor, labels: Tensor, batch: int, num_labels: int) -> Tensor:
+    """int32 [B, ceil(N / 32)] bitmap of distinct (row, label) pairs given in
+    row-major ascending order (so each (row, word) key is a run)."""
+    words = (num_labels + 31) // 32
+    key = rows * words + (labels >> 5)
+    uniq, inverse = torch.unique_consecutive(key, return_inverse=True)
+    acc = torch.zeros(uniq.numel(), dtype=torch.int64, device=labels.device)
+    acc.index_add_(0, inverse, torch.ones_like(labels) << (labels & 31))  # distinct bits: sum == OR
+    out = torch.zeros(batch * words, dtype=torch.int32, device=labels.device)
+    out[uniq] = torch.where(acc >= 2**31, acc - 2**32, acc).to(torch.int32)
+    return out.view(batch, words)
+
+
+def choose_impl(batch: int, pairs: int, union: int) -> str:
+    """impl="auto": "bitmap" when the pairs fill at least UNION_DENSITY of the
+    [batch, union] tile (the union of the batch's candidates is then one
+    dense GEMM), else "gathered" (per-row ids)."""
+    return "bitmap" if batch >= 4 and pairs >= UNION_DENSITY * batch * union else "gathered"
+
+
+# ----------------------------------------------------------- packed softmax
+def _row_logsumexp(v: Tensor, row: Tensor, batch: int) -> Tensor:
+    """logsumexp of the packed values v per row (-inf for a row with none)."""
+    m = torch.full((batch,), float("-inf"), dtype=v.dtype, device=v.device)
+    m = m.scatter_reduce(0, row, v.detach(), "amax", include_self=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = torch.zeros(batch, dtype=v.dtype, device=v.device).index_add(0, row, torch.exp(v - m[row]))
+    has = s > 0
+    return torch.where(has, m + torch.log(torch.where(has, s, torch.ones_like(s))), float("-inf"))
+
+
+def _packed_loss(v: Tensor, row: Tensor, pos: Tensor, batch: int, multi_label: str) -> Tuple[Tensor, Tensor]:
+    """Per-row loss [B] from packed (corrected) logits, and which rows count."""
+    rp, vp = row[pos], v[pos]
+    npos = torch.zeros(batch, dtype=v.dtype, device=v.device).index_add(0, rp, torch.ones_like(vp))
+    counted = npos > 0
+    denom = torch.where(counted, npos, torch.ones_like(npos))
+    if multi_label == "each":
+        # Each positive against the row's negatives: -log(e^{z_p} / (e^{z_p} + sum_neg e^{z_j})).
+        lse_neg = _row_logsumexp(v.masked_fill(pos, float("-inf")), row, batch)
+        per_pos = torch.logaddexp(vp, lse_neg[rp]) - vp
+        per_row = torch.zeros(batch, dtype=v.dtype, device=v.device).index_add(0, rp, per_pos) / denom
+    else:
+        # Soft target (1 / |P| on each positive) against the full softmax.
+        lse = _row_logsumexp(v, row, batch)
+        mean_pos = torch.zeros(batch, dtype=v.dtype, device=v.device).index_add(0, rp, vp) / denom
+        per_row = torch.where(counted, lse, torch.zeros_like(lse)) - mean_pos
+    return per_row, counted
+
+
+# ------------------------------------------------------------------- loss
+def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction: str = "mean",
+                          ignore_index: int = -100, *, num_hard: Optional[int] = None, num_uniform: int = 64,
+                          impl: str = "auto", multi_label: str = "each", refresh_every: Optional[int] = 1,
+                          rebuild_every: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                          seed: Optional[int] = None) -> Tensor:
+    """Cross-entropy of layer(x) against target from the exact logits of a
+    candidate set per query: a consistent estimate of
+    F.cross_entropy(F.linear(x, W, b), target), never forming [B, N].
+
+    Args:
+        layer: the LSSLinear whose weight and bias get the gradients.
+        x: [..., d] float (layer.weight's dtype and device).
+        target: int64 [...] (one label per query, ignore_index = none) or
+            [..., m] (multi-label, padded with -1 or ignore_index; a query
+            with no positive is ignored).
+        reduction: "mean" (over counted queries: F.cross_entropy's rule, nan
+            when none counts), "sum", or "none" (x.shape[:-1], 0 for ignored).
+        ignore_index: target value of a query (or a padding entry) to ignore.
+        num_hard: index candidates per query (best first; default
+            layer.max_candidates; 0 = none, plain uniform sampled softmax).
+        num_uniform: uniform draws shared by the batch (log-Q corrected).
+        impl: "gathered" (per-row ids), "bitmap" (per-row bitmaps over the
+            union), or "auto" (choose_impl's rule). Same loss and gradients.
+        multi_label: "each" (every positive against the query's negatives,
+            averaged over its positives; single-label: exactly CE) or "soft"
+            (CE against the uniform distribution over the positives).
+        refresh_every: index upkeep. 1: the layer's index is synced with the
+            weights on every call (all N codes re-encoded after a step, O(N d)).
+            k > 1: full sync every k calls; in between only the codes of the
+            rows this loss gave a gradient are re-encoded (sync_rows). None:
+            rows only, never a full sync (exact for row-sparse optimizers).
+        rebuild_every: every k calls, layer.rebuild_index(): fresh k-means
+            partitions of the current weights (what fit() learned is
+            discarded); None (default): the partitions stay those the index
+            was built or fitted with, only codes follow the weights.
+        generator / seed: the uniform draws' randomness (a seed makes a fresh
+            generator per call: the same draws every call); default the
+            global RNG.
+    """
+    multi = _check_args(layer, x, target, reduction, ignore_index, num_hard, num_uniform, impl, multi_label,
+                        refresh_every, rebuild_every, generator, seed)
+    n, d = layer.out_features, layer.in_features
+    lead = tuple(x.shape[:-1])
+    xf = x.reshape(-1, d)
+    B = xf.shape[0]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    positives = target.reshape(B, -1) if multi else target.reshape(B, 1)
+    positives = torch.where((positives == ignore_index) | (positives < 0), -1, positives)
+    num_hard = layer.max_candidates if num_hard is None else num_hard
+    if seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+
+    state = _upkeep(layer, refresh_every, rebuild_every) if num_hard else None
+    ids, corr, pos = _candidates(layer, xf, positives, num_hard, num_uniform, generator, acc)
+    valid = ids >= 0
+    row = torch.arange(B, device=x.device).unsqueeze(1).expand_as(ids)[valid]
+    labels = ids[valid]
+    union = torch.unique(labels)
+    if state is not None:
+        _mark_dirty(state, union, n, refresh_every)
+    if impl == "auto":
+        impl = choose_impl(B, labels.numel(), union.numel())
+    w, b = layer.weight, layer.bias
+    if impl == "gathered":
+        logits = _ops.gathered_logits(xf, w, b, ids.to(torch.int32), backend=layer.backend)
+        v = logits[valid]
+    else:
+        bitmap = _bitmap(row, labels, B, n)
+        v, row_ptr = _ops.bitmap_sparse_matmul(xf, w, b, bitmap, backend=layer.backend)
+        # The packed order (row by row, ascending labels) is that of ids[valid].
+        if v.numel() != labels.numel():
+            raise RuntimeError("bitmap_sparse_matmul returned a packing other than the candidates'")
+    v = v.to(acc) + corr[valid]
+    per_row, counted = _packed_loss(v, row, pos[valid], B, multi_label)
+    per_row = per_row.to(x.dtype)
+    if reduction == "none":
+        return per_row.reshape(lead)
+    if reduction == "sum":
+        return per_row.sum()
+    return per_row.sum() / counted.sum().to(per_row.dtype)
+
+
+class SampledCrossEntropyLoss(nn.Module):
+    """Module form of sampled_cross_entropy: stores the options; called as
+    loss_fn(layer, x, target). With seed set, the uniform draws come from one
+    generator seeded once, so a run is reproducible and each call draws anew."""
+
+    def __init__(self, reduction: str = "mean", ignore_index: int = -100, *, num_hard: Optional[int] = None,
+                 num_uniform: int = 64, impl: str = "auto", multi_label: str = "each",
+                 refresh_every: Optional[int] = 1, rebuild_every: Optional[int] = None,
+                 seed: Optional[int] = None) -> None:
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        if multi_label not in MULTI_LABEL:
+            raise ValueError(f"multi_label must be one of {MULTI_LABEL}, got {multi_label!r}")
+        self.reduction = reduction
+        self.ignore_index = checks.integer("ignore_index", ignore_index)
+        self.num_hard = None if num_hard is None else checks.integer("num_hard", num_hard, 0)
+        self.num_uniform = checks.integer("num_uniform", num_uniform, 0)
+        self.impl = impl
+        self.multi_label = multi_label
+        self.refresh_every = None if refresh_every is None else checks.integer("refresh_every", refresh_every, 1)
+        self.rebuild_every = None if rebuild_every is None else checks.integer("rebuild_every", rebuild_every, 1)
+        self.seed = None if seed is None else checks.integer("seed", seed)
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def forward(self, layer: LSSLinear, x: Tensor, target: Tensor) -> Tensor:
+        return sampled_cross_entropy(layer, x, target, self.reduction, self.ignore_index, num_hard=self.num_hard,
+                                     num_uniform=self.num_uniform, impl=self.impl, multi_label=self.multi_label,
+                                     refresh_every=self.refresh_every, rebuild_every=self.rebuild_every,
+                                     generator=self.generator)
+
+    def extra_repr(self) -> str:
+        return (f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, num_hard={self.num_hard}, "
+                f"num_uniform={self.num_uniform}, impl={self.impl!r}, multi_label={self.multi_label!r}, "
+                f"refresh_every={self.refresh_every}, rebuild_every={self.rebuild_every}, seed={self.seed}")
+
+
+# --------------------------------------------------------------- optimizer
+class RowSparseAdagrad(torch.optim.Optimizer):
+    """Row-wise Adagrad that touches only the rows with a gradient: one
+    accumulator per row (mean squared gradient of the row), so its state is
+    N floats where Adagrad / AdamW keep N x d (AdamW: 2 N d). A row with an
+    all-zero gradient (no candidate of the batch) is left exactly as it is,
+    so the index codes of untouched rows stay exact (refresh_every=None).
+    1-d parameters (bias) are rows of one element. No weight decay, no
+    momentum: those would move every row every step."""
+
+    def __init__(self, params: Iterable, lr: float = 0.1, eps: float = 1e-10) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        super().__init__(params, {"lr": lr, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.reshape(p.shape[0], -1) if p.dim() else p.grad.reshape(1, 1)
+                rows = (g != 0).any(1).nonzero().squeeze(1)
+                if rows.numel() == 0:
+                    continue
+                state = self.state[p]
+                if "sum" not in state:
+                    state["sum"] = torch.zeros(g.shape[0], dtype=torch.float32, device=p.device)
+                gr = g[rows]
+                s = state["sum"].index_add_(0, rows, gr.to(torch.float32).pow(2).mean(1))[rows]
+                scale = (group["lr"] / (s.sqrt() + group["eps"])).to(p.dtype).unsqueeze(1)
+                flat = p.view(p.shape[0], -1) if p.dim() else p.view(1, 1)
+                flat.index_add_(0, rows, -scale * gr)
+        return loss
