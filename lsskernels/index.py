@@ -448,6 +448,79 @@ class PartitionIndex(LSSIndex):
                           else torch.zeros(0, 0, dtype=torch.float32, device=self.centroids.device))
         self.codes, self.code_scales, self.code_bias = codes_of(self.list_ids.to(torch.int64), self.code_proj)
 
+    @torch.no_grad()
+    def add_rows(self, part: Tensor, label: Tensor, codes: Tensor, scales: Tensor, code_bias: Tensor,
+                 num_labels: int) -> None:
+        """Grow to num_labels labels and merge the entries (partition, label,
+        code row) into the lists, existing rows kept as they are: O(T) memory
+        moves and no encoding (the caller encodes only the new rows). The
+        entries must be distinct and not listed already."""
+        if num_labels < self.num_labels:
+            raise ValueError(f"num_labels can only grow, from {self.num_labels}; got {num_labels}")
+        if not self.built:
+            raise RuntimeError("add_rows() of an unbuilt index: build it first")
+        n, old_n = num_labels, self.num_labels
+        off = self.list_offsets.to(torch.int64)
+        old_part = torch.repeat_interleave(torch.arange(self.num_partitions, device=off.device), off[1:] - off[:-1])
+        all_part = torch.cat([old_part, part.to(torch.int64)])
+        all_label = torch.cat([self.list_ids.to(torch.int64), label.to(torch.int64)])
+        if part.numel() and (int(part.min()) < 0 or int(part.max()) >= self.num_partitions):
+            raise ValueError(f"partitions must be in [0, {self.num_partitions})")
+        if label.numel() and (int(label.min()) < 0 or int(label.max()) >= n):
+            raise ValueError(f"labels must be in [0, {n})")
+        key, order = torch.sort(all_part * n + all_label, stable=True)
+        if bool((key[1:] == key[:-1]).any()):
+            raise ValueError("an added (partition, label) entry is listed already")
+        counts = torch.bincount(all_part, minlength=self.num_partitions)
+        offsets = torch.zeros(self.num_partitions + 1, dtype=torch.int64, device=off.device)
+        offsets[1:] = torch.cumsum(counts, 0)
+        if int(offsets[-1]) >= 2**31:
+            raise ValueError(f"the partition lists would hold {int(offsets[-1])} rows; at most 2^31 - 1")
+        self.num_labels = n
+        self.list_offsets = offsets.to(torch.int32)
+        self.list_ids = all_label[order].to(torch.int32)
+        self.codes = torch.cat([self.codes, codes.to(self.codes.dtype)])[order]
+        self.code_scales = torch.cat([self.code_scales, scales.to(torch.float32)])[order]
+        self.code_bias = torch.cat([self.code_bias, code_bias.to(torch.float32)])[order]
+        self._rows_cache = None
+
+    @torch.no_grad()
+    def drop_labels(self, labels: Tensor) -> int:
+        """Remove every list entry of the labels (int64 ids): O(T). Returns the
+        entries removed. The label ids stay (the layer keeps their rows)."""
+        if not self.built:
+            raise RuntimeError("drop_labels() of an unbuilt index: build it first")
+        gone = torch.zeros(self.num_labels, dtype=torch.bool, device=self.list_ids.device)
+        gone[labels.to(torch.int64)] = True
+        keep = ~gone[self.list_ids.to(torch.int64)]
+        removed = int((~keep).sum())
+        if removed == 0:
+            return 0
+        off = self.list_offsets.to(torch.int64)
+        part = torch.repeat_interleave(torch.arange(self.num_partitions, device=off.device), off[1:] - off[:-1])
+        counts = torch.bincount(part[keep], minlength=self.num_partitions)
+        offsets = torch.zeros_like(off)
+        offsets[1:] = torch.cumsum(counts, 0)
+        self.list_offsets = offsets.to(torch.int32)
+        self.list_ids = self.list_ids[keep]
+        self.codes = self.codes[keep]
+        self.code_scales = self.code_scales[keep]
+        self.code_bias = self.code_bias[keep]
+        self._rows_cache = None
+        return removed
+
+    @torch.no_grad()
+    def renumber(self, new_ids: Tensor, num_labels: int) -> None:
+        """Relabel the lists by new_ids (int64 [N]: each label's new id, -1
+        for labels that must not be listed any more) to num_labels labels.
+        new_ids must be increasing over the kept labels (lists stay sorted)."""
+        ids = new_ids.to(self.list_ids.device)[self.list_ids.to(torch.int64)]
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_labels):
+            raise ValueError("renumber: a listed label has no new id in range; drop it first")
+        self.num_labels = checks.integer("num_labels", num_labels, 1, 2**31 - 1)
+        self.list_ids = ids.to(torch.int32)
+        self._rows_cache = None
+
     def set_search(self, nprobe: int, rerank: Optional[int]) -> None:
         """The calibrated probe count and shortlist."""
         self.nprobe = checks.integer("nprobe", nprobe, 1, self.num_partitions)

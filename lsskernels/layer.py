@@ -74,6 +74,10 @@ class LSSLinear(nn.Module):
         self.index: LSSIndex = make_index(out_features, in_features, family=family, seed=seed, device=device,
                                           num_partitions=num_partitions, nprobe=nprobe, num_tables=num_tables,
                                           bits=bits, min_hits=min_hits)
+        # Removed labels (remove_labels): never listed by the index, -inf in
+        # every logit the layer returns; their ids stay until compact().
+        self.register_buffer("removed", torch.zeros(out_features, dtype=torch.bool, device=device))
+        self._any_removed = False
         self._indexed_version: Optional[tuple] = None
         # Holds the indexed parameters weakly: id() alone could be reused by
         # a new parameter once the old one is freed.
@@ -147,6 +151,7 @@ class LSSLinear(nn.Module):
         is discarded; call fit() again to learn it."""
         index = self.index.clone_empty().to(self.weight.device)
         families.rebuild(index, self.weight, self.bias)
+        self._drop_removed(index)
         self.index = index
         self._mark_indexed()
 
@@ -191,6 +196,7 @@ class LSSLinear(nn.Module):
         index = self._modules["index"]
         if not index.built:
             families.rebuild(index, self.weight, self.bias)
+            self._drop_removed(index)
         elif not self._index_current():
             index.sync(self.weight, self.bias)
         else:
@@ -213,6 +219,7 @@ class LSSLinear(nn.Module):
         index, report = families.fit(self.index, self.weight, self.bias, queries, labels,
                                      max_candidates=self.max_candidates, seed=self.seed if seed is None else seed,
                                      **options)
+        self._drop_removed(index)
         self.index = index
         self._mark_indexed()
         return report
@@ -263,7 +270,8 @@ class LSSLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
-            return F.linear(x, self.weight, self.bias)
+            out = F.linear(x, self.weight, self.bias)
+            return out.masked_fill(self.removed, float("-inf")) if self._any_removed else out
         flat, lead = self._flat(x)
         ids, _ = self.candidates(flat)
         logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self.backend)
@@ -272,6 +280,103 @@ class LSSLinear(nn.Module):
         dense = logits.new_full((flat.shape[0], self.out_features + 1), float("-inf"))
         dense = dense.scatter(1, safe, logits)
         return dense[:, : self.out_features].reshape(lead + (self.out_features,))
+
+    # ---------------------------------------------------- labels over time
+    def _drop_removed(self, index: LSSIndex) -> None:
+        if self._any_removed:
+            _require_lists(index, "remove_labels")
+            index.drop_labels(torch.nonzero(self.removed).squeeze(1))
+
+    @torch.no_grad()
+    def add_labels(self, weight: Tensor, bias: Optional[Tensor] = None, *, queries: Optional[Tensor] = None,
+                   query_labels: Optional[Tensor] = None) -> Tensor:
+        """Append labels (weight [n, d], bias [n] or None: zeros) without a
+        rebuild; returns their ids, int64 [n] (N, N+1, ...). The optional
+        (queries [q, d], query_labels int64 [q] or [q, m] padded with -1,
+        indexing the new rows: 0 = the first added) spill them into the
+        partitions their queries probe, as fit() does. Cost: the new rows'
+        codes and a merge of the lists, no k-means (lsskernels/label_updates.py).
+        The weight and bias become new, larger Parameters: an optimizer
+        holding the old ones must be rebuilt (docs/api.md)."""
+        from .label_updates import add_to_index
+
+        _require_lists(self.index, "add_labels")
+        d, dtype, device = self.in_features, self.weight.dtype, self.weight.device
+        checks.tensor("weight", weight, 2, checks.FLOAT_DTYPES, f"[n, in_features = {d}] floating point")
+        if weight.shape[1] != d or weight.shape[0] < 1:
+            raise ValueError(f"weight must be [n >= 1, in_features = {d}], got {tuple(weight.shape)}")
+        n = weight.shape[0]
+        if bias is not None:
+            if self.bias is None:
+                raise ValueError("bias given, but the layer has no bias")
+            checks.tensor("bias", bias, 1, checks.FLOAT_DTYPES, f"[n = {n}] floating point")
+            if bias.shape[0] != n:
+                raise ValueError(f"bias must be [n = {n}], got {tuple(bias.shape)}")
+        if (queries is None) != (query_labels is None):
+            raise ValueError("queries and query_labels go together: give both or neither")
+        if not bool(torch.isfinite(weight).all()) or (bias is not None and not bool(torch.isfinite(bias).all())):
+            raise ValueError("weight and bias of the added labels must be finite")
+        if self.out_features + n > 2**31 - 1:
+            raise ValueError(f"at most 2^31 - 1 labels; {self.out_features} + {n} is more")
+        if queries is not None:
+            from .fit_pairs import fit_pairs
+
+            queries, query_labels = fit_pairs(queries, query_labels, n, d, device)
+        self._ensure_index()
+        first = self.out_features
+        w = torch.cat([self.weight.detach(), weight.detach().to(device=device, dtype=dtype)])
+        self.weight = nn.Parameter(w, requires_grad=self.weight.requires_grad)
+        if self.bias is not None:
+            extra = (bias.detach().to(device=device, dtype=dtype) if bias is not None
+                     else torch.zeros(n, dtype=dtype, device=device))
+            self.bias = nn.Parameter(torch.cat([self.bias.detach(), extra]), requires_grad=self.bias.requires_grad)
+        self.removed = torch.cat([self.removed, torch.zeros(n, dtype=torch.bool, device=device)])
+        self.out_features = first + n
+        add_to_index(self.index, self.weight, self.bias, first, queries, query_labels)
+        self._mark_indexed()
+        return torch.arange(first, first + n, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def remove_labels(self, ids) -> None:
+        """Never return the labels ids (int64, in [0, N)) again: out of every
+        index list at once (O(T)), -inf in train-mode logits. Their ids stay
+        allocated (ids the caller holds keep their meaning) until compact()."""
+        _require_lists(self.index, "remove_labels")
+        ids = torch.as_tensor(ids, device=self.removed.device)
+        if ids.dtype not in (torch.int64, torch.int32) or ids.dim() > 1:
+            raise TypeError(f"ids must be int64 label ids [n], got {ids.dtype} {tuple(ids.shape)}")
+        ids = ids.reshape(-1).to(torch.int64)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.out_features):
+            raise ValueError(f"ids must be label ids in [0, {self.out_features})")
+        self.removed[ids] = True
+        self._any_removed = bool(self.removed.any())
+        if self.index.built:
+            self.index.drop_labels(ids)
+
+    @torch.no_grad()
+    def compact(self) -> Tensor:
+        """Drop the removed labels' rows and renumber the others (order
+        kept); returns old id -> new id, int64 [old N] (-1 for removed).
+        The weight and bias become new Parameters."""
+        _require_lists(self.index, "compact")
+        keep = ~self.removed
+        n = int(keep.sum())
+        if n == 0:
+            raise ValueError("compact() would leave no label")
+        new_ids = torch.full((self.out_features,), -1, dtype=torch.int64, device=keep.device)
+        new_ids[keep] = torch.arange(n, device=keep.device)
+        self._ensure_index()
+        self.weight = nn.Parameter(self.weight.detach()[keep].clone(), requires_grad=self.weight.requires_grad)
+        if self.bias is not None:
+            self.bias = nn.Parameter(self.bias.detach()[keep].clone(), requires_grad=self.bias.requires_grad)
+        self.index.renumber(new_ids, n)
+        if self.index.code_proj.numel():  # codes centred on the mean label, which moved
+            self.index.sync(self.weight, self.bias)
+        self.out_features = n
+        self.removed = torch.zeros(n, dtype=torch.bool, device=keep.device)
+        self._any_removed = False
+        self._mark_indexed()
+        return new_ids
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -317,6 +422,8 @@ class LSSLinear(nn.Module):
                              "save and load the whole layer, or leave every index entry out (the index is then "
                              "brought up to date with the loaded weights on first use)")
         self._loading_index = bool(present)
+        if prefix + "removed" not in state_dict and prefix + "weight" in state_dict:  # before 0.6
+            state_dict[prefix + "removed"] = torch.zeros(self.out_features, dtype=torch.bool)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -325,6 +432,7 @@ class LSSLinear(nn.Module):
         # Runs after the index (a child) has loaded. A loaded index must be
         # that of the loaded weights: else it is refused, loudly. Without one,
         # the index is left stale and is synced with the weights on first use.
+        module._any_removed = bool(module.removed.any())
         if not getattr(module, "_loading_index", False):
             return
         module._loading_index = False
@@ -335,6 +443,11 @@ class LSSLinear(nn.Module):
                 module.index = index.clone_empty().to(module.weight.device)  # rebuilt on first use
                 raise ValueError(f"the state_dict's index was not built from its weights: {reason}")
         module._mark_indexed()
+
+
+def _require_lists(index: LSSIndex, what: str) -> None:
+    if not hasattr(index, "drop_labels"):
+        raise TypeError(f"{what}() needs the partitions family; this layer's index is {index.family!r}")
 
 
 def _upgrade_v1(state_dict, prefix, extra, dim, num_labels) -> None:

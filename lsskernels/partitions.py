@@ -186,8 +186,10 @@ def build_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Ten
 
 
 @torch.no_grad()
-def label_homes(weight: Tensor, bias: Optional[Tensor], centroids: Tensor, chunk: int = 1 << 14) -> Tensor:
-    """Each label's own partition in a query-space index, int64 [N]: the
+def label_homes(weight: Tensor, bias: Optional[Tensor], centroids: Tensor, chunk: int = 1 << 14,
+                rows: Optional[Tensor] = None) -> Tensor:
+    """Each label's own partition in a query-space index, int64 [N] (or of
+    the labels rows only, int64 [len(rows)], the statistics still over all): the
     partition whose centroid (a typical query there) gives the label's logit
     the largest z-score among all labels' logits at that centroid,
     argmax_p (<[c_p, 1], v> - mean_p) / std_p with v = [w, b]. A raw argmax
@@ -202,6 +204,8 @@ def label_homes(weight: Tensor, bias: Optional[Tensor], centroids: Tensor, chunk
     std = ((ca64 @ cov) * ca64).sum(1).clamp(min=1e-30).sqrt()
     scale = (1.0 / std).to(torch.float32)
     shift = (ca64 @ mu).to(torch.float32)
+    if rows is not None:
+        v = v[rows]
     out = torch.empty(v.shape[0], dtype=torch.int64, device=v.device)
     for s in range(0, v.shape[0], chunk):
         out[s : s + chunk] = ((v[s : s + chunk] @ ca.T - shift) * scale).argmax(1)

@@ -40,7 +40,7 @@ from torch import nn
 from . import _checks as checks
 from . import _ops
 from .fit_pairs import labels_matrix
-from .index import make_index
+from .families import make_index
 from .layer import LSSLinear
 
 Tensor = torch.Tensor

@@ -1,0 +1,66 @@
+"""Labels added and removed without a rebuild (LSSLinear.add_labels /
+remove_labels), for the partition family.
+
+* **Add**: each new label goes to its own partition as a rebuild would
+  place it (label space: the nearest centroid of [w, b]; query space: the
+  partition where its logit stands out, label_homes), with its int8 code;
+  the optional (query, label) pairs spill it into the first `spill_probes`
+  partitions its queries probe, as fit() does. Only the new rows are
+  encoded; the lists are merged (O(T) memory moves, no k-means). Under a
+  code projection the codes are centred on the mean label, which the new
+  rows move: every row is re-encoded then (O(T d), still no k-means).
+* **Remove**: every list entry of the labels goes at once (O(T)), so no
+  tombstone is ever scanned; the label ids stay (their rows stay in the
+  weight, masked): ids the caller holds keep their meaning. compact()
+  drops the rows and renumbers, when the caller asks.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .codec import encode_rows
+from .fit_pairs import labels_matrix
+from .index import PartitionIndex
+from .partitions import _nearest, augmented, label_homes
+
+Tensor = torch.Tensor
+
+
+@torch.no_grad()
+def add_to_index(index: PartitionIndex, weight: Tensor, bias: Optional[Tensor], first: int,
+                 queries: Optional[Tensor], query_labels: Optional[Tensor], spill_probes: int = 2) -> int:
+    """List labels first .. N-1 of (weight, bias) (the grown layer's) in the
+    index; returns the spilled entries added. query_labels index the new
+    rows (0 = label `first`), int64 [n] or [n, m] padded with -1."""
+    n_all = weight.shape[0]
+    new = torch.arange(first, n_all, device=weight.device)
+    if index.space == "labels":
+        c = torch.cat([index.centroids, index.centroid_bias.unsqueeze(1)], 1)
+        home = _nearest(augmented(weight[first:], bias[first:] if bias is not None else None), c)
+    else:
+        home = label_homes(weight, bias, index.centroids, rows=new)
+    part, label = home, new
+    spilled = 0
+    if queries is not None:
+        local = labels_matrix(query_labels, queries.shape[0], n_all - first).to(weight.device)
+        y = torch.where(local >= 0, local + first, -1)
+        width = min(spill_probes, index.num_partitions)
+        probes = index.probe(queries.to(weight.device).to(torch.float32), width).to(torch.int64)  # [n, s]
+        p = probes.unsqueeze(2).expand(-1, -1, y.shape[1])
+        lab = y.unsqueeze(1).expand_as(p)
+        valid = lab >= 0
+        p, lab = p[valid], lab[valid]
+        keep = home[lab - first] != p
+        key = torch.unique(p[keep] * n_all + lab[keep])
+        sp, sl = key // n_all, key % n_all
+        part, label = torch.cat([part, sp]), torch.cat([label, sl])
+        spilled = int(sp.numel())
+    if index.code_proj.numel():
+        # Projected codes are centred on the mean label: re-encode every row.
+        index.add_rows(part, label, *encode_rows(weight, bias, label, proj=index.code_proj), num_labels=n_all)
+        index.sync(weight, bias)
+        return spilled
+    index.add_rows(part, label, *encode_rows(weight, bias, label), num_labels=n_all)
+    return spilled
