@@ -32,6 +32,7 @@ from ._ops import (
     topk_gathered,
     topk_packed,
 )
+from .index import SearchParams
 from .layer import LSSLinear
 from .sampled_loss import RowSparseAdagrad, SampledCrossEntropyLoss, sampled_cross_entropy
 from .sharded import ShardedLSSLinear, vocab_parallel_cross_entropy
@@ -44,6 +45,7 @@ __all__ = [
     "LSSLinear",
     "RowSparseAdagrad",
     "SampledCrossEntropyLoss",
+    "SearchParams",
     "ShardedLSSLinear",
     "bitmap_sparse_matmul",
     "bucket_lookup",

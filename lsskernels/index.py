@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import math
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -61,6 +62,40 @@ def _native(x: Tensor, backend: Optional[str]) -> bool:
     return backend == x.device.type and backend in ("cpu", "cuda")
 
 
+@dataclass(frozen=True)
+class SearchParams:
+    """Search settings for one call (LSSLinear.predict / candidates /
+    sparse_logits, params=...); a field left None takes the layer's or the
+    fitted index's own. nprobe and rerank apply to the partitions family.
+
+    max_candidates: candidates scored by quantized score (M);
+    nprobe: partitions probed;
+    rerank: how many of the best candidates get exact logits (the rerank step);
+    backend: kernel backend (lsskernels._ops.BACKENDS)."""
+    max_candidates: Optional[int] = None
+    nprobe: Optional[int] = None
+    rerank: Optional[int] = None
+    backend: Optional[str] = None
+
+    def __post_init__(self):
+        for name in ("max_candidates", "nprobe", "rerank"):
+            if getattr(self, name) is not None:
+                checks.integer(name, getattr(self, name), 1)
+        _ops.check_backend(self.backend)
+
+
+def rerank_topk(x: Tensor, weight: Tensor, bias: Optional[Tensor], ids: Tensor, k: int, shortlist: int,
+                backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """The rerank step (FAISS's IndexRefine, ScaNN's reorder): exact logits
+    of the first `shortlist` candidates of ids (best first) and their top-k,
+    (scores [B, k], labels int64 [B, k]). The fused native predict does the
+    same inside one op (csrc/partition_predict_topk.cpp)."""
+    if shortlist < ids.shape[1]:
+        ids = ids[:, :shortlist].contiguous()
+    logits = _ops.gathered_logits(x, weight, bias, ids, backend=backend)
+    return _ops.topk_gathered(logits, ids, k, backend=backend)
+
+
 @torch.compiler.assume_constant_result
 def _fused_kernel(device_type: str) -> bool:
     """Whether this build has the native kernels partition_predict_topk
@@ -90,22 +125,24 @@ class LSSIndex(nn.Module, abc.ABC):
 
     # ----------------------------------------------------------- interface
     @abc.abstractmethod
-    def candidates(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], max_candidates: int,
-                   backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
-        """Candidate ids int32 [B, M] (-1 padded, best first) and counts int32 [B]."""
+    def candidates(self, x: Tensor, max_candidates: int, backend: Optional[str] = None, *,
+                   nprobe: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        """Candidate ids int32 [B, M] (-1 padded, best first) and counts int32
+        [B]. nprobe: this call's probe count (families that probe)."""
 
-    def shortlist(self, max_candidates: int, k: int) -> int:
+    def shortlist(self, max_candidates: int, k: int, rerank: Optional[int] = None) -> int:
         """How many of the candidates predict(k) scores exactly (a prefix of
         candidates(): they come best first)."""
-        return max_candidates
+        return max_candidates if rerank is None else min(max_candidates, max(k, rerank))
 
     def predict_topk(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], max_candidates: int, k: int,
-                     backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
-        """Top-k among the candidates by exact logit: (scores [B, k], labels int64 [B, k])."""
+                     backend: Optional[str] = None, *, nprobe: Optional[int] = None,
+                     rerank: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        """Top-k among the candidates by exact logit: (scores [B, k], labels
+        int64 [B, k]); nprobe / rerank: this call's (None: the index's own)."""
         with torch.no_grad():
-            ids, _ = self.candidates(x, weight, bias, max_candidates, backend)
-            logits = _ops.gathered_logits(x, weight, bias, ids, backend=backend)
-            return _ops.topk_gathered(logits, ids, k, backend=backend)
+            ids, _ = self.candidates(x, max_candidates, backend, nprobe=nprobe)
+            return rerank_topk(x, weight, bias, ids, k, self.shortlist(max_candidates, k, rerank), backend)
 
     @abc.abstractmethod
     def sync(self, weight: Tensor, bias: Optional[Tensor]) -> None:
@@ -238,7 +275,9 @@ class SimHashIndex(LSSIndex):
         if not self.fitted:
             self.rebuild(weight, bias)
 
-    def candidates(self, x, weight, bias, max_candidates, backend=None):
+    def candidates(self, x, max_candidates, backend=None, *, nprobe=None):
+        if nprobe is not None:
+            raise ValueError(f"nprobe applies to the partitions family; this index is {self.family!r}")
         if _native(x, backend) and x.device == self.offsets.device:
             ops = torch.ops.lsskernels
             codes = ops.hash_codes(augment_queries(x), self.query_proj.to(x.dtype))
@@ -251,7 +290,9 @@ class SimHashIndex(LSSIndex):
         return _ops.bucket_lookup(codes, self.offsets, self.items, self.num_labels, max_candidates,
                                   self.min_hits, backend=nb)
 
-    def predict_topk(self, x, weight, bias, max_candidates, k, backend=None):
+    def predict_topk(self, x, weight, bias, max_candidates, k, backend=None, *, nprobe=None, rerank=None):
+        if nprobe is not None or rerank is not None:
+            raise ValueError(f"nprobe and rerank apply to the partitions family; this index is {self.family!r}")
         if _native(x, backend) and x.device == self.offsets.device:
             # One op for the whole pipeline: at batch 1 the per-op Python
             # overhead is as large as the kernels. Runs below autograd.
@@ -394,12 +435,10 @@ class PartitionIndex(LSSIndex):
         rerank = state.get("rerank")
         self.rerank = None if rerank is None else checks.integer("rerank", int(rerank), 1)
 
-    def shortlist(self, max_candidates: int, k: int) -> int:
-        """Candidates predict(k) scores exactly: the calibrated rerank (at
-        least k), never more than max_candidates."""
-        if self.rerank is None:
-            return max_candidates
-        return min(max_candidates, max(k, self.rerank))
+    def shortlist(self, max_candidates: int, k: int, rerank: Optional[int] = None) -> int:
+        """Candidates predict(k) scores exactly: this call's rerank, else the
+        calibrated one (at least k), never more than max_candidates."""
+        return super().shortlist(max_candidates, k, self.rerank if rerank is None else rerank)
 
     # ------------------------------------------------- the one writer
     # Builders (lsskernels/partitions.py) compute partitions and lists and
@@ -621,17 +660,18 @@ class PartitionIndex(LSSIndex):
         return _ops.quantized_probe(x, codes, scales, self._buffers["centroid_bias"], nprobe, probe_list,
                                     backend=backend)
 
-    def candidates(self, x, weight, bias, max_candidates, backend=None, nprobe: Optional[int] = None):
+    def candidates(self, x, max_candidates, backend=None, *, nprobe=None):
         nprobe = min(self.nprobe if nprobe is None else nprobe, self.num_partitions)
         probes = self.probe(x, nprobe, backend)
         return _ops.quantized_candidates(self.code_queries(x), probes, *self._lists(), self.num_labels,
                                          max_candidates, backend=backend)
 
-    def predict_topk(self, x, weight, bias, max_candidates, k, backend=None):
+    def predict_topk(self, x, weight, bias, max_candidates, k, backend=None, *, nprobe=None, rerank=None):
         # The best `shortlist` labels by quantized score are the first ones of
         # the max_candidates list (the same order), so this is predict on a
         # prefix of candidates().
-        m = self.shortlist(max_candidates, k)
+        m = self.shortlist(max_candidates, k, rerank)
+        nprobe = min(self.nprobe if nprobe is None else nprobe, self.num_partitions)
         buf = self._buffers  # not self.codes etc.: nn.Module's attribute fallback is ~1 us a name
         if _native(x, backend) and x.device == buf["codes"].device and _fused_kernel(x.device.type):
             probe_codes, probe_scales, _ = self.probe_codes()
@@ -639,8 +679,10 @@ class PartitionIndex(LSSIndex):
             return torch.ops.lsskernels.partition_predict_topk.default(
                 x, probe_codes, probe_scales, buf["centroid_bias"], buf["list_offsets"], buf["codes"],
                 buf["code_scales"], buf["code_bias"], buf["list_ids"], weight, bias, self.num_labels,
-                min(self.nprobe, self.num_partitions), m, k, proj if proj.numel() else None)
-        return super().predict_topk(x, weight, bias, m, k, backend)
+                nprobe, m, k, proj if proj.numel() else None)
+        with torch.no_grad():
+            ids, _ = self.candidates(x, m, backend, nprobe=nprobe)
+            return rerank_topk(x, weight, bias, ids, k, m, backend)
 
     # ---------------------------------------------------------- validation
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,

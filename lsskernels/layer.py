@@ -29,7 +29,7 @@ from . import families
 from . import partitions as _partitions  # noqa: F401  (registers the "partitions" family)
 from . import training as _simhash  # noqa: F401  (registers the "simhash" family)
 from .families import index_from_extra_state, make_index
-from .index import LSSIndex, SimHashIndex
+from .index import LSSIndex, SearchParams, SimHashIndex
 
 Tensor = torch.Tensor
 
@@ -238,32 +238,48 @@ class LSSLinear(nn.Module):
             raise TypeError(f"x has dtype {x.dtype} but the layer's weight is {weight.dtype}")
         return (x if x.dim() == 2 else x.reshape(-1, self.in_features)), x.shape[:-1]
 
-    def candidates(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """Candidate ids int32 [B, M] (-1 padded, best first) and counts [B]
-        for flat queries x [B, d]."""
-        self._ensure_index()
-        return self.index.candidates(x, self.weight, self.bias, self.max_candidates, self.backend)
+    def _search(self, params: Optional[SearchParams]) -> Tuple[int, Optional[str], Optional[int], Optional[int]]:
+        """(max_candidates, backend, nprobe, rerank) of a call: params' fields, else the layer's / index's."""
+        if params is None:
+            return self.max_candidates, self._backend, None, None
+        if not isinstance(params, SearchParams):
+            raise TypeError(f"params must be a lsskernels.SearchParams, got {type(params).__name__}")
+        return (self.max_candidates if params.max_candidates is None else params.max_candidates,
+                self._backend if params.backend is None else params.backend, params.nprobe, params.rerank)
 
-    def sparse_logits(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def candidates(self, x: Tensor, *, params: Optional[SearchParams] = None) -> Tuple[Tensor, Tensor]:
+        """Candidate ids int32 [B, M] (-1 padded, best first) and counts [B]
+        for flat queries x [B, d]; params: this call's search settings."""
+        m, backend, nprobe, _ = self._search(params)
+        self._ensure_index()
+        return self.index.candidates(x, m, backend, nprobe=nprobe)
+
+    def sparse_logits(self, x: Tensor, *, params: Optional[SearchParams] = None) -> Tuple[Tensor, Tensor]:
         """Exact logits of the candidates: (logits [..., M] with -inf padding,
         ids int32 [..., M] with -1 padding). Differentiable."""
         flat, lead = self._flat(x)
-        ids, _ = self.candidates(flat)
-        logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self.backend)
+        ids, _ = self.candidates(flat, params=params)
+        logits = _ops.gathered_logits(flat, self.weight, self.bias, ids, backend=self._search(params)[1])
         return logits.reshape(lead + (-1,)), ids.reshape(lead + (-1,))
 
-    def predict(self, x: Tensor, k: int = 1) -> Tuple[Tensor, Tensor]:
+    def predict(self, x: Tensor, k: int = 1, *, params: Optional[SearchParams] = None) -> Tuple[Tensor, Tensor]:
         """Top-k labels among the candidates: (scores [..., k] in x's dtype,
         ids int64 [..., k]); -inf / -1 where a query has fewer than k candidates.
-        No gradient flows through predict."""
+        params: this call's search settings (lsskernels.SearchParams). No
+        gradient flows through predict."""
         checks.topk_k(k)
         flat, lead = self._flat(x)
         self._ensure_index()
         # The native path is one composite op (below autograd); the others
         # run under no_grad inside the index.
-        params = self._parameters
-        scores, labels = self._modules["index"].predict_topk(flat, params["weight"], params.get("bias"),
-                                                             self.max_candidates, k, self.backend)
+        p = self._parameters
+        if params is None:
+            scores, labels = self._modules["index"].predict_topk(flat, p["weight"], p.get("bias"),
+                                                                 self.max_candidates, k, self._backend)
+        else:
+            m, backend, nprobe, rerank = self._search(params)
+            scores, labels = self._modules["index"].predict_topk(flat, p["weight"], p.get("bias"), m, k, backend,
+                                                                 nprobe=nprobe, rerank=rerank)
         if len(lead) == 1:
             return scores, labels
         return scores.reshape(lead + (k,)), labels.reshape(lead + (k,))

@@ -186,8 +186,7 @@ def _candidates(layer, xf, positives, num_hard, num_uniform, generator, acc):
     corr = [torch.zeros(positives.shape, dtype=acc, device=dev)]
     if num_hard:
         with torch.no_grad():
-            w, b = layer.weight.detach(), layer.bias.detach() if layer.bias is not None else None
-            hard, _ = layer.index.candidates(xf.detach(), w, b, num_hard, layer.backend)
+            hard, _ = layer.index.candidates(xf.detach(), num_hard, layer.backend)
         parts.append(hard.to(torch.int64))
         corr.append(torch.zeros(hard.shape, dtype=acc, device=dev))
     if num_uniform:

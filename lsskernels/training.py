@@ -216,7 +216,7 @@ class SimHashFit:
         return self.index.label_proj
 
     def candidates(self, x: Tensor):
-        return self.index.candidates(x, self.weight, self.bias, self.max_candidates)
+        return self.index.candidates(x, self.max_candidates)
 
 
 def fit_simhash(index: "SimHashIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor, labels: Tensor, *,
