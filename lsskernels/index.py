@@ -463,22 +463,35 @@ class PartitionIndex(LSSIndex):
         """Lists from (partition, label) pairs (int64, distinct): sorted by
         partition, labels ascending within one; codes_of(ids, proj) gives
         the rows' (codes, scales, biases) under the index's code projection."""
-        n = self.num_labels
-        key = (part * n + label).sort().values
-        part, label = key // n, key % n
-        if part.numel() and (int(part.min()) < 0 or int(part.max()) >= self.num_partitions):
-            raise ValueError(f"partitions must be in [0, {self.num_partitions})")
-        if bool((key[1:] == key[:-1]).any()):
-            raise ValueError("(partition, label) pairs must be distinct")
-        counts = torch.bincount(part, minlength=self.num_partitions)
-        offsets = torch.zeros(self.num_partitions + 1, dtype=torch.int64, device=part.device)
-        offsets[1:] = torch.cumsum(counts, 0)
-        if int(offsets[-1]) >= 2**31:
-            raise ValueError(f"the partition lists would hold {int(offsets[-1])} rows; at most 2^31 - 1")
-        self.list_offsets = offsets.to(torch.int32)
+        order, offsets = self._layout(part, label, self.num_labels)
+        label = label[order]
+        self.list_offsets = offsets
         self.list_ids = label.to(torch.int32)
         self.codes, self.code_scales, self.code_bias = codes_of(label, self.code_proj)
         self.built = True
+
+    def _layout(self, part: Tensor, label: Tensor, num_labels: int) -> Tuple[Tensor, Tensor]:
+        """(order, list_offsets int32 [P + 1]): the entries (partition, label)
+        sorted by partition, labels ascending within one; checked in range
+        and distinct."""
+        part, label = part.to(torch.int64), label.to(torch.int64)
+        if part.numel() and (int(part.min()) < 0 or int(part.max()) >= self.num_partitions):
+            raise ValueError(f"partitions must be in [0, {self.num_partitions})")
+        if label.numel() and (int(label.min()) < 0 or int(label.max()) >= num_labels):
+            raise ValueError(f"labels must be in [0, {num_labels})")
+        key, order = torch.sort(part * num_labels + label, stable=True)
+        if bool((key[1:] == key[:-1]).any()):
+            raise ValueError("(partition, label) entries must be distinct (an entry is listed already)")
+        offsets = torch.zeros(self.num_partitions + 1, dtype=torch.int64, device=part.device)
+        offsets[1:] = torch.cumsum(torch.bincount(part, minlength=self.num_partitions), 0)
+        if int(offsets[-1]) >= 2**31:
+            raise ValueError(f"the partition lists would hold {int(offsets[-1])} rows; at most 2^31 - 1")
+        return order, offsets.to(torch.int32)
+
+    def _row_partitions(self) -> Tensor:
+        """The partition of every list row, int64 [T]."""
+        off = self.list_offsets.to(torch.int64)
+        return torch.repeat_interleave(torch.arange(self.num_partitions, device=off.device), off[1:] - off[:-1])
 
     @torch.no_grad()
     def set_code_projection(self, proj: Optional[Tensor], codes_of: CodesOf) -> None:
@@ -498,25 +511,11 @@ class PartitionIndex(LSSIndex):
             raise ValueError(f"num_labels can only grow, from {self.num_labels}; got {num_labels}")
         if not self.built:
             raise RuntimeError("add_rows() of an unbuilt index: build it first")
-        n, old_n = num_labels, self.num_labels
-        off = self.list_offsets.to(torch.int64)
-        old_part = torch.repeat_interleave(torch.arange(self.num_partitions, device=off.device), off[1:] - off[:-1])
-        all_part = torch.cat([old_part, part.to(torch.int64)])
+        all_part = torch.cat([self._row_partitions(), part.to(torch.int64)])
         all_label = torch.cat([self.list_ids.to(torch.int64), label.to(torch.int64)])
-        if part.numel() and (int(part.min()) < 0 or int(part.max()) >= self.num_partitions):
-            raise ValueError(f"partitions must be in [0, {self.num_partitions})")
-        if label.numel() and (int(label.min()) < 0 or int(label.max()) >= n):
-            raise ValueError(f"labels must be in [0, {n})")
-        key, order = torch.sort(all_part * n + all_label, stable=True)
-        if bool((key[1:] == key[:-1]).any()):
-            raise ValueError("an added (partition, label) entry is listed already")
-        counts = torch.bincount(all_part, minlength=self.num_partitions)
-        offsets = torch.zeros(self.num_partitions + 1, dtype=torch.int64, device=off.device)
-        offsets[1:] = torch.cumsum(counts, 0)
-        if int(offsets[-1]) >= 2**31:
-            raise ValueError(f"the partition lists would hold {int(offsets[-1])} rows; at most 2^31 - 1")
-        self.num_labels = n
-        self.list_offsets = offsets.to(torch.int32)
+        order, offsets = self._layout(all_part, all_label, num_labels)
+        self.num_labels = num_labels
+        self.list_offsets = offsets
         self.list_ids = all_label[order].to(torch.int32)
         self.codes = torch.cat([self.codes, codes.to(self.codes.dtype)])[order]
         self.code_scales = torch.cat([self.code_scales, scales.to(torch.float32)])[order]
@@ -535,11 +534,8 @@ class PartitionIndex(LSSIndex):
         removed = int((~keep).sum())
         if removed == 0:
             return 0
-        off = self.list_offsets.to(torch.int64)
-        part = torch.repeat_interleave(torch.arange(self.num_partitions, device=off.device), off[1:] - off[:-1])
-        counts = torch.bincount(part[keep], minlength=self.num_partitions)
-        offsets = torch.zeros_like(off)
-        offsets[1:] = torch.cumsum(counts, 0)
+        offsets = torch.zeros(self.num_partitions + 1, dtype=torch.int64, device=keep.device)
+        offsets[1:] = torch.cumsum(torch.bincount(self._row_partitions()[keep], minlength=self.num_partitions), 0)
         self.list_offsets = offsets.to(torch.int32)
         self.list_ids = self.list_ids[keep]
         self.codes = self.codes[keep]
