@@ -18,8 +18,9 @@ their metrics live in the repository's ``bench/data/``, not in the library.
 This module imports only torch, numpy and the standard library, so it can be
 used (and tested) without the compiled extension.
 
-Measured (2 CPU cores): synthetic, default size: dense P@1 0.61 (seed 0),
-generation 0.6-3 s.
+The synthetic task's measured dense P@1 and generation time are in
+docs/performance.md ("Measurements moved out of code comments"), with the
+other numbers that used to sit in docstrings.
 """
 
 from __future__ import annotations
@@ -302,7 +303,8 @@ def _in_cluster_offsets(basis_rows: torch.Tensor, cluster: torch.Tensor, coeffs:
 
     ``basis_rows`` is ``[C * r, d]``: the ``r`` basis vectors of each cluster
     as consecutive rows.  ``embedding_bag`` does the gather-and-sum without
-    materialising a ``[n, r, d]`` gather (10x faster than ``bmm`` on it)."""
+    materialising a ``[n, r, d]`` gather (faster than ``bmm`` on it:
+    docs/performance.md, "Measurements moved out of code comments")."""
     n, r = coeffs.shape
     ids = (cluster.unsqueeze(1) * r + torch.arange(r)).reshape(-1)
     offsets = torch.arange(0, n * r, r)
@@ -353,11 +355,11 @@ def make_synthetic_task(
       other queries' top logits and their label's bias-augmented vector is
       short -- the regime in which a MIPS index misses the true label.
 
-    Measured at the default size (N=200K, d=128, 100K train, 2K test):
-    dense P@1 = 0.610 / 0.612 / 0.628 for seeds 0 / 1 / 2 (0.61 on 5K test
-    queries); ~90% of the mistakes pick a sibling of the true label.
-    Generation takes 0.6 s on 2 idle CPU cores (2-3 s on a busy machine) and
-    allocates O(N d + n d) memory.  At N=5000 (10 clusters) P@1 is ~0.5.
+    Dense inference is good but imperfect, and most of its mistakes pick a
+    sibling of the true label (measured P@1 per seed and generation times:
+    docs/performance.md, "Measurements moved out of code comments";
+    ``make demo`` prints the dense P@1 of its run).  Generation allocates
+    O(N d + n d) memory.
     """
     if num_labels < 1 or dim < 1 or num_train < 0 or num_test < 0:
         raise ValueError(

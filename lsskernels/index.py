@@ -107,8 +107,10 @@ class LSSIndex(nn.Module, abc.ABC):
     """Base class: what LSSLinear needs from a candidate index.
 
     Subclasses register their tables as buffers and implement the abstract
-    methods (``candidates``, ``rebuild``, ``sync``, ``validate_state``,
-    ``fit``, ``config``; an abstract class cannot be instantiated). ``num_labels`` and ``dim`` are the layer's N and d.
+    methods (``candidates``, ``sync``, ``config``, ``validate_state``; an
+    abstract class cannot be instantiated); building and fitting are the
+    family's builder module's (lsskernels/families.py). ``num_labels`` and
+    ``dim`` are the layer's N and d.
     """
 
     family = "base"
@@ -341,10 +343,10 @@ class SimHashIndex(LSSIndex):
 def default_partitions(num_labels: int) -> int:
     """Partitions for N labels: the power of two nearest 2.5 sqrt(N), at most
     one per 8 labels. Finer partitions make label-superior spill precise (a
-    spilled label sits in the few partitions its queries probe first):
-    measured on the synthetic 670K task with 256 exact logits, P = 2,048 gave
-    held-out-calibrated P@1 0.609 at 4 probes where P = 1,024 gave 0.5945
-    (dense 0.610); the centroid scan (P fp32 rows per query) bounds it above."""
+    spilled label sits in the few partitions its queries probe first; the
+    measurement that chose the rule: docs/performance.md, "Measurements
+    moved out of code comments"); the centroid scan (P rows per query)
+    bounds it above."""
     target = 2.5 * math.sqrt(num_labels)
     p = 2 ** max(0, round(math.log2(max(target, 1.0))))
     return int(max(1, min(p, num_labels // 8 if num_labels >= 8 else 1)))
@@ -635,7 +637,7 @@ class PartitionIndex(LSSIndex):
     def probe_codes(self) -> Tuple[Tensor, Tensor, Tuple[Tensor, Tensor]]:
         """The centroids as the probe scores them: (codes int8 [P, Dp], scales
         float32 [P], the probe list (offsets, ids)); see
-        lsskernels.partitions.probe_codes. Derived on first use after the
+        lsskernels.codec.probe_codes. Derived on first use after the
         centroids change (fit, rebuild, load_state_dict, .to())."""
         c = self._buffers["centroids"]
         cached = self._probe_cache
@@ -668,7 +670,10 @@ class PartitionIndex(LSSIndex):
         # prefix of candidates().
         m = self.shortlist(max_candidates, k, rerank)
         nprobe = min(self.nprobe if nprobe is None else nprobe, self.num_partitions)
-        buf = self._buffers  # not self.codes etc.: nn.Module's attribute fallback is ~1 us a name
+        # Not self.codes etc.: nn.Module's attribute fallback costs a lookup
+        # per name on every call (docs/performance.md, "Measurements moved
+        # out of code comments").
+        buf = self._buffers
         if _native(x, backend) and x.device == buf["codes"].device and _fused_kernel(x.device.type):
             probe_codes, probe_scales, _ = self.probe_codes()
             proj = buf["code_proj"]

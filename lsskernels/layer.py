@@ -162,8 +162,9 @@ class LSSLinear(nn.Module):
         object, storage and in-place version count. Replacing a parameter
         (layer.weight = p), swapping its data (.data = t, module.to()) or
         writing into it (optimizer steps, copy_, load_state_dict) changes it."""
-        # Through _parameters: nn.Module's attribute fallback costs ~1 us a
-        # name, which a batch-1 predict pays on every call.
+        # Through _parameters: nn.Module's attribute fallback costs a lookup
+        # per name, which a batch-1 predict pays on every call (measured:
+        # docs/performance.md, "Measurements moved out of code comments").
         params = self._parameters
         w, b = params["weight"], params.get("bias")
         return (id(w), w.data_ptr(), w._version,

@@ -20,7 +20,8 @@ Fit (LSSLinear.fit with the partition family), label-superior style:
      a query's neighbours' labels sit in the partitions it probes first.
   4. **Spill.** Each training label is also listed in the partitions its
      training queries probe first (`spill_probes`), when its own list is
-     elsewhere, capped per partition (`spill_cap`, most-voted first). A MIPS
+     elsewhere; optionally capped per partition (`spill_cap`, most-voted
+     first; no cap by default). A MIPS
      index finds labels with large logits; a query whose correct label has
      a moderate logit, or sits in a partition whose centroid scores low,
      now finds it in the partitions it does probe.
@@ -77,7 +78,7 @@ class PartitionFitConfig:
     project_codes: bool = True     # also try codes of the top d/2, d/3 principal directions (code_dims)
     spaces: Tuple[str, ...] = SPACES  # partition spaces the calibration tries ("labels", "queries")
     max_cost: float = 0.1          # a setting's modelled cost: at most this fraction of the dense layer's weight bytes
-    kmeans_iters: int = 6          # Lloyd iterations (docs/performance.md: fit())
+    kmeans_iters: int = 6          # Lloyd iterations (docs/performance.md, 0.4: "6 Lloyd iterations instead of 10")
     kmeans_sample: int = 64        # sample points per centroid for k-means
     progress: bool = True
 
@@ -126,9 +127,9 @@ def kmeans(v: Tensor, k: int, *, iters: int, sample: int, gen: torch.Generator) 
     """Lloyd's k-means of the rows of v (float32 [n, D]) on a seeded sample
     of at most sample * k rows, seeded by k distinct sample rows. An emptied
     cluster keeps its previous centroid. (A smaller sample is cheaper but
-    unbalances the clusters: on the WordNet task 16 points per centroid
-    instead of 64 tripled the rows a query scans at the same probes; the
-    first iterations on a quarter of the sample cost 40% more rows.)"""
+    unbalances the clusters, so a query scans more rows at the same probes:
+    the development measurement is in docs/performance.md, "Measurements
+    moved out of code comments".)"""
     n = v.shape[0]
     pick = torch.randperm(n, generator=gen)[: min(n, max(k, sample * k))].to(v.device)
     s = v[pick.sort().values]
@@ -307,10 +308,9 @@ def evaluate_setting(index: "PartitionIndex", weight: Tensor, bias: Optional[Ten
 def code_dims(dim: int) -> List[int]:
     """Code dimensions the calibration tries: d itself, then d/2 and d/3
     where those are multiples of 32 and at least 128. Fewer dimensions lose
-    more than 2,000 held-out pairs can show in P@1: on the MiniLM task
-    (d = 384) codes of 96 dimensions lost 7 points of held-out recall
-    against full codes, and on WordNet (d = 128) codes of 64 dimensions
-    passed the calibration and lost 1 point of test P@1."""
+    more than 2,000 held-out pairs can show in P@1 (the development
+    measurements: docs/lss.md and docs/performance.md, "Measurements moved
+    out of code comments")."""
     out = [dim]
     for r in (dim // 2, dim // 3):
         if r >= 128 and r % checks.CODE_ALIGN == 0 and r not in out and r * 2 <= dim:

@@ -206,9 +206,9 @@ def _callee(name: str):
     if parts[0] == "index" and len(parts) == 2:
         return getattr(PartitionIndex, parts[1], None)
     if len(parts) == 1 and (parts[0] in lsskernels.__all__ or parts[0] == "make_index"):
-        from lsskernels import index
+        from lsskernels import families
 
-        return getattr(lsskernels, parts[0], None) or getattr(index, parts[0])
+        return getattr(lsskernels, parts[0], None) or getattr(families, parts[0])
     return None
 
 

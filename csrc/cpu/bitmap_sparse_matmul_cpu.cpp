@@ -75,7 +75,9 @@ DecodedBitmap decode_bitmap(const char* op, const at::Tensor& bitmap, int64_t nu
 }
 
 // Fraction of the union tile [B, U] that must be wanted for the GEMM path to
-// win; measured in bench/bench_ops.py (LSS_UNION_GEMM_DENSITY overrides).
+// win: a choice, not a measurement (no bench command measures the crossover;
+// docs/performance.md, "Measurements moved out of code comments").
+// LSS_UNION_GEMM_DENSITY overrides it.
 double union_gemm_density() {
   static const double v = [] {
     const char* s = std::getenv("LSS_UNION_GEMM_DENSITY");

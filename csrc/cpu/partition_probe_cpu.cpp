@@ -33,7 +33,8 @@ constexpr int64_t kMatmulBatch = 2;
 // Bytes of centroids from which a batch-1 query splits them across the
 // threads: LSS_SPLIT_QUERY_BYTES (as quantized_candidates), default never:
 // waking the second OpenMP thread on a busy core costs a time slice, far
-// more than the probe takes on one thread (docs/performance.md). An idle
+// more than the probe takes on one thread (docs/performance.md,
+// "Measurements moved out of code comments"). An idle
 // machine may want a few hundred KB.
 const int64_t kSplitBytes = [] {
   const char* v = std::getenv("LSS_SPLIT_QUERY_BYTES");

@@ -221,7 +221,8 @@ void size_scratch(Scratch& s, const Problem& pr, int64_t rows) {
 // Bytes of probed rows from which a B == 1 call splits its partitions across
 // the threads: LSS_SPLIT_QUERY_BYTES, default never. Waking a second OpenMP
 // thread on a busy core costs a time slice, far more than a batch-1 query
-// takes on one thread (docs/performance.md); on an idle machine a threshold
+// takes on one thread (docs/performance.md, "Measurements moved out of code
+// comments"); on an idle machine a threshold
 // of a few hundred KB may pay.
 const int64_t kSplitBytes = [] {
   const char* v = std::getenv("LSS_SPLIT_QUERY_BYTES");

@@ -54,7 +54,8 @@ int64_t next_topk_candidate(const float* scores, const int32_t* ids, int64_t n, 
 
 // How far ahead to prefetch weight rows: the rows are random, so the hardware
 // prefetcher cannot guess them. A few rows ahead is too close, 8-32 KB ahead
-// (prefetcht1) was best and further gained nothing (docs/performance.md). So
+// (prefetcht1) was best and further gained nothing (docs/performance.md,
+// "Measurements moved out of code comments"). So
 // the distance is a byte budget, turned into rows per call.
 constexpr int64_t kPrefetchBytes = 16 * 1024;
 

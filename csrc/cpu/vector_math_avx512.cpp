@@ -90,9 +90,10 @@ LSS_TARGET_AVX512 void dot4_avx512_rows(const float* x, const W* const w[4], int
 // The whole gathered loop for one query in one AVX-512 function: prefetch
 // the row `distance` entries ahead, queue four valid entries, dot them at once.
 // A call per row (dot4 through its function pointer, arrays spilled to the
-// stack) made the loop several times slower on rows already in L1.
+// stack) made the loop more than twice as slow on rows already in L1.
 // kDim > 0 compiles it for that row length (the dot and prefetch loops
-// unroll), which pays on L1-resident rows and on cold ones alike.
+// unroll), which pays on L1-resident rows and on cold ones alike
+// (docs/performance.md, "Measurements moved out of code comments").
 template <typename Load, typename W, int64_t kDim>
 LSS_TARGET_AVX512 void gathered_dots_avx512(const float* __restrict x, const W* weight, const W* bias,
                                             int64_t runtime_d, const int32_t* ids, int64_t n, float* out) {
