@@ -335,7 +335,7 @@ def test_lss_reports_index_bytes():
     weight, bias, _, _ = _mips_problem(n=500)
     m = LSS("lss", weight, bias, LSSConfig(candidates=50))
     layer = m.layer
-    buffers = sum(t.numel() * t.element_size() for t in layer.buffers())
+    buffers = sum(t.numel() * t.element_size() for t in layer.index.buffers())  # the layer's own "removed" mask is not the index's
     # ... and the probe's centroid codes (derived from the centroids, not saved)
     codes, scales, (offsets, ids) = layer.index.probe_codes()
     derived = sum(t.numel() * t.element_size() for t in (codes, scales, offsets, ids))
