@@ -404,3 +404,20 @@ def test_index_negatives_train_better_than_uniform():
 
     uniform, mined = train(0, 16), train(12, 4)
     assert mined >= uniform + 0.03, (mined, uniform)
+
+
+def test_removed_labels_take_no_part():
+    """After remove_labels(), the sampled loss equals the full cross-entropy
+    over the remaining labels (candidates covering every label), and a
+    removed target is refused."""
+    torch.manual_seed(3)
+    layer = lss.LSSLinear(8, 40, max_candidates=40, num_partitions=1).train()  # every label a candidate
+    x = torch.randn(6, 8)
+    target = torch.tensor([0, 5, 9, 12, 30, 39])
+    layer.remove_labels(torch.tensor([1, 2, 3, 20, 21]))
+    got = lss.sampled_cross_entropy(layer, x, target, num_uniform=64, seed=0)
+    logits = torch.nn.functional.linear(x, layer.weight, layer.bias).masked_fill(layer.removed, float("-inf"))
+    want = torch.nn.functional.cross_entropy(logits, target)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="removed by remove_labels"):
+        lss.sampled_cross_entropy(layer, x, torch.tensor([0, 5, 9, 12, 30, 2]))
