@@ -14,15 +14,24 @@ at r * q + min(r, rem)). Each rank holds its rows' weight and bias and one
 local LSSLinear of those rows (labels 0 .. stop - start - 1 there), with its
 own index; global label id = local id + start.
 
+Labels over time (partition family): add_labels appends the new rows to the
+last rank, whose range grows to [start, N + n); the other ranks' ranges stay
+(no row moves, no collective beyond one flag). remove_labels removes each
+global id on the rank whose range holds it. The layout (every rank's range,
+`bounds`) is part of the shard metadata; a grown layout loads into a layer
+built for the grown N. gather_state_dict / from_single rebalance it.
+
 Collectives (every rank must call these, in the same order, with the same
-arguments): fit (one all_gather_object of the shards' reports), predict (one
+arguments): fit (one all_gather_object of the shards' reports), add_labels
+(one all_reduce of a failure flag; none in a world of one), predict (one
 all_gather of [B, 2k] float64: each shard's top-k scores and global ids),
 the backward of a forward / cross_entropy whose input needs a gradient (one
 all_reduce of x's gradient), vocab_parallel_cross_entropy (one all_reduce
 MAX and one all_reduce SUM), gather_state_dict / to_single (one all_gather,
-or a gather to dst). Construction, candidates(), sparse_logits() and
-state_dict() / load_state_dict() are local. Argument errors are raised before
-any collective; given the same arguments every rank raises alike.
+or a gather to dst). Construction, remove_labels(), candidates(),
+sparse_logits() and state_dict() / load_state_dict() are local. Argument
+errors are raised before any collective; given the same arguments every rank
+raises alike.
 """
 from __future__ import annotations
 
@@ -30,6 +39,7 @@ import contextlib
 import dataclasses
 import io
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -39,13 +49,13 @@ from torch import nn
 
 from . import _checks as checks
 from . import _ops
-from .fit_pairs import labels_matrix
+from .fit_pairs import fit_pairs, labels_matrix
 from .families import make_index
-from .layer import LSSLinear
+from .layer import LSSLinear, _require_lists
 
 Tensor = torch.Tensor
 
-_FORMAT = 1  # the shard metadata's format (extra state)
+_FORMAT = 2  # the shard metadata's format (extra state); 2 adds `bounds` (format 1: the balanced layout)
 _REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -65,6 +75,23 @@ def shard_range(num_rows: int, world_size: int, rank: int) -> Tuple[int, int]:
     q, rem = divmod(num_rows, world_size)
     start = rank * q + min(rank, rem)
     return start, start + q + (1 if rank < rem else 0)
+
+
+def _balanced_bounds(num_rows: int, world_size: int) -> List[int]:
+    """The K + 1 row boundaries of shard_range's balanced layout."""
+    return [shard_range(num_rows, world_size, r)[0] for r in range(world_size)] + [num_rows]
+
+
+def _layout_problem(bounds, num_rows: int, world_size: int) -> Optional[str]:
+    """Why bounds is not a layout of num_rows rows over world_size ranks
+    (K + 1 ints from 0 to N, every rank at least one row), or None."""
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != world_size + 1:
+        return f"bounds must list {world_size + 1} row boundaries, got {bounds!r}"
+    if not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
+        return f"bounds must be ints, got {bounds!r}"
+    if bounds[0] != 0 or bounds[-1] != num_rows or any(a >= b for a, b in zip(bounds, bounds[1:])):
+        return f"bounds {list(bounds)} are not increasing from 0 to N = {num_rows}"
+    return None
 
 
 def _group_info(process_group) -> Tuple[object, int, int]:
@@ -113,7 +140,7 @@ class _VocabParallelCE(torch.autograd.Function):
     of shards owning the target)."""
 
     @staticmethod
-    def forward(ctx, logits, target, start, stop, group, ignore_index):
+    def forward(ctx, logits, target, start, stop, group, ignore_index, removed=None):
         dist = _dist()
         work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         valid = target != ignore_index
@@ -127,14 +154,23 @@ class _VocabParallelCE(torch.autograd.Function):
             shifted = work - mx.unsqueeze(1)
             exp = shifted.exp()
             picked = torch.where(own, shifted.gather(1, local_t.unsqueeze(1)).squeeze(1), torch.zeros_like(mx))
-            buf = torch.stack([exp.sum(1), picked, own.to(work.dtype)], 1)
+            cols = [exp.sum(1), picked, own.to(work.dtype)]
+            if removed is not None:  # the owner says whether the target is a removed label
+                cols.append((own & removed[local_t]).to(work.dtype))
+            buf = torch.stack(cols, 1)
             dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
-            sum_exp, picked, owners = buf.unbind(1)
+            sum_exp, picked, owners = buf[:, 0], buf[:, 1], buf[:, 2]
             bad = valid & (owners != 1)
             if bool(bad.any()):
                 raise ValueError(f"target must hold class ids in [0, N) of the sharded classes or ignore_index = "
                                  f"{ignore_index}; {int(bad.sum())} entries are neither "
                                  f"(e.g. {int(target[bad][0])})")
+            if removed is not None:
+                gone = valid & (buf[:, 3] > 0)
+                if bool(gone.any()):
+                    raise ValueError(f"target holds labels removed by remove_labels ({int(gone.sum())} entries, "
+                                     f"e.g. {int(target[gone][0])}): their logits are -inf, the loss would be "
+                                     f"inf; map them to ignore_index = {ignore_index} or drop those entries")
             loss = torch.where(valid, sum_exp.log() - picked, torch.zeros_like(picked))
         ctx.save_for_backward(exp, sum_exp, local_t, own, valid)
         ctx.dtype = logits.dtype
@@ -148,7 +184,7 @@ class _VocabParallelCE(torch.autograd.Function):
         rows = own.nonzero().squeeze(1)
         grad[rows, local_t[rows]] -= 1
         scale = torch.where(valid, grad_loss.to(grad.dtype), torch.zeros_like(sum_exp))
-        return (grad * scale.unsqueeze(1)).to(ctx.dtype), None, None, None, None, None
+        return (grad * scale.unsqueeze(1)).to(ctx.dtype), None, None, None, None, None, None
 
 
 def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, start: int, stop: int, process_group=None,
@@ -164,7 +200,15 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, start: in
     Backward: the gradient of this rank's logits only (softmax - one-hot of
     its columns), no communication. Half-precision logits are computed in
     float32 and the loss is float32. Raises ValueError (on every rank) where
-    a target is neither a class of some shard nor ignore_index."""
+    a target is neither a class of some shard nor ignore_index. A target
+    whose logit is -inf (a label removed by ShardedLSSLinear.remove_labels,
+    masked by train-mode forward) gets an infinite loss, as F.cross_entropy
+    gives; ShardedLSSLinear.cross_entropy refuses such targets instead."""
+    _check_ce(local_logits, target, start, stop, reduction, ignore_index)
+    return _vocab_parallel_ce(local_logits, target, start, stop, process_group, reduction, ignore_index, None)
+
+
+def _check_ce(local_logits: Tensor, target: Tensor, start: int, stop: int, reduction: str, ignore_index: int) -> None:
     checks.tensor("local_logits", local_logits, None, checks.FLOAT_DTYPES, "[..., stop - start] floating point")
     checks.integer("start", start, 0)
     checks.integer("stop", stop, start + 1)
@@ -177,9 +221,14 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, start: in
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     checks.integer("ignore_index", ignore_index)
+
+
+def _vocab_parallel_ce(local_logits: Tensor, target: Tensor, start: int, stop: int, process_group, reduction: str,
+                       ignore_index: int, removed: Optional[Tensor]) -> Tensor:
     group, _, _ = _group_info(process_group)
     t = target.reshape(-1).to(torch.int64)
-    loss = _VocabParallelCE.apply(local_logits.reshape(-1, stop - start), t, start, stop, group, ignore_index)
+    loss = _VocabParallelCE.apply(local_logits.reshape(-1, stop - start), t, start, stop, group, ignore_index,
+                                  removed)
     if reduction == "none":
         return loss.reshape(target.shape)
     if reduction == "sum":
@@ -254,8 +303,10 @@ class ShardedLSSLinear(nn.Module):
         default group, which must be initialised).
 
     The constructor allocates only this rank's rows (initialised as
-    nn.Linear's, from this rank's RNG); from_linear copies a whole
-    nn.Linear's rows, from_shard takes rows the caller already has.
+    nn.Linear's, from this rank's RNG) of the balanced layout
+    (shard_range); from_linear copies a whole nn.Linear's rows, from_shard
+    takes rows the caller already has. add_labels grows the last rank's
+    range; load_state_dict takes a saved shard's layout (shard_ranges).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, max_candidates: int = 256,
@@ -275,7 +326,10 @@ class ShardedLSSLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.rank, self.world_size = rank, world
-        self.start, self.stop = shard_range(out_features, world, rank)
+        self._set_bounds(_balanced_bounds(out_features, world))
+        # The index knobs, for a local layer of another size (a loaded layout).
+        self._knobs = dict(num_partitions=num_partitions, nprobe=nprobe, num_tables=num_tables, bits=bits,
+                           min_hits=min_hits)
         self.local = LSSLinear(in_features, self.stop - self.start, bias, max_candidates=max_candidates,
                                family=family, num_partitions=num_partitions, nprobe=nprobe, num_tables=num_tables,
                                bits=bits, min_hits=min_hits, seed=seed, backend=backend, device=device, dtype=dtype)
@@ -336,7 +390,9 @@ class ShardedLSSLinear(nn.Module):
         The index is rebuilt, not sliced: the checkpoint's index was built
         (and fitted) for all N labels, so each shard starts from the unfitted
         index of its own rows (built on first use); call fit() on the shards
-        to learn theirs."""
+        to learn theirs. The checkpoint's removed labels stay removed. The
+        layout is the balanced one: from_single(gather_state_dict())
+        rebalances shards that add_labels grew."""
         if not isinstance(state_dict, dict) or "weight" not in state_dict:
             raise ValueError("state_dict must be an LSSLinear's state_dict (a dict with 'weight')")
         weight = state_dict["weight"]
@@ -357,15 +413,34 @@ class ShardedLSSLinear(nn.Module):
         _, rank, world = _group_info(process_group)
         if n < world:
             raise ValueError(f"the checkpoint has {n} rows, fewer than the group's {world} ranks")
+        removed = state_dict.get("removed")
+        if removed is not None:
+            checks.tensor("state_dict['removed']", removed, 1, (torch.bool,), f"bool [N = {n}]")
+            if removed.shape[0] != n:
+                raise ValueError(f"state_dict['removed'] must be bool [N = {n}], got {tuple(removed.shape)}")
         start, stop = shard_range(n, world, rank)
-        return cls.from_shard(weight[start:stop], bias[start:stop] if bias is not None else None, n,
-                              max_candidates=max_candidates, process_group=process_group, **knobs)
+        layer = cls.from_shard(weight[start:stop], bias[start:stop] if bias is not None else None, n,
+                               max_candidates=max_candidates, process_group=process_group, **knobs)
+        if removed is not None and bool(removed[start:stop].any()):
+            layer.local.remove_labels(torch.nonzero(removed[start:stop]).squeeze(1))
+        return layer
 
     # --------------------------------------------------------- properties
     @property
     def shard_range(self) -> Tuple[int, int]:
         """(start, stop): this rank's rows, global label ids start .. stop - 1."""
         return self.start, self.stop
+
+    @property
+    def shard_ranges(self) -> List[Tuple[int, int]]:
+        """Every rank's (start, stop), rank order: the balanced layout of
+        shard_range at construction; after add_labels the last range ends
+        at the grown N."""
+        return list(zip(self._bounds[:-1], self._bounds[1:]))
+
+    def _set_bounds(self, bounds: List[int]) -> None:
+        self._bounds = [int(b) for b in bounds]
+        self.start, self.stop = self._bounds[self.rank], self._bounds[self.rank + 1]
 
     @property
     def weight(self) -> nn.Parameter:
@@ -477,6 +552,105 @@ class ShardedLSSLinear(nn.Module):
         """This shard's index statistics, with its rows."""
         return {**self.local.table_stats(), "rank": self.rank, "rows": (self.start, self.stop)}
 
+    # --------------------------------------------------- labels over time
+    def _check_added(self, weight: Tensor, bias: Optional[Tensor], queries: Optional[Tensor],
+                     query_labels: Optional[Tensor]) -> int:
+        """LSSLinear.add_labels' argument checks, run on every rank (the
+        owner's local call repeats them): every rank refuses alike, before
+        the collective. Returns n."""
+        _require_lists(self.local.index, "add_labels")
+        d = self.in_features
+        checks.tensor("weight", weight, 2, checks.FLOAT_DTYPES, f"[n, in_features = {d}] floating point")
+        if weight.shape[1] != d or weight.shape[0] < 1:
+            raise ValueError(f"weight must be [n >= 1, in_features = {d}], got {tuple(weight.shape)}")
+        n = weight.shape[0]
+        if bias is not None:
+            if self.local.bias is None:
+                raise ValueError("bias given, but the layer has no bias")
+            checks.tensor("bias", bias, 1, checks.FLOAT_DTYPES, f"[n = {n}] floating point")
+            if bias.shape[0] != n:
+                raise ValueError(f"bias must be [n = {n}], got {tuple(bias.shape)}")
+        if (queries is None) != (query_labels is None):
+            raise ValueError("queries and query_labels go together: give both or neither")
+        if not bool(torch.isfinite(weight).all()) or (bias is not None and not bool(torch.isfinite(bias).all())):
+            raise ValueError("weight and bias of the added labels must be finite")
+        if self.out_features + n > 2**31 - 1:
+            raise ValueError(f"at most 2^31 - 1 labels; {self.out_features} + {n} is more")
+        if queries is not None:
+            try:
+                with warnings.catch_warnings():  # the owner's own call warns about dropped pairs
+                    warnings.simplefilter("ignore")
+                    fit_pairs(queries, query_labels, n, d, queries.device if isinstance(queries, Tensor) else None)
+            except (TypeError, ValueError) as exc:  # fit_pairs says "labels": here they are query_labels
+                msg = str(exc)
+                raise type(exc)("query_" + msg if msg.startswith("labels") else msg) from None
+        return n
+
+    @torch.no_grad()
+    def add_labels(self, weight: Tensor, bias: Optional[Tensor] = None, *, queries: Optional[Tensor] = None,
+                   query_labels: Optional[Tensor] = None) -> Tensor:
+        """Append n labels (weight [n, d], bias [n] or None: zeros) as
+        global ids N .. N + n - 1 and return them, int64 [n], on every rank.
+        Called on every rank with the same arguments. The new rows go to the
+        last rank, whose range grows to [start, N + n) (the others keep
+        theirs): it calls its local LSSLinear.add_labels with the pairs
+        (queries [q, d], query_labels int64 [q] or [q, m] padded with -1,
+        indexing the new rows: 0 = label N), the other ranks update only
+        N and the layout (shard_ranges). Partition family only.
+
+        Cost: the last shard's add (new rows' codes, a merge of its lists);
+        its rows, index bytes and predict time grow with every add while the
+        others' stay, so many adds unbalance the shards. Rebalance with
+        from_single(gather_state_dict()) (balanced ranges; the indexes are
+        rebuilt, then fit() learns them). On the last rank the weight and
+        bias become new Parameters (rebuild the optimizer there).
+
+        Argument errors are raised on every rank before any change;
+        collective: one all_reduce of a failure flag (an error inside the
+        last rank's add is raised there, and a RuntimeError on the others,
+        whose N is then left unchanged)."""
+        n = self._check_added(weight, bias, queries, query_labels)
+        first, owner = self.out_features, self.world_size - 1
+        error: Optional[BaseException] = None
+        if self.rank == owner:
+            try:
+                self.local.add_labels(weight, bias, queries=queries, query_labels=query_labels)
+            except Exception as exc:  # raised below, after every rank knows
+                error = exc
+        failed = error is not None
+        if self.world_size > 1:
+            flag = torch.tensor([int(failed)], dtype=torch.int32, device=self.local.weight.device)
+            _dist().all_reduce(flag, op=_dist().ReduceOp.MAX, group=self._group)
+            failed = bool(flag.item())
+        if error is not None:
+            raise error
+        if failed:
+            raise RuntimeError(f"ShardedLSSLinear.add_labels failed on rank {owner}, which takes the new rows (its "
+                               f"error is raised there); rank {self.rank} is unchanged")
+        self.out_features = first + n
+        self._set_bounds(self._bounds[:-1] + [first + n])
+        return torch.arange(first, first + n, dtype=torch.int64, device=self.local.weight.device)
+
+    @torch.no_grad()
+    def remove_labels(self, ids) -> None:
+        """Never return the global labels ids (int64 [n], in [0, N)) again,
+        on any rank: each rank removes the ids in its range through its
+        local LSSLinear.remove_labels (local id = id - start: out of its
+        index lists, -inf in its train-mode logits). Called on every rank
+        with the same ids; local (no collective); the ids stay allocated.
+        predict / candidates / sparse_logits / eval forward never return
+        them; cross_entropy refuses them as targets. Partition family only."""
+        _require_lists(self.local.index, "remove_labels")
+        ids = torch.as_tensor(ids, device=self.local.removed.device)
+        if ids.dtype not in (torch.int64, torch.int32) or ids.dim() > 1:
+            raise TypeError(f"ids must be int64 label ids [n], got {ids.dtype} {tuple(ids.shape)}")
+        ids = ids.reshape(-1).to(torch.int64)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.out_features):
+            raise ValueError(f"ids must be label ids in [0, {self.out_features})")
+        mine = ids[(ids >= self.start) & (ids < self.stop)]
+        if mine.numel():
+            self.local.remove_labels(mine - self.start)
+
     # ----------------------------------------------------------- inference
     def candidates(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """This shard's candidates of flat queries x [B, d], as global ids:
@@ -531,21 +705,29 @@ class ShardedLSSLinear(nn.Module):
                       ignore_index: int = -100) -> Tensor:
         """F.cross_entropy(full_linear(x), target) with the full softmax over
         all N labels, the logits never gathered: exact logits of this shard
-        (in either mode), then vocab_parallel_cross_entropy. The same loss on
-        every rank; gradients to x (all-reduced) and to this shard's weight
-        and bias (its rows of the full layer's gradients). Collective."""
+        (in either mode; removed labels -inf, as train-mode forward), then
+        vocab_parallel_cross_entropy. The same loss on every rank; gradients
+        to x (all-reduced) and to this shard's weight and bias (its rows of
+        the full layer's gradients). A target that remove_labels removed is
+        refused (ValueError on every rank, no extra collective: the owner's
+        flag rides in the SUM all_reduce). Collective."""
         logits = F.linear(_copy_to_group(x, self._group, self.world_size), self.local.weight, self.local.bias)
-        return vocab_parallel_cross_entropy(logits, target, self.start, self.stop, self.process_group,
-                                            reduction=reduction, ignore_index=ignore_index)
+        removed = self.local.removed
+        if self.local._any_removed:
+            logits = logits.masked_fill(removed, float("-inf"))
+        _check_ce(logits, target, self.start, self.stop, reduction, ignore_index)
+        # Every rank sends the removed column (its own all False or not): the reduced shapes must agree.
+        return _vocab_parallel_ce(logits, target, self.start, self.stop, self.process_group, reduction,
+                                  ignore_index, removed)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
                 f"world_size={self.world_size}, rows=[{self.start}, {self.stop})")
 
     # ---------------------------------------------------------- state dict
-    def _metadata(self) -> Dict[str, int]:
+    def _metadata(self) -> Dict[str, Any]:
         return {"world_size": self.world_size, "rank": self.rank, "start": self.start, "stop": self.stop,
-                "out_features": self.out_features, "in_features": self.in_features}
+                "out_features": self.out_features, "in_features": self.in_features, "bounds": list(self._bounds)}
 
     def get_extra_state(self) -> dict:
         return {"format": _FORMAT, **self._metadata()}
@@ -553,32 +735,68 @@ class ShardedLSSLinear(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         self._check_metadata(state)
 
-    def _check_metadata(self, state) -> None:
+    def _check_metadata(self, state) -> List[int]:
+        """The saved layout (bounds), after refusing a state of another
+        shard: another world size, rank, N or d, or rows that are not this
+        rank's range of the saved layout. A layout other than this layer's
+        (a grown one) is no mismatch: the load takes it."""
         who = f"ShardedLSSLinear rank {self.rank} of {self.world_size}"
         if isinstance(state, dict) and "max_candidates" in state and "world_size" not in state:
             raise ValueError(f"{who}: the state_dict is a single LSSLinear's, not a shard's: load it with "
                              "ShardedLSSLinear.from_single")
-        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in (1, _FORMAT):
             raise ValueError(f"{who}: unrecognised shard metadata {state!r}")
         mine = self._metadata()
         names = {"world_size": "world size", "rank": "rank", "out_features": "N (out_features)",
                  "in_features": "d (in_features)"}
         diffs = [f"{names[k]} {state.get(k)} != {mine[k]}" for k in names if state.get(k) != mine[k]]
-        if (state.get("start"), state.get("stop")) != (self.start, self.stop):
-            diffs.append(f"rows [{state.get('start')}, {state.get('stop')}) != [{self.start}, {self.stop})")
+        bounds: Any = None
+        if not diffs:
+            bounds = state.get("bounds") if state["format"] >= 2 else _balanced_bounds(self.out_features,
+                                                                                        self.world_size)
+            problem = _layout_problem(bounds, self.out_features, self.world_size)
+            if problem is None and (state.get("start"), state.get("stop")) != (bounds[self.rank],
+                                                                               bounds[self.rank + 1]):
+                problem = (f"rows [{state.get('start')}, {state.get('stop')}) are not rank {self.rank}'s "
+                           f"[{bounds[self.rank]}, {bounds[self.rank + 1]}) of the saved bounds {list(bounds)}")
+            if problem is not None:
+                diffs.append(f"layout: {problem}")
         if diffs:
             raise ValueError(f"{who}: the state_dict is of another shard (saved: rank {state.get('rank')} of "
                              f"{state.get('world_size')}, rows [{state.get('start')}, {state.get('stop')}) of "
                              f"{state.get('out_features')} x {state.get('in_features')}); differs in: "
                              + ", ".join(diffs))
+        return [int(b) for b in bounds]
+
+    def _adopt_layout(self, bounds: List[int], state_dict, prefix: str) -> None:
+        """Take a saved layout (a grown shard's): a fresh local LSSLinear
+        of this rank's saved rows, with this layer's knobs and mode, for the
+        load to fill (new Parameters: an optimizer must be built after the
+        load). Checked against the saved weight first."""
+        start, stop = bounds[self.rank], bounds[self.rank + 1]
+        w = state_dict.get(prefix + "local.weight")
+        if not isinstance(w, Tensor) or tuple(w.shape) != (stop - start, self.in_features):
+            got = tuple(w.shape) if isinstance(w, Tensor) else None
+            raise ValueError(f"ShardedLSSLinear rank {self.rank} of {self.world_size}: the saved layout gives this "
+                             f"rank rows [{start}, {stop}), but '{prefix}local.weight' is {got}, not "
+                             f"[{stop - start}, {self.in_features}]")
+        old = self.local
+        self.local = LSSLinear(self.in_features, stop - start, old.bias is not None,
+                               max_candidates=old.max_candidates, family=old.family, seed=old.seed,
+                               backend=old.backend, device=old.weight.device, dtype=old.weight.dtype, **self._knobs)
+        self.local.train(old.training)
+        self._set_bounds(bounds)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         # This module loads before its local LSSLinear: the metadata is
-        # checked before any of the shard's tensors is touched.
+        # checked before any of the shard's tensors is touched, and a saved
+        # layout (a grown last shard) is taken before the local layer loads.
         key = prefix + "_extra_state"
         if key in state_dict:
-            self._check_metadata(state_dict[key])
+            bounds = self._check_metadata(state_dict[key])
+            if bounds != self._bounds:
+                self._adopt_layout(bounds, state_dict, prefix)
         elif strict:
             raise ValueError(f"ShardedLSSLinear rank {self.rank} of {self.world_size}: the state_dict has no shard "
                              f"metadata ('{key}'); a single LSSLinear's state_dict loads with "
@@ -586,18 +804,21 @@ class ShardedLSSLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
-    def _gathered_rows(self, dst: Optional[int]) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
-        """(weight [N, d], bias [N] or None) of all shards, on every rank
-        (dst None) or on group rank dst only (others: None)."""
+    def _gathered_rows(self, dst: Optional[int]) -> Optional[Tuple[Tensor, Optional[Tensor], Tensor]]:
+        """(weight [N, d], bias [N] or None, removed bool [N]) of all
+        shards, on every rank (dst None) or on group rank dst only (others:
+        None). One [K * max rows, d + 2] gather: the bias and the removed
+        flag (0 / 1, exact) ride as the last columns."""
         w, b = self.local.weight.detach(), self.local.bias
         rows = w.shape[0]
-        width = max(shard_range(self.out_features, self.world_size, r)[1] - shard_range(
-            self.out_features, self.world_size, r)[0] for r in range(self.world_size))
-        cols = self.in_features + (1 if b is not None else 0)
+        sizes = [stop - start for start, stop in self.shard_ranges]
+        width = max(sizes)
+        cols = self.in_features + (1 if b is not None else 0) + 1
         mine = w.new_zeros(width, cols)
         mine[:rows, : self.in_features] = w
         if b is not None:
             mine[:rows, self.in_features] = b.detach()
+        mine[:rows, -1] = self.local.removed.to(w.dtype)
         if self.world_size == 1:
             parts = [mine]
         elif dst is None:
@@ -612,16 +833,14 @@ class ShardedLSSLinear(nn.Module):
                 _dist().gather(mine, parts, dst=_dist().get_global_rank(self._group, dst), group=self._group)
             if self.rank != dst:
                 return None
-        full = torch.cat([p[: shard_range(self.out_features, self.world_size, r)[1]
-                            - shard_range(self.out_features, self.world_size, r)[0]]
-                          for r, p in enumerate(parts)], 0)
+        full = torch.cat([p[: sizes[r]] for r, p in enumerate(parts)], 0)
         weight = full[:, : self.in_features].contiguous()
         bias = full[:, self.in_features].contiguous() if b is not None else None
-        return weight, bias
+        return weight, bias, full[:, -1] != 0
 
     def gather_state_dict(self, dst: Optional[int] = None) -> Optional[Dict[str, Any]]:
         """A single LSSLinear's state_dict of all shards' rows (weight [N, d],
-        bias [N], max_candidates, seed, and an unbuilt index of this layer's
+        bias [N], the removed labels, max_candidates, seed, and an unbuilt index of this layer's
         family: the loading layer builds it from the weights on first use, or
         fit() learns one; the shards' indexes cover N / K rows each and are
         not carried over). On every rank (dst None: an all_gather) or on group
@@ -632,10 +851,11 @@ class ShardedLSSLinear(nn.Module):
         rows = self._gathered_rows(dst)
         if rows is None:
             return None
-        weight, bias = rows
+        weight, bias, removed = rows
         state: Dict[str, Any] = {"weight": weight}
         if bias is not None:
             state["bias"] = bias
+        state["removed"] = removed
         state["_extra_state"] = {"max_candidates": self.local.max_candidates, "seed": self.local.seed, "format": 2}
         index = make_index(self.out_features, self.in_features, family=self.local.family, seed=self.local.seed,
                            device=weight.device)

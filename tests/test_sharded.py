@@ -11,7 +11,9 @@ what the workers saved.
 from __future__ import annotations
 
 import datetime
+import io
 import os
+import random
 import time
 import traceback
 
@@ -324,6 +326,262 @@ def scenario_fit(rank, world):
     return {"unfitted": unfitted, "fitted": fitted, "pairs": report.pairs, "ids": i0}
 
 
+# ------------------------------------------------- labels added and removed
+EXHAUSTIVE = dict(max_candidates=4096, num_partitions=8, nprobe=8)  # every label a candidate, grown or not
+
+
+def _grown(weight, bias, *rows):
+    """(weight, bias) with the added (w, b or None) rows appended, as add_labels does."""
+    ws = [weight.detach()] + [w for w, _ in rows]
+    bs = [bias.detach()] + [b if b is not None else torch.zeros(w.shape[0]) for w, b in rows]
+    return torch.cat(ws), torch.cat(bs)
+
+
+def _dense_topk(weight, bias, x, k, removed=()):
+    dense = F.linear(x, weight, bias)
+    if removed:
+        dense[:, sorted(removed)] = float("-inf")
+    return lss.topk_gathered(dense, torch.arange(weight.shape[0]).expand(x.shape[0], -1).contiguous(), k)
+
+
+def _refused(layer, sd, rank, world, *words):
+    """layer.load_state_dict(sd) raises ValueError naming this rank and words; layer unchanged."""
+    w, ranges = layer.weight.detach().clone(), layer.shard_ranges
+    try:
+        layer.load_state_dict(sd)
+    except ValueError as e:
+        msg = str(e)
+        assert f"rank {rank} of {world}" in msg, msg
+        for word in words:
+            assert word in msg, (word, msg)
+        assert torch.equal(layer.weight, w) and layer.shard_ranges == ranges, "a refused state_dict changed the layer"
+        return msg
+    raise AssertionError(f"the state_dict was accepted; expected an error naming {words}")
+
+
+def scenario_add_predict(rank, world):
+    """add_labels: the last rank's range grows; predict equals a single
+    LSSLinear that made the same adds, and both equal dense top-k."""
+    linear = _linear(seed=21)
+    layer = lss.ShardedLSSLinear.from_linear(linear, **EXHAUSTIVE)
+    single = lss.LSSLinear.from_linear(linear, **EXHAUSTIVE)
+    gen = torch.Generator().manual_seed(22)
+    w1, b1 = torch.randn(40, D, generator=gen) * 0.3, torch.randn(40, generator=gen) * 0.3
+    q, ql = torch.randn(30, D, generator=gen), torch.randint(0, 40, (30,), generator=gen)
+    before = layer.shard_ranges
+    ids = layer.add_labels(w1, b1, queries=q, query_labels=ql)
+    assert torch.equal(ids, single.add_labels(w1, b1, queries=q, query_labels=ql))
+    assert torch.equal(ids, torch.arange(N, N + 40)) and layer.out_features == N + 40
+    w2 = torch.randn(3, D, generator=gen) * 0.3
+    ids2 = layer.add_labels(w2)  # no bias given: zeros; no pairs
+    assert torch.equal(ids2, single.add_labels(w2)) and torch.equal(ids2, torch.arange(N + 40, N + 43))
+    ranges = layer.shard_ranges
+    assert ranges[:-1] == before[:-1] and ranges[-1] == (before[-1][0], N + 43), ranges
+    start, stop = layer.shard_range
+    assert (start, stop) == ranges[rank] and layer.weight.shape == (stop - start, D)
+    weight, bias = _grown(linear.weight, linear.bias, (w1, b1), (w2, None))
+    x = torch.cat([_queries(6, seed=23), w1[:3] * 3])  # the last three favour new labels
+    scores, got = layer.predict(x, 10)
+    ref_s, ref_i = _dense_topk(weight, bias, x, 10)
+    one_s, one_i = single.predict(x, 10)
+    assert torch.equal(got, ref_i) and torch.equal(got, one_i), (got, ref_i, one_i)
+    assert bool((got >= N).any()), "no added label in the top-k: the check would not see them"
+    torch.testing.assert_close(scores, ref_s)
+    torch.testing.assert_close(scores, one_s)
+    layer.eval()
+    torch.testing.assert_close(layer(x), F.linear(x, weight, bias)[:, start:stop])
+    # Training over the grown layer: the full softmax, a new label as a target.
+    target = torch.tensor([N + 1, 5, N + 42, 17, 3, N + 39, 0, 1, 2])
+    loss = layer.cross_entropy(x, target)
+    torch.testing.assert_close(loss, F.cross_entropy(F.linear(x, weight, bias), target))
+    g = layer.gather_state_dict()
+    assert torch.equal(g["weight"], weight) and torch.equal(g["bias"], bias) and not bool(g["removed"].any())
+    return {"scores": scores, "ids": got, "ranges": ranges}
+
+
+def _shown(layer, x):
+    """Every global id predict / candidates / sparse_logits / eval forward
+    returns on this rank, and the finite columns (global) of train forward."""
+    start = layer.shard_range[0]
+    layer.eval()
+    _, ids = layer.predict(x, 8)
+    cand, _ = layer.candidates(x)
+    _, sparse = layer.sparse_logits(x)
+    shown = set(ids[ids >= 0].tolist()) | set(cand[cand >= 0].tolist()) | set(sparse[sparse >= 0].tolist())
+    shown |= {start + c for c in torch.nonzero(torch.isfinite(layer(x)))[:, 1].tolist()}
+    layer.train()
+    finite_train = {start + c for c in torch.nonzero(torch.isfinite(layer(x)))[:, 1].tolist()}
+    layer.eval()
+    return ids, shown, finite_train
+
+
+def scenario_add_remove_random(rank, world):
+    """A random sequence of add / remove / rebuild (the same seed on every
+    rank): removed ids never come back on any rank or path; predict equals
+    a single LSSLinear that made the same calls (both dense top-k)."""
+    rng, gen = random.Random(31), torch.Generator().manual_seed(31)
+    linear = _linear(seed=31)
+    layer = lss.ShardedLSSLinear.from_linear(linear, **EXHAUSTIVE)
+    single = lss.LSSLinear.from_linear(linear, **EXHAUSTIVE)
+    removed, actions, log = set(), [], []
+    x = _queries(6, seed=32)
+    for step in range(8):
+        action = ["add", "remove"][step] if step < 2 else rng.choice(["add", "remove", "remove", "rebuild"])
+        actions.append(action)
+        if action == "add":
+            k = rng.randint(1, 30)
+            w, b = torch.randn(k, D, generator=gen) * 0.5, torch.randn(k, generator=gen) * 0.5
+            q, ql = torch.randn(5, D, generator=gen), torch.randint(0, k, (5,), generator=gen)
+            ids = layer.add_labels(w, b, queries=q, query_labels=ql)
+            assert torch.equal(ids, single.add_labels(w, b, queries=q, query_labels=ql))
+        elif action == "remove":
+            n = layer.out_features
+            ids = torch.cat([torch.randint(0, n, (rng.randint(1, 200),), generator=gen),
+                             torch.arange(n - 3, n)])  # the newest rows too
+            layer.remove_labels(ids)
+            single.remove_labels(ids)
+            removed |= set(ids.tolist())
+        else:
+            layer.rebuild_index()
+            single.rebuild_index()
+        ids, shown, finite_train = _shown(layer, x)
+        start, stop = layer.shard_range
+        assert not (shown & removed), (step, action, sorted(shown & removed)[:5])
+        assert finite_train == set(range(start, stop)) - removed, (step, action)
+        assert torch.equal(ids, single.predict(x, 8)[1]), (step, action)
+        log.append(ids)
+    assert "add" in actions and "remove" in actions
+    # Training: removed labels are out of the softmax; a removed target is refused by
+    # cross_entropy (every rank) and gives inf through forward + vocab_parallel_cross_entropy.
+    gone = min(removed)
+    kept = [i for i in range(layer.out_features) if i not in removed][:2]
+    layer.train()
+    single.train()
+    target = torch.tensor(kept)
+    torch.testing.assert_close(layer.cross_entropy(x[:2], target), F.cross_entropy(single(x[:2]), target))
+    try:
+        layer.cross_entropy(x[:2], torch.tensor([kept[0], gone]))
+    except ValueError as e:
+        assert "removed" in str(e) and f"e.g. {gone}" in str(e), str(e)
+    else:
+        raise AssertionError("a removed target was accepted")
+    start, stop = layer.shard_range
+    loss = lss.vocab_parallel_cross_entropy(layer(x[:2]), torch.tensor([kept[0], gone]), start, stop,
+                                            reduction="none")
+    assert bool(torch.isfinite(loss[0])) and bool(torch.isposinf(loss[1])), loss
+    return {"ids": torch.stack(log), "removed": torch.tensor(sorted(removed))}
+
+
+def scenario_add_state(rank, world):
+    """State after add / remove: a grown shard loads into a layer built for
+    the grown N (taking the layout); real mismatches are refused; gathered
+    and rebalanced (from_single) the removed labels stay removed."""
+    linear = _linear(seed=41)
+    layer = lss.ShardedLSSLinear.from_linear(linear, **EXHAUSTIVE)
+    gen = torch.Generator().manual_seed(42)
+    w, b = torch.randn(25, D, generator=gen) * 0.3, torch.randn(25, generator=gen) * 0.3
+    layer.add_labels(w, b, queries=torch.randn(8, D, generator=gen), query_labels=torch.randint(0, 25, (8,)))
+    n2 = N + 25
+    gone = [3, N // 2, N - 1, N + 2, N + 24]
+    layer.remove_labels(torch.tensor(gone))
+    x = torch.cat([_queries(5, seed=43), w[:3] * 3])
+    want = layer.predict(x, 6)
+    ref = _dense_topk(*_grown(linear.weight, linear.bias, (w, b)), x, 6, removed=set(gone))
+    assert torch.equal(want[1], ref[1])
+    state = layer.state_dict()
+    meta = state["_extra_state"]
+    assert meta["bounds"] == [r[0] for r in layer.shard_ranges] + [n2] and meta["out_features"] == n2
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    fresh = lss.ShardedLSSLinear(D, n2, **EXHAUSTIVE)  # the balanced layout of n2
+    assert world == 1 or fresh.shard_ranges != layer.shard_ranges
+    fresh.load_state_dict(loaded)
+    assert fresh.shard_ranges == layer.shard_ranges and fresh.shard_range == layer.shard_range
+    assert torch.equal(fresh.weight, layer.weight) and torch.equal(fresh.local.removed, layer.local.removed)
+    got = fresh.predict(x, 6)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert fresh.state_dict()["_extra_state"] == meta
+    # Real mismatches are still refused, naming what differs.
+    msgs = {"N": _refused(lss.ShardedLSSLinear(D, N, **EXHAUSTIVE), loaded, rank, world, "N (out_features)")}
+    other = lss.ShardedLSSLinear(D, n2, **EXHAUSTIVE)
+    bounds = meta["bounds"]
+    msgs["bounds"] = _refused(other, {**loaded, "_extra_state": {**meta, "bounds": bounds[:-1] + [n2 + 1]}},
+                              rank, world, "layout")
+    msgs["rows"] = _refused(other, {**loaded, "_extra_state": {**meta, "stop": meta["stop"] - 1}}, rank, world,
+                            "layout", "not rank")
+    msgs["weight"] = _refused(other, {**loaded, "local.weight": loaded["local.weight"][:-1]}, rank, world,
+                              "local.weight")
+    others = [None] * world
+    dist.all_gather_object(others, loaded)
+    if world > 1:
+        msgs["other_rank"] = _refused(other, others[(rank + 1) % world], rank, world, "rank")
+    # A format-1 shard (before add_labels: no bounds, the balanced layout) still loads.
+    plain = lss.ShardedLSSLinear.from_linear(linear, **EXHAUSTIVE)
+    old = plain.state_dict()
+    old["_extra_state"] = {k: v for k, v in old["_extra_state"].items() if k != "bounds"}
+    old["_extra_state"]["format"] = 1
+    lss.ShardedLSSLinear(D, N, **EXHAUSTIVE).load_state_dict(old)
+    # Gathered: one LSSLinear with the removed labels; from_single rebalances.
+    g = layer.gather_state_dict()
+    assert g["weight"].shape == (n2, D) and sorted(torch.nonzero(g["removed"]).squeeze(1).tolist()) == gone
+    single = lss.LSSLinear(D, n2, **EXHAUSTIVE)
+    single.load_state_dict(g)  # with an unbuilt index of its own configuration (not exhaustive)
+    assert sorted(torch.nonzero(single.removed).squeeze(1).tolist()) == gone
+    assert not set(single.eval().predict(x, 6)[1].flatten().tolist()) & set(gone)
+    assert torch.equal(single.train()(x).topk(6).indices, want[1])  # masked train logits: dense top-k
+    rebalanced = lss.ShardedLSSLinear.from_single(g, num_partitions=8, nprobe=8)
+    assert rebalanced.shard_ranges == [shard_range(n2, world, r) for r in range(world)]
+    r0, r1 = rebalanced.shard_range
+    assert set((torch.nonzero(rebalanced.local.removed).squeeze(1) + r0).tolist()) == {i for i in gone if r0 <= i < r1}
+    assert torch.equal(rebalanced.predict(x, 6)[1], want[1])
+    return {"ids": want[1], "messages": msgs}
+
+
+def scenario_add_bad_input(rank, world):
+    """Bad arguments of add_labels / remove_labels are refused on every rank
+    alike, naming the argument, and change nothing; the layer stays in step."""
+    linear = _linear(seed=51)
+    layer = lss.ShardedLSSLinear.from_linear(linear, max_candidates=64)
+    ranges, rows = layer.shard_ranges, layer.weight.detach().clone()
+    no_bias = lss.ShardedLSSLinear(D, N, bias=False, max_candidates=64)
+    simhash = lss.ShardedLSSLinear(D, N, max_candidates=64, num_tables=4, bits=6)
+    w = torch.randn(3, D)
+    cases = {
+        "weight_shape": (lambda: layer.add_labels(torch.randn(3, D + 1)), ValueError, "weight must be"),
+        "weight_type": (lambda: layer.add_labels(w.tolist()), TypeError, "weight must be"),
+        "weight_nan": (lambda: layer.add_labels(torch.full((1, D), float("nan"))), ValueError, "weight"),
+        "bias_shape": (lambda: layer.add_labels(w, torch.randn(4)), ValueError, "bias must be"),
+        "bias_none": (lambda: no_bias.add_labels(w, torch.randn(3)), ValueError, "bias given"),
+        "pairs": (lambda: layer.add_labels(w, queries=torch.randn(2, D)), ValueError, "query_labels"),
+        "query_labels": (lambda: layer.add_labels(w, queries=torch.randn(2, D), query_labels=torch.tensor([0, 3])),
+                         ValueError, "query_labels must be in [0, 3)"),
+        "queries": (lambda: layer.add_labels(w, queries=torch.randn(2, D + 1), query_labels=torch.tensor([0, 1])),
+                    ValueError, "queries must be"),
+        "ids_range": (lambda: layer.remove_labels(torch.tensor([N])), ValueError, f"ids must be label ids in [0, {N})"),
+        "ids_type": (lambda: layer.remove_labels(torch.tensor([1.0])), TypeError, "ids must be int64"),
+        "family": (lambda: simhash.add_labels(w), TypeError, "needs the partitions family"),
+        "family_remove": (lambda: simhash.remove_labels([0]), TypeError, "needs the partitions family"),
+    }
+    msgs = {}
+    for name, (call, exc, words) in cases.items():
+        try:
+            call()
+        except exc as e:
+            assert words in str(e), (name, str(e))
+            msgs[name] = str(e)
+        else:
+            raise AssertionError(f"{name}: accepted")
+    assert layer.shard_ranges == ranges and layer.out_features == N and torch.equal(layer.weight, rows)
+    assert not bool(layer.local.removed.any())
+    # Still in step: an add and a predict (a collective) go through on every rank.
+    ids = layer.add_labels(w)
+    assert torch.equal(ids, torch.arange(N, N + 3))
+    layer.predict(_queries(2), 3)
+    return {"messages": msgs}
+
+
 SCENARIOS = {
     "predict_exact": scenario_predict_exact,
     "predict_merge": scenario_predict_merge,
@@ -331,6 +589,10 @@ SCENARIOS = {
     "state_dict": scenario_state_dict,
     "single_roundtrip": scenario_single_roundtrip,
     "fit": scenario_fit,
+    "add_predict": scenario_add_predict,
+    "add_remove_random": scenario_add_remove_random,
+    "add_state": scenario_add_state,
+    "add_bad_input": scenario_add_bad_input,
 }
 
 
@@ -381,6 +643,29 @@ def test_fit_improves_p1(world):
     outs = _outs(world, "fit")
     assert len({o["fitted"] for o in outs}) == 1  # the same global P@1 on every rank
     _same_on_every_rank(outs, "ids")
+
+
+def test_add_labels_predict_equals_single_layer(world):
+    outs = _outs(world, "add_predict")
+    _same_on_every_rank(outs, "scores", "ids")
+    assert len({tuple(o["ranges"]) for o in outs}) == 1
+
+
+def test_removed_labels_never_returned(world):
+    _same_on_every_rank(_outs(world, "add_remove_random"), "ids", "removed")
+
+
+def test_state_round_trip_after_add_remove(world):
+    outs = _outs(world, "add_state")
+    _same_on_every_rank(outs, "ids")
+    k, _ = world
+    for r, out in enumerate(outs):
+        assert all(f"rank {r} of {k}" in m for m in out["messages"].values())
+
+
+def test_add_remove_bad_input_named(world):
+    outs = _outs(world, "add_bad_input")
+    assert all(o["messages"] == outs[0]["messages"] for o in outs)  # every rank refuses alike
 
 
 def test_shard_range_rule():
