@@ -17,21 +17,23 @@ from . import _checks as checks
 Tensor = torch.Tensor
 
 
-def labels_matrix(labels: Tensor, n: int, num_labels: int) -> Tensor:
-    """labels int64/int32 [n] or [n, m] (-1 padded) as int64 [n, m], checked."""
-    checks.tensor("labels", labels, None, (torch.int64, torch.int32), "int64 [n] or [n, m] (-1 padded)")
+def labels_matrix(labels: Tensor, n: int, num_labels: int, name: str = "labels") -> Tensor:
+    """labels int64/int32 [n] or [n, m] (-1 padded) as int64 [n, m], checked
+    (errors call the argument `name`)."""
+    checks.tensor(name, labels, None, (torch.int64, torch.int32), "int64 [n] or [n, m] (-1 padded)")
     if labels.dim() not in (1, 2) or labels.shape[0] != n:
-        raise ValueError(f"labels must be [n] or [n, m] with n = queries.shape[0] = {n}, got {tuple(labels.shape)}")
+        raise ValueError(f"{name} must be [n] or [n, m] with n = queries.shape[0] = {n}, got {tuple(labels.shape)}")
     y = labels.to(torch.int64)
     y = y.unsqueeze(1) if y.dim() == 1 else y
     if y.numel() and (int(y.min()) < -1 or int(y.max()) >= num_labels):
-        raise ValueError(f"labels must be in [0, {num_labels}) or -1 (padding), got min {int(y.min())}, max {int(y.max())}")
+        raise ValueError(f"{name} must be in [0, {num_labels}) or -1 (padding), got min {int(y.min())}, max {int(y.max())}")
     if y.numel() and not bool((y >= 0).any(1).all()):
-        raise ValueError("every query needs at least one label (a row of labels is all -1)")
+        raise ValueError(f"every query needs at least one label (a row of {name} is all -1)")
     return y
 
 
-def fit_pairs(queries: Tensor, labels: Tensor, num_labels: int, dim: int, device) -> Tuple[Tensor, Tensor]:
+def fit_pairs(queries: Tensor, labels: Tensor, num_labels: int, dim: int, device,
+              labels_name: str = "labels") -> Tuple[Tensor, Tensor]:
     """The checked pairs on device: (queries [n', d], labels int64 [n', m]),
     the pairs whose query has a NaN or infinite entry dropped with a warning
     (one NaN query gives k-means a NaN centroid, which every query then
@@ -42,7 +44,7 @@ def fit_pairs(queries: Tensor, labels: Tensor, num_labels: int, dim: int, device
     if queries.shape[0] == 0:
         raise ValueError("queries is empty: fit() needs at least one (query, label) pair")
     queries = queries.to(device)
-    y = labels_matrix(labels, queries.shape[0], num_labels).to(device)
+    y = labels_matrix(labels, queries.shape[0], num_labels, labels_name).to(device)
     ok = torch.isfinite(queries).all(1)
     dropped = int((~ok).sum())
     if dropped:

@@ -338,7 +338,7 @@ class LSSLinear(nn.Module):
         if queries is not None:
             from .fit_pairs import fit_pairs
 
-            queries, query_labels = fit_pairs(queries, query_labels, n, d, device)
+            queries, query_labels = fit_pairs(queries, query_labels, n, d, device, "query_labels")
         self._ensure_index()
         first = self.out_features
         w = torch.cat([self.weight.detach(), weight.detach().to(device=device, dtype=dtype)])

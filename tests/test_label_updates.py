@@ -124,7 +124,7 @@ def test_bad_input_is_refused(task):
         layer.add_labels(torch.randn(3, 32), torch.randn(4))
     with pytest.raises(ValueError, match="give both or neither"):
         layer.add_labels(torch.randn(3, 32), queries=torch.randn(2, 32))
-    with pytest.raises(ValueError, match="labels must be in"):
+    with pytest.raises(ValueError, match="query_labels must be in"):
         layer.add_labels(torch.randn(3, 32), queries=torch.randn(2, 32), query_labels=torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="must be finite"):
         layer.add_labels(torch.full((1, 32), float("nan")))
