@@ -132,7 +132,7 @@ def test_freedict_real_entries(freedict_entries):
     assert any(e.translation.startswith("sleep with sb.") for e in by_head["mit jdm. ins Bett gehen"])
 
 
-SLICE = FreeDictConfig(label_fraction=0.02, epochs=1, max_train=3_000, max_test=800, hash_bits=14,
+SLICE = FreeDictConfig(label_fraction=0.01, epochs=1, max_train=2_000, max_test=400, hash_bits=14,
                        batch_size=256, negatives=256)
 
 
@@ -143,10 +143,10 @@ def test_freedict_task_slice(freedict_entries):
     for name in ("weight", "train_x", "train_y", "test_x", "test_y"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     n = a.num_labels
-    assert 3_000 < n < 10_000 and a.weight.shape == (n, 128) and a.weight.dtype == torch.float32
+    assert 1_500 < n < 5_000 and a.weight.shape == (n, 128) and a.weight.dtype == torch.float32
     assert torch.equal(a.bias, torch.zeros(n))
-    assert a.train_x.shape == (3_000, 128) and a.train_y.shape == (3_000,) and a.train_y.dtype == torch.int64
-    assert a.test_x.shape == (800, 128) and a.test_y.shape[0] == 800 and a.test_y.dtype == torch.int64
+    assert a.train_x.shape == (2_000, 128) and a.train_y.shape == (2_000,) and a.train_y.dtype == torch.int64
+    assert a.test_x.shape == (400, 128) and a.test_y.shape[0] == 400 and a.test_y.dtype == torch.int64
     assert int(a.train_y.min()) >= 0 and int(a.train_y.max()) < n
     assert int(a.test_y[:, 0].min()) >= 0 and int(a.test_y.max()) < n and int(a.test_y.min()) >= -1
     assert torch.isfinite(a.weight).all() and torch.isfinite(a.test_x).all()
@@ -223,3 +223,69 @@ def test_gcide_lm_task_slice():
         assert int(y.min()) >= 0 and int(y.max()) < 3_000
         assert not (y == a.meta["vocabulary"].index(UNK)).any()
     assert a.meta["vocabulary"][:2] == [EOS, UNK] and "the" in a.meta["vocabulary"][:10]
+
+
+# ---------------------------------------------------------------------------
+# Wiring: bench/tasks.py problems, the cache, the command line
+# ---------------------------------------------------------------------------
+
+
+def test_command_line_accepts_the_new_tasks():
+    from bench.__main__ import parse_args
+
+    args = parse_args(["e2e", "accuracy", "--tasks", "freedict", "lm", "--lm-candidates", "64"])
+    assert args.tasks == ["freedict", "lm"] and args.lm_candidates == 64 and args.freedict_candidates is None
+    assert parse_args(["e2e"]).tasks is None  # the default set is unchanged (wordnet, minilm, synthetic)
+
+
+@needs_gcide
+def test_lm_problem_is_cached(tmp_path):
+    from bench import tasks
+
+    cfg = GcideLMConfig(vocab_size=2_000, steps=3, batch_size=32, max_entries=2_000, max_train=500,
+                        max_test=200, hidden=32)
+    first = tasks.lm_problem(cfg, cache_dir=tmp_path, log=lambda *_: None)
+    assert first.name == "lm" and first.num_labels == 2_000 and first.dim == 128 and not first.setup["model_cached"]
+    assert len(list(tmp_path.glob("gcide_lm-*.pt"))) == 1
+    tasks._PROBLEMS.clear()
+    again = tasks.lm_problem(cfg, cache_dir=tmp_path, log=lambda *_: None)
+    assert again.setup["model_cached"]
+    for name in ("weight", "bias", "train_x", "train_y", "test_x", "test_y"):
+        assert torch.equal(getattr(first, name), getattr(again, name)), name
+    tasks._PROBLEMS.clear()
+
+
+def _write_dictd(root: Path, name: str, entries: list[tuple[str, str]]) -> None:
+    data, index = b"", []
+    for head, text in entries:
+        raw = text.encode()
+        index.append(f"{head}\t{_b64(len(data))}\t{_b64(len(raw))}")
+        data += raw
+    (root / f"{name}.index").write_text("\n".join(index) + "\n")
+    with gzip.open(root / f"{name}.dict.dz", "wb") as f:
+        f.write(data)
+
+
+def test_freedict_problem_on_a_fixture_database_is_cached(tmp_path):
+    from bench import tasks
+
+    words = "haus schlüssel tür fenster garten baum blume wasser feuer erde luft stein weg berg tal see".split()
+    english = "house key door window garden tree flower water fire earth air stone path mountain valley lake".split()
+    entries = []
+    for i, (de, en) in enumerate(zip(words, english)):
+        for j, (de2, en2) in enumerate(zip(words, english)):
+            if i != j:  # compounds: "Hausschlüssel" /../ <n> -> "house key <n>"
+                head = (de + de2).capitalize()
+                entries.append((head.lower(), f"{head} /x/ <masc, n, sg>\n [tech.] {en} {en2} <n>\n see: {{{de}}}\n"))
+    _write_dictd(tmp_path, "freedict-deu-eng", entries)
+    cfg = FreeDictConfig(epochs=2, max_train=100, max_test=40, hash_bits=10, batch_size=32, negatives=16)
+    first = tasks.freedict_problem(cfg, cache_dir=tmp_path / "cache", log=lambda *_: None, root=str(tmp_path))
+    assert first.name == "freedict" and not first.setup["model_cached"] and first.num_labels == 16 * 15
+    assert first.train_x.shape == (100, 128) and first.test_x.shape[0] == 40
+    assert first.setup["test_labels_without_training_query"] > 0.5
+    tasks._PROBLEMS.clear()
+    again = tasks.freedict_problem(cfg, cache_dir=tmp_path / "cache", log=lambda *_: None, root=str(tmp_path))
+    assert again.setup["model_cached"]
+    for name in ("weight", "bias", "train_x", "train_y", "test_x", "test_y"):
+        assert torch.equal(getattr(first, name), getattr(again, name)), name
+    tasks._PROBLEMS.clear()

@@ -10,8 +10,8 @@ geometry (the label rows are encodings of the labels' own spelling).
   ``/../``.  Usage examples, notes, synonyms and "see:" lines are dropped.
 * Labels: the distinct single-word headwords (no space) with a non-empty
   translation, case kept ("Stand" and "stand" differ), sorted; a label
-  subset (``label_fraction < 1``, quick mode) keeps the labels whose hash
-  falls below the fraction.  N = 283K at full size.
+  subset (``label_fraction < 1``, quick mode) keeps the labels whose
+  crc32 falls below the fraction.  N = 283K at full size.
 * Split, by hashes of the seed and the text: a label is *held out* with
   probability ``heldout_fraction`` (0.2): all its entries are test queries
   and it has no training query; an entry of any other label is a test
@@ -303,8 +303,8 @@ def build_freedict_task(root: str | os.PathLike = DICTD_ROOT, cfg: FreeDictConfi
         entries = read_freedict(root)
     read_seconds = time.perf_counter() - start
     if cfg.label_fraction < 1.0:
-        kept = {h for h in {e.headword for e in entries if " " not in e.headword}
-                if _unit("label", h) < cfg.label_fraction}
+        cut = cfg.label_fraction * 2.0**32  # crc32: a fast, fixed hash for the subset (the split is seeded)
+        kept = {h for h in {e.headword for e in entries if " " not in e.headword} if zlib.crc32(h.encode()) < cut}
         entries = [e for e in entries if e.headword in kept]
     entries = [e for e in entries if " " not in e.headword and tokens(e.translation)]
     names = sorted({e.headword for e in entries})
