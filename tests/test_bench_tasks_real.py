@@ -113,6 +113,16 @@ def test_word_features_are_stable_and_shared():
     assert word_features("radio", 10) != f
 
 
+def test_freedict_case_features():
+    from bench.data.freedict import _case_features
+
+    mask = (1 << 18) - 1
+    assert _case_features("stand", mask) == []
+    cap, exact = _case_features("Stand", mask)
+    assert cap == _case_features("Haus", mask)[0] and exact != _case_features("Haus", mask)[1]
+    assert len(_case_features("eBay", mask)) == 1  # upper case inside: the exact spelling only
+
+
 @pytest.fixture(scope="module")
 def freedict_entries():
     if not freedict_available():
@@ -150,6 +160,7 @@ def test_freedict_task_slice(freedict_entries):
     assert int(a.train_y.min()) >= 0 and int(a.train_y.max()) < n
     assert int(a.test_y[:, 0].min()) >= 0 and int(a.test_y.max()) < n and int(a.test_y.min()) >= -1
     assert torch.isfinite(a.weight).all() and torch.isfinite(a.test_x).all()
+    assert torch.unique(a.weight, dim=0).shape[0] == n  # every label its own row (case variants too)
     # Most test queries' labels have no training query, neither in the
     # model's training pairs nor in the fit() pairs (recomputed here).
     unseen = torch.tensor(a.meta["test_unseen"])

@@ -24,10 +24,14 @@ geometry (the label rows are encodings of the labels' own spelling).
   table shared by both towers (``2**hash_bits`` buckets, d = 128): a word
   is its hashed form plus its character 3-5-grams with boundary markers
   (fastText style).  Query = mean of its English words' features -> tanh
-  -> Linear(d, d); label = mean of the German headword's features ->
-  tanh -> Linear(d, d).  Sampled softmax: the batch's labels plus
-  ``negatives`` uniform random labels (deduplicated), Adam (sparse for the
-  table), ``epochs`` passes over all training pairs.
+  -> Linear(d, d); label = mean of the lowercased German headword's
+  features (plus a shared ``<CAP>`` feature when capitalised and its
+  exact spelling when it has upper case, so "Stand" and "stand" differ)
+  -> tanh -> Linear(d, d).  Sampled softmax: the batch's labels plus
+  ``negatives`` uniform random labels (deduplicated); row-wise Adagrad on
+  the table rows a batch touches, Adam for the rest; ``epochs`` passes
+  over all training pairs.  Test queries whose text is also a training
+  query's text are dropped (no test query is a seen input).
 * Output layer: ``weight [N, d]`` = the label tower on every label, bias 0;
   queries = the query tower.  ``train_x`` / ``train_y`` is a seeded
   ``max_train`` subset of the training pairs (what LSS's fit() sees;
@@ -43,13 +47,15 @@ Measured (dict-freedict-deu-eng 2022.04.21-1, defaults, seed 0, torch
   labels (56,485 held out), d = 128; the model trains on 305,973 pairs;
   ``train_x`` keeps 100,000 of them, ``test_x`` 10,000 queries
   (``test_y [10000, 4]``).
-* Build 181 s: reading 7 s, features 17 s, model 155 s (2 epochs of 598
-  steps; sampled-softmax loss 4.27, 1.69).  The cache file loads in a
-  second.
+* Build 181-210 s (load average 4-5): reading 7-18 s, features 17-38 s,
+  model 153 s (2 epochs of 598 steps; sampled-softmax loss 4.26, 1.66).
+  The cache file (210 MB) loads in a second.
 * Full inference (dense top-1 over all 282,227 labels, bias 0) on the
-  test queries: P@1 = 0.070 (SE 0.003); 94.5% of the test queries have
+  test queries: P@1 = 0.068 (SE 0.0025); 94.5% of the test queries have
   no label with a training pair of the model (97.1% none in
-  ``train_y``), and their P@1 is 0.066; the other 5.5% reach 0.133.
+  ``train_y``), and their P@1 is 0.064; the other 5.5% reach 0.126.
+  0.9% of the labels differ from another only in case ("Stand" /
+  "stand"); the case features keep their rows apart.
 * Quick mode (``label_fraction=0.15``): N = 42,611, 46,067 model
   training pairs, ~1 min; P@1 about 0.02 (less training data).
 """
@@ -88,7 +94,7 @@ __all__ = [
 
 PACKAGE = "dict-freedict-deu-eng"
 DATABASE = "freedict-deu-eng"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 _TAG = re.compile(r"\[[^\]]*\]|<[^>]*>|/[^/\n]*/")
 _SPACE = re.compile(r"\s+")
@@ -158,6 +164,18 @@ def word_features(word: str, bits: int, ngrams: tuple[int, int] = (3, 5)) -> lis
         grams.extend(w[i : i + n] for i in range(len(w) - n + 1) if w[i : i + n] != w)
     mask = (1 << bits) - 1
     return [zlib.crc32(g.encode()) & mask for g in dict.fromkeys(grams)]
+
+
+def _case_features(headword: str, mask: int) -> list[int]:
+    """A capitalised headword (a German noun) gets a shared ``<CAP>``
+    feature; one with any upper case also its exact spelling, so "Stand"
+    and "stand" get different rows."""
+    out = []
+    if headword[:1].isupper():
+        out.append(zlib.crc32(b"<CAP>") & mask)
+    if headword != headword.lower():
+        out.append(zlib.crc32(f"={headword}".encode()) & mask)
+    return out
 
 
 @dataclass(frozen=True)
@@ -341,7 +359,8 @@ def build_freedict_task(root: str | os.PathLike = DICTD_ROOT, cfg: FreeDictConfi
         return out
 
     query_bags = _bags([features(t.split()) for t in texts])
-    label_bags = _bags([features([h.lower()]) for h in names])
+    mask = (1 << cfg.hash_bits) - 1
+    label_bags = _bags([features([h.lower()]) + _case_features(h, mask) for h in names])
     train_pairs = [(t, lab) for t, lab, test in zip(pair_text, pair_label, pair_test) if not test]
     seen = torch.zeros(len(names), dtype=torch.bool)
     train_q = torch.tensor([t for t, _ in train_pairs], dtype=torch.int64)
