@@ -177,7 +177,8 @@ def freedict_problem(cfg: FreeDictConfig, cache_dir=None, log=print, root: Optio
         task = build_freedict_task(root, cfg, cache_dir=cache_dir, log=log)
         seconds = time.perf_counter() - start
         unseen = sum(task.meta["test_unseen"]) / max(1, len(task.meta["test_unseen"]))
-        variant = "all single-word headwords" if cfg.label_fraction >= 1 else f"{cfg.label_fraction:.0%} of the headwords"
+        variant = ("all single-word headwords" if cfg.label_fraction >= 1
+                   else f"{cfg.label_fraction:.0%} of the headwords")
         _PROBLEMS[key] = Problem(
             "freedict", f"FreeDict deu-eng two-tower ({variant}), N={task.num_labels:,}, d={task.weight.shape[1]}",
             task.weight, task.bias, task.train_x, task.train_y, task.test_x, task.test_y,
