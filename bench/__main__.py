@@ -31,6 +31,8 @@ import torch
 
 SECTIONS = ("ops", "scaling", "e2e", "accuracy")
 TASKS = ("wordnet", "minilm", "synthetic")
+# Real-data tasks run only when named (--tasks freedict lm): the default run stays the three above.
+EXTRA_TASKS = ("freedict", "lm")
 LSS_KNOBS = (("candidates", int, "candidate budget M (max_candidates; default bench/tasks.py LSS_BUDGET)"),)
 
 
@@ -43,9 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP / FAISS / hnswlib threads (default 2)")
     parser.add_argument("--out", default=None, help="output directory (default bench/results)")
     parser.add_argument("--quiet", action="store_true", help="tables only, no progress lines")
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None,
-                        help="problems for e2e and accuracy (default: all three; WordNet and MiniLM only "
-                             "if installed)")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS + EXTRA_TASKS, default=None,
+                        help="problems for e2e and accuracy (default: wordnet, minilm, synthetic; WordNet and "
+                             "MiniLM only if installed; freedict (dict-freedict-deu-eng) and lm (dict-gcide) "
+                             "only when named)")
     parser.add_argument("--skip", nargs="+", default=[], metavar="FAMILY",
                         help="method families to leave out (e.g. hnswlib faiss-hnsw): their rows say so")
     parser.add_argument("--eval-queries", type=int, default=None, help="cap on test queries evaluated per problem")
@@ -60,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--synthetic-train", type=int, default=None, help="synthetic training queries (fit() pairs)")
     g.add_argument("--synthetic-test", type=int, default=None, help="synthetic test queries")
     g.add_argument("--wordnet-model-epochs", type=int, default=None, help="epochs of the WordNet model")
-    for task in TASKS:
+    for task in TASKS + EXTRA_TASKS:
         g = parser.add_argument_group(f"LSSLinear knobs on the {task} task (default: M only, bench/tasks.py)")
         for name, typ, what in LSS_KNOBS:
             g.add_argument(f"--{task}-{name}", type=typ, default=None, help=what)
@@ -96,8 +99,8 @@ def problems_for(ctx, args):
                                                     ("num_train", args.synthetic_train),
                                                     ("num_test", args.synthetic_test)) if v is not None})
             problem = tasks.get_problem(ctx, "synthetic", synthetic=cfg)
-        elif name == "minilm":
-            problem = tasks.get_problem(ctx, "minilm")
+        elif name in ("minilm",) + EXTRA_TASKS:
+            problem = tasks.get_problem(ctx, name)
         else:
             cfg = tasks.WORDNET[mode]
             if args.wordnet_model_epochs is not None:

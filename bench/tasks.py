@@ -11,9 +11,21 @@ and test queries and their labels.
   sentence encoder all-MiniLM-L6-v2 (d = 384); weight = the label (sense)
   embeddings, bias = 0, queries = the embedded usage examples (60/40 split).
   Encoded once and cached.
+* freedict: bench.data.freedict (Debian's dict-freedict-deu-eng): English
+  translation -> German headword with a two-tower model trained here
+  (cached); weight = the label tower on each headword's character n-grams,
+  bias = 0. 20% of the labels have no training query (most test queries
+  are theirs): labels found only through the layer's geometry; full P@1
+  under 10%.
+* lm: bench.data.gcide_lm (Debian's dict-gcide): the output layer of a
+  small word-level language model (next word over a 50K vocabulary, d =
+  128) trained from scratch briefly on GCIDE's text (cached); the argmax
+  concentrates on frequent words.
 
-Quick mode uses small versions of all three (synthetic N = 50K; WordNet
-verbs only; MiniLM senses of the first 5,000 verb synsets) and says so in
+Quick mode uses small versions of all of them (synthetic N = 50K; WordNet
+verbs only; MiniLM senses of the first 5,000 verb synsets; FreeDict 15% of
+the headwords; the LM on the first 30,000 GCIDE entries with a 20K
+vocabulary) and says so in
 every table. Problems are memoized per process, so
 `python -m bench all` builds each once.
 """
@@ -26,6 +38,8 @@ from typing import Dict, Optional
 import torch
 
 from bench.common import RunContext, config_key
+from bench.data.freedict import FreeDictConfig
+from bench.data.gcide_lm import GcideLMConfig
 from bench.data.minilm_senses import MiniLMSensesConfig
 from bench.methods import LSSConfig
 from bench.wordnet_model import WordNetModelConfig, hidden_vectors, load_or_train
@@ -43,6 +57,9 @@ class SyntheticConfig:
 SYNTHETIC = {"full": SyntheticConfig(), "quick": SyntheticConfig(50_000, 64, 20_000, 1_000)}
 WORDNET = {"full": WordNetModelConfig(), "quick": WordNetModelConfig(parts=("verb",), epochs=3)}
 MINILM = {"full": MiniLMSensesConfig(), "quick": MiniLMSensesConfig(parts=("verb",), max_synsets=5_000)}
+FREEDICT = {"full": FreeDictConfig(), "quick": FreeDictConfig(label_fraction=0.15, max_train=30_000, max_test=5_000)}
+LM = {"full": GcideLMConfig(),
+      "quick": GcideLMConfig(vocab_size=20_000, steps=100, max_entries=30_000, max_train=30_000, max_test=5_000)}
 
 # LSSLinear on every problem: only the candidate budget M is set (what a
 # user sets); the layer picks its index (family, partitions, probes) from N,
@@ -54,7 +71,7 @@ LSS_CONFIG = LSSConfig(candidates=LSS_BUDGET)
 
 @dataclass
 class Problem:
-    name: str              # "synthetic", "wordnet" or "minilm"
+    name: str              # "synthetic", "wordnet", "minilm", "freedict" or "lm"
     title: str             # for tables: says which size / variant
     weight: torch.Tensor   # [N, d]
     bias: torch.Tensor     # [N]
@@ -149,6 +166,63 @@ def minilm_problem(cfg: MiniLMSensesConfig, cache_dir=None, log=print, root: Opt
     return _PROBLEMS[key]
 
 
+def freedict_problem(cfg: FreeDictConfig, cache_dir=None, log=print, root: Optional[str] = None) -> Problem:
+    from bench.data.dictd import DICTD_ROOT
+    from bench.data.freedict import build_freedict_task
+
+    root = root or DICTD_ROOT
+    key = "freedict-" + config_key({"config": asdict(cfg), "root": root})
+    if key not in _PROBLEMS:
+        start = time.perf_counter()
+        task = build_freedict_task(root, cfg, cache_dir=cache_dir, log=log)
+        seconds = time.perf_counter() - start
+        unseen = sum(task.meta["test_unseen"]) / max(1, len(task.meta["test_unseen"]))
+        variant = ("all single-word headwords" if cfg.label_fraction >= 1
+                   else f"{cfg.label_fraction:.0%} of the headwords")
+        _PROBLEMS[key] = Problem(
+            "freedict", f"FreeDict deu-eng two-tower ({variant}), N={task.num_labels:,}, d={task.weight.shape[1]}",
+            task.weight, task.bias, task.train_x, task.train_y, task.test_x, task.test_y,
+            {"config": asdict(cfg), "bias": "zero", "task_seconds": seconds,
+             "model_train_seconds": task.meta["train_seconds"], "model_cached": task.meta["cached"],
+             "test_labels_without_training_query": unseen, "model_history": task.meta["history"],
+             "cache": task.meta["cache"]})
+    return _PROBLEMS[key]
+
+
+def lm_problem(cfg: GcideLMConfig, cache_dir=None, log=print, root: Optional[str] = None) -> Problem:
+    from bench.data.dictd import DICTD_ROOT
+    from bench.data.gcide_lm import build_gcide_lm_task
+
+    root = root or DICTD_ROOT
+    key = "lm-" + config_key({"config": asdict(cfg), "root": root})
+    if key not in _PROBLEMS:
+        start = time.perf_counter()
+        task = build_gcide_lm_task(root, cfg, cache_dir=cache_dir, log=log)
+        seconds = time.perf_counter() - start
+        variant = "all entries" if cfg.max_entries is None else f"first {cfg.max_entries:,} entries"
+        _PROBLEMS[key] = Problem(
+            "lm", f"GCIDE word LM head ({variant}), N={task.num_labels:,}, d={task.weight.shape[1]}",
+            task.weight, task.bias, task.train_x, task.train_y, task.test_x, task.test_y,
+            {"config": asdict(cfg), "task_seconds": seconds, "model_train_seconds": task.meta["train_seconds"],
+             "model_cached": task.meta["cached"], "model_history": task.meta["history"],
+             "cache": task.meta["cache"]})
+    return _PROBLEMS[key]
+
+
+def freedict_available() -> bool:
+    """Debian's dict-freedict-deu-eng (/usr/share/dictd/freedict-deu-eng.*)."""
+    from bench.data.freedict import freedict_available as available
+
+    return available()
+
+
+def lm_available() -> bool:
+    """Debian's dict-gcide (/usr/share/dictd/gcide.*)."""
+    from bench.data.gcide_lm import gcide_available
+
+    return gcide_available()
+
+
 def wordnet_available(root: str = "/usr/share/wordnet") -> bool:
     import os
 
@@ -163,7 +237,8 @@ def minilm_available(root: str = "/usr/share/wordnet") -> bool:
 
 
 def get_problem(ctx: RunContext, name: str, *, synthetic: Optional[SyntheticConfig] = None,
-                wordnet: Optional[WordNetModelConfig] = None, minilm: Optional[MiniLMSensesConfig] = None) -> Problem:
+                wordnet: Optional[WordNetModelConfig] = None, minilm: Optional[MiniLMSensesConfig] = None,
+                freedict: Optional[FreeDictConfig] = None, lm: Optional[GcideLMConfig] = None) -> Problem:
     mode = "quick" if ctx.quick else "full"
     if name == "synthetic":
         return synthetic_problem(synthetic or SYNTHETIC[mode], ctx.log)
@@ -171,6 +246,10 @@ def get_problem(ctx: RunContext, name: str, *, synthetic: Optional[SyntheticConf
         return wordnet_problem(wordnet or WORDNET[mode], ctx.cache_dir, ctx.log)
     if name == "minilm":
         return minilm_problem(minilm or MINILM[mode], ctx.cache_dir, ctx.log)
-    raise ValueError(f"unknown problem {name!r}; expected 'synthetic', 'wordnet' or 'minilm'")
+    if name == "freedict":
+        return freedict_problem(freedict or FREEDICT[mode], ctx.cache_dir, ctx.log)
+    if name == "lm":
+        return lm_problem(lm or LM[mode], ctx.cache_dir, ctx.log)
+    raise ValueError(f"unknown problem {name!r}; expected 'synthetic', 'wordnet', 'minilm', 'freedict' or 'lm'")
 
 

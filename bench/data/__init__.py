@@ -7,6 +7,11 @@
 * ``minilm_senses``: WordNet senses embedded by all-MiniLM-L6-v2
   (``build_minilm_senses``; import it from its module: the encoder's
   packages load only when it embeds).
+* ``dictd``: a reader of Debian's dictd databases (``/usr/share/dictd``).
+* ``freedict``: FreeDict German-English, the two-tower "translation ->
+  headword" task with held-out labels (``build_freedict_task``).
+* ``gcide_lm``: a word-level language-model head on GCIDE's text
+  (``build_gcide_lm_task``).
 
 The library itself (``lsskernels.data``) keeps what a user imports: the
 Extreme Classification Repository reader and the synthetic task.
