@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 import lsskernels as lss
+from lsskernels.reference import augmented_labels as label_vectors
 
 Tensor = torch.Tensor
 
@@ -290,7 +291,7 @@ def augmented_labels(weight: Tensor, bias: Tensor, pad_to: Optional[int] = None)
     """float32 numpy [N, d + 1] rows [w_i, b_i] (zero columns up to pad_to)."""
     import numpy as np
 
-    out = torch.cat([weight, bias.unsqueeze(1)], 1).to(torch.float32)
+    out = label_vectors(weight, bias)
     if pad_to is not None and pad_to > out.shape[1]:
         out = torch.cat([out, out.new_zeros(out.shape[0], pad_to - out.shape[1])], 1)
     return np.ascontiguousarray(out.numpy())
@@ -312,7 +313,7 @@ def mips_to_l2_labels(weight: Tensor, bias: Tensor):
     (computed in float64), and U. Queried with mips_to_l2_queries."""
     import numpy as np
 
-    aug = torch.cat([weight, bias.unsqueeze(1)], 1).to(torch.float64)
+    aug = label_vectors(weight, bias, torch.float64)
     sq = (aug * aug).sum(1)
     top = float(sq.max())
     extra = (top - sq).clamp(min=0).sqrt()

@@ -41,7 +41,7 @@ def make_layer(num_labels: int, dim: int, candidates: int, seed: int):
     start = time.perf_counter()
     layer = lss.LSSLinear(dim, num_labels, num_tables=TABLES, bits=scaling_bits(num_labels, candidates),
                           max_candidates=candidates, seed=seed)
-    layer.rebuild_tables()
+    layer.rebuild_index()
     return LSS.wrap(f"LSSLinear random SimHash, M={candidates}", layer, time.perf_counter() - start)
 
 

@@ -46,10 +46,9 @@ def label_norms(weight: Tensor, bias: Optional[Tensor]) -> Tensor:
 
 def augment_labels(weight: Tensor, bias: Optional[Tensor], norm_bound: float) -> Tensor:
     """[N, d], [N] -> [N, d + 2]: [w, b, sqrt(U^2 - |w|^2 - b^2)] with U = norm_bound."""
-    b = bias if bias is not None else weight.new_zeros(weight.shape[0])
     norms = label_norms(weight, bias)
     completion = (norm_bound**2 - norms.pow(2)).clamp(min=0).sqrt()
-    return torch.cat([weight, b.unsqueeze(1).to(weight.dtype), completion.unsqueeze(1).to(weight.dtype)], dim=1)
+    return torch.cat([reference.augmented_labels(weight, bias, weight.dtype), completion.unsqueeze(1).to(weight.dtype)], dim=1)
 
 
 def simhash_projections(num_tables: int, bits: int, dim: int, *, seed: int = 0, angular: bool = True,

@@ -23,7 +23,8 @@ import torch
 from .codec import encode_rows
 from .fit_pairs import labels_matrix
 from .index import PartitionIndex
-from .partitions import _nearest, augmented, label_homes
+from .partitions import _nearest, label_homes
+from .reference import augmented_labels
 
 Tensor = torch.Tensor
 
@@ -38,7 +39,7 @@ def add_to_index(index: PartitionIndex, weight: Tensor, bias: Optional[Tensor], 
     new = torch.arange(first, n_all, device=weight.device)
     if index.space == "labels":
         c = torch.cat([index.centroids, index.centroid_bias.unsqueeze(1)], 1)
-        home = _nearest(augmented(weight[first:], bias[first:] if bias is not None else None), c)
+        home = _nearest(augmented_labels(weight[first:], bias[first:] if bias is not None else None), c)
     else:
         home = label_homes(weight, bias, index.centroids, rows=new)
     part, label = home, new

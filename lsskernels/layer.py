@@ -155,7 +155,6 @@ class LSSLinear(nn.Module):
         self.index = index
         self._mark_indexed()
 
-    rebuild_tables = rebuild_index  # the 0.1 name
 
     def _weights_version(self) -> tuple:
         """What identifies the weights' current values: each parameter's

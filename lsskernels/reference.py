@@ -18,6 +18,15 @@ from ._checks import CODE_ALIGN, QUANT_LEVELS  # noqa: F401  (defined once, in c
 Tensor = torch.Tensor
 
 
+def augmented_labels(weight: Tensor, bias: Optional[Tensor], dtype: torch.dtype = torch.float32) -> Tensor:
+    """The bias-augmented label vectors [w, b], [N, d + 1] (b = 0 without a
+    bias): a query [x, 1] scores them by its logits. The one definition
+    (partitions' k-means, SimHash's MIPS transform, the benchmarks' ANN indexes)."""
+    w = weight.detach().to(dtype)
+    b = bias.detach().to(dtype) if bias is not None else w.new_zeros(w.shape[0])
+    return torch.cat([w, b.unsqueeze(1)], 1)
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulator dtype of the kernels: fp64 stays fp64, the rest is fp32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
