@@ -35,6 +35,7 @@ Exit status 0 when every step that ran succeeded.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -379,7 +380,7 @@ def bench(args, lsskernels, entry: dict) -> None:
         torch.cuda.synchronize()
     entry["fit"] = dict(seconds=round(time.perf_counter() - t, 2), family=layer.family,
                         stats={key: v for key, v in layer.table_stats().items() if isinstance(v, (int, float, str))},
-                        calibration=getattr(report, "calibration", None))
+                        calibration=[dataclasses.asdict(p) for p in getattr(report, "calibration", [])])
     log(f"   fitted {layer.family} index in {entry['fit']['seconds']:.1f} s: {entry['fit']['stats']}")
 
     # Quality on the test queries (not timed; a failure here is recorded and
