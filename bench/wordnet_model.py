@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from bench.common import config_key
+from bench.data.cache import save_atomically
 from lsskernels.data import LabelTask, SparseBag
 
 CACHE_FORMAT = 1
@@ -112,8 +113,5 @@ def load_or_train(task: LabelTask, cfg: WordNetModelConfig, cache_dir: Optional[
     model, info = train(task, cfg, log)
     info.update(config=asdict(cfg), key=key)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"state_dict": model.state_dict(), "info": info}, tmp)
-        tmp.replace(path)
+        save_atomically({"state_dict": model.state_dict(), "info": info}, path)
     return model, dict(info, cache=str(path) if path else None, cached=False)

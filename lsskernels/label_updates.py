@@ -20,13 +20,40 @@ from typing import Optional
 
 import torch
 
+from . import _checks as checks
 from .codec import encode_rows
-from .fit_pairs import labels_matrix
+from .fit_pairs import fit_pairs, labels_matrix
 from .index import PartitionIndex
 from .partitions import _nearest, label_homes
 from .reference import augmented_labels
 
 Tensor = torch.Tensor
+
+
+def check_new_labels(weight: Tensor, bias: Optional[Tensor], queries: Optional[Tensor],
+                     query_labels: Optional[Tensor], *, dim: int, has_bias: bool, num_labels: int, device):
+    """The checks of add_labels' arguments (LSSLinear and ShardedLSSLinear
+    alike): returns (n, queries, query_labels) with the pairs checked and
+    their non-finite queries dropped (fit_pairs), or (n, None, None)."""
+    checks.tensor("weight", weight, 2, checks.FLOAT_DTYPES, f"[n, in_features = {dim}] floating point")
+    if weight.shape[1] != dim or weight.shape[0] < 1:
+        raise ValueError(f"weight must be [n >= 1, in_features = {dim}], got {tuple(weight.shape)}")
+    n = weight.shape[0]
+    if bias is not None:
+        if not has_bias:
+            raise ValueError("bias given, but the layer has no bias")
+        checks.tensor("bias", bias, 1, checks.FLOAT_DTYPES, f"[n = {n}] floating point")
+        if bias.shape[0] != n:
+            raise ValueError(f"bias must be [n = {n}], got {tuple(bias.shape)}")
+    if (queries is None) != (query_labels is None):
+        raise ValueError("queries and query_labels go together: give both or neither")
+    if not bool(torch.isfinite(weight).all()) or (bias is not None and not bool(torch.isfinite(bias).all())):
+        raise ValueError("weight and bias of the added labels must be finite")
+    if num_labels + n > 2**31 - 1:
+        raise ValueError(f"at most 2^31 - 1 labels; {num_labels} + {n} is more")
+    if queries is not None:
+        queries, query_labels = fit_pairs(queries, query_labels, n, dim, device, "query_labels")
+    return n, queries, query_labels
 
 
 @torch.no_grad()

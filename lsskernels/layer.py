@@ -314,30 +314,13 @@ class LSSLinear(nn.Module):
         codes and a merge of the lists, no k-means (lsskernels/label_updates.py).
         The weight and bias become new, larger Parameters: an optimizer
         holding the old ones must be rebuilt (docs/api.md)."""
-        from .label_updates import add_to_index
+        from .label_updates import add_to_index, check_new_labels
 
         _require_lists(self.index, "add_labels")
-        d, dtype, device = self.in_features, self.weight.dtype, self.weight.device
-        checks.tensor("weight", weight, 2, checks.FLOAT_DTYPES, f"[n, in_features = {d}] floating point")
-        if weight.shape[1] != d or weight.shape[0] < 1:
-            raise ValueError(f"weight must be [n >= 1, in_features = {d}], got {tuple(weight.shape)}")
-        n = weight.shape[0]
-        if bias is not None:
-            if self.bias is None:
-                raise ValueError("bias given, but the layer has no bias")
-            checks.tensor("bias", bias, 1, checks.FLOAT_DTYPES, f"[n = {n}] floating point")
-            if bias.shape[0] != n:
-                raise ValueError(f"bias must be [n = {n}], got {tuple(bias.shape)}")
-        if (queries is None) != (query_labels is None):
-            raise ValueError("queries and query_labels go together: give both or neither")
-        if not bool(torch.isfinite(weight).all()) or (bias is not None and not bool(torch.isfinite(bias).all())):
-            raise ValueError("weight and bias of the added labels must be finite")
-        if self.out_features + n > 2**31 - 1:
-            raise ValueError(f"at most 2^31 - 1 labels; {self.out_features} + {n} is more")
-        if queries is not None:
-            from .fit_pairs import fit_pairs
-
-            queries, query_labels = fit_pairs(queries, query_labels, n, d, device, "query_labels")
+        dtype, device = self.weight.dtype, self.weight.device
+        n, queries, query_labels = check_new_labels(weight, bias, queries, query_labels, dim=self.in_features,
+                                                    has_bias=self.bias is not None, num_labels=self.out_features,
+                                                    device=device)
         self._ensure_index()
         first = self.out_features
         w = torch.cat([self.weight.detach(), weight.detach().to(device=device, dtype=dtype)])

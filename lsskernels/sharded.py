@@ -49,8 +49,9 @@ from torch import nn
 
 from . import _checks as checks
 from . import _ops
-from .fit_pairs import fit_pairs, labels_matrix
+from .fit_pairs import labels_matrix
 from .families import make_index
+from .label_updates import check_new_labels
 from .layer import LSSLinear, _require_lists
 
 Tensor = torch.Tensor
@@ -559,31 +560,12 @@ class ShardedLSSLinear(nn.Module):
         owner's local call repeats them): every rank refuses alike, before
         the collective. Returns n."""
         _require_lists(self.local.index, "add_labels")
-        d = self.in_features
-        checks.tensor("weight", weight, 2, checks.FLOAT_DTYPES, f"[n, in_features = {d}] floating point")
-        if weight.shape[1] != d or weight.shape[0] < 1:
-            raise ValueError(f"weight must be [n >= 1, in_features = {d}], got {tuple(weight.shape)}")
-        n = weight.shape[0]
-        if bias is not None:
-            if self.local.bias is None:
-                raise ValueError("bias given, but the layer has no bias")
-            checks.tensor("bias", bias, 1, checks.FLOAT_DTYPES, f"[n = {n}] floating point")
-            if bias.shape[0] != n:
-                raise ValueError(f"bias must be [n = {n}], got {tuple(bias.shape)}")
-        if (queries is None) != (query_labels is None):
-            raise ValueError("queries and query_labels go together: give both or neither")
-        if not bool(torch.isfinite(weight).all()) or (bias is not None and not bool(torch.isfinite(bias).all())):
-            raise ValueError("weight and bias of the added labels must be finite")
-        if self.out_features + n > 2**31 - 1:
-            raise ValueError(f"at most 2^31 - 1 labels; {self.out_features} + {n} is more")
-        if queries is not None:
-            try:
-                with warnings.catch_warnings():  # the owner's own call warns about dropped pairs
-                    warnings.simplefilter("ignore")
-                    fit_pairs(queries, query_labels, n, d, queries.device if isinstance(queries, Tensor) else None)
-            except (TypeError, ValueError) as exc:  # fit_pairs says "labels": here they are query_labels
-                msg = str(exc)
-                raise type(exc)("query_" + msg if msg.startswith("labels") else msg) from None
+        device = queries.device if isinstance(queries, Tensor) else None
+        with warnings.catch_warnings():  # the owner's own call warns about dropped pairs
+            warnings.simplefilter("ignore")
+            n, _, _ = check_new_labels(weight, bias, queries, query_labels, dim=self.in_features,
+                                       has_bias=self.local.bias is not None, num_labels=self.out_features,
+                                       device=device)
         return n
 
     @torch.no_grad()

@@ -170,3 +170,17 @@ def packed_topk_problem(batch: int, num_labels: int, density: float, seed: int, 
 def leaves(*tensors):
     """Fresh leaves that require grad (None stays None)."""
     return [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
+
+
+def linear_of(weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Linear:
+    """An nn.Linear holding copies of weight [N, d] and bias [N]."""
+    lin = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        lin.bias.copy_(bias)
+    return lin
+
+
+def layer_for(task, **kw):
+    """LSSLinear.from_linear of a synthetic task's layer (max_candidates 40 unless given)."""
+    return lsskernels.LSSLinear.from_linear(linear_of(task.weight, task.bias), **{"max_candidates": 40, **kw})

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lsskernels as lss
+from helpers import layer_for
 from lsskernels import reference
 from lsskernels.data import make_synthetic_task
 from lsskernels.families import make_index
@@ -20,14 +21,6 @@ from lsskernels.training import label_recall
 @pytest.fixture(scope="module")
 def task():
     return make_synthetic_task(num_labels=4000, dim=32, num_train=8000, num_test=800, seed=3)
-
-
-def layer_for(task, **kw):
-    lin = torch.nn.Linear(task.weight.shape[1], task.num_labels)
-    with torch.no_grad():
-        lin.weight.copy_(task.weight)
-        lin.bias.copy_(task.bias)
-    return lss.LSSLinear.from_linear(lin, **{"max_candidates": 40, **kw})
 
 
 def precision(layer, x, y):

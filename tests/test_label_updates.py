@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lsskernels as lss
+from helpers import linear_of
 from lsskernels.data import make_synthetic_task
 
 pytestmark = pytest.mark.skipif(not lss.extension_loaded(), reason="compiled extension not built")
@@ -17,14 +18,6 @@ pytestmark = pytest.mark.skipif(not lss.extension_loaded(), reason="compiled ext
 @pytest.fixture(scope="module")
 def task():
     return make_synthetic_task(num_labels=4000, dim=32, num_train=12000, num_test=2000, seed=9)
-
-
-def linear_of(weight, bias):
-    lin = torch.nn.Linear(weight.shape[1], weight.shape[0])
-    with torch.no_grad():
-        lin.weight.copy_(weight)
-        lin.bias.copy_(bias)
-    return lin
 
 
 def test_added_labels_are_found_about_as_well_as_after_a_refit(task):

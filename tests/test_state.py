@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import lsskernels as lss
+from helpers import layer_for
 from lsskernels.data import make_synthetic_task
 
 pytestmark = pytest.mark.skipif(not lss.extension_loaded(), reason="compiled extension not built")
@@ -22,14 +23,6 @@ pytestmark = pytest.mark.skipif(not lss.extension_loaded(), reason="compiled ext
 @pytest.fixture(scope="module")
 def task():
     return make_synthetic_task(num_labels=3000, dim=32, num_train=3000, num_test=300, seed=5)
-
-
-def layer_for(task, **kw):
-    lin = torch.nn.Linear(task.weight.shape[1], task.num_labels)
-    with torch.no_grad():
-        lin.weight.copy_(task.weight)
-        lin.bias.copy_(task.bias)
-    return lss.LSSLinear.from_linear(lin, **{"max_candidates": 40, **kw})
 
 
 def index_state(layer):

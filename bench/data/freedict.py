@@ -78,6 +78,7 @@ from torch import nn
 
 from lsskernels.data import LabelTask, pad_label_lists
 
+from .cache import save_atomically
 from .dictd import DICTD_ROOT, DictdDatabase, dictd_files
 from .text import tokens
 
@@ -413,10 +414,7 @@ def build_freedict_task(root: str | os.PathLike = DICTD_ROOT, cfg: FreeDictConfi
     }
     log(f"  freedict: built in {blob['meta']['build_seconds']:.0f} s (model {train_seconds:.0f} s)")
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        save_atomically(blob, path)
     return _task(blob, False, path)
 
 

@@ -61,6 +61,7 @@ from torch import nn
 
 from lsskernels.data import LabelTask
 
+from .cache import save_atomically
 from .dictd import DICTD_ROOT, DictdDatabase, dictd_files
 
 __all__ = [
@@ -296,10 +297,7 @@ def build_gcide_lm_task(root: str | os.PathLike = DICTD_ROOT, cfg: GcideLMConfig
     }
     log(f"  gcide lm: built in {blob['meta']['build_seconds']:.0f} s (model {train_seconds:.0f} s)")
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        save_atomically(blob, path)
     return _task(blob, False, path)
 
 

@@ -61,6 +61,7 @@ import torch
 
 from lsskernels.data import LabelTask
 
+from .cache import save_atomically
 from .wordnet import WORDNET_PARTS, Synset, parse_wordnet_data, wordnet_files
 
 __all__ = [
@@ -273,10 +274,7 @@ def build_minilm_senses(
     }
     log(f"  minilm senses: encoded in {encode_seconds:.0f} s")
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        save_atomically(blob, path)
     return _task(blob, cached=False, path=path)
 
 
