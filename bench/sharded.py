@@ -37,7 +37,7 @@ import torch
 K_TOP = 5
 ROUNDS = 5  # timing rounds, interleaved between predict, the local predict and the all_gather
 BATCHES = (1, 256)
-COLUMNS = ["world", "P@1 sharded", "P@1 single", "P@1 dense", "B=1 ms/q", "B=1 local ms/q", "B=1 all_gather ms",
+COLUMNS = ["world", "P@1 sharded", "ranks agree", "P@1 single", "P@1 dense", "B=1 ms/q", "B=1 local ms/q", "B=1 all_gather ms",
            "B=256 ms/q", "B=256 local ms/q", "B=256 all_gather ms", "fit s"]
 
 
@@ -64,13 +64,18 @@ def _agreed_reps(fn, min_time: float, dist, group=None) -> int:
     return int(reps)
 
 
+def _top_ids(predict, x, k: int, batch: int = 256) -> torch.Tensor:
+    """[Q, k] ids of predict(x, k), batch by batch."""
+    return torch.cat([predict(x[s : s + batch], k)[1] for s in range(0, x.shape[0], batch)])
+
+
 def _p1(predict, x, y, batch: int = 256) -> float:
-    hits = 0
-    for s in range(0, x.shape[0], batch):
-        top = predict(x[s : s + batch], 1)[1][:, 0]
-        hits += int((top == y[s : s + batch]).sum()) if y.dim() == 1 else int(
-            (top.unsqueeze(1) == y[s : s + batch]).any(1).sum())
-    return hits / x.shape[0]
+    return _p1_of(_top_ids(predict, x, 1, batch)[:, 0], y)
+
+
+def _p1_of(top: torch.Tensor, y: torch.Tensor) -> float:
+    hits = int((top == y).sum()) if y.dim() == 1 else int((top.unsqueeze(1) == y).any(1).sum())
+    return hits / y.shape[0]
 
 
 def _worker(rank: int, world: int, tmpdir: str, candidates: int, min_time: float) -> None:
@@ -95,7 +100,12 @@ def _worker(rank: int, world: int, tmpdir: str, candidates: int, min_time: float
         fit_s = time.perf_counter() - t
         out: Dict[str, object] = {"world": world, "fit s": fit_s, "shards": report.shards}
         with torch.inference_mode():
-            out["P@1 sharded"] = _p1(layer.predict, p["test_x"], p["test_y"])
+            ids = _top_ids(layer.predict, p["test_x"], K_TOP)
+            out["P@1 sharded"] = _p1_of(ids[:, 0], p["test_y"])
+            # Every rank must return the same global top-k for every test query.
+            everyone = [torch.empty_like(ids) for _ in range(world)]
+            dist.all_gather(everyone, ids)
+            out["ranks agree"] = "yes" if all(torch.equal(ids, other) for other in everyone) else "NO"
             for b in BATCHES:
                 x = p["test_x"][:b] if b <= p["test_x"].shape[0] else p["test_x"].repeat(-(-b // p["test_x"].shape[0]), 1)[:b]
                 x = x.contiguous()
