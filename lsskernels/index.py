@@ -37,7 +37,7 @@ from torch import nn
 from . import _checks as checks
 from . import _ops
 from . import reference
-from .codec import encode_rows, probe_codes, quantize_rows_into
+from .partition.codec import encode_rows, probe_codes, quantize_rows_into
 from .reference import QUANT_LEVELS
 from .hashing import EXTRA_DIMS, augment_queries, label_codes, simhash_projections
 from .tables import build_label_tables, bucket_size_stats, validate_tables

@@ -21,10 +21,10 @@ from typing import Optional
 import torch
 
 from . import _checks as checks
-from .codec import encode_rows
+from .partition.codec import encode_rows
 from .fit_pairs import fit_pairs, labels_matrix
 from .index import PartitionIndex
-from .partitions import _nearest, label_homes
+from .partition.fit import _nearest, label_homes
 from .reference import augmented_labels
 
 Tensor = torch.Tensor

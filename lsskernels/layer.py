@@ -26,7 +26,7 @@ from torch import nn
 from . import _checks as checks
 from . import _ops
 from . import families
-from . import partitions as _partitions  # noqa: F401  (registers the "partitions" family)
+from .partition import fit as _partition_fit  # noqa: F401  (registers the "partitions" family)
 from . import training as _simhash  # noqa: F401  (registers the "simhash" family)
 from .families import index_from_extra_state, make_index
 from .index import LSSIndex, SearchParams, SimHashIndex

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lsskernels.calibration import CalibrationPoint, HoldOut, PairedLoss, choose_setting, hold_out, z_of
+from lsskernels.partition.calibration import CalibrationPoint, HoldOut, PairedLoss, choose_setting, hold_out, z_of
 
 
 def test_hold_out_strata_and_good_turing():

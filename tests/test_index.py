@@ -14,7 +14,7 @@ from lsskernels import reference
 from lsskernels.data import make_synthetic_task
 from lsskernels.families import make_index
 from lsskernels.index import PartitionIndex, SimHashIndex, default_partitions
-from lsskernels.partitions import PartitionFitConfig, label_homes, rerank_grid
+from lsskernels.partition.fit import PartitionFitConfig, label_homes, rerank_grid
 from lsskernels.training import label_recall
 
 

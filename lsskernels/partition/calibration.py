@@ -40,7 +40,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from . import _checks as checks
+from .. import _checks as checks
 
 Tensor = torch.Tensor
 

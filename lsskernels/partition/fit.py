@@ -51,15 +51,15 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from . import _checks as checks
-from . import _ops
+from .. import _checks as checks
+from .. import _ops
 from .calibration import (CalibrationPoint, PairedLoss, cheapest_accepted, choose_setting, hold_out, scan_cost,
                           setting_cost, z_of)
 from .codec import encode_labels, encode_rows
-from .families import Family, register
-from .fit_pairs import dense_hits, fit_logger, fit_pairs
-from .index import SPACES, PartitionIndex, default_partitions
-from .reference import augmented_labels
+from ..families import Family, register
+from ..fit_pairs import dense_hits, fit_logger, fit_pairs
+from ..index import SPACES, PartitionIndex, default_partitions
+from ..reference import augmented_labels
 
 
 Tensor = torch.Tensor

@@ -13,8 +13,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import _checks as checks
-from .reference import QUANT_LEVELS
+from .. import _checks as checks
+from ..reference import QUANT_LEVELS
 
 Tensor = torch.Tensor
 

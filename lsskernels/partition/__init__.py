@@ -1,0 +1,1 @@
+"""The partition family (lsskernels/partition/): its int8 codec, calibration and fit."""
