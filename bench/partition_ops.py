@@ -30,7 +30,7 @@ import torch
 
 import lsskernels as lss
 from lsskernels import reference
-from lsskernels.partition.codec import probe_codes
+from lsskernels.partition.probe import probe_codes
 from bench.common import machine_stamp, markdown_table, stamp_line, time_call, write_json
 
 

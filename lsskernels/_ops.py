@@ -503,7 +503,7 @@ def partition_predict_topk(x: Tensor, centroid_codes: Tensor, centroid_scales: T
                            backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """The partition family's predict in one call: the probe
     (quantized_probe: the int8 centroid codes, e.g. from
-    lsskernels.codec.probe_codes) -> quantized_candidates of the probed
+    lsskernels.partition.probe.probe_codes) -> quantized_candidates of the probed
     lists -> exact logits of the max_candidates best
     (gathered_logits) -> top-k. Returns (scores [B, k] in x's dtype, labels
     int64 [B, k]), -inf / -1 where a query has fewer than k candidates. With

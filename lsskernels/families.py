@@ -1,10 +1,10 @@
 """The family registry: what LSSLinear needs to know of an index family.
 
-A family is an index class (lsskernels/index.py: state, validation,
-inference), the knobs its constructor takes, how to build its unlearned
+A family is an index class (an LSSIndex of lsskernels/index.py: state,
+validation, inference), the knobs its constructor takes, how to build its unlearned
 index from the weights, and how to fit it to (query, label) pairs with its
 own options dataclass. Each family's builder module registers it
-(lsskernels/partitions.py, lsskernels/training.py); this module imports no
+(lsskernels/partition/fit.py, lsskernels/training.py); this module imports no
 family, so dependencies run one way: layer -> builders -> families -> index.
 
     family("partitions").fit(index, weight, bias, queries, labels, max_candidates=M, seed=0)

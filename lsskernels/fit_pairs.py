@@ -2,7 +2,7 @@
 argument checks, the label matrix, dropping non-finite queries, the dense
 layer's P@1 on them, and the progress line fit() prints.
 
-Families' fits (lsskernels/partitions.py, lsskernels/training.py) import
+Families' fits (lsskernels/partition/fit.py, lsskernels/training.py) import
 from here; this module imports no family.
 """
 from __future__ import annotations

@@ -21,10 +21,9 @@ from typing import Optional
 import torch
 
 from . import _checks as checks
-from .partition.codec import encode_rows
 from .fit_pairs import fit_pairs, labels_matrix
-from .index import PartitionIndex
 from .partition.fit import _nearest, label_homes
+from .partition.index import PartitionIndex
 from .reference import augmented_labels
 
 Tensor = torch.Tensor
@@ -87,8 +86,8 @@ def add_to_index(index: PartitionIndex, weight: Tensor, bias: Optional[Tensor], 
         spilled = int(sp.numel())
     if index.code_proj.numel():
         # Projected codes are centred on the mean label: re-encode every row.
-        index.add_rows(part, label, *encode_rows(weight, bias, label, proj=index.code_proj), num_labels=n_all)
+        index.add_rows(part, label, *index.codec.encode(weight, bias, label, proj=index.code_proj), num_labels=n_all)
         index.sync(weight, bias)
         return spilled
-    index.add_rows(part, label, *encode_rows(weight, bias, label), num_labels=n_all)
+    index.add_rows(part, label, *index.codec.encode(weight, bias, label), num_labels=n_all)
     return spilled

@@ -26,7 +26,7 @@ from torch import nn
 from . import _checks as checks
 from . import _ops
 from . import families
-from .partition import fit as _partition_fit  # noqa: F401  (registers the "partitions" family)
+from . import partition as _partition  # noqa: F401  (registers the "partitions" family)
 from . import training as _simhash  # noqa: F401  (registers the "simhash" family)
 from .families import index_from_extra_state, make_index
 from .index import LSSIndex, SearchParams, SimHashIndex
@@ -213,7 +213,7 @@ class LSSLinear(nn.Module):
         find their correct labels: queries [n, d] float; labels int64 [n] or
         [n, m] padded with -1. A function of (weights, pairs, options, seed):
         the index's own configuration is the starting point, never a previous
-        fit. Options: PartitionFitConfig (lsskernels/partitions.py) or
+        fit. Options: PartitionFitConfig (lsskernels/partition/fit.py) or
         FitConfig (lsskernels/training.py). Returns the family's report; the
         new index is installed (report.index)."""
         index, report = families.fit(self.index, self.weight, self.bias, queries, labels,

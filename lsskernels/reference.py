@@ -206,7 +206,7 @@ def topk_packed(values: Tensor, row_ptr: Tensor, bitmap: Tensor, k: int) -> Tupl
 
 
 # --------------------------------------------------------------------------
-# The partition family's ops (PartitionIndex in lsskernels/index.py; built and fitted in lsskernels/partitions.py).
+# The partition family's ops (PartitionIndex in lsskernels/partition/index.py; built and fitted in lsskernels/partition/fit.py).
 # --------------------------------------------------------------------------
 
 

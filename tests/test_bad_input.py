@@ -263,7 +263,7 @@ def test_native_partition_predict_topk_names_its_own_arguments():
     """The composite checks its arguments as the caller passed them, not as
     the arguments of the ops it hands them to."""
     from helpers import gen, random_partition_lists
-    from lsskernels.partition.codec import probe_codes
+    from lsskernels.partition.probe import probe_codes
     g = gen(6)
     x = torch.randn(2, 16, generator=g)
     probe = probe_codes(torch.randn(5, 16, generator=g)) + (torch.randn(5, generator=g),)

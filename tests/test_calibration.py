@@ -1,4 +1,4 @@
-"""lsskernels/calibration.py: the held-out strata and their Good-Turing
+"""lsskernels/partition/calibration.py: the held-out strata and their Good-Turing
 weight, the paired loss and its standard error, and the stop rule (a
 setting is accepted on its confidence bound, the cheapest accepted wins)."""
 import math

@@ -188,7 +188,7 @@ def test_named_objects_exist():
 def _callee(name: str):
     """The function a dotted name in the docs stands for, or None when it is
     not one of the package's (then it is not checked)."""
-    from lsskernels.index import PartitionIndex
+    from lsskernels.partition.index import PartitionIndex
     from lsskernels.layer import LSSLinear
 
     parts = name.split(".")

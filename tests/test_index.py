@@ -13,8 +13,9 @@ from helpers import layer_for
 from lsskernels import reference
 from lsskernels.data import make_synthetic_task
 from lsskernels.families import make_index
-from lsskernels.index import PartitionIndex, SimHashIndex, default_partitions
+from lsskernels.index import SimHashIndex
 from lsskernels.partition.fit import PartitionFitConfig, label_homes, rerank_grid
+from lsskernels.partition.index import PartitionIndex, default_partitions
 from lsskernels.training import label_recall
 
 

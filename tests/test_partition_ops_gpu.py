@@ -404,7 +404,7 @@ else:
     # ---------------------------------- the probe and the composite (Triton path)
     @pytest.mark.parametrize("projected", [False, True])
     def test_quantized_probe_and_partition_predict_topk_public_wrappers(projected):
-        from lsskernels.partition.codec import probe_codes
+        from lsskernels.partition.probe import probe_codes
 
         batch, d, parts, n, rank = 3, 40, 8, 120, 20
         x = torch.randn(batch, d, generator=gen(81))

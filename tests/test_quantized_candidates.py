@@ -22,7 +22,7 @@ import lsskernels as lss
 from lsskernels import _ops, reference
 from backends import HERE, ISA_CHILD, ROOT, cpu_isa_available, cpu_isa_child, on, on_backends, require_backend
 from helpers import FLOAT_DTYPES, TOLERANCES, gen, poison_heap, randn, random_partition_lists, random_probes
-from lsskernels.partition.codec import probe_codes
+from lsskernels.partition.probe import probe_codes
 
 def run_qc(backend, device, x, probes, lists, num_labels, max_candidates):
     offsets, codes, scales, bias, ids = on(device, *lists)

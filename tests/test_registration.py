@@ -6,7 +6,7 @@ import torch
 
 import lsskernels as lss
 from lsskernels import reference
-from lsskernels.partition.codec import probe_codes
+from lsskernels.partition.probe import probe_codes
 from helpers import randn, random_ids, random_partition_lists, random_probes, random_query_codes, random_tables
 
 pytestmark = pytest.mark.skipif(not lss.extension_loaded(), reason="compiled extension not built")

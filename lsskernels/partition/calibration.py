@@ -40,7 +40,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from .. import _checks as checks
+from .codec import INT8
 
 Tensor = torch.Tensor
 
@@ -147,8 +147,9 @@ def z_of(confidence: float) -> float:
 
 # -------------------------------------------------------------- cost model
 def scan_cost(rows: float, width: int) -> float:
-    """Streamed bytes of scanning `rows` code rows: `width` int8 plus the
-    row's scale, bias, id and sort key (20 bytes)."""
+    """Streamed bytes of scanning `rows` code rows: `width` bytes of code
+    (the codec's bytes_per_row) plus the row's scale, bias, id and sort key
+    (20 bytes)."""
     return rows * (width + 20)
 
 
@@ -158,7 +159,7 @@ def setting_cost(rows: float, width: int, rerank: int, dim: int, weight_bytes: i
     codes (scan_cost) and the exact rows (random reads of the weight matrix,
     priced at twice a streamed byte each: docs/performance.md). A model, not
     a timing, so that fit() stays a function of its inputs."""
-    probe_width = checks.code_width(dim)
+    probe_width = INT8.bytes_per_row(dim)  # the probe's centroid codes are int8 (probe.probe_codes)
     return scan_cost(partitions, probe_width) + scan_cost(rows, width) + 2.0 * rerank * dim * weight_bytes
 
 

@@ -1,6 +1,14 @@
 """The int8 codec of the partition family, one home: how label rows and
 centroids become the codes, scales and biases the quantized kernels read
-(csrc/cpu/quantized_candidates_cpu.cpp and its CUDA and Triton twins).
+(csrc/cpu/quantized_candidates_cpu.cpp and its CUDA and Triton twins), the
+scan ops that read them, and what a code row costs (bytes_per_row, which the
+calibration's cost model prices: lsskernels/partition/calibration.py).
+
+``Int8Codec`` is the codec as one object (``INT8``, the partition index's
+codec); a second format (4-bit, say) is one more class with the same
+methods and its ops. The free functions are the int8 codec's own steps,
+kept as functions for the callers that need one of them alone (the probe's
+centroid codes: lsskernels/partition/probe.py).
 
 A row w is coded as round(w * 127 / max|w|) with one float32 scale per row
 (w ~ codes * scale); the bias is kept exactly in float32. Codes are padded
@@ -14,6 +22,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _checks as checks
+from .. import _ops
 from ..reference import QUANT_LEVELS
 
 Tensor = torch.Tensor
@@ -48,20 +57,6 @@ def quantize_rows_into(rows: Tensor, codes: Tensor, scales: Tensor) -> None:
     scales.copy_(amax / QUANT_LEVELS)
 
 
-def probe_codes(centroids: Tensor) -> Tuple[Tensor, Tensor]:
-    """The centroids as the probe scores them: int8 codes [P, Dp] (Dp = d
-    rounded up to 32) and scales float32 [P] of centroids - their mean. The
-    mean shifts every partition's score by the same <x, mean>, so the ranking
-    is that of <x, c> + centroid_bias up to int8 rounding, and centering makes
-    the codes' rounding small against the differences between partitions."""
-    c = centroids.detach().to(torch.float32)
-    width = code_width(c.shape[1])
-    codes = torch.zeros(c.shape[0], width, dtype=torch.int8, device=c.device)
-    scales = torch.empty(c.shape[0], dtype=torch.float32, device=c.device)
-    quantize_rows_into(c - c.mean(0), codes, scales)
-    return codes, scales
-
-
 def encode_labels(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: int, proj: Optional[Tensor]):
     """Codes, scales and biases of the labels ids (int64 [T]), each encoded
     from its own row (see encode_rows)."""
@@ -79,3 +74,61 @@ def encode_labels(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: in
     code_bias = (bias.detach()[ids].to(torch.float32) if bias is not None
                  else torch.zeros(ids.numel(), dtype=torch.float32, device=weight.device))
     return codes, scales, code_bias
+
+
+class Int8Codec:
+    """Symmetric int8 codes, one float32 scale per row, the bias kept exactly
+    in float32 (the module docstring). What the partition index asks of a
+    codec: encode rows, the codes' dtype and bytes per row, check stored
+    codes, and the scan ops over them (the candidates scan and the fused
+    native predict)."""
+
+    name = "int8"
+    dtype = torch.int8
+    levels = QUANT_LEVELS
+
+    def bytes_per_row(self, code_dim: int) -> int:
+        """Bytes of one code row of code_dim dimensions (d rounded up to
+        CODE_ALIGN): the width of the codes buffer, and what the cost model
+        (calibration.scan_cost / setting_cost) prices per scanned row."""
+        return code_width(code_dim)
+
+    def encode(self, weight: Tensor, bias: Optional[Tensor], ids: Tensor, proj: Optional[Tensor] = None,
+               chunk: int = 1 << 16):
+        """(codes, scales, biases) of the labels ids: encode_rows."""
+        return encode_rows(weight, bias, ids, chunk, proj)
+
+    def encode_labels(self, weight: Tensor, bias: Optional[Tensor], ids: Tensor, proj: Optional[Tensor] = None,
+                      chunk: int = 1 << 16):
+        """(codes, scales, biases) of the labels ids, each from its own row: encode_labels."""
+        return encode_labels(weight, bias, ids, chunk, proj)
+
+    def quantize_into(self, rows: Tensor, codes: Tensor, scales: Tensor) -> None:
+        """Code float32 rows into codes / scales in place: quantize_rows_into."""
+        quantize_rows_into(rows, codes, scales)
+
+    def check_codes(self, codes: Tensor) -> None:
+        """Raise ValueError unless stored codes are in the symmetric range the int8 dots assume."""
+        if codes.numel() and int(codes.min()) < -QUANT_LEVELS:
+            raise ValueError(f"codes must be in [-{QUANT_LEVELS}, {QUANT_LEVELS}]")
+
+    def scan(self, q: Tensor, probes: Tensor, list_offsets: Tensor, codes: Tensor, code_scales: Tensor,
+             code_bias: Tensor, list_ids: Tensor, num_labels: int, max_candidates: int,
+             backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+        """The max_candidates best labels of each query q (as the codes see it)
+        by quantized score over its probed lists: _ops.quantized_candidates."""
+        return _ops.quantized_candidates(q, probes, list_offsets, codes, code_scales, code_bias, list_ids,
+                                         num_labels, max_candidates, backend=backend)
+
+    def has_fused_kernel(self, device_type: str) -> bool:
+        """Whether this build has the native kernels fused_predict composes for device_type."""
+        return _ops._has_kernel("quantized_candidates", device_type)
+
+    @property
+    def fused_predict(self):
+        """The native op probe -> scan -> exact rerank -> top-k in one call
+        (csrc/partition_predict_topk.cpp), for the index's own buffers."""
+        return torch.ops.lsskernels.partition_predict_topk.default
+
+
+INT8 = Int8Codec()

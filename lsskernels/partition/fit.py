@@ -1,4 +1,6 @@
-"""Building and fitting a PartitionIndex (lsskernels/index.py).
+"""Building and fitting a PartitionIndex (lsskernels/partition/index.py),
+through its public methods (set_partitions, install_lists,
+set_code_projection, set_search): the fit computes, the index writes.
 
 Build (from the weights alone):
   1. k-means (Lloyd, L2) of the bias-augmented label vectors v = [w, b] on a
@@ -26,7 +28,7 @@ Fit (LSSLinear.fit with the partition family), label-superior style:
      a moderate logit, or sits in a partition whose centroid scores low,
      now finds it in the partitions it does probe.
   5. **Space, probe count and shortlist.** Held-out pairs (two strata:
-     lsskernels/calibration.py) are neither clustered nor spilled while
+     lsskernels/partition/calibration.py) are neither clustered nor spilled while
      calibrating. In each space, for each power-of-two nprobe, the held-out
      queries get their `max_candidates` best labels by quantized score, and
      each query's top-1 is taken from the exact logits of the first R of
@@ -53,13 +55,13 @@ import torch
 
 from .. import _checks as checks
 from .. import _ops
-from .calibration import (CalibrationPoint, PairedLoss, cheapest_accepted, choose_setting, hold_out, scan_cost,
-                          setting_cost, z_of)
-from .codec import encode_labels, encode_rows
 from ..families import Family, register
 from ..fit_pairs import dense_hits, fit_logger, fit_pairs
-from ..index import SPACES, PartitionIndex, default_partitions
 from ..reference import augmented_labels
+from .codec import INT8, Int8Codec
+from .calibration import (CalibrationPoint, PairedLoss, cheapest_accepted, choose_setting, hold_out, scan_cost,
+                          setting_cost, z_of)
+from .index import SPACES, PartitionIndex, default_partitions
 
 
 Tensor = torch.Tensor
@@ -68,7 +70,7 @@ Tensor = torch.Tensor
 
 @dataclass
 class PartitionFitConfig:
-    holdout: int = 2000            # held-out pairs per stratum (lsskernels/calibration.py), at most a fifth of the pairs
+    holdout: int = 2000            # held-out pairs per stratum (partition/calibration.py), at most a fifth of the pairs
     spill_probes: int = 2          # a training label is spilled into its query's first spill_probes partitions
     spill_cap: Optional[int] = None  # spilled labels per partition (most-voted first); default: no cap
     max_nprobe: int = 256          # largest probe count the calibration tries
@@ -144,8 +146,8 @@ class LabelCodes:
     given width are all the same matrix (the top principal directions), so
     the width is the key."""
 
-    def __init__(self, weight: Tensor, bias: Optional[Tensor]) -> None:
-        self.weight, self.bias = weight, bias
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], codec: Int8Codec = INT8) -> None:
+        self.weight, self.bias, self.codec = weight, bias, codec
         self._encoded: Dict[tuple, tuple] = {}
 
     def rows(self, ids: Tensor, proj: Optional[Tensor]):
@@ -153,16 +155,16 @@ class LabelCodes:
         key = None if proj is None or proj.numel() == 0 else tuple(proj.shape)
         if key not in self._encoded:
             every = torch.arange(self.weight.shape[0], device=self.weight.device)
-            self._encoded[key] = encode_labels(self.weight, self.bias, every, 1 << 16, proj)
+            self._encoded[key] = self.codec.encode_labels(self.weight, self.bias, every, proj)
         codes, scales, code_bias = self._encoded[key]
         return codes[ids], scales[ids], code_bias[ids]
 
 
-def _codes_of(weight: Tensor, bias: Optional[Tensor], book: Optional[LabelCodes]):
-    """The encoder the index's list writer takes: a fit's LabelCodes, or encode_rows."""
+def _codes_of(weight: Tensor, bias: Optional[Tensor], book: Optional[LabelCodes], codec: Int8Codec = INT8):
+    """The encoder the index's list writer takes: a fit's LabelCodes, or the codec's encode."""
     if book is not None:
         return book.rows
-    return lambda ids, proj: encode_rows(weight, bias, ids, proj=proj)
+    return lambda ids, proj: codec.encode(weight, bias, ids, proj=proj)
 
 
 @torch.no_grad()
@@ -281,16 +283,14 @@ def evaluate_setting(index: "PartitionIndex", weight: Tensor, bias: Optional[Ten
     candidates is a label, bool [n]}, a label among the candidates bool [n],
     probed rows float64 [n]). probes: the queries' first >= nprobe partitions."""
     probes = probes[:, :nprobe].to(torch.int32).contiguous()
-    sizes = (index.list_offsets[1:] - index.list_offsets[:-1]).to(torch.float64)
+    sizes = index.list_sizes().to(torch.float64)
     rows = sizes[probes.to(torch.int64)].sum(1)
     hits = {r: torch.empty(queries.shape[0], dtype=torch.bool, device=queries.device) for r in reranks}
     found = torch.empty(queries.shape[0], dtype=torch.bool, device=queries.device)
     for s in range(0, queries.shape[0], batch):
         xq = queries[s : s + batch].to(weight.dtype)
         yq = y[s : s + batch]
-        ids, _ = _ops.quantized_candidates(index.code_queries(xq), probes[s : s + batch], index.list_offsets,
-                                           index.codes, index.code_scales, index.code_bias, index.list_ids,
-                                           index.num_labels, max_candidates)
+        ids, _ = index.scan(xq, probes[s : s + batch], max_candidates)
         logits = _ops.gathered_logits(xq, weight, bias, ids)
         for r in reranks:
             top = _ops.topk_gathered(logits[:, :r].contiguous(), ids[:, :r].contiguous(), 1)[1]
@@ -423,7 +423,7 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
 
 def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spill_probes, cap, cfg, max_candidates,
                report, log, book) -> Optional[Tensor]:
-    """Evaluate settings on the held-out pairs (lsskernels/calibration.py)
+    """Evaluate settings on the held-out pairs (lsskernels/partition/calibration.py)
     and record the chosen one in report; returns the chosen code projection
     (None: codes of x itself)."""
     hold = held.queries
@@ -462,11 +462,11 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
         # The held-out queries' probes at the largest nprobe, once: the first
         # p columns are their probes at p (best first), for every code dim.
         probes = _probe(idx, queries[hold], grid[-1])
-        sizes = (idx.list_offsets[1:] - idx.list_offsets[:-1]).to(torch.float64)
+        sizes = idx.list_sizes().to(torch.float64)
         rows_at = {p: float((weights * sizes[probes[:, :p]].sum(1)).sum()) for p in grid}
         for dim in dims:
             idx.set_code_projection(None if dim == index.dim else directions[:, :dim], _codes_of(weight, bias, book))
-            width = idx.codes.shape[1]
+            width = idx.codec.bytes_per_row(dim)
             for p in grid:
                 # Stop once this probe count's scan alone costs more than an
                 # accepted setting (probed rows only grow with nprobe), or the
