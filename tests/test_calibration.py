@@ -80,3 +80,16 @@ def test_the_stop_rule_needs_the_bound_not_the_estimate():
     budget = solid.cost(64, 32, 4) - 1
     point, _, ok = choose_setting([noisy, solid], 0.002, dim=32, weight_bytes=4, budget=budget)
     assert not ok and point is noisy
+
+
+def test_cost_model_prices_the_codecs_row_bytes():
+    # The codes buffer is as wide as the codec says, and the cost model
+    # prices a scanned row (and the probe's centroid rows) at those bytes
+    # plus 20 (scale, bias, id, sort key).
+    from lsskernels.partition import INT8, PartitionIndex
+    from lsskernels.partition.calibration import scan_cost, setting_cost
+
+    for dim in (1, 16, 33, 70):
+        assert PartitionIndex(64, dim).codes.shape[1] == INT8.bytes_per_row(dim)
+        assert scan_cost(10, INT8.bytes_per_row(dim)) == 10 * (INT8.bytes_per_row(dim) + 20)
+        assert setting_cost(0, 0, 0, dim, 4, partitions=8) == 8 * (INT8.bytes_per_row(dim) + 20)
