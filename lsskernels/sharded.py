@@ -53,6 +53,7 @@ from .fit_pairs import labels_matrix
 from .families import make_index
 from .label_updates import check_new_labels
 from .layer import LSSLinear, _require_lists
+from .partition.fit import judge_shards
 
 Tensor = torch.Tensor
 
@@ -245,9 +246,13 @@ class ShardedFitReport:
     partition family: space, num_partitions, nprobe, rerank, code_dim,
     dense_p1 and target on the shard's held-out pairs, spilled, seconds).
     local: this rank's own report (report.index is its new index), or None
-    where the shard had no pairs."""
+    where the shard had no pairs. merged: the nprobe and R every fitted
+    shard took when the calibration judged the merged layer (fit) found a
+    cheaper setting within tolerance than the shards chose alone (with its
+    merged loss, its summed cost and the shards' own summed cost), else None."""
     shards: List[Dict[str, Any]] = field(default_factory=list)
     local: Any = None
+    merged: Optional[Dict[str, Any]] = None
 
     @property
     def pairs(self) -> List[int]:
@@ -497,6 +502,12 @@ class ShardedLSSLinear(nn.Module):
         make this shard more or less right. The shard's target is its own
         dense P@1 on those pairs and its cost budget a fraction of its own
         rows' bytes. A shard with no pair keeps the unfitted index of its rows.
+        Then (partition family) nprobe and R are judged once more on the
+        merged layer (lsskernels/partition/fit.py, judge_shards): the
+        shards' losses weighted by their shares of the pairs, their standard
+        errors combined, so K shards need not each reach the tolerance on a
+        K-th of the held-out pairs; where that finds a cheaper setting every
+        shard evaluated, every shard takes it (report.merged).
 
         Progress lines (progress=True, the default) are printed by every rank,
         prefixed "[shard r/K]". Collective: one all_gather_object of the
@@ -540,7 +551,25 @@ class ShardedLSSLinear(nn.Module):
         if failed:
             raise RuntimeError("ShardedLSSLinear.fit failed on " + "; ".join(
                 f"rank {s['rank']}: {s['error']}" for s in failed))
-        return ShardedFitReport(shards=shards, local=report)
+        return ShardedFitReport(shards=shards, local=report, merged=self._judge_merged(shards, options))
+
+    def _judge_merged(self, shards: List[Dict[str, Any]], options: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Re-choose nprobe and R on the merged layer (judge_shards): every
+        rank computes the same choice from the same gathered reports, so no
+        collective. None where the shards' own settings stand."""
+        fitted = [s for s in shards if s["pairs"] and s.get("calibration")]
+        total = sum(s["pairs"] for s in fitted)
+        if len(fitted) < 2 or self.local.index.family != "partitions":
+            return None
+        verdict = judge_shards([(s["pairs"] / total, s) for s in fitted], max_candidates=self.local.max_candidates,
+                               dim=self.in_features, weight_bytes=self.local.weight.element_size(), **options)
+        if verdict is None:
+            return None
+        best, own_cost = verdict
+        if self.local.fitted and any(s["rank"] == self.rank for s in fitted):
+            self.local.index.set_search(best.nprobe, None if best.rerank >= self.local.max_candidates else best.rerank)
+        return {"nprobe": best.nprobe, "rerank": best.rerank, "loss": best.loss, "cost": best.cost,
+                "own_cost": own_cost}
 
     def rebuild_index(self) -> None:
         """The local index rebuilt unfitted from this shard's rows (local)."""

@@ -223,3 +223,37 @@ def cheapest_accepted(points: List[CalibrationPoint], tolerance: float, dim: int
     walk up the nprobe grid stops once a scan alone would cost more."""
     ok = accepted(points, tolerance, dim, weight_bytes, budget)
     return min(c for c, _, _ in ok) if ok else None
+
+
+# ----------------------------------------------------------------- shards
+@dataclass
+class MergedSetting:
+    """One (nprobe, R) judged on the layer merged from several shards."""
+    nprobe: int
+    rerank: int
+    loss: PairedLoss           # of the merged layer against dense
+    cost: float                # summed over the shards: every shard scans for every query
+
+
+def merged_settings(shards: List[Tuple[float, List[CalibrationPoint]]], z: float, dim: int,
+                    weight_bytes: int) -> List[MergedSetting]:
+    """The (nprobe, R) settings every shard evaluated, judged on the merged
+    layer. shards: (share, points) per shard, share the shard's fraction of
+    the queries (its labels' share of the fit pairs), points those of one
+    space and code width. A query's top-1 is decided by the shard holding
+    its label (lsskernels/sharded.py, fit), so the merged loss is the
+    share-weighted sum of the shards' losses; the shards' held-out pairs are
+    disjoint, so their estimates are independent and the variances add with
+    squared shares. The merged SE is about 1/sqrt(K) of a shard's: judging
+    each shard alone against the whole tolerance asks each for K times the
+    held-out pairs it has."""
+    tables = [(share, {(p.nprobe, r): p for p in points for r in p.loss}) for share, points in shards]
+    common = set.intersection(*(set(t) for _, t in tables)) if tables else set()
+    out = []
+    for nprobe, r in sorted(common):
+        loss = sum(share * t[(nprobe, r)].loss[r].loss for share, t in tables)
+        se = math.sqrt(sum((share * t[(nprobe, r)].loss[r].se) ** 2 for share, t in tables))
+        cost = sum(t[(nprobe, r)].cost(r, dim, weight_bytes) for _, t in tables)
+        out.append(MergedSetting(nprobe=nprobe, rerank=r, loss=PairedLoss(loss=loss, se=se, bound=loss + z * se),
+                                 cost=cost))
+    return out

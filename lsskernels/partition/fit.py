@@ -59,8 +59,8 @@ from ..families import Family, register
 from ..fit_pairs import dense_hits, fit_logger, fit_pairs
 from ..reference import augmented_labels
 from .codec import INT8, Int8Codec
-from .calibration import (CalibrationPoint, PairedLoss, cheapest_accepted, choose_setting, hold_out, scan_cost,
-                          setting_cost, z_of)
+from .calibration import (CalibrationPoint, MergedSetting, PairedLoss, cheapest_accepted, choose_setting, hold_out,
+                          merged_settings, setting_cost, z_of)
 from .index import SPACES, PartitionIndex, default_partitions
 
 
@@ -519,6 +519,39 @@ def query_space_index(index: "PartitionIndex", num_queries: int) -> "PartitionIn
                          device=index.centroids.device)
     out.partitions_override = index.partitions_override
     return out
+
+
+def judge_shards(shards: List[Tuple[float, Dict[str, object]]], *, max_candidates: int, dim: int,
+                 weight_bytes: int, **options) -> Optional[Tuple[MergedSetting, float]]:
+    """The search setting of a sharded layer judged on the merged layer
+    (lsskernels/partition/calibration.py, merged_settings), for shards that
+    each ran fit_partitions on the pairs of their own labels. shards: (share
+    of the queries, the shard's PartitionFitReport fields as a dict) of every
+    shard that fitted; options: the fit's (tolerance, confidence). Only
+    nprobe and R are re-chosen (each shard keeps its space, partitions and
+    code width, so the settings compared are ones every shard evaluated).
+    Returns (the cheapest setting whose merged bound is within tolerance,
+    the summed cost of the settings the shards chose alone) where the former
+    is cheaper, else None: the shards' own settings stand (each within
+    tolerance alone bounds the merged loss too)."""
+    cfg = PartitionFitConfig(**{k: v for k, v in options.items() if k in ("tolerance", "confidence")})
+    if len(shards) < 2:
+        return None
+    chosen = []
+    for share, rep in shards:
+        points = [p for p in rep["calibration"] if p.space == rep["space"] and p.code_dim == rep["code_dim"]]
+        own_r = rep["rerank"] or max_candidates
+        own = [p for p in points if p.nprobe == rep["nprobe"] and own_r in p.loss]
+        if not points or not own:
+            return None
+        chosen.append((share, points, own[0].cost(own_r, dim, weight_bytes)))
+    own_cost = sum(c for _, _, c in chosen)
+    ok = [s for s in merged_settings([(share, pts) for share, pts, _ in chosen], z_of(cfg.confidence), dim,
+                                     weight_bytes) if s.loss.bound <= cfg.tolerance + 1e-12]
+    if not ok:
+        return None
+    best = min(ok, key=lambda s: (s.cost, s.nprobe, s.rerank))
+    return (best, own_cost) if best.cost < own_cost else None
 
 
 def build_index(index: PartitionIndex, weight: Tensor, bias: Optional[Tensor]) -> None:
