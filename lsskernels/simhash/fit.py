@@ -1,7 +1,8 @@
-"""fit() of the SimHash family (SimHashIndex, lsskernels/index.py): learn the
-hash so that queries collide with their correct labels (Label Superior
-Sampling), then fill the buckets label-superior style. (The partition
-family's fit() is in lsskernels/partitions.py.)
+"""fit() of the SimHash family (SimHashIndex, lsskernels/simhash/index.py):
+learn the hash so that queries collide with their correct labels (Label
+Superior Sampling), then fill the buckets label-superior style. (The
+partition family's fit() is in lsskernels/partitions.py; what the two
+share is in lsskernels/fit_pairs.py.)
 
 Two parts, alternated for a few epochs:
 
@@ -33,32 +34,35 @@ Two parts, alternated for a few epochs:
    over the training queries (chunked, O(n N d) FLOPs, once per fit); the
    training loop itself never forms a dense [B, N] product.
 
+Every function below is one of its inputs: the index (its projections and
+tables), the layer's weight and bias, the candidate budget max_candidates,
+the pairs and the options.
+
 Each epoch reports loss, label recall (fraction of held-out training queries
 whose true label is among the candidates) and mean candidates per query.
 Deterministic for a given seed on a given device and thread count.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
 
-from . import _checks as checks
-from . import _ops
-from .families import Family, register
-from .fit_pairs import fit_pairs
+from .. import _checks as checks
+from .. import _ops
+from ..fit_pairs import among_labels, best_per_group, dense_topk, fit_logger, fit_options, fit_pairs, label_recall
+from .hashing import augment_labels, augment_queries, label_codes, label_norms, query_codes
 from .index import SimHashIndex
-from .hashing import augment_labels, augment_queries, label_norms
 
 
 Tensor = torch.Tensor
 
 
 @dataclass
-class FitConfig:
+class SimHashFitConfig:
+    """The options of the SimHash family's fit() (LSSLinear.fit(**options))."""
     epochs: int = 4
     batch_size: int = 512
     lr: float = 2e-2
@@ -76,7 +80,7 @@ class FitConfig:
 
 
 @dataclass
-class FitReport:
+class SimHashFitReport:
     """What fit() did, epoch by epoch (also printed when progress=True)."""
     epochs: List[dict] = field(default_factory=list)
     seconds: float = 0.0
@@ -86,22 +90,9 @@ class FitReport:
         return self.epochs[-1] if self.epochs else {}
 
 
-@torch.no_grad()
-def dense_teacher_labels(layer: "SimHashFit", queries: Tensor, k: int, chunk: int = 256) -> Tensor:
-    """The layer's own top-k labels for each query, int64 [n, k], by chunked
-    dense inference (fp32 accumulation)."""
-    out = torch.empty(queries.shape[0], k, dtype=torch.int64, device=queries.device)
-    for start in range(0, queries.shape[0], chunk):
-        xq = queries[start : start + chunk].to(layer.weight.dtype)
-        logits = torch.nn.functional.linear(xq, layer.weight, layer.bias)
-        out[start : start + chunk] = torch.topk(logits, k, dim=1).indices
-    return out
-
-
 def _with_teacher(y: Tensor, teacher: Tensor) -> Tensor:
     """Append teacher labels to y, as -1 where they repeat one of y's labels."""
-    dup = (teacher.unsqueeze(2) == y.unsqueeze(1)).any(2)
-    return torch.cat([y, teacher.masked_fill(dup, -1)], 1)
+    return torch.cat([y, teacher.masked_fill(among_labels(teacher, y), -1)], 1)
 
 
 def _soft_codes(v: Tensor, proj: Tensor, sharpness: float) -> Tensor:
@@ -119,27 +110,32 @@ def _one_label(y: Tensor, gen: torch.Generator) -> Tensor:
     return y.gather(1, pick.argmax(1, keepdim=True)).squeeze(1)
 
 
-@torch.no_grad()
-def label_superior_tables(layer: "SimHashFit", queries: Tensor, y: Tensor, cfg: FitConfig,
-                          chunk: int = 1 << 15):
-    """Tables with every label in its own P-bucket plus each training label in
-    the Q-buckets of its training queries, capped per bucket by insertion
-    weight. Returns (offsets, items) in the layer's table format."""
-    num_labels, num_tables, bits = layer.out_features, layer.num_tables, layer.bits
-    device = layer.weight.device
-    buckets = 1 << bits
-    cap = cfg.max_bucket_size or max(1, (2 * layer.max_candidates) // num_tables)
-    from .hashing import label_codes, query_codes
+def bucket_cap(cfg: SimHashFitConfig, max_candidates: int, num_tables: int) -> int:
+    """Labels per bucket at most: max_bucket_size, else 2 * max_candidates / num_tables."""
+    return cfg.max_bucket_size or max(1, (2 * max_candidates) // num_tables)
 
-    own = label_codes(layer.weight, layer.bias, layer.label_proj)  # [N, L]
+
+@torch.no_grad()
+def label_superior_tables(index: SimHashIndex, weight: Tensor, bias: Optional[Tensor], queries: Tensor, y: Tensor,
+                          cfg: SimHashFitConfig, max_candidates: int, chunk: int = 1 << 15):
+    """Tables with every label in its own bucket under index.label_proj plus
+    each training label in the buckets its training queries fall in under
+    index.query_proj, capped per bucket by insertion weight (bucket_cap).
+    Returns (offsets, items) in the index's table format."""
+    num_labels, num_tables, bits = index.num_labels, index.num_tables, index.bits
+    device = weight.device
+    buckets = 1 << bits
+    cap = bucket_cap(cfg, max_candidates, num_tables)
+
+    own = label_codes(weight, bias, index.label_proj)  # [N, L]
     table_ids = torch.arange(num_tables, device=device, dtype=torch.int64)
     keys = [((table_ids * buckets + own.to(torch.int64)) * num_labels
              + torch.arange(num_labels, device=device).unsqueeze(1)).reshape(-1)]
     weights = [torch.full((num_labels * num_tables,), cfg.own_bucket_weight, device=device)]
     for start in range(0, queries.shape[0], chunk):
-        xq = queries[start : start + chunk].to(layer.weight.dtype)
+        xq = queries[start : start + chunk].to(weight.dtype)
         yq = y[start : start + chunk]
-        qc = query_codes(xq, layer.query_proj).to(torch.int64)  # [n, L]
+        qc = query_codes(xq, index.query_proj).to(torch.int64)  # [n, L]
         bucket = table_ids * buckets + qc  # [n, L]
         k = (bucket.unsqueeze(2) * num_labels + yq.unsqueeze(1))  # [n, L, m]
         valid = (yq >= 0).unsqueeze(1).expand_as(k)
@@ -150,16 +146,8 @@ def label_superior_tables(layer: "SimHashFit", queries: Tensor, y: Tensor, cfg: 
     score = torch.zeros(uniq.numel(), device=device).index_add_(0, inverse, torch.cat(weights))
     bucket_of = uniq // num_labels
     label_of = uniq % num_labels
-    # Rank within each bucket by (score desc, label asc): uniq is sorted by
-    # (bucket, label), so a stable sort by score then a stable sort by bucket
-    # gives (bucket, score desc, label asc).
-    order = torch.sort(score, descending=True, stable=True).indices
-    order = order[torch.sort(bucket_of[order], stable=True).indices]
-    b_sorted = bucket_of[order]
-    counts = torch.bincount(b_sorted, minlength=num_tables * buckets)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(order.numel(), device=device) - starts[b_sorted]
-    kept = order[rank < cap]
+    # uniq is sorted by (bucket, label): ties in score go to the smaller label.
+    kept = best_per_group(bucket_of, score, num_tables * buckets, cap)
     kept = kept[torch.sort(uniq[kept]).indices]  # back to (bucket, label asc)
     kb, kl = bucket_of[kept], label_of[kept]
     sizes = torch.bincount(kb, minlength=num_tables * buckets).view(num_tables, buckets)
@@ -175,72 +163,32 @@ def label_superior_tables(layer: "SimHashFit", queries: Tensor, y: Tensor, cfg: 
     return offsets.to(torch.int32), items
 
 
-@torch.no_grad()
-def label_recall(layer: "SimHashFit", queries: Tensor, y: Tensor, batch: int = 1024) -> tuple:
-    """(fraction of queries with a true label among the candidates, mean candidates)."""
-    hits, cands = 0, 0.0
-    for start in range(0, queries.shape[0], batch):
-        xq = queries[start : start + batch].to(layer.weight.dtype)
-        ids, counts = layer.candidates(xq)
-        yq = y[start : start + batch]
-        found = ((ids.to(torch.int64).unsqueeze(2) == yq.unsqueeze(1)) & (yq.unsqueeze(1) >= 0)).any(2).any(1)
-        hits += int(found.sum())
-        cands += float(counts.to(torch.float64).sum())
-    n = max(1, queries.shape[0])
-    return hits / n, cands / n
-
-
-def _install_tables(layer: "SimHashFit", offsets: Tensor, items: Tensor) -> None:
-    layer.index.offsets, layer.index.items = offsets, items
-    layer.index.fitted = True
-    layer.index.built = True
-
-
-class SimHashFit:
-    """What the fitting functions read: the index's tables and projections
-    with the layer's weights and candidate budget (one object, so the
-    functions below read like they did on the layer)."""
-
-    def __init__(self, index: "SimHashIndex", weight: Tensor, bias: Optional[Tensor], max_candidates: int):
-        self.index, self.weight, self.bias, self.max_candidates = index, weight.detach(), (
-            bias.detach() if bias is not None else None), max_candidates
-        self.out_features, self.in_features = index.num_labels, index.dim
-        self.num_tables, self.bits = index.num_tables, index.bits
-
-    @property
-    def query_proj(self) -> Tensor:
-        return self.index.query_proj
-
-    @property
-    def label_proj(self) -> Tensor:
-        return self.index.label_proj
-
-    def candidates(self, x: Tensor):
-        return self.index.candidates(x, self.max_candidates)
-
-
-def fit_simhash(index: "SimHashIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor, labels: Tensor, *,
+def fit_simhash(index: SimHashIndex, weight: Tensor, bias: Optional[Tensor], queries: Tensor, labels: Tensor, *,
                 max_candidates: int, seed: int = 0, **options):
     """Fit an unbuilt SimHashIndex (its seeded projections are the starting
     point) to (hidden vector, label) pairs; see the module docstring.
     queries [n, d] float; labels int64 [n] or [n, m] (-1 padded). Options:
-    the fields of FitConfig. Returns (index, FitReport)."""
-    unknown = set(options) - set(FitConfig.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"fit() got unknown options {sorted(unknown)}; valid: {sorted(FitConfig.__dataclass_fields__)}")
-    cfg = FitConfig(**options)
+    the fields of SimHashFitConfig. Returns (index, SimHashFitReport)."""
+    cfg = fit_options(SimHashFitConfig, options, index.family)
+    weight = weight.detach()
+    bias = bias.detach() if bias is not None else None
     index.reindex(weight, bias)  # random tables of the seed's projections
-    layer = SimHashFit(index, weight, bias, max_candidates)
     checks.integer("epochs", cfg.epochs, 0)
     checks.integer("batch_size", cfg.batch_size, 1)
-    device = layer.weight.device
-    queries, y = fit_pairs(queries, labels, layer.out_features, layer.in_features, device)
-    checks.integer("teacher_topk", cfg.teacher_topk, 0, layer.out_features)
+    device = weight.device
+    queries, y = fit_pairs(queries, labels, index.num_labels, index.dim, device)
+    checks.integer("teacher_topk", cfg.teacher_topk, 0, index.num_labels)
+
+    def candidates(x: Tensor):
+        return index.candidates(x.to(weight.dtype), max_candidates)
+
+    def tables(xq: Tensor, yq: Tensor) -> None:
+        index.install_tables(*label_superior_tables(index, weight, bias, xq, yq, cfg, max_candidates))
 
     t_start = time.perf_counter()
     y_given = y  # recall is reported against the caller's labels only
     if cfg.teacher_topk:
-        y = _with_teacher(y, dense_teacher_labels(layer, queries, cfg.teacher_topk, cfg.teacher_chunk))
+        y = _with_teacher(y, dense_topk(weight, bias, queries, cfg.teacher_topk, cfg.teacher_chunk))
     gen = torch.Generator().manual_seed(seed)
     n = queries.shape[0]
     perm = torch.randperm(n, generator=gen).to(device)
@@ -250,68 +198,68 @@ def fit_simhash(index: "SimHashIndex", weight: Tensor, bias: Optional[Tensor], q
     xq_train, y_train = queries[train], y[train]
     xq_hold, y_hold = queries[hold], y_given[hold]
 
-    report = FitReport()
-    log = _progress_logger(cfg.progress)
-    recall0, cand0 = label_recall(layer, xq_hold, y_hold)
-    report.epochs.append({"epoch": 0, "loss": float("nan"), "recall": recall0, "candidates": cand0})
-    log(report.epochs[-1])
+    report = SimHashFitReport()
+    log = fit_logger(cfg.progress)
 
-    weight = layer.weight.detach()
-    bias = layer.bias.detach() if layer.bias is not None else None
+    def record(row: dict) -> None:
+        report.epochs.append(row)
+        log(f"epoch {row['epoch']}: loss {row['loss']:.4f}  label recall {row['recall']:.3f}  "
+            f"candidates/query {row['candidates']:.0f}")
+
+    recall0, cand0 = label_recall(candidates, xq_hold, y_hold)
+    record({"epoch": 0, "loss": float("nan"), "recall": recall0, "candidates": cand0})
+
     norm_bound = float(label_norms(weight, bias).max())
-    q_proj = layer.query_proj.detach().clone().to(torch.float32).requires_grad_(True)
-    p_proj = layer.label_proj.detach().clone().to(torch.float32).requires_grad_(True)
+    q_proj = index.query_proj.detach().clone().to(torch.float32).requires_grad_(True)
+    p_proj = index.label_proj.detach().clone().to(torch.float32).requires_grad_(True)
     opt = torch.optim.Adam([q_proj, p_proj], lr=cfg.lr)
-    K = layer.bits
 
     for epoch in range(1, cfg.epochs + 1):
         # Rebuild with the current projections so hard negatives are real.
-        offsets, items = label_superior_tables(layer, xq_train, y_train, cfg)
-        _install_tables(layer, offsets, items)
+        tables(xq_train, y_train)
         total, steps = 0.0, 0
         if cfg.learn_projections and xq_train.shape[0]:
             order = torch.randperm(xq_train.shape[0], generator=gen).to(device)
             for start in range(0, order.numel(), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 xb, yb = xq_train[idx].to(torch.float32), y_train[idx]
-                loss = _batch_loss(layer, xb, yb, weight, bias, norm_bound, q_proj, p_proj, K, cfg, gen)
+                loss = _batch_loss(index, candidates, weight, bias, norm_bound, q_proj, p_proj, xb, yb, cfg, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
-                    layer.query_proj.copy_(q_proj)
-                    layer.label_proj.copy_(p_proj)
+                    index.query_proj.copy_(q_proj)
+                    index.label_proj.copy_(p_proj)
                 total += float(loss.detach())
                 steps += 1
         # Recall is measured on held-out queries whose labels were not
         # inserted from them: what a new query sees.
-        offsets, items = label_superior_tables(layer, xq_train, y_train, cfg)
-        _install_tables(layer, offsets, items)
-        recall, cands = label_recall(layer, xq_hold, y_hold)
-        report.epochs.append({"epoch": epoch, "loss": total / max(1, steps), "recall": recall, "candidates": cands,
-                              "seconds": time.perf_counter() - t_start})
-        log(report.epochs[-1])
+        tables(xq_train, y_train)
+        recall, cands = label_recall(candidates, xq_hold, y_hold)
+        record({"epoch": epoch, "loss": total / max(1, steps), "recall": recall, "candidates": cands,
+                "seconds": time.perf_counter() - t_start})
     # The final tables use every pair, held-out ones included.
-    offsets, items = label_superior_tables(layer, queries, y, cfg)
-    _install_tables(layer, offsets, items)
+    tables(queries, y)
     report.seconds = time.perf_counter() - t_start
     report.index = index
     return index, report
 
 
-def _batch_loss(layer, xb, yb, weight, bias, norm_bound, q_proj, p_proj, K, cfg, gen) -> Tensor:
+def _batch_loss(index: SimHashIndex, candidates, weight: Tensor, bias: Optional[Tensor], norm_bound: float,
+                q_proj: Tensor, p_proj: Tensor, xb: Tensor, yb: Tensor, cfg: SimHashFitConfig,
+                gen: torch.Generator) -> Tensor:
     """Per-table softmax cross-entropy of code agreement: the true label
-    (column 0) against hard and random negatives."""
+    (column 0) against hard negatives (candidates(xb), the current tables')
+    and random ones."""
     device = xb.device
-    B, L = xb.shape[0], layer.num_tables
+    B, L, K = xb.shape[0], index.num_tables, index.bits
     positive = _one_label(yb, gen)  # [B]
-    cand, _ = layer.candidates(xb.to(weight.dtype))
+    cand, _ = candidates(xb)
     cand = cand[:, : cfg.hard_negatives].to(torch.int64) if cfg.hard_negatives else cand[:, :0].to(torch.int64)
-    is_true = (cand.unsqueeze(2) == yb.unsqueeze(1)).any(2)
-    rand = torch.randint(0, layer.out_features, (B, cfg.random_negatives), generator=gen).to(device)
+    rand = torch.randint(0, index.num_labels, (B, cfg.random_negatives), generator=gen).to(device)
     # A negative that is one of the query's labels (or padding) is masked out.
-    hard = cand.masked_fill(is_true | (cand < 0), -1)
-    rand = rand.masked_fill((rand.unsqueeze(2) == yb.unsqueeze(1)).any(2), -1)
+    hard = cand.masked_fill(among_labels(cand, yb) | (cand < 0), -1)
+    rand = rand.masked_fill(among_labels(rand, yb), -1)
     ids = torch.cat([positive.unsqueeze(1), hard, rand], 1)  # [B, J]
     uniq, local = torch.unique(ids.clamp(min=0), return_inverse=True)
     vecs = augment_labels(weight[uniq], bias[uniq] if bias is not None else None, norm_bound).to(torch.float32)
@@ -328,36 +276,6 @@ def _batch_loss(layer, xb, yb, weight, bias, norm_bound, q_proj, p_proj, K, cfg,
     return torch.nn.functional.cross_entropy(logits, target)
 
 
-def _progress_logger(enabled: bool):
-    bar = None
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(desc="LSS fit", unit="epoch", leave=True)
-        except ImportError:
-            bar = None
-
-    def log(row: dict) -> None:
-        if not enabled:
-            return
-        text = (f"epoch {row['epoch']}: loss {row['loss']:.4f}  label recall {row['recall']:.3f}  "
-                f"candidates/query {row['candidates']:.0f}")
-        if bar is not None:
-            if row["epoch"] > 0:
-                bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", recall=f"{row['recall']:.3f}", cands=f"{row['candidates']:.0f}")
-            bar.write(text)
-        else:
-            print(text, flush=True)
-
-    return log
-
-
 def build_simhash(index: SimHashIndex, weight: Tensor, bias: Optional[Tensor]) -> None:
     """The unlearned index: the seed's random projections, each label once per table."""
     index.rebuild(weight, bias)
-
-
-register(Family(name="simhash", index_class=SimHashIndex, knobs=("num_tables", "bits", "min_hits"),
-                options=FitConfig, build=build_simhash, fit=fit_simhash))
