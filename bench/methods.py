@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 import lsskernels as lss
+from lsskernels.families import config_from_knobs
 from lsskernels.reference import augmented_labels as label_vectors
 
 Tensor = torch.Tensor
@@ -191,8 +192,8 @@ class LSS(Method):
             linear.weight.copy_(weight)
             linear.bias.copy_(bias)
         start = time.perf_counter()
-        self.layer = lss.LSSLinear.from_linear(linear, max_candidates=cfg.candidates, family=cfg.family,
-                                               seed=cfg.seed, **dict(cfg.knobs))
+        self.layer = lss.LSSLinear.from_linear(linear, max_candidates=cfg.candidates, seed=cfg.seed,
+                                               index=config_from_knobs(cfg.family, **dict(cfg.knobs)))
         del linear
         self.family = "lss-random"
         if fit_on is None:

@@ -39,7 +39,8 @@ def scaling_bits(num_labels: int, candidates: int, tables: int = TABLES) -> int:
 def make_layer(num_labels: int, dim: int, candidates: int, seed: int):
     torch.manual_seed(seed)
     start = time.perf_counter()
-    layer = lss.LSSLinear(dim, num_labels, num_tables=TABLES, bits=scaling_bits(num_labels, candidates),
+    layer = lss.LSSLinear(dim, num_labels, index=lss.SimHashConfig(num_tables=TABLES,
+                                                                  bits=scaling_bits(num_labels, candidates)),
                           max_candidates=candidates, seed=seed)
     layer.rebuild_index()
     return LSS.wrap(f"LSSLinear random SimHash, M={candidates}", layer, time.perf_counter() - start)
@@ -99,7 +100,7 @@ def run(ctx: RunContext, *, candidates: int = 2048, dim: int = 128, grid: Dict[s
     rows_b: List[Dict[str, object]] = []
     for n in sorted(set(grid["N"]) | {grid["batch_N"]}):
         m = make_layer(n, dim, candidates, seed)
-        ctx.log(f"  scaling: N={n:,}, K={m.layer.bits}: tables built in {m.build_seconds:.1f} s")
+        ctx.log(f"  scaling: N={n:,}, K={m.layer.index.bits}: tables built in {m.build_seconds:.1f} s")
         if n in grid["N"]:
             for b in grid["N_batch"]:
                 rows_n.append(row(n, b, time_methods(m, queries, b, min_time), m.build_seconds))

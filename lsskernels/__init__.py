@@ -14,6 +14,8 @@ Public API (see docs/api.md):
     sampled_cross_entropy, SampledCrossEntropyLoss, RowSparseAdagrad
                                    training the layer: sampled softmax with
                                    index-mined negatives (docs/training.md)
+    PartitionConfig, SimHashConfig the index families' knobs, for
+                                   LSSLinear(..., index=...)
 """
 from ._ops import (
     BACKENDS,
@@ -34,6 +36,8 @@ from ._ops import (
 )
 from .index import SearchParams
 from .layer import LSSLinear
+from .partition import PartitionConfig
+from .simhash import SimHashConfig
 from .sampled_loss import RowSparseAdagrad, SampledCrossEntropyLoss, sampled_cross_entropy
 from .sharded import ShardedLSSLinear, vocab_parallel_cross_entropy
 
@@ -43,10 +47,12 @@ __version__ = "0.6.0"
 __all__ = [
     "BACKENDS",
     "LSSLinear",
+    "PartitionConfig",
     "RowSparseAdagrad",
     "SampledCrossEntropyLoss",
     "SearchParams",
     "ShardedLSSLinear",
+    "SimHashConfig",
     "bitmap_sparse_matmul",
     "bucket_lookup",
     "bucket_lookup_bitmap",

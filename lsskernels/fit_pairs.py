@@ -1,14 +1,17 @@
-"""The (query, label) pairs every family's fit() learns from, one home:
-argument checks, the label matrix, dropping non-finite queries, the dense
-layer's P@1 on them, and the progress line fit() prints.
+"""What every family's fit() shares, one home: the (query, label) pairs
+(argument checks, the label matrix, dropping non-finite queries), the
+options check, the dense layer's top-k / P@1 on the pairs, whether a label
+is among a query's candidates and the label recall of an index, the capped
+"best per bucket" selection of label-superior insertion, and the progress
+lines fit() prints.
 
-Families' fits (lsskernels/partition/fit.py, lsskernels/training.py) import
+Families' fits (lsskernels/partition/fit.py, lsskernels/simhash/fit.py) import
 from here; this module imports no family.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -30,6 +33,16 @@ def labels_matrix(labels: Tensor, n: int, num_labels: int, name: str = "labels")
     if y.numel() and not bool((y >= 0).any(1).all()):
         raise ValueError(f"every query needs at least one label (a row of {name} is all -1)")
     return y
+
+
+def fit_options(options_class: type, options: dict, family: str):
+    """options_class(**options): the family's fit options, refusing with a
+    TypeError any option that is not one of its fields."""
+    valid = options_class.__dataclass_fields__
+    unknown = set(options) - set(valid)
+    if unknown:
+        raise TypeError(f"fit() got unknown options {sorted(unknown)} for the {family} family; valid: {sorted(valid)}")
+    return options_class(**options)
 
 
 def fit_pairs(queries: Tensor, labels: Tensor, num_labels: int, dim: int, device,
@@ -56,6 +69,44 @@ def fit_pairs(queries: Tensor, labels: Tensor, num_labels: int, dim: int, device
     return queries, y
 
 
+def among_labels(ids: Tensor, y: Tensor) -> Tensor:
+    """bool [n, M]: whether each of ids [n, M] (int, -1 padded) is one of its
+    row's labels y int64 [n, m] (-1 padded; padding matches nothing)."""
+    return ((ids.to(torch.int64).unsqueeze(2) == y.unsqueeze(1)) & (y.unsqueeze(1) >= 0)).any(2)
+
+
+def labels_found(ids: Tensor, y: Tensor) -> Tensor:
+    """bool [n]: whether a label of each row of y [n, m] is among its ids [n, M]
+    (a query's candidates, or its top-k)."""
+    return among_labels(ids, y).any(1)
+
+
+@torch.no_grad()
+def label_recall(candidates: Callable[[Tensor], Tuple[Tensor, Tensor]], queries: Tensor, y: Tensor,
+                 batch: int = 1024) -> Tuple[float, float]:
+    """(fraction of queries with a label among their candidates, mean
+    candidates per query). candidates(x) -> (ids [b, M], counts [b]) for a
+    batch of the queries (LSSLinear.candidates, or an index's with its budget)."""
+    hits, cands = 0, 0.0
+    for start in range(0, queries.shape[0], batch):
+        ids, counts = candidates(queries[start : start + batch])
+        hits += int(labels_found(ids, y[start : start + batch]).sum())
+        cands += float(counts.to(torch.float64).sum())
+    n = max(1, queries.shape[0])
+    return hits / n, cands / n
+
+
+@torch.no_grad()
+def dense_topk(weight: Tensor, bias: Optional[Tensor], queries: Tensor, k: int, chunk: int = 256) -> Tensor:
+    """The full dense layer's top-k labels for each query, int64 [n, k], in
+    chunks of queries."""
+    out = torch.empty(queries.shape[0], k, dtype=torch.int64, device=queries.device)
+    for s in range(0, queries.shape[0], chunk):
+        logits = torch.nn.functional.linear(queries[s : s + chunk].to(weight.dtype), weight, bias)
+        out[s : s + chunk] = torch.topk(logits, k, dim=1).indices
+    return out
+
+
 @torch.no_grad()
 def dense_hits(weight: Tensor, bias: Optional[Tensor], queries: Tensor, y: Tensor, chunk: int = 256) -> Tensor:
     """bool [n]: whether the full dense layer's top-1 is one of each pair's labels."""
@@ -71,8 +122,27 @@ def dense_precision(weight: Tensor, bias: Optional[Tensor], queries: Tensor, y: 
     return float(dense_hits(weight, bias, queries, y, chunk).double().mean()) if queries.shape[0] else 0.0
 
 
+def best_per_group(group: Tensor, score: Tensor, num_groups: int, cap: int) -> Tensor:
+    """Which entries to keep when each group (a bucket, a partition) keeps at
+    most cap: its best by score, ties to the earlier entry. group int64 [T]
+    in [0, num_groups), score [T]. Returns the kept entries' positions,
+    int64, ordered by (group, score desc, position). Label-superior
+    insertion's cap: entries made by torch.unique of (group, label) keys
+    come sorted by (group, label), so ties go to the smaller label."""
+    # A stable sort by score, then a stable sort by group, gives
+    # (group, score desc, position).
+    order = torch.sort(score, descending=True, stable=True).indices
+    order = order[torch.sort(group[order], stable=True).indices]
+    g = group[order]
+    counts = torch.bincount(g, minlength=num_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.numel(), device=order.device) - starts[g]
+    return order[rank < cap]
+
+
 def fit_logger(enabled: bool):
-    """print(f"LSS fit: {text}") when enabled (PartitionFitConfig / FitConfig progress)."""
+    """The one progress logger of every fit: log(text) prints
+    f"LSS fit: {text}" when enabled (the fit options' progress field)."""
     def log(text: str) -> None:
         if enabled:
             print(f"LSS fit: {text}", flush=True)

@@ -8,7 +8,8 @@ computes exact logits only for the candidates its index retrieves.
     scores, ids = layer.predict(x, k)
 
 The layer holds the weights and one candidate index (lsskernels/index.py:
-the "partitions" family by default, or "simhash"); the index is a submodule,
+the "partitions" family by default, or "simhash", lsskernels/simhash/; chosen
+by index=, a family name or its config); the index is a submodule,
 so state_dict() / load_state_dict() round-trip a fitted layer exactly, and
 loaded tables are validated before any kernel sees them. The rule that keeps
 the index in sync with the weights lives in one place, _ensure_index().
@@ -16,8 +17,9 @@ the index in sync with the weights lives in one place, _ensure_index().
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +29,11 @@ from . import _checks as checks
 from . import _ops
 from . import families
 from . import partition as _partition  # noqa: F401  (registers the "partitions" family)
-from . import training as _simhash  # noqa: F401  (registers the "simhash" family)
+from . import simhash as _simhash  # noqa: F401  (registers the "simhash" family)
+from .configs import IndexConfig
 from .families import index_from_extra_state, make_index
-from .index import LSSIndex, SearchParams, SimHashIndex
+from .index import LSSIndex, SearchParams
+from .simhash.index import SimHashIndex
 
 Tensor = torch.Tensor
 
@@ -42,20 +46,26 @@ class LSSLinear(nn.Module):
     Args:
         in_features, out_features, bias: as nn.Linear.
         max_candidates (M): exact logits computed per query, the one knob.
-        family: "partitions" (default) or "simhash"; None picks "simhash"
-            when a SimHash knob is given.
-        num_partitions, nprobe: partition-family overrides (default: chosen
-            from N, and nprobe calibrated by fit() on held-out pairs).
-        num_tables (L), bits (K), min_hits: SimHash-family knobs.
+        index: the index family and its knobs: a family name, "partitions"
+            (the default) or "simhash", for its defaults, or a config
+            (lsskernels.partition.PartitionConfig(num_partitions, nprobe: None
+            chooses them from N and calibrates nprobe in fit()),
+            lsskernels.simhash.SimHashConfig(num_tables, bits, min_hits)).
         seed: seed of the index (k-means sample, projections, fit()).
         backend: force a kernel backend (see lsskernels._ops); None = automatic.
+        family, num_partitions, nprobe, num_tables, bits, min_hits:
+            deprecated (DeprecationWarning): the index= of before; family
+            None picks "simhash" when a SimHash knob is given.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 max_candidates: int = 256, family: Optional[str] = None,
-                 num_partitions: Optional[int] = None, nprobe: Optional[int] = None,
-                 num_tables: Optional[int] = None, bits: Optional[int] = None, min_hits: Optional[int] = None,
-                 seed: int = 0, backend: Optional[str] = None, device=None, dtype=None) -> None:
+                 max_candidates: int = 256, index: Union[str, IndexConfig, None] = None,
+                 seed: int = 0, backend: Optional[str] = None, device=None, dtype=None,
+                 family: Optional[str] = None, num_partitions: Optional[int] = None, nprobe: Optional[int] = None,
+                 num_tables: Optional[int] = None, bits: Optional[int] = None,
+                 min_hits: Optional[int] = None) -> None:
+        config = _index_config(index, "LSSLinear", family=family, num_partitions=num_partitions, nprobe=nprobe,
+                               num_tables=num_tables, bits=bits, min_hits=min_hits)
         super().__init__()
         checks.integer("in_features", in_features, 1)
         checks.integer("out_features", out_features, 1, 2**31 - 1)
@@ -71,9 +81,7 @@ class LSSLinear(nn.Module):
         self._reset_linear_parameters()
         # The index is built on first use (or by from_linear / fit), not
         # here: indexing 10^7 freshly initialised rows would be wasted work.
-        self.index: LSSIndex = make_index(out_features, in_features, family=family, seed=seed, device=device,
-                                          num_partitions=num_partitions, nprobe=nprobe, num_tables=num_tables,
-                                          bits=bits, min_hits=min_hits)
+        self.index: LSSIndex = make_index(out_features, in_features, config=config, seed=seed, device=device)
         # Removed labels (remove_labels): never listed by the index, -inf in
         # every logit the layer returns; their ids stay until compact().
         self.register_buffer("removed", torch.zeros(out_features, dtype=torch.bool, device=device))
@@ -105,19 +113,22 @@ class LSSLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, max_candidates: int = 256, family: Optional[str] = None,
-                    num_partitions: Optional[int] = None, nprobe: Optional[int] = None,
-                    num_tables: Optional[int] = None, bits: Optional[int] = None, min_hits: Optional[int] = None,
-                    seed: int = 0, backend: Optional[str] = None) -> "LSSLinear":
+    def from_linear(cls, linear: nn.Linear, *, max_candidates: int = 256,
+                    index: Union[str, IndexConfig, None] = None, seed: int = 0, backend: Optional[str] = None,
+                    family: Optional[str] = None, num_partitions: Optional[int] = None, nprobe: Optional[int] = None,
+                    num_tables: Optional[int] = None, bits: Optional[int] = None,
+                    min_hits: Optional[int] = None) -> "LSSLinear":
         """An LSSLinear with a copy of linear's weight and bias. Its unlearned
         index (k-means partitions, or random SimHash) is built on first use,
         or by rebuild_index(); fit() builds its own, so from_linear + fit
-        runs k-means once."""
+        runs k-means once. index: as the constructor's (family, ...,
+        min_hits: deprecated, as there)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        config = _index_config(index, "LSSLinear.from_linear", family=family, num_partitions=num_partitions,
+                               nprobe=nprobe, num_tables=num_tables, bits=bits, min_hits=min_hits)
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                    max_candidates=max_candidates, family=family, num_partitions=num_partitions, nprobe=nprobe,
-                    num_tables=num_tables, bits=bits, min_hits=min_hits, seed=seed, backend=backend,
+                    max_candidates=max_candidates, index=config, seed=seed, backend=backend,
                     device=linear.weight.device, dtype=linear.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(linear.weight)
@@ -135,8 +146,10 @@ class LSSLinear(nn.Module):
         return self.index.fitted
 
     def _simhash(self, name: str):
+        # Deprecated: the knobs are the index's (layer.index.num_tables).
         if not isinstance(self.index, SimHashIndex):
             raise AttributeError(f"{name} is a SimHash knob; this layer's index is {self.index.family!r}")
+        warnings.warn(f"LSSLinear.{name} is deprecated; use layer.index.{name}", DeprecationWarning, stacklevel=3)
         return getattr(self.index, name)
 
     num_tables = property(lambda self: self._simhash("num_tables"))
@@ -214,7 +227,7 @@ class LSSLinear(nn.Module):
         [n, m] padded with -1. A function of (weights, pairs, options, seed):
         the index's own configuration is the starting point, never a previous
         fit. Options: PartitionFitConfig (lsskernels/partition/fit.py) or
-        FitConfig (lsskernels/training.py). Returns the family's report; the
+        SimHashFitConfig (lsskernels/simhash/fit.py). Returns the family's report; the
         new index is installed (report.index)."""
         index, report = families.fit(self.index, self.weight, self.bias, queries, labels,
                                      max_candidates=self.max_candidates, seed=self.seed if seed is None else seed,
@@ -442,6 +455,29 @@ class LSSLinear(nn.Module):
                 module.index = index.clone_empty().to(module.weight.device)  # rebuilt on first use
                 raise ValueError(f"the state_dict's index was not built from its weights: {reason}")
         module._mark_indexed()
+
+
+_DEPRECATED_KNOBS = ("family", "num_partitions", "nprobe", "num_tables", "bits", "min_hits")
+
+
+def _index_config(index, where: str, **legacy) -> IndexConfig:
+    """The index configuration of LSSLinear's arguments: index= (a family name
+    or a config; None: the default family), or the deprecated per-family
+    keywords (legacy), with a DeprecationWarning that names the index= to
+    write instead. Both at once is a TypeError."""
+    given = {k: v for k, v in legacy.items() if v is not None}
+    if not given:
+        return families.index_config(families.DEFAULT if index is None else index)
+    if index is not None:
+        raise TypeError(f"{where}: give the index either as index= or as the deprecated keywords "
+                        f"{sorted(given)}, not both (got index={index!r})")
+    config = families.config_from_knobs(**given)
+    knobs = {k: v for k, v in given.items() if k != "family"}
+    instead = (f"index={config.family!r}" if not knobs else
+               f"index={type(config).__name__}({', '.join(f'{k}={v!r}' for k, v in knobs.items())})")
+    old = ", ".join(f"{k}={v!r}" for k, v in given.items())
+    warnings.warn(f"{where}({old}) is deprecated: pass {instead}", DeprecationWarning, stacklevel=3)
+    return config
 
 
 def _require_lists(index: LSSIndex, what: str) -> None:

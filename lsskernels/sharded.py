@@ -50,7 +50,7 @@ from torch import nn
 from . import _checks as checks
 from . import _ops
 from .fit_pairs import labels_matrix
-from .families import make_index
+from .families import config_from_knobs, make_index
 from .label_updates import check_new_labels
 from .layer import LSSLinear, _require_lists
 from .partition.fit import judge_shards
@@ -337,8 +337,8 @@ class ShardedLSSLinear(nn.Module):
         self._knobs = dict(num_partitions=num_partitions, nprobe=nprobe, num_tables=num_tables, bits=bits,
                            min_hits=min_hits)
         self.local = LSSLinear(in_features, self.stop - self.start, bias, max_candidates=max_candidates,
-                               family=family, num_partitions=num_partitions, nprobe=nprobe, num_tables=num_tables,
-                               bits=bits, min_hits=min_hits, seed=seed, backend=backend, device=device, dtype=dtype)
+                               index=config_from_knobs(family, **self._knobs), seed=seed, backend=backend,
+                               device=device, dtype=dtype)
 
     # ----------------------------------------------------------- builders
     @classmethod
@@ -793,8 +793,8 @@ class ShardedLSSLinear(nn.Module):
                              f"[{stop - start}, {self.in_features}]")
         old = self.local
         self.local = LSSLinear(self.in_features, stop - start, old.bias is not None,
-                               max_candidates=old.max_candidates, family=old.family, seed=old.seed,
-                               backend=old.backend, device=old.weight.device, dtype=old.weight.dtype, **self._knobs)
+                               max_candidates=old.max_candidates, index=config_from_knobs(old.family, **self._knobs),
+                               seed=old.seed, backend=old.backend, device=old.weight.device, dtype=old.weight.dtype)
         self.local.train(old.training)
         self._set_bounds(bounds)
 
@@ -882,7 +882,7 @@ class ShardedLSSLinear(nn.Module):
             return None
         w = state["weight"]
         layer = LSSLinear(self.in_features, self.out_features, "bias" in state,
-                          max_candidates=self.local.max_candidates, family=self.local.family, seed=self.local.seed,
+                          max_candidates=self.local.max_candidates, index=self.local.family, seed=self.local.seed,
                           backend=self.local.backend, device=w.device, dtype=w.dtype)
         layer.load_state_dict(state)
         return layer

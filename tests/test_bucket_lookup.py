@@ -54,7 +54,7 @@ def test_bucket_lookup_bitmap_matches_reference(backend, num_labels, tables, bit
 def test_lookup_with_label_superior_tables(backend):
     """Tables where a label sits in several buckets of a table and some tables
     are shorter than items.shape[1] (the -1 padded tail is never read)."""
-    from lsskernels.tables import tables_from_buckets
+    from lsskernels.simhash.tables import tables_from_buckets
 
     device = require_backend(backend, "bucket_lookup")
     g = torch.Generator().manual_seed(5)

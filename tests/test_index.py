@@ -13,10 +13,10 @@ from helpers import layer_for
 from lsskernels import reference
 from lsskernels.data import make_synthetic_task
 from lsskernels.families import make_index
-from lsskernels.index import SimHashIndex
+from lsskernels.fit_pairs import label_recall
 from lsskernels.partition.fit import PartitionFitConfig, label_homes, rerank_grid
 from lsskernels.partition.index import PartitionIndex, default_partitions
-from lsskernels.training import label_recall
+from lsskernels.simhash import SimHashIndex
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,8 @@ def test_fit_spill_and_calibration_beat_the_unfitted_index(task):
     report = spilled.fit(task.train_x, task.train_y, progress=False)
     assert report.spilled > 0 and spilled.fitted
     y = task.test_y.unsqueeze(1)
-    r_base, _ = label_recall(base, task.test_x, y)
-    r_fit, _ = label_recall(spilled, task.test_x, y)
+    r_base, _ = label_recall(base.candidates, task.test_x, y)
+    r_fit, _ = label_recall(spilled.candidates, task.test_x, y)
     assert r_fit > r_base + 0.03, (r_base, r_fit)
     assert precision(spilled, task.test_x, task.test_y) > precision(base, task.test_x, task.test_y)
     # No spill: the same index as unfitted, so the test above can fail.
@@ -192,7 +192,7 @@ def test_query_space_partitions_spill_and_round_trip(task):
     spilled.fit(task.train_x, task.train_y, progress=False, spaces=("queries",))
     plain.fit(task.train_x, task.train_y, progress=False, spaces=("queries",), spill_probes=0)
     assert spilled.index.space == plain.index.space == "queries"
-    assert label_recall(spilled, task.test_x, y)[0] > label_recall(plain, task.test_x, y)[0] + 0.03
+    assert label_recall(spilled.candidates, task.test_x, y)[0] > label_recall(plain.candidates, task.test_x, y)[0] + 0.03
     # Saved and loaded into a default layer (another partition count): exact.
     buf = io.BytesIO()
     torch.save(layer.state_dict(), buf)

@@ -114,7 +114,7 @@ def test_tables_follow_weight_updates():
     with torch.no_grad():
         layer.weight.mul_(-1.0)
     # Random SimHash tables are rebuilt from the new weights on next use.
-    from lsskernels.hashing import label_codes
+    from lsskernels.simhash.hashing import label_codes
     codes = label_codes(layer.weight, layer.bias, layer.index.label_proj)
     offsets, items = reference.build_tables(codes, layer.bits)
     layer.candidates(x)

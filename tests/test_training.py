@@ -8,7 +8,10 @@ import torch
 
 import lsskernels as lss
 from lsskernels.data import make_synthetic_task
-from lsskernels.training import FitConfig, SimHashFit, label_recall, label_superior_tables
+from lsskernels.fit_pairs import label_recall
+from lsskernels.simhash import SimHashFitConfig
+from lsskernels.simhash.fit import label_superior_tables
+from lsskernels.simhash.tables import validate_tables
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +30,10 @@ def layer_for(task, **kw):
 
 def test_fit_raises_label_recall_over_random_tables(task):
     random_layer = layer_for(task)
-    recall_random, cands_random = label_recall(random_layer, task.test_x, task.test_y.unsqueeze(1))
+    recall_random, cands_random = label_recall(random_layer.candidates, task.test_x, task.test_y.unsqueeze(1))
     fitted = layer_for(task)
     report = fitted.fit(task.train_x, task.train_y, epochs=2, progress=False)
-    recall_fit, cands_fit = label_recall(fitted, task.test_x, task.test_y.unsqueeze(1))
+    recall_fit, cands_fit = label_recall(fitted.candidates, task.test_x, task.test_y.unsqueeze(1))
     assert cands_fit <= 120 and cands_random <= 120
     assert recall_fit > recall_random + 0.10, (recall_random, recall_fit)
     assert len(report.epochs) == 3 and report.epochs[-1]["recall"] > report.epochs[0]["recall"]
@@ -48,8 +51,8 @@ def test_learned_projections_move_and_help(task):
     assert not torch.equal(learned.index.query_proj, frozen.index.query_proj)
     assert not torch.equal(learned.index.query_proj, learned.index.label_proj)  # asymmetric
     y = task.test_y.unsqueeze(1)
-    r_frozen, c_frozen = label_recall(frozen, task.test_x, y)
-    r_learned, c_learned = label_recall(learned, task.test_x, y)
+    r_frozen, c_frozen = label_recall(frozen.candidates, task.test_x, y)
+    r_learned, c_learned = label_recall(learned.candidates, task.test_x, y)
     # Better recall per candidate: higher recall, or as good with fewer candidates.
     assert r_learned / c_learned > r_frozen / c_frozen * 0.98, (r_frozen, c_frozen, r_learned, c_learned)
 
@@ -92,12 +95,12 @@ def test_fit_is_deterministic_and_roundtrips_exactly(task):
 
 def test_bucket_cap_bounds_candidates(task):
     layer = layer_for(task)
-    cfg = FitConfig(max_bucket_size=5)
-    view = SimHashFit(layer.index, layer.weight, layer.bias, layer.max_candidates)
-    offsets, items = label_superior_tables(view, task.train_x, task.train_y.unsqueeze(1), cfg)
+    cfg = SimHashFitConfig(max_bucket_size=5)
+    offsets, items = label_superior_tables(layer.index, layer.weight.detach(), layer.bias.detach(), task.train_x,
+                                           task.train_y.unsqueeze(1), cfg, layer.max_candidates)
     sizes = offsets[:, 1:] - offsets[:, :-1]
     assert int(sizes.max()) <= 5
-    lss.tables.validate_tables(offsets, items, task.num_labels, layer.bits)
+    validate_tables(offsets, items, task.num_labels, layer.bits)
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [

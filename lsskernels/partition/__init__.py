@@ -7,7 +7,8 @@ concept per module, dependencies one way: fit -> index -> parts -> ops.
 * lists.py: the inverted lists, their one writer (PartitionLists) and their
   validation (validate_partition_lists);
 * index.py: PartitionIndex, composing probe, lists and codec with the search
-  settings (nprobe, rerank); default_partitions, default_nprobe;
+  settings (nprobe, rerank); PartitionConfig (its knobs, LSSLinear(index=...));
+  default_partitions, default_nprobe;
 * calibration.py: held-out strata, the paired loss and its bound, the cost
   model, the choice of a setting;
 * fit.py: k-means, spill and the calibration stages; it builds an index
@@ -18,10 +19,10 @@ Importing this package registers the "partitions" family
 """
 from .codec import INT8, Int8Codec
 from .fit import PartitionFitConfig, PartitionFitReport
-from .index import SPACES, PartitionIndex, default_nprobe, default_partitions
+from .index import SPACES, PartitionConfig, PartitionIndex, default_nprobe, default_partitions
 from .lists import PartitionLists, validate_partition_lists
 from .probe import PartitionProbe, probe_codes
 
-__all__ = ["INT8", "Int8Codec", "PartitionFitConfig", "PartitionFitReport", "SPACES", "PartitionIndex",
+__all__ = ["INT8", "Int8Codec", "PartitionFitConfig", "PartitionFitReport", "SPACES", "PartitionConfig", "PartitionIndex",
            "default_nprobe", "default_partitions", "PartitionLists", "validate_partition_lists", "PartitionProbe",
            "probe_codes"]

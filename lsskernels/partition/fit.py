@@ -56,12 +56,12 @@ import torch
 from .. import _checks as checks
 from .. import _ops
 from ..families import Family, register
-from ..fit_pairs import dense_hits, fit_logger, fit_pairs
+from ..fit_pairs import best_per_group, dense_hits, fit_logger, fit_options, fit_pairs, labels_found
 from ..reference import augmented_labels
 from .codec import INT8, Int8Codec
 from .calibration import (CalibrationPoint, MergedSetting, PairedLoss, cheapest_accepted, choose_setting, hold_out,
                           merged_settings, setting_cost, z_of)
-from .index import SPACES, PartitionIndex, default_partitions
+from .index import SPACES, PartitionConfig, PartitionIndex, default_partitions
 
 
 Tensor = torch.Tensor
@@ -250,15 +250,7 @@ def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Ten
     keep = assign[lab] != part  # its own list has it already
     key, votes = torch.unique(part[keep] * N + lab[keep], return_counts=True)
     p, l = key // N, key % N
-    # Rank within each partition by (votes desc, label asc): key is sorted by
-    # (partition, label), so a stable sort by votes then by partition.
-    order = torch.sort(votes, descending=True, stable=True).indices
-    order = order[torch.sort(p[order], stable=True).indices]
-    ps = p[order]
-    starts = torch.cumsum(torch.bincount(ps, minlength=index.num_partitions), 0)
-    starts = starts - torch.bincount(ps, minlength=index.num_partitions)
-    rank = torch.arange(ps.numel(), device=ps.device) - starts[ps]
-    kept = order[rank < cap]
+    kept = best_per_group(p, votes, index.num_partitions, cap)  # most votes first, then smaller label
     return p[kept], l[kept]
 
 
@@ -294,8 +286,8 @@ def evaluate_setting(index: "PartitionIndex", weight: Tensor, bias: Optional[Ten
         logits = _ops.gathered_logits(xq, weight, bias, ids)
         for r in reranks:
             top = _ops.topk_gathered(logits[:, :r].contiguous(), ids[:, :r].contiguous(), 1)[1]
-            hits[r][s : s + batch] = ((top == yq) & (yq >= 0)).any(1)
-        found[s : s + batch] = ((ids.to(torch.int64).unsqueeze(2) == yq.unsqueeze(1)) & (yq.unsqueeze(1) >= 0)).any(2).any(1)
+            hits[r][s : s + batch] = labels_found(top, yq)
+        found[s : s + batch] = labels_found(ids.to(torch.int64), yq)
     return hits, found, rows
 
 
@@ -331,11 +323,7 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     docstring. Returns (an index, fitted, and a report): `index` itself
     when the label space is chosen, else a query-space index with the same
     configuration (and its own partition count unless the user set one)."""
-    unknown = set(options) - set(PartitionFitConfig.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"fit() got unknown options {sorted(unknown)} for the partitions family; valid: "
-                        f"{sorted(PartitionFitConfig.__dataclass_fields__)}")
-    cfg = PartitionFitConfig(**options)
+    cfg = fit_options(PartitionFitConfig, options, "partitions")
     checks.integer("holdout", cfg.holdout, 0)
     if not isinstance(cfg.confidence, float) or not 0.5 <= cfg.confidence < 1:
         raise ValueError(f"confidence must be a float in [0.5, 1), got {cfg.confidence!r}")
@@ -560,5 +548,5 @@ def build_index(index: PartitionIndex, weight: Tensor, bias: Optional[Tensor]) -
     build_partitions(index, weight, bias, seed=index.seed)
 
 
-register(Family(name="partitions", index_class=PartitionIndex, knobs=("num_partitions", "nprobe"),
-                options=PartitionFitConfig, build=build_index, fit=fit_partitions))
+register(Family(name="partitions", index_class=PartitionIndex, knobs=PartitionConfig.knob_names(),
+                options=PartitionFitConfig, build=build_index, fit=fit_partitions, config=PartitionConfig))

@@ -15,12 +15,14 @@ methods here: nothing else writes the buffers.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import torch
 
 from .. import _checks as checks
 from .. import reference
+from ..configs import IndexConfig
 from ..index import LSSIndex, _native, rerank_topk
 from .codec import INT8
 from .lists import CodesOf, PartitionLists, validate_partition_lists
@@ -40,6 +42,24 @@ def _fused_kernel(device_type: str) -> bool:
     """Whether this build has the native kernels partition_predict_topk
     composes for device_type (a constant of the build, for torch.compile)."""
     return INT8.has_fused_kernel(device_type)
+
+
+@dataclass(frozen=True)
+class PartitionConfig(IndexConfig):
+    """The "partitions" family's knobs (PartitionIndex): num_partitions
+    (None: chosen from N, and by fit() for a query-space index), nprobe
+    (None: calibrated by fit() on held-out pairs). rerank is not a knob: fit()
+    calibrates it, and SearchParams(rerank=...) sets it per call."""
+
+    family: ClassVar[str] = "partitions"
+    num_partitions: Optional[int] = None
+    nprobe: Optional[int] = None
+
+    def __post_init__(self):
+        if self.num_partitions is not None:
+            checks.integer("num_partitions", self.num_partitions, 1)
+        if self.nprobe is not None:
+            checks.integer("nprobe", self.nprobe, 1, self.num_partitions)
 
 
 def default_partitions(num_labels: int) -> int:

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from . import _ops, reference
+from .. import _ops, reference
 
 Tensor = torch.Tensor
 

@@ -12,8 +12,8 @@ from typing import List, Sequence
 
 import torch
 
-from . import _checks as checks
-from . import _ops
+from .. import _checks as checks
+from .. import _ops
 
 Tensor = torch.Tensor
 
