@@ -12,7 +12,7 @@ import torch
 import lsskernels as lss
 from lsskernels import families
 from lsskernels.partition import PartitionConfig
-from lsskernels.index import PartitionIndex
+from lsskernels.partition import PartitionIndex
 from lsskernels.simhash import SimHashConfig, SimHashFitConfig, SimHashFitReport, SimHashIndex
 
 from helpers import linear_of
