@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -59,9 +59,27 @@ class _Upkeep:
     full_syncs: int = 0
     row_syncs: int = 0
     rebuilds: int = 0
+    since_full: int = 0             # calls since the last full sync
 
 
 _UPKEEP: "weakref.WeakKeyDictionary[LSSLinear, _Upkeep]" = weakref.WeakKeyDictionary()
+
+# refresh_every="auto": a full re-encode may cost at most this share of the
+# candidate work of the calls it serves.
+AUTO_SYNC_SHARE = 0.1
+
+
+def auto_refresh(num_labels: int, batch: int, candidates: int) -> int:
+    """The calls between full syncs under refresh_every="auto". A full sync
+    re-encodes N rows of d (O(N d)); a call computes B x C exact logits
+    forward and backward (C = num_hard + num_uniform per query, O(B C d)).
+    One full sync every ceil(N / (AUTO_SYNC_SHARE B C)) calls keeps the
+    upkeep at most AUTO_SYNC_SHARE of the loss's own work at every N, while
+    the rows the loss touched are re-encoded every call (so a row-sparse
+    optimizer's index is exact, and a dense one's lags only on rows the
+    batches have not touched, which hard-negative mining ranks, not the
+    loss: the estimator stays consistent with any candidate set)."""
+    return max(1, math.ceil(num_labels / (AUTO_SYNC_SHARE * max(1, batch) * max(1, candidates))))
 
 
 def upkeep_stats(layer: LSSLinear) -> dict:
@@ -109,7 +127,7 @@ def _check_args(layer, x, target, reduction, ignore_index, num_hard, num_uniform
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if multi_label not in MULTI_LABEL:
         raise ValueError(f"multi_label must be one of {MULTI_LABEL}, got {multi_label!r}")
-    if refresh_every is not None:
+    if refresh_every is not None and refresh_every != "auto":
         checks.integer("refresh_every", refresh_every, 1)
     if rebuild_every is not None:
         checks.integer("rebuild_every", rebuild_every, 1)
@@ -132,7 +150,8 @@ def _check_args(layer, x, target, reduction, ignore_index, num_hard, num_uniform
 
 # ------------------------------------------------------------ index upkeep
 @torch.no_grad()
-def _upkeep(layer: LSSLinear, refresh_every: Optional[int], rebuild_every: Optional[int]) -> _Upkeep:
+def _upkeep(layer: LSSLinear, refresh_every: Union[int, str, None], rebuild_every: Optional[int],
+            batch: int, candidates: int) -> _Upkeep:
     """Bring the index up to the rule refresh_every asks for, before mining."""
     state = _UPKEEP.get(layer)
     if state is None:
@@ -142,20 +161,25 @@ def _upkeep(layer: LSSLinear, refresh_every: Optional[int], rebuild_every: Optio
         state.rebuilds += 1
     index = layer.index
     replaced = state.index is None or state.index() is not index
-    full = (refresh_every == 1 or replaced or not index.built
-            or (refresh_every is not None and state.calls % refresh_every == 0))
+    if refresh_every == "auto":
+        due = state.since_full + 1 >= auto_refresh(layer.out_features, batch, candidates)
+    else:
+        due = refresh_every is not None and state.calls % refresh_every == 0
+    full = refresh_every == 1 or replaced or not index.built or due
     if full:
         if not layer._index_current():
             state.full_syncs += 1
         layer.sync_index()  # a no-op when the index is current
         state.index = weakref.ref(layer.index)
         state.dirty = None
+        state.since_full = 0
     elif state.dirty is not None:
         rows = state.dirty.nonzero().squeeze(1)
         if rows.numel() and hasattr(index, "sync_rows"):
             index.sync_rows(layer.weight, layer.bias, rows)
             state.row_syncs += 1
         state.dirty.zero_()
+        state.since_full += 1
     state.calls += 1
     return state
 
@@ -268,8 +292,8 @@ def _packed_loss(v: Tensor, row: Tensor, pos: Tensor, batch: int, multi_label: s
 # ------------------------------------------------------------------- loss
 def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction: str = "mean",
                           ignore_index: int = -100, *, num_hard: Optional[int] = None, num_uniform: int = 64,
-                          impl: str = "auto", multi_label: str = "each", refresh_every: Optional[int] = 1,
-                          rebuild_every: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                          impl: str = "auto", multi_label: str = "each",
+                          refresh_every: Union[int, str, None] = "auto", rebuild_every: Optional[int] = None, generator: Optional[torch.Generator] = None,
                           seed: Optional[int] = None) -> Tensor:
     """Cross-entropy of layer(x) against target from the exact logits of a
     candidate set per query: a consistent estimate of
@@ -292,11 +316,14 @@ def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction
         multi_label: "each" (every positive against the query's negatives,
             averaged over its positives; single-label: exactly CE) or "soft"
             (CE against the uniform distribution over the positives).
-        refresh_every: index upkeep. 1: the layer's index is synced with the
+        refresh_every: index upkeep. "auto" (default): a full sync every
+            auto_refresh(N, B, num_hard + num_uniform) calls (its O(N d) at
+            most AUTO_SYNC_SHARE of the loss's work in between), and in
+            between the codes of the rows this loss gave a gradient
+            re-encoded (sync_rows). 1: the layer's index is synced with the
             weights on every call (all N codes re-encoded after a step, O(N d)).
-            k > 1: full sync every k calls; in between only the codes of the
-            rows this loss gave a gradient are re-encoded (sync_rows). None:
-            rows only, never a full sync (exact for row-sparse optimizers).
+            k > 1: full sync every k calls, rows in between. None: rows only,
+            never a full sync (exact for row-sparse optimizers).
         rebuild_every: every k calls, layer.rebuild_index(): fresh k-means
             partitions of the current weights (what fit() learned is
             discarded); None (default): the partitions stay those the index
@@ -320,7 +347,7 @@ def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
 
-    state = _upkeep(layer, refresh_every, rebuild_every) if num_hard else None
+    state = _upkeep(layer, refresh_every, rebuild_every, B, num_hard + num_uniform) if num_hard else None
     ids, corr, pos = _candidates(layer, xf, positives, num_hard, num_uniform, generator, acc)
     valid = ids >= 0
     row = torch.arange(B, device=x.device).unsqueeze(1).expand_as(ids)[valid]
@@ -357,7 +384,7 @@ class SampledCrossEntropyLoss(nn.Module):
 
     def __init__(self, reduction: str = "mean", ignore_index: int = -100, *, num_hard: Optional[int] = None,
                  num_uniform: int = 64, impl: str = "auto", multi_label: str = "each",
-                 refresh_every: Optional[int] = 1, rebuild_every: Optional[int] = None,
+                 refresh_every: Union[int, str, None] = "auto", rebuild_every: Optional[int] = None,
                  seed: Optional[int] = None) -> None:
         super().__init__()
         if reduction not in REDUCTIONS:
@@ -372,7 +399,8 @@ class SampledCrossEntropyLoss(nn.Module):
         self.num_uniform = checks.integer("num_uniform", num_uniform, 0)
         self.impl = impl
         self.multi_label = multi_label
-        self.refresh_every = None if refresh_every is None else checks.integer("refresh_every", refresh_every, 1)
+        self.refresh_every = (refresh_every if refresh_every is None or refresh_every == "auto"
+                              else checks.integer("refresh_every", refresh_every, 1))
         self.rebuild_every = None if rebuild_every is None else checks.integer("rebuild_every", rebuild_every, 1)
         self.seed = None if seed is None else checks.integer("seed", seed)
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
@@ -386,7 +414,7 @@ class SampledCrossEntropyLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, num_hard={self.num_hard}, "
                 f"num_uniform={self.num_uniform}, impl={self.impl!r}, multi_label={self.multi_label!r}, "
-                f"refresh_every={self.refresh_every}, rebuild_every={self.rebuild_every}, seed={self.seed}")
+                f"refresh_every={self.refresh_every!r}, rebuild_every={self.rebuild_every}, seed={self.seed}")
 
 
 # --------------------------------------------------------------- optimizer

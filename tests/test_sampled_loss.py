@@ -421,3 +421,23 @@ def test_removed_labels_take_no_part():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="removed by remove_labels"):
         lss.sampled_cross_entropy(layer, x, torch.tensor([0, 5, 9, 12, 30, 2]))
+
+
+def test_refresh_every_auto_amortises_full_syncs():
+    # auto_refresh(1000, 32, 16 + 8) = ceil(1000 / (0.1 * 32 * 24)) = 14: the
+    # first call syncs in full, then rows only until the 14th call since.
+    from lsskernels.sampled_loss import auto_refresh
+    assert auto_refresh(1000, 32, 24) == 14
+    assert auto_refresh(10, 32, 24) == 1  # a small layer re-encodes in full every call
+    torch.manual_seed(0)
+    layer = lss.LSSLinear(16, 1000, max_candidates=16)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x, t = torch.randn(32, 16), torch.randint(0, 1000, (32,))
+    for _ in range(16):
+        loss = lss.sampled_cross_entropy(layer, x, t, num_uniform=8)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    stats = upkeep_stats(layer)
+    assert stats["full_syncs"] == 2  # calls 0 and 14
+    assert stats["row_syncs"] == 14
