@@ -23,13 +23,13 @@ INT_DTYPES = (torch.int32, torch.int64)
 
 # The limits the kernels enforce are defined once, in csrc/include/lss/common.h,
 # and read from the extension here; the constants below are used only where
-# the extension is missing (or predates _C.limits()).
+# the extension is missing (the package then runs on the reference).
 _FALLBACK_LIMITS = {"max_bits": 30, "max_tables": 0xFFFE, "code_align": 32, "quant_levels": 127}
 try:
     from . import _C as _ext
 
     LIMITS = dict(_ext.limits())
-except (ImportError, AttributeError):
+except ImportError:
     LIMITS = dict(_FALLBACK_LIMITS)
 MAX_BITS: int = LIMITS["max_bits"]          # bits per hash table (codes are non-negative int32)
 MAX_TABLES: int = LIMITS["max_tables"]      # hash tables per index

@@ -100,7 +100,7 @@ def rerank_topk(x: Tensor, weight: Tensor, bias: Optional[Tensor], ids: Tensor, 
 def _fused_kernel(device_type: str) -> bool:
     """Whether this build has the native kernels partition_predict_topk
     composes for device_type (a constant of the build, for torch.compile)."""
-    return _ops._has_kernel("quantized_candidates", device_type)
+    return _ops.has_native_kernel("quantized_candidates", device_type)
 
 
 class LSSIndex(nn.Module, abc.ABC):

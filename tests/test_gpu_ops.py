@@ -59,7 +59,7 @@ def require(op: str, backend: str) -> None:
     elif backend in ("cpu", "cuda"):
         if backend == "cuda" and not lss.cuda_kernels_built():
             pytest.skip("lsskernels built without the CUDA kernels")
-        if not _ops._has_kernel(op, backend):
+        if not _ops.has_native_kernel(op, backend):
             pytest.skip(f"this build has no {backend} kernel for {op}")
 
 

@@ -409,7 +409,7 @@ def bench(args, lsskernels, entry: dict) -> None:
         """The first of `ops` this build has no `backend` kernel for, or None."""
         if backend not in ("cpu", "cuda"):
             return None
-        return next((op for op in ops if not _ops._has_kernel(op, backend)), None)
+        return next((op for op in ops if not _ops.has_native_kernel(op, backend)), None)
 
     def record(what, backend, batch, fn, needs=()):
         row = dict(what=what, backend=backend, batch=batch)
