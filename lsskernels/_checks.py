@@ -238,24 +238,6 @@ def topk_packed_args(values, row_ptr, bitmap, k):
     return values, row_ptr, bitmap, topk_k(k)
 
 
-def partition_probe_args(x, centroids, centroid_bias, nprobe):
-    tensor("x", x, 2, FLOAT_DTYPES, "[B, d] floating point")
-    tensor("centroids", centroids, 2, FLOAT_DTYPES, "[P, d] floating point")
-    same_dtype("centroids", centroids, "x", x)
-    if not matches_width(centroids.shape, x.shape):
-        raise ValueError(f"centroids must be [P, d] with d = x.shape[1] = {x.shape[1]}, got {tuple(centroids.shape)}")
-    if centroid_bias is not None:
-        tensor("centroid_bias", centroid_bias, 1, FLOAT_DTYPES, "[P] floating point")
-        same_dtype("centroid_bias", centroid_bias, "x", x)
-        if not bias_fits(centroid_bias.shape, centroids.shape[0]):
-            raise ValueError(f"centroid_bias must be [P] = [{centroids.shape[0]}], got {tuple(centroid_bias.shape)}")
-    same_device(("x", x), ("centroids", centroids), ("centroid_bias", centroid_bias))
-    integer("nprobe", nprobe, 1, max(1, centroids.shape[0]))
-    if centroids.shape[0] == 0:
-        raise ValueError("centroids must hold at least one partition, got shape (0, d)")
-    return x, centroids, centroid_bias, nprobe
-
-
 def probe_codes_args(x, centroid_codes, centroid_scales, centroid_bias, nprobe):
     """The probe's centroid codes (reference.quantized_probe): int8 [P, Dp]
     (Dp = d rounded up to a multiple of 32), scales and bias float32 [P], P >= 1;

@@ -224,10 +224,6 @@ if _C is not None:
     torch.library.register_autograd("lsskernels::bitmap_sparse_matmul", _bitmap_backward,
                                     setup_context=_bitmap_setup)
 
-    @torch.library.register_fake("lsskernels::partition_probe")
-    def _partition_probe_fake(x, centroids, centroid_bias, nprobe):
-        return x.new_empty((x.shape[0], nprobe), dtype=torch.int32)
-
     @torch.library.register_fake("lsskernels::quantized_candidates")
     def _quantized_candidates_fake(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
                                    num_labels, max_candidates):
@@ -298,7 +294,6 @@ OPS: Dict[str, Op] = {
     "topk_gathered": Op(reference.topk_gathered, checks.topk_gathered_args, _triton_fn("topk_gathered"),
                         values=checks.topk_gathered_values),
     "topk_packed": Op(reference.topk_packed, checks.topk_packed_args, _triton_fn("topk_packed")),
-    "partition_probe": Op(reference.partition_probe, checks.partition_probe_args, _triton_fn("partition_probe")),
     "quantized_candidates": Op(reference.quantized_candidates, checks.quantized_candidates_args,
                                _triton_fn("quantized_candidates"), values=checks.quantized_candidates_values),
     # One composite op (csrc/partition_predict_topk.cpp), below autograd; no gradient flows through it.
@@ -437,20 +432,6 @@ def topk_packed(values: Tensor, row_ptr: Tensor, bitmap: Tensor, k: int, *,
     """Top-k per row of bitmap_sparse_matmul's packed output."""
     args = checks.topk_packed_args(values, row_ptr, bitmap, k)
     return _dispatch("topk_packed", backend, values.device, *args)
-
-
-def partition_probe(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], nprobe: int, *,
-                    backend: Optional[str] = None) -> Tensor:
-    """The nprobe best partitions of each query, int32 [B, nprobe]: larger
-    <x, centroids[p]> + centroid_bias[p] first, ties by smaller p.
-    x: [B, d]; centroids: [P, d], x's dtype; centroid_bias: [P] or None."""
-    if _fast_cpu(backend, x):
-        try:
-            return torch.ops.lsskernels.partition_probe.default(x, centroids, centroid_bias, nprobe)
-        except Exception:
-            pass  # the named checks say why; see _fast_cpu
-    args = checks.partition_probe_args(x, centroids, centroid_bias, nprobe)
-    return _dispatch("partition_probe", backend, x.device, *args)
 
 
 def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes: Tensor, code_scales: Tensor,

@@ -184,3 +184,14 @@ def linear_of(weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Linear:
 def layer_for(task, **kw):
     """LSSLinear.from_linear of a synthetic task's layer (max_candidates 40 unless given)."""
     return lsskernels.LSSLinear.from_linear(linear_of(task.weight, task.bias), **{"max_candidates": 40, **kw})
+
+
+def fp32_probes(x: torch.Tensor, centroids: torch.Tensor, centroid_bias, nprobe: int) -> torch.Tensor:
+    """The nprobe best partitions of each query by <x, c_p> + cb_p in fp32,
+    int32 [B, nprobe], ties (and NaN, as -inf) by smaller p: the ranking the
+    int8 probe approximates (the removed partition_probe op's contract)."""
+    s = x.float() @ centroids.float().T
+    if centroid_bias is not None:
+        s = s + centroid_bias.float()
+    s = torch.nan_to_num(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    return torch.sort(s, dim=1, descending=True, stable=True).indices[:, :nprobe].to(torch.int32)

@@ -234,29 +234,6 @@ inline void check_topk_packed(const at::Tensor& values, const at::Tensor& row_pt
 }
 
 // ---------------------------------------------------------------- partitions
-inline void check_partition_probe(const at::Tensor& x, const at::Tensor& centroids,
-                                  const c10::optional<at::Tensor>& centroid_bias, int64_t nprobe) {
-  const char* op = "partition_probe";
-  check_ndim(op, "x", x, 2, "[B, d] floating point");
-  check_float(op, "x", x);
-  check_ndim(op, "centroids", centroids, 2, "[P, d] floating point");
-  check_float(op, "centroids", centroids);
-  check_same_dtype(op, "centroids", centroids, "x", x);
-  TORCH_CHECK_VALUE(centroids.size(1) == x.size(1), op, ": centroids must be [P, d] with d = x.shape[1] = ",
-                    x.size(1), ", got ", centroids.sizes());
-  const int64_t P = centroids.size(0);
-  TORCH_CHECK_VALUE(P >= 1, op, ": centroids must hold at least one partition, got shape ", centroids.sizes());
-  TORCH_CHECK_VALUE(P <= kMaxInt32, op, ": at most 2^31 - 1 partitions, got ", P);
-  if (centroid_bias.has_value()) {
-    check_ndim(op, "centroid_bias", *centroid_bias, 1, "[P] floating point");
-    check_float(op, "centroid_bias", *centroid_bias);
-    check_same_dtype(op, "centroid_bias", *centroid_bias, "x", x);
-    TORCH_CHECK_VALUE(centroid_bias->size(0) == P, op, ": centroid_bias must be [P] = [", P, "], got ",
-                      centroid_bias->sizes());
-  }
-  check_int_in(op, "nprobe", nprobe, 1, P);
-}
-
 // Shapes and dtypes of the partition lists (codes rows padded to Dp, a
 // multiple of 32 with d <= Dp < d + 32, d the width of x). The offsets'
 // values, the probes' values and the list ids are checked by each backend as
