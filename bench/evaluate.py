@@ -97,6 +97,17 @@ def label_recall(cands: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return found.any(2).any(1)
 
 
+# The baseline libraries' methods: family -> (class, options besides the head and threads).
+BASELINE_METHODS = {
+    "faiss-hnsw": (FaissHNSW, {"transform": "ip"}),
+    "faiss-hnsw-l2": (FaissHNSW, {"transform": "l2"}),
+    "faiss-ivf": (FaissIVF, {}),
+    "faiss-ivfpq": (FaissIVFPQ, {}),
+    "hnswlib": (Hnswlib, {"transform": "ip"}),
+    "hnswlib-l2": (Hnswlib, {"transform": "l2"}),
+    "scann": (ScaNN, {}),
+}
+
 class Suite:
     """Methods on one problem, built on demand, and their measurements."""
 
@@ -133,20 +144,9 @@ class Suite:
             m = LSS(f"LSSLinear, unfitted index ({self.lss_cfg.describe()})", p.weight, p.bias, self.lss_cfg)
         elif family == "naive-gather":
             m = NaiveGather(self.method("lss-fit"))
-        elif family == "faiss-hnsw":
-            m = FaissHNSW(p.weight, p.bias, transform="ip", threads=threads)
-        elif family == "faiss-hnsw-l2":
-            m = FaissHNSW(p.weight, p.bias, transform="l2", threads=threads)
-        elif family == "faiss-ivf":
-            m = FaissIVF(p.weight, p.bias, threads=threads)
-        elif family == "faiss-ivfpq":
-            m = FaissIVFPQ(p.weight, p.bias, threads=threads)
-        elif family == "hnswlib":
-            m = Hnswlib(p.weight, p.bias, transform="ip", threads=threads)
-        elif family == "hnswlib-l2":
-            m = Hnswlib(p.weight, p.bias, transform="l2", threads=threads)
-        elif family == "scann":
-            m = ScaNN(p.weight, p.bias, threads=threads)
+        elif family in BASELINE_METHODS:
+            cls, options = BASELINE_METHODS[family]
+            m = cls(p.weight, p.bias, threads=threads, **options)
         else:
             raise ValueError(f"unknown method family {family!r}")
         size = "" if m.index_bytes is None else f", index {m.index_bytes / 2**20:.1f} MB"

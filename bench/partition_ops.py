@@ -1,5 +1,5 @@
-"""Micro-benchmark of the partition family's CPU ops: partition_probe (fp32
-centroids), quantized_probe (their int8 codes: the probe predict() uses) and
+"""Micro-benchmark of the partition family's CPU ops: quantized_probe (the
+int8 codes of the centroids: the probe predict() uses) and
 quantized_candidates, per call, for the native int8 kernel of this machine
 and for LSS_CPU_ISA=avx2 (run in a child process: the kernel tables are
 picked once, at load time).
@@ -10,7 +10,8 @@ picked once, at load time).
 The lists: N labels spread over P partitions, each label listed in
 `--spill` partitions on average (label-superior spill), so T = spill * N
 int8 code rows of Dp = d bytes, contiguous per partition. The probes are the
-real partition_probe output of each query. `rotating` times each call on the
+real quantized_probe output of each query (before 0.6 they were the fp32
+probe of the removed partition_probe op, also timed here). `rotating` times each call on the
 next query of a pool (its partitions' rows come from L3, not L2: the pool
 reads far more rows than L2 holds); `hot` repeats one query (rows in L2).
 Times are wall-clock medians (bench.common.time_call) and include the
@@ -67,23 +68,18 @@ def run(args):
             for batch in args.batches:
                 xs = queries[batch]
                 for nprobe in args.nprobe:
-                    probes = [lss.partition_probe(x, centroids, cbias, nprobe) for x in xs]
+                    probes = [lss.quantized_probe(x, *centroid_codes, cbias, nprobe, probe_list) for x in xs]
                     probed = sum(float(sizes[p.long()].sum()) for p in probes) / (len(xs) * batch)
 
                     def qc(i, hot=False):
                         j = 0 if hot else i % len(xs)
                         return lss.quantized_candidates(xs[j], probes[j], *lists, args.labels, args.candidates)
 
-                    def probe(i, hot=False):
-                        j = 0 if hot else i % len(xs)
-                        return lss.partition_probe(xs[j], centroids, cbias, nprobe)
-
                     def qprobe(i, hot=False):
                         j = 0 if hot else i % len(xs)
                         return lss.quantized_probe(xs[j], *centroid_codes, cbias, nprobe, probe_list)
 
-                    for name, fn in (("quantized_candidates", qc), ("partition_probe", probe),
-                                     ("quantized_probe", qprobe)):
+                    for name, fn in (("quantized_candidates", qc), ("quantized_probe", qprobe)):
                         rotating = time_call(fn, min_time=args.min_time)
                         hot = time_call(lambda i: fn(i, hot=True), min_time=args.min_time)
                         rows_out.append({

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -97,20 +97,49 @@ class Problem:
 _PROBLEMS: Dict[str, Problem] = {}
 
 
+def _memo(key: str, build: Callable[[], Problem]) -> Problem:
+    """_PROBLEMS[key], built by build() on first use."""
+    if key not in _PROBLEMS:
+        _PROBLEMS[key] = build()
+    return _PROBLEMS[key]
+
+
+def _timed(build: Callable[[], Any]) -> Tuple[Any, float]:
+    start = time.perf_counter()
+    out = build()
+    return out, time.perf_counter() - start
+
+
+def _variant(parts) -> str:
+    return "all parts of speech" if len(parts) == 4 else "+".join(parts) + " only"
+
+
+def _task_problem(name: str, title: str, task, meta: dict) -> Problem:
+    """A Problem of a built task that holds its own head (weight, bias) and
+    splits; the title gets the task's N and d."""
+    return Problem(name, f"{title}, N={task.num_labels:,}, d={task.weight.shape[1]}", task.weight, task.bias,
+                   task.train_x, task.train_y, task.test_x, task.test_y, meta)
+
+
+def _model_meta(task) -> dict:
+    """What a dictd task's trained model says about itself (bench/data: train time, cache hit, history)."""
+    m = task.meta
+    return {"model_train_seconds": m["train_seconds"], "model_cached": m["cached"], "model_history": m["history"]}
+
+
 def synthetic_problem(cfg: SyntheticConfig, log=print) -> Problem:
     from lsskernels.data import make_synthetic_task
 
-    key = "synthetic-" + config_key(asdict(cfg))
-    if key not in _PROBLEMS:
-        start = time.perf_counter()
-        task = make_synthetic_task(cfg.num_labels, cfg.dim, cfg.num_train, cfg.num_test, seed=cfg.seed)
-        seconds = time.perf_counter() - start
+    def build():
+        task, seconds = _timed(lambda: make_synthetic_task(cfg.num_labels, cfg.dim, cfg.num_train, cfg.num_test,
+                                                           seed=cfg.seed))
         log(f"  synthetic task N={cfg.num_labels:,} d={cfg.dim}: generated in {seconds:.1f} s")
-        _PROBLEMS[key] = Problem(
+        return Problem(
             "synthetic", f"synthetic, N={cfg.num_labels:,}, d={cfg.dim}", task.weight.contiguous(),
             task.bias.contiguous(), task.train_x, task.train_y, task.test_x, task.test_y,
             {"config": asdict(cfg), "generate_seconds": seconds})
-    return _PROBLEMS[key]
+
+    return _memo("synthetic-" + config_key(asdict(cfg)), build)
 
 
 def wordnet_problem(cfg: WordNetModelConfig, cache_dir=None, log=print, root: Optional[str] = None,
@@ -119,12 +148,11 @@ def wordnet_problem(cfg: WordNetModelConfig, cache_dir=None, log=print, root: Op
     from bench.data.wordnet import make_wordnet_task
 
     key = "wordnet-" + config_key({"model": asdict(cfg), "root": root, "task": task_kwargs})
-    if key not in _PROBLEMS:
-        start = time.perf_counter()
+
+    def build():
         if root is not None:
             task_kwargs["root"] = root
-        task = make_wordnet_task(parts=cfg.parts, **task_kwargs)
-        load_seconds = time.perf_counter() - start
+        task, load_seconds = _timed(lambda: make_wordnet_task(parts=cfg.parts, **task_kwargs))
         log(f"  wordnet task ({'+'.join(cfg.parts)}): N={task.num_labels:,} labels, vocabulary "
             f"{task.input_dim:,}, {len(task.train_x):,} train / {len(task.test_x):,} test rows, "
             f"built in {load_seconds:.1f} s")
@@ -132,15 +160,15 @@ def wordnet_problem(cfg: WordNetModelConfig, cache_dir=None, log=print, root: Op
         with torch.no_grad():
             train_h = hidden_vectors(model, task.train_x)
             test_h = hidden_vectors(model, task.test_x)
-        variant = "all parts of speech" if len(cfg.parts) == 4 else "+".join(cfg.parts) + " only"
-        _PROBLEMS[key] = Problem(
-            "wordnet", f"WordNet ({variant}), N={task.num_labels:,}, d={cfg.dim}",
+        return Problem(
+            "wordnet", f"WordNet ({_variant(cfg.parts)}), N={task.num_labels:,}, d={cfg.dim}",
             model.out.weight.detach().contiguous(), model.out.bias.detach().contiguous(),
             train_h.contiguous(), task.train_y, test_h.contiguous(), task.test_y,
             {"model": asdict(cfg), "vocabulary": task.input_dim, "task_seconds": load_seconds,
              "model_train_seconds": info["train_seconds"], "model_cached": info["cached"],
              "model_history": info["history"], "model_cache": info.get("cache")})
-    return _PROBLEMS[key]
+
+    return _memo(key, build)
 
 
 def minilm_problem(cfg: MiniLMSensesConfig, cache_dir=None, log=print, root: Optional[str] = None,
@@ -150,20 +178,17 @@ def minilm_problem(cfg: MiniLMSensesConfig, cache_dir=None, log=print, root: Opt
 
     model_name = model_name or MODEL_NAME
     root = root or "/usr/share/wordnet"
-    key = "minilm-" + config_key({"config": asdict(cfg), "root": root, "model": model_name})
-    if key not in _PROBLEMS:
-        start = time.perf_counter()
-        task = build_minilm_senses(root, cfg, cache_dir=cache_dir, encoder=encoder, model_name=model_name, log=log)
-        seconds = time.perf_counter() - start
-        variant = ("all parts of speech" if len(cfg.parts) == 4 else "+".join(cfg.parts) + " only") + (
-            "" if cfg.max_synsets is None else f", first {cfg.max_synsets:,} synsets")
-        _PROBLEMS[key] = Problem(
-            "minilm", f"MiniLM senses ({variant}), N={task.num_labels:,}, d={task.weight.shape[1]}",
-            task.weight, task.bias, task.train_x, task.train_y, task.test_x, task.test_y,
-            {"config": asdict(cfg), "model": model_name, "bias": "zero", "task_seconds": seconds,
-             "encode_seconds": task.meta["encode_seconds"], "encoder_cached": task.meta["cached"],
-             "cache": task.meta["cache"]})
-    return _PROBLEMS[key]
+
+    def build():
+        task, seconds = _timed(lambda: build_minilm_senses(root, cfg, cache_dir=cache_dir, encoder=encoder,
+                                                           model_name=model_name, log=log))
+        variant = _variant(cfg.parts) + ("" if cfg.max_synsets is None else f", first {cfg.max_synsets:,} synsets")
+        return _task_problem("minilm", f"MiniLM senses ({variant})", task,
+                             {"config": asdict(cfg), "model": model_name, "bias": "zero", "task_seconds": seconds,
+                              "encode_seconds": task.meta["encode_seconds"], "encoder_cached": task.meta["cached"],
+                              "cache": task.meta["cache"]})
+
+    return _memo("minilm-" + config_key({"config": asdict(cfg), "root": root, "model": model_name}), build)
 
 
 def freedict_problem(cfg: FreeDictConfig, cache_dir=None, log=print, root: Optional[str] = None) -> Problem:
@@ -171,22 +196,17 @@ def freedict_problem(cfg: FreeDictConfig, cache_dir=None, log=print, root: Optio
     from bench.data.freedict import build_freedict_task
 
     root = root or DICTD_ROOT
-    key = "freedict-" + config_key({"config": asdict(cfg), "root": root})
-    if key not in _PROBLEMS:
-        start = time.perf_counter()
-        task = build_freedict_task(root, cfg, cache_dir=cache_dir, log=log)
-        seconds = time.perf_counter() - start
+
+    def build():
+        task, seconds = _timed(lambda: build_freedict_task(root, cfg, cache_dir=cache_dir, log=log))
         unseen = sum(task.meta["test_unseen"]) / max(1, len(task.meta["test_unseen"]))
         variant = ("all single-word headwords" if cfg.label_fraction >= 1
                    else f"{cfg.label_fraction:.0%} of the headwords")
-        _PROBLEMS[key] = Problem(
-            "freedict", f"FreeDict deu-eng two-tower ({variant}), N={task.num_labels:,}, d={task.weight.shape[1]}",
-            task.weight, task.bias, task.train_x, task.train_y, task.test_x, task.test_y,
-            {"config": asdict(cfg), "bias": "zero", "task_seconds": seconds,
-             "model_train_seconds": task.meta["train_seconds"], "model_cached": task.meta["cached"],
-             "test_labels_without_training_query": unseen, "model_history": task.meta["history"],
-             "cache": task.meta["cache"]})
-    return _PROBLEMS[key]
+        return _task_problem("freedict", f"FreeDict deu-eng two-tower ({variant})", task,
+                             {"config": asdict(cfg), "bias": "zero", "task_seconds": seconds, **_model_meta(task),
+                              "test_labels_without_training_query": unseen, "cache": task.meta["cache"]})
+
+    return _memo("freedict-" + config_key({"config": asdict(cfg), "root": root}), build)
 
 
 def lm_problem(cfg: GcideLMConfig, cache_dir=None, log=print, root: Optional[str] = None) -> Problem:
@@ -194,19 +214,15 @@ def lm_problem(cfg: GcideLMConfig, cache_dir=None, log=print, root: Optional[str
     from bench.data.gcide_lm import build_gcide_lm_task
 
     root = root or DICTD_ROOT
-    key = "lm-" + config_key({"config": asdict(cfg), "root": root})
-    if key not in _PROBLEMS:
-        start = time.perf_counter()
-        task = build_gcide_lm_task(root, cfg, cache_dir=cache_dir, log=log)
-        seconds = time.perf_counter() - start
+
+    def build():
+        task, seconds = _timed(lambda: build_gcide_lm_task(root, cfg, cache_dir=cache_dir, log=log))
         variant = "all entries" if cfg.max_entries is None else f"first {cfg.max_entries:,} entries"
-        _PROBLEMS[key] = Problem(
-            "lm", f"GCIDE word LM head ({variant}), N={task.num_labels:,}, d={task.weight.shape[1]}",
-            task.weight, task.bias, task.train_x, task.train_y, task.test_x, task.test_y,
-            {"config": asdict(cfg), "task_seconds": seconds, "model_train_seconds": task.meta["train_seconds"],
-             "model_cached": task.meta["cached"], "model_history": task.meta["history"],
-             "cache": task.meta["cache"]})
-    return _PROBLEMS[key]
+        return _task_problem("lm", f"GCIDE word LM head ({variant})", task,
+                             {"config": asdict(cfg), "task_seconds": seconds, **_model_meta(task),
+                              "cache": task.meta["cache"]})
+
+    return _memo("lm-" + config_key({"config": asdict(cfg), "root": root}), build)
 
 
 def freedict_available() -> bool:

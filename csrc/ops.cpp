@@ -41,9 +41,8 @@ TORCH_LIBRARY(lsskernels, m) {
   m.def(
       "predict_topk(Tensor x, Tensor query_proj, Tensor offsets, Tensor items, Tensor weight, "
       "Tensor? bias, int num_labels, int max_candidates, int min_hits, int k) -> (Tensor, Tensor)");
-  // The partition family (lsskernels/partition/). Probe: the nprobe best
-  // partitions by <x, c_p> + cb_p, int32 [B, nprobe], ties by smaller p.
-  m.def("partition_probe(Tensor x, Tensor centroids, Tensor? centroid_bias, int nprobe) -> Tensor");
+  // The partition family (lsskernels/partition/; its probe is quantized_probe,
+  // a quantized_candidates call over the centroid codes).
   // Quantized scoring of the probed lists (int8 codes, int8 queries, exact
   // integer dots): ids int32 [B, M] (-1 padded; score desc, id asc), counts int32 [B]
   m.def(

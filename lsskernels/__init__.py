@@ -8,7 +8,7 @@ Public API (see docs/api.md):
     hash_codes, build_tables, bucket_lookup, bucket_lookup_bitmap,
     gathered_logits, bitmap_sparse_matmul, topk_gathered, topk_packed
                                    the ops, with a backend= switch
-    partition_probe, quantized_candidates, quantized_probe, partition_predict_topk
+    quantized_candidates, quantized_probe, partition_predict_topk
                                    the partition family's ops (int8 quantized
                                    candidate scoring), same switch
     sampled_cross_entropy, SampledCrossEntropyLoss, RowSparseAdagrad
@@ -28,7 +28,6 @@ from ._ops import (
     gathered_logits,
     hash_codes,
     partition_predict_topk,
-    partition_probe,
     quantized_probe,
     quantized_candidates,
     topk_gathered,
@@ -62,7 +61,6 @@ __all__ = [
     "gathered_logits",
     "hash_codes",
     "partition_predict_topk",
-    "partition_probe",
     "quantized_probe",
     "quantized_candidates",
     "sampled_cross_entropy",

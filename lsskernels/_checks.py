@@ -23,13 +23,13 @@ INT_DTYPES = (torch.int32, torch.int64)
 
 # The limits the kernels enforce are defined once, in csrc/include/lss/common.h,
 # and read from the extension here; the constants below are used only where
-# the extension is missing (or predates _C.limits()).
+# the extension is missing (the package then runs on the reference).
 _FALLBACK_LIMITS = {"max_bits": 30, "max_tables": 0xFFFE, "code_align": 32, "quant_levels": 127}
 try:
     from . import _C as _ext
 
     LIMITS = dict(_ext.limits())
-except (ImportError, AttributeError):
+except ImportError:
     LIMITS = dict(_FALLBACK_LIMITS)
 MAX_BITS: int = LIMITS["max_bits"]          # bits per hash table (codes are non-negative int32)
 MAX_TABLES: int = LIMITS["max_tables"]      # hash tables per index
@@ -236,24 +236,6 @@ def topk_packed_args(values, row_ptr, bitmap, k):
     if row_ptr.shape[0] != bitmap.shape[0] + 1:
         raise ValueError(f"row_ptr must be [B + 1] = [{bitmap.shape[0] + 1}], got {tuple(row_ptr.shape)}")
     return values, row_ptr, bitmap, topk_k(k)
-
-
-def partition_probe_args(x, centroids, centroid_bias, nprobe):
-    tensor("x", x, 2, FLOAT_DTYPES, "[B, d] floating point")
-    tensor("centroids", centroids, 2, FLOAT_DTYPES, "[P, d] floating point")
-    same_dtype("centroids", centroids, "x", x)
-    if not matches_width(centroids.shape, x.shape):
-        raise ValueError(f"centroids must be [P, d] with d = x.shape[1] = {x.shape[1]}, got {tuple(centroids.shape)}")
-    if centroid_bias is not None:
-        tensor("centroid_bias", centroid_bias, 1, FLOAT_DTYPES, "[P] floating point")
-        same_dtype("centroid_bias", centroid_bias, "x", x)
-        if not bias_fits(centroid_bias.shape, centroids.shape[0]):
-            raise ValueError(f"centroid_bias must be [P] = [{centroids.shape[0]}], got {tuple(centroid_bias.shape)}")
-    same_device(("x", x), ("centroids", centroids), ("centroid_bias", centroid_bias))
-    integer("nprobe", nprobe, 1, max(1, centroids.shape[0]))
-    if centroids.shape[0] == 0:
-        raise ValueError("centroids must hold at least one partition, got shape (0, d)")
-    return x, centroids, centroid_bias, nprobe
 
 
 def probe_codes_args(x, centroid_codes, centroid_scales, centroid_bias, nprobe):

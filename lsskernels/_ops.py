@@ -47,6 +47,18 @@ def cuda_kernels_built() -> bool:
     return _C is not None and bool(_C.built_with_cuda())
 
 
+@functools.lru_cache(maxsize=None)
+def has_native_kernel(op: str, device_type: str) -> bool:
+    """Whether this build has a native kernel of torch.ops.lsskernels.<op>
+    for device_type ("cpu": the C++ kernels, "cuda": the CUDA C++ kernels).
+    A constant of the build (cached): False without the compiled extension,
+    for any other device type, and for the composite ops, which have no
+    kernel per device (composite_op_names())."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return (_C is not None and key is not None
+            and torch._C._dispatch_has_kernel_for_dispatch_key(f"lsskernels::{op}", key))
+
+
 def _warn_fallback_once() -> None:
     global _warned_fallback
     if not _warned_fallback:
@@ -212,10 +224,6 @@ if _C is not None:
     torch.library.register_autograd("lsskernels::bitmap_sparse_matmul", _bitmap_backward,
                                     setup_context=_bitmap_setup)
 
-    @torch.library.register_fake("lsskernels::partition_probe")
-    def _partition_probe_fake(x, centroids, centroid_bias, nprobe):
-        return x.new_empty((x.shape[0], nprobe), dtype=torch.int32)
-
     @torch.library.register_fake("lsskernels::quantized_candidates")
     def _quantized_candidates_fake(x, probes, list_offsets, codes, code_scales, code_bias, list_ids,
                                    num_labels, max_candidates):
@@ -261,8 +269,6 @@ class Op:
     values_on_cpu: bool = False       # ... and that the CPU path runs in Python anyway (cheap there)
     composite: bool = False           # a CompositeImplicitAutograd op (no kernel per device)
     backward: Optional[str] = None    # its backward kernel op, registered alongside
-    late: bool = False                # added after the first builds: the automatic choice falls back
-                                      # to the reference where a build lacks the kernel
 
 
 def _partition_predict_topk_triton(x, centroid_codes, centroid_scales, centroid_bias, list_offsets, codes,
@@ -288,11 +294,8 @@ OPS: Dict[str, Op] = {
     "topk_gathered": Op(reference.topk_gathered, checks.topk_gathered_args, _triton_fn("topk_gathered"),
                         values=checks.topk_gathered_values),
     "topk_packed": Op(reference.topk_packed, checks.topk_packed_args, _triton_fn("topk_packed")),
-    "partition_probe": Op(reference.partition_probe, checks.partition_probe_args, _triton_fn("partition_probe"),
-                          late=True),
     "quantized_candidates": Op(reference.quantized_candidates, checks.quantized_candidates_args,
-                               _triton_fn("quantized_candidates"), values=checks.quantized_candidates_values,
-                               late=True),
+                               _triton_fn("quantized_candidates"), values=checks.quantized_candidates_values),
     # One composite op (csrc/partition_predict_topk.cpp), below autograd; no gradient flows through it.
     "partition_predict_topk": Op(_no_grad(reference.partition_predict_topk), checks.partition_predict_topk_args,
                                  _no_grad(_partition_predict_topk_triton), composite=True),
@@ -329,9 +332,6 @@ def _dispatch(name: str, backend: Optional[str], device: torch.device, *args):
     chosen = resolve_backend(backend, device)
     if chosen == "triton" and op.triton is None:
         chosen = "cuda" if cuda_kernels_built() and device.type == "cuda" else "reference"
-    elif (op.late and backend is None and _native(chosen) and not _has_kernel(name, chosen)):
-        _warn_missing_kernel_once(name, chosen)
-        chosen = "reference"
     if _native(chosen) and device.type not in op.native:
         chosen = "reference"
     if op.values is not None and (chosen == "reference" or (device.type != "cuda"
@@ -342,23 +342,6 @@ def _dispatch(name: str, backend: Optional[str], device: torch.device, *args):
     if chosen == "triton":
         return op.triton(*args)
     return op.reference(*args)
-
-
-@functools.lru_cache(maxsize=None)
-def _has_kernel(op: str, backend: str) -> bool:
-    """Whether torch.ops.lsskernels.<op> has a kernel for backend's dispatch key."""
-    key = "CPU" if backend == "cpu" else "CUDA"
-    return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"lsskernels::{op}", key)
-
-
-_warned_missing = set()
-
-
-def _warn_missing_kernel_once(op: str, backend: str) -> None:
-    if (op, backend) not in _warned_missing:
-        _warned_missing.add((op, backend))
-        warnings.warn(f"lsskernels: this build has no {backend} kernel for {op}; using the reference (slow). "
-                      "Rebuild the extension.", RuntimeWarning, stacklevel=4)
 
 
 # --------------------------------------------------------------------------
@@ -372,8 +355,7 @@ def _warn_missing_kernel_once(op: str, backend: str) -> None:
 # contract: csrc/include/lss/arg_checks.h). Only where the call fails do the
 # named checks run: they name the problem in the wrapper's terms (an
 # argument that is no tensor, tensors on different devices) or accept what
-# the wrapper takes beyond the op's schema (int64 ids, a kernel missing from
-# an old build), and _dispatch then calls the backend, whose own error
+# the wrapper takes beyond the op's schema (int64 ids, int64 probes), and _dispatch then calls the backend, whose own error
 # stands if the named checks found nothing wrong.
 # --------------------------------------------------------------------------
 def _fast_cpu(backend: Optional[str], first) -> bool:
@@ -450,20 +432,6 @@ def topk_packed(values: Tensor, row_ptr: Tensor, bitmap: Tensor, k: int, *,
     """Top-k per row of bitmap_sparse_matmul's packed output."""
     args = checks.topk_packed_args(values, row_ptr, bitmap, k)
     return _dispatch("topk_packed", backend, values.device, *args)
-
-
-def partition_probe(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], nprobe: int, *,
-                    backend: Optional[str] = None) -> Tensor:
-    """The nprobe best partitions of each query, int32 [B, nprobe]: larger
-    <x, centroids[p]> + centroid_bias[p] first, ties by smaller p.
-    x: [B, d]; centroids: [P, d], x's dtype; centroid_bias: [P] or None."""
-    if _fast_cpu(backend, x):
-        try:
-            return torch.ops.lsskernels.partition_probe.default(x, centroids, centroid_bias, nprobe)
-        except Exception:
-            pass  # the named checks say why; see _fast_cpu
-    args = checks.partition_probe_args(x, centroids, centroid_bias, nprobe)
-    return _dispatch("partition_probe", backend, x.device, *args)
 
 
 def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes: Tensor, code_scales: Tensor,

@@ -313,6 +313,9 @@ def _in_cluster_offsets(basis_rows: torch.Tensor, cluster: torch.Tensor, coeffs:
     )
 
 
+_ROWS_PER_CHUNK = 1 << 18
+
+
 def make_synthetic_task(
     num_labels: int = 200_000,
     dim: int = 128,
@@ -359,7 +362,8 @@ def make_synthetic_task(
     sibling of the true label (measured P@1 per seed and generation times:
     docs/performance.md, "Measurements moved out of code comments";
     ``make demo`` prints the dense P@1 of its run).  Generation allocates
-    O(N d + n d) memory.
+    the weights once plus O(n d) for the queries and chunk-sized
+    temporaries (at N = 10^7, d = 128: a peak near 1.1x the weights' bytes).
     """
     if num_labels < 1 or dim < 1 or num_train < 0 or num_test < 0:
         raise ValueError(
@@ -385,12 +389,20 @@ def make_synthetic_task(
     cluster[:num_clusters] = torch.arange(num_clusters)
     cluster = cluster[torch.randperm(num_labels, generator=gen)]
 
-    directions = _in_cluster_offsets(basis, cluster, randn(num_labels, rank))
-    directions.mul_(label_spread / math.sqrt(rank)).add_(centres[cluster])
-    directions = torch.nn.functional.normalize(directions, dim=1)
+    # The [N, d] arrays are built in row chunks, in place: the generator's
+    # peak stays near one copy of the weights (the same numbers as whole-array
+    # operations: every step is per row).
+    coeffs = randn(num_labels, rank)
     rho = torch.exp(norm_spread * randn(num_clusters))[cluster]
     rho.mul_(torch.exp(norm_jitter * randn(num_labels)))
-    means = directions.mul_(rho.unsqueeze(1))
+    means = torch.empty(num_labels, dim, dtype=torch.float32)
+    for s in range(0, num_labels, _ROWS_PER_CHUNK):
+        rows = slice(s, s + _ROWS_PER_CHUNK)
+        d = _in_cluster_offsets(basis, cluster[rows], coeffs[rows])
+        d.mul_(label_spread / math.sqrt(rank)).add_(centres[cluster[rows]])
+        d.div_(d.norm(dim=1, keepdim=True).clamp_min(1e-12))  # torch.nn.functional.normalize, in place
+        means[rows] = d.mul_(rho[rows].unsqueeze(1))
+    del coeffs
 
     ranks = torch.randperm(num_labels, generator=gen).to(torch.float64)
     prior64 = (ranks + 1.0).pow(-zipf_exponent)
@@ -412,9 +424,9 @@ def make_synthetic_task(
 
     # Per-direction noise variance inside a cluster subspace.
     v = noise**2 / rank + isotropic_noise**2 / dim
-    weight = means / v
-    bias = prior64.log().to(torch.float32) - means.pow(2).sum(1) / (2 * v)
-    weight = weight.contiguous()
+    sq_norms = torch.cat([means[s : s + _ROWS_PER_CHUNK].pow(2).sum(1) for s in range(0, num_labels, _ROWS_PER_CHUNK)])
+    bias = prior64.log().to(torch.float32) - sq_norms / (2 * v)
+    weight = means.div_(v)  # means is not needed after this
     meta = {
         "cluster": cluster,
         "prior": prior64.to(torch.float32),

@@ -29,6 +29,14 @@ from .reference import augmented_labels
 Tensor = torch.Tensor
 
 
+def require_lists(index, what: str) -> None:
+    """Refuse `what` (add_labels, remove_labels, compact: "what()") with a
+    TypeError unless index is of the family that keeps label lists (the
+    partitions family); LSSLinear and ShardedLSSLinear alike."""
+    if not hasattr(index, "drop_labels"):
+        raise TypeError(f"{what}() needs the partitions family; this layer's index is {index.family!r}")
+
+
 def check_new_labels(weight: Tensor, bias: Optional[Tensor], queries: Optional[Tensor],
                      query_labels: Optional[Tensor], *, dim: int, has_bias: bool, num_labels: int, device):
     """The checks of add_labels' arguments (LSSLinear and ShardedLSSLinear

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _checks as checks
+from .label_updates import require_lists
 from . import _ops
 from . import families
 from . import partition as _partition  # noqa: F401  (registers the "partitions" family)
@@ -197,6 +198,18 @@ class LSSLinear(nn.Module):
         b = params.get("bias")
         return refs[0]() is params["weight"] and (refs[1]() if refs[1] is not None else None) is b
 
+    @property
+    def index_is_current(self) -> bool:
+        """Whether the index reflects the current weight and bias (the same
+        Parameters, unchanged since it was built or last synced); a stale
+        index is brought up to date on the next call that uses it."""
+        return self._index_current()
+
+    @property
+    def has_removed_labels(self) -> bool:
+        """Whether any label is removed (remove_labels; layer.removed holds which)."""
+        return self._any_removed
+
     def _ensure_index(self) -> None:
         """The one rule keeping the index in sync with the weights: build it
         on first use; after a weight change, let the family update what it
@@ -313,7 +326,7 @@ class LSSLinear(nn.Module):
     # ---------------------------------------------------- labels over time
     def _drop_removed(self, index: LSSIndex) -> None:
         if self._any_removed:
-            _require_lists(index, "remove_labels")
+            require_lists(index, "remove_labels")
             index.drop_labels(torch.nonzero(self.removed).squeeze(1))
 
     @torch.no_grad()
@@ -329,7 +342,7 @@ class LSSLinear(nn.Module):
         holding the old ones must be rebuilt (docs/api.md)."""
         from .label_updates import add_to_index, check_new_labels
 
-        _require_lists(self.index, "add_labels")
+        require_lists(self.index, "add_labels")
         dtype, device = self.weight.dtype, self.weight.device
         n, queries, query_labels = check_new_labels(weight, bias, queries, query_labels, dim=self.in_features,
                                                     has_bias=self.bias is not None, num_labels=self.out_features,
@@ -353,7 +366,7 @@ class LSSLinear(nn.Module):
         """Never return the labels ids (int64, in [0, N)) again: out of every
         index list at once (O(T)), -inf in train-mode logits. Their ids stay
         allocated (ids the caller holds keep their meaning) until compact()."""
-        _require_lists(self.index, "remove_labels")
+        require_lists(self.index, "remove_labels")
         ids = torch.as_tensor(ids, device=self.removed.device)
         if ids.dtype not in (torch.int64, torch.int32) or ids.dim() > 1:
             raise TypeError(f"ids must be int64 label ids [n], got {ids.dtype} {tuple(ids.shape)}")
@@ -370,7 +383,7 @@ class LSSLinear(nn.Module):
         """Drop the removed labels' rows and renumber the others (order
         kept); returns old id -> new id, int64 [old N] (-1 for removed).
         The weight and bias become new Parameters."""
-        _require_lists(self.index, "compact")
+        require_lists(self.index, "compact")
         keep = ~self.removed
         n = int(keep.sum())
         if n == 0:
@@ -478,11 +491,6 @@ def _index_config(index, where: str, **legacy) -> IndexConfig:
     old = ", ".join(f"{k}={v!r}" for k, v in given.items())
     warnings.warn(f"{where}({old}) is deprecated: pass {instead}", DeprecationWarning, stacklevel=3)
     return config
-
-
-def _require_lists(index: LSSIndex, what: str) -> None:
-    if not hasattr(index, "drop_labels"):
-        raise TypeError(f"{what}() needs the partitions family; this layer's index is {index.family!r}")
 
 
 def _upgrade_v1(state_dict, prefix, extra, dim, num_labels) -> None:

@@ -229,15 +229,6 @@ def quantize_queries(x: Tensor) -> Tuple[Tensor, Tensor]:
     return q, scale
 
 
-def partition_scores(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor]) -> Tensor:
-    """<x[b], centroids[p]> + centroid_bias[p] as [B, P] in the accumulator dtype."""
-    acc = acc_dtype(x.dtype)
-    s = x.to(acc) @ centroids.to(acc).T
-    if centroid_bias is not None:
-        s = s + centroid_bias.to(acc)
-    return s
-
-
 def _rank_desc(scores: Tensor, ids: Tensor) -> Tensor:
     """Permutation sorting (scores desc, ids asc); NaN scores count as -inf."""
     # (posinf / neginf given explicitly: by default nan_to_num would also
@@ -245,17 +236,6 @@ def _rank_desc(scores: Tensor, ids: Tensor) -> Tensor:
     s = torch.nan_to_num(scores, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
     by_id = torch.sort(ids, stable=True).indices
     return by_id[torch.sort(s[by_id], descending=True, stable=True).indices]
-
-
-def partition_probe(x: Tensor, centroids: Tensor, centroid_bias: Optional[Tensor], nprobe: int) -> Tensor:
-    """The nprobe best-scoring partitions of each query, int32 [B, nprobe]:
-    larger <x, c_p> + cb_p first, ties (and NaN, counted as -inf) by smaller p."""
-    s = partition_scores(x, centroids, centroid_bias)
-    p = torch.arange(centroids.shape[0], device=x.device)
-    out = torch.empty(x.shape[0], nprobe, dtype=torch.int32, device=x.device)
-    for b in range(x.shape[0]):
-        out[b] = _rank_desc(s[b], p)[:nprobe].to(torch.int32)
-    return out
 
 
 def quantized_candidates(x: Tensor, probes: Tensor, list_offsets: Tensor, codes: Tensor, code_scales: Tensor,

@@ -167,7 +167,7 @@ def _upkeep(layer: LSSLinear, refresh_every: Union[int, str, None], rebuild_ever
         due = refresh_every is not None and state.calls % refresh_every == 0
     full = refresh_every == 1 or replaced or not index.built or due
     if full:
-        if not layer._index_current():
+        if not layer.index_is_current:
             state.full_syncs += 1
         layer.sync_index()  # a no-op when the index is current
         state.index = weakref.ref(layer.index)
@@ -231,7 +231,7 @@ def _candidates(layer, xf, positives, num_hard, num_uniform, generator, acc):
     keep = sk < n
     keep[:, 1:] &= sk[:, 1:] != sk[:, :-1]
     ids = torch.where(keep, sk, -1)
-    if layer._any_removed:
+    if layer.has_removed_labels:
         # A removed label's term of the softmax is exp(-inf) = 0: a uniform
         # draw of one adds nothing (the estimator stays unbiased).
         ids = torch.where((ids >= 0) & layer.removed[ids.clamp(min=0)], -1, ids)
@@ -341,7 +341,7 @@ def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     positives = target.reshape(B, -1) if multi else target.reshape(B, 1)
     positives = torch.where((positives == ignore_index) | (positives < 0), -1, positives)
-    if layer._any_removed and bool(layer.removed[positives.clamp(min=0)][positives >= 0].any()):
+    if layer.has_removed_labels and bool(layer.removed[positives.clamp(min=0)][positives >= 0].any()):
         raise ValueError("target holds labels removed by remove_labels(); they have no logit to train")
     num_hard = layer.max_candidates if num_hard is None else num_hard
     if seed is not None:

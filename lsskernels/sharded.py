@@ -51,8 +51,8 @@ from . import _checks as checks
 from . import _ops
 from .fit_pairs import labels_matrix
 from .families import config_from_knobs, make_index
-from .label_updates import check_new_labels
-from .layer import LSSLinear, _require_lists
+from .label_updates import check_new_labels, require_lists
+from .layer import LSSLinear
 from .partition.fit import judge_shards
 
 Tensor = torch.Tensor
@@ -588,7 +588,7 @@ class ShardedLSSLinear(nn.Module):
         """LSSLinear.add_labels' argument checks, run on every rank (the
         owner's local call repeats them): every rank refuses alike, before
         the collective. Returns n."""
-        _require_lists(self.local.index, "add_labels")
+        require_lists(self.local.index, "add_labels")
         device = queries.device if isinstance(queries, Tensor) else None
         with warnings.catch_warnings():  # the owner's own call warns about dropped pairs
             warnings.simplefilter("ignore")
@@ -651,7 +651,7 @@ class ShardedLSSLinear(nn.Module):
         with the same ids; local (no collective); the ids stay allocated.
         predict / candidates / sparse_logits / eval forward never return
         them; cross_entropy refuses them as targets. Partition family only."""
-        _require_lists(self.local.index, "remove_labels")
+        require_lists(self.local.index, "remove_labels")
         ids = torch.as_tensor(ids, device=self.local.removed.device)
         if ids.dtype not in (torch.int64, torch.int32) or ids.dim() > 1:
             raise TypeError(f"ids must be int64 label ids [n], got {ids.dtype} {tuple(ids.shape)}")
@@ -724,7 +724,7 @@ class ShardedLSSLinear(nn.Module):
         flag rides in the SUM all_reduce). Collective."""
         logits = F.linear(_copy_to_group(x, self._group, self.world_size), self.local.weight, self.local.bias)
         removed = self.local.removed
-        if self.local._any_removed:
+        if self.local.has_removed_labels:
             logits = logits.masked_fill(removed, float("-inf"))
         _check_ce(logits, target, self.start, self.stop, reduction, ignore_index)
         # Every rank sends the removed column (its own all False or not): the reduced shapes must agree.

@@ -47,7 +47,7 @@ def require_backend(backend: str, *ops: str) -> torch.device:
             pytest.skip("compiled extension not built")
         return torch.device("cpu")
     if backend == "cuda":
-        if not torch.cuda.is_available() or not all(_ops._has_kernel(op, "cuda") for op in ops):
+        if not torch.cuda.is_available() or not all(_ops.has_native_kernel(op, "cuda") for op in ops):
             pytest.skip(f"no CUDA kernels for {ops} here")
         return torch.device("cuda")
     # triton: on a GPU, or on CPU tensors under the interpreter.

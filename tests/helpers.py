@@ -184,3 +184,38 @@ def linear_of(weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Linear:
 def layer_for(task, **kw):
     """LSSLinear.from_linear of a synthetic task's layer (max_candidates 40 unless given)."""
     return lsskernels.LSSLinear.from_linear(linear_of(task.weight, task.bias), **{"max_candidates": 40, **kw})
+
+
+def fp32_probes(x: torch.Tensor, centroids: torch.Tensor, centroid_bias, nprobe: int) -> torch.Tensor:
+    """The nprobe best partitions of each query by <x, c_p> + cb_p in fp32,
+    int32 [B, nprobe], ties (and NaN, as -inf) by smaller p: the ranking the
+    int8 probe approximates (the removed partition_probe op's contract)."""
+    s = x.float() @ centroids.float().T
+    if centroid_bias is not None:
+        s = s + centroid_bias.float()
+    s = torch.nan_to_num(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    return torch.sort(s, dim=1, descending=True, stable=True).indices[:, :nprobe].to(torch.int32)
+
+
+def tables_from_buckets(bucket_lists: list, bits: int, device=None) -> tuple:
+    """Tables from explicit bucket contents: bucket_lists[l][c] is an int tensor
+    of label ids for bucket c of table l (sorted and deduplicated here): tables
+    where a label may sit in several buckets of a table, as label-superior
+    insertion makes them (moved from lsskernels/tables.py, where only tests
+    used it)."""
+    buckets = 1 << bits
+    offsets_rows: list = []
+    items_rows: list = []
+    for table in bucket_lists:
+        if len(table) != buckets:
+            raise ValueError(f"each table needs 2^bits = {buckets} buckets, got {len(table)}")
+        cleaned = [torch.unique(b.to(torch.int64)) for b in table]
+        sizes = torch.tensor([c.numel() for c in cleaned], dtype=torch.int64)
+        offsets_rows.append(torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)]))
+        items_rows.append(torch.cat(cleaned) if cleaned else torch.empty(0, dtype=torch.int64))
+    width = max((r.numel() for r in items_rows), default=0)
+    items = torch.full((len(items_rows), width), -1, dtype=torch.int32)
+    for l, r in enumerate(items_rows):
+        items[l, : r.numel()] = r.to(torch.int32)
+    offsets = torch.stack(offsets_rows).to(torch.int32) if offsets_rows else torch.zeros(0, buckets + 1, dtype=torch.int32)
+    return offsets.to(device), items.to(device)

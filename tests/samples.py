@@ -153,24 +153,6 @@ def samples_topk_packed(dtype) -> Iterator[Sample]:
         yield Sample(f"B{B}-N{N}-density{density}-k{k}", (values, row_ptr, bitmap, k))
 
 
-# -------------------------------------------------------- partition_probe
-def samples_partition_probe(dtype) -> Iterator[Sample]:
-    """(x [B, d], centroids [P, d], centroid_bias [P] or None, nprobe).
-    Names ending in "-int" hold integer-valued data (exact scores, many
-    ties): the probes must then match the reference exactly. P = 20000 is
-    past the shared-memory selection (global scratch path)."""
-    for B, d, P, nprobe in _cases([(1, 37, 100, 8), (33, 128, 1000, 32), (3, 16, 17, 17)], [(4, 16, 20_000, 20)]):
-        seed = B * 100 + d + P
-        x = randn(B, d, seed=seed, dtype=dtype)
-        c = randn(P, d, seed=seed + 1, dtype=dtype)
-        b = randn(P, seed=seed + 2, dtype=dtype)
-        yield Sample(f"B{B}-d{d}-P{P}-nprobe{nprobe}", (x, c, b, nprobe))
-        xi = torch.randint(-3, 4, (B, d), generator=gen(seed + 3)).to(dtype)
-        ci = torch.randint(-3, 4, (P, d), generator=gen(seed + 4)).to(dtype)
-        ci[P // 2] = ci[0]  # a duplicated centroid
-        yield Sample(f"B{B}-d{d}-P{P}-nprobe{nprobe}-int", (xi, ci, None, nprobe))
-
-
 # --------------------------------------------------- quantized_candidates
 def partition_lists(P: int, d: int, N: int, seed: int, max_size: int):
     """(list_offsets, codes, code_scales, code_bias, list_ids) in the layout
@@ -220,6 +202,5 @@ SAMPLES: Dict[str, Callable[..., Iterator[Sample]]] = {
     "bitmap_sparse_matmul": samples_bitmap_sparse_matmul,
     "topk_gathered": samples_topk_gathered,
     "topk_packed": samples_topk_packed,
-    "partition_probe": samples_partition_probe,
     "quantized_candidates": samples_quantized_candidates,
 }

@@ -9,7 +9,7 @@ import torch
 import lsskernels as lss
 from lsskernels import reference
 from backends import on, on_backends_but_triton, on_triton, require_backend
-from helpers import csr_tables, poison_heap, random_query_codes, random_tables
+from helpers import csr_tables, poison_heap, random_query_codes, random_tables, tables_from_buckets
 
 LOOKUP_CASES = [
     # num_labels, tables, bits, batch, max_candidates, min_hits
@@ -54,8 +54,6 @@ def test_bucket_lookup_bitmap_matches_reference(backend, num_labels, tables, bit
 def test_lookup_with_label_superior_tables(backend):
     """Tables where a label sits in several buckets of a table and some tables
     are shorter than items.shape[1] (the -1 padded tail is never read)."""
-    from lsskernels.simhash.tables import tables_from_buckets
-
     device = require_backend(backend, "bucket_lookup")
     g = torch.Generator().manual_seed(5)
     bits, num_labels = 3, 50

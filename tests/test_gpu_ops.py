@@ -26,7 +26,7 @@ import torch
 import lsskernels as lss
 from helpers import GRAD_TOLERANCES, TOLERANCES
 from lsskernels import _ops, reference
-from samples import SAMPLES, Sample
+from samples import SAMPLES
 
 pytestmark = pytest.mark.gpu
 
@@ -59,7 +59,7 @@ def require(op: str, backend: str) -> None:
     elif backend in ("cpu", "cuda"):
         if backend == "cuda" and not lss.cuda_kernels_built():
             pytest.skip("lsskernels built without the CUDA kernels")
-        if not _ops._has_kernel(op, backend):
+        if not _ops.has_native_kernel(op, backend):
             pytest.skip(f"this build has no {backend} kernel for {op}")
 
 
@@ -185,32 +185,6 @@ def test_topk_gathered(backend, dtype):
 @params()
 def test_topk_packed(backend, dtype):
     check_topk("topk_packed", backend, dtype)
-
-
-def assert_probes_match(got, s: Sample, rtol: float) -> None:
-    """Equal to the reference, or (random floats) differing only where the
-    scores of the partitions involved are within rounding of each other."""
-    x, c, b, nprobe = s.args
-    want = reference.partition_probe(x, c, b, nprobe)
-    got = cpu(got)
-    assert got.dtype == torch.int32 and got.shape == want.shape, s
-    if torch.equal(got, want):
-        return
-    assert not s.name.endswith("-int"), f"{s}: exact scores, yet probes differ"
-    scores = torch.nan_to_num(reference.partition_scores(x, c, b).double(), nan=float("-inf"))
-    g, w = got.long(), want.long()
-    assert all(len(set(r.tolist())) == nprobe for r in g), f"{s}: a partition repeated in a row"
-    sg, sw = scores.gather(1, g), scores.gather(1, w)
-    scale = scores.abs().amax(1, keepdim=True).clamp(min=1)
-    assert bool(torch.all((sg == sw) | ((sg - sw).abs() <= rtol * scale))), f"{s}: probes differ"
-
-
-@params()
-def test_partition_probe(backend, dtype):
-    require("partition_probe", backend)
-    rtol = 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-5
-    for s, d in device_samples("partition_probe", dtype):
-        assert_probes_match(_ops.partition_probe(*d.args, backend=backend), s, rtol)
 
 
 @params()

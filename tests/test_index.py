@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lsskernels as lss
-from helpers import layer_for
+from helpers import fp32_probes, layer_for
 from lsskernels import reference
 from lsskernels.data import make_synthetic_task
 from lsskernels.families import make_index
@@ -137,7 +137,7 @@ def test_the_int8_probe_is_the_fp32_probe_up_to_rounding(task, space):
     idx = layer.index
     x = task.test_x[:400]
     got = idx.probe(x, 4).long()
-    want = lss.partition_probe(x, idx.centroids, idx.centroid_bias, 4).long()
+    want = fp32_probes(x, idx.centroids, idx.centroid_bias, 4).long()
     overlap = (got.unsqueeze(2) == want.unsqueeze(1)).any(2).float().mean().item()
     assert overlap >= 0.97, overlap
     assert torch.equal(got, reference.quantized_probe(x, *idx.probe_codes()[:2], idx.centroid_bias, 4).long())
@@ -179,7 +179,7 @@ def test_query_space_partitions_spill_and_round_trip(task):
     # Probed by L2 distance to the centroids of the queries.
     torch.testing.assert_close(idx.centroid_bias, -0.5 * idx.centroids.pow(2).sum(1))
     x = task.test_x[:100]
-    probes = lss.partition_probe(x, idx.centroids, idx.centroid_bias, 3).long()
+    probes = fp32_probes(x, idx.centroids, idx.centroid_bias, 3).long()
     assert torch.equal(probes, torch.cdist(x, idx.centroids).topk(3, largest=False).indices)
     # Every label is in its home list.
     homes = label_homes(task.weight, task.bias, idx.centroids)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import lsskernels as lss
 from lsskernels import reference
-from lsskernels.simhash.tables import tables_from_buckets
+from helpers import tables_from_buckets
 
 pytestmark = pytest.mark.skipif(not lss.extension_loaded(), reason="compiled extension not built")
 

@@ -1,5 +1,6 @@
-"""The GPU backends of the partition family (partition_probe,
-quantized_candidates) against lsskernels.reference.
+"""The GPU backends of the partition family (quantized_candidates, and the
+quantized_probe and partition_predict_topk built on it) against
+lsskernels.reference.
 
 Triton: the kernels run on CPU tensors under the Triton interpreter, in a
 child pytest process as in tests/test_triton.py (TRITON_INTERPRET=1 must be
@@ -16,8 +17,7 @@ Inputs are fresh random ragged lists: B = 1 and a few, d not a multiple of 32
 listed in several partitions (with identical and with different codes), M
 larger than the candidates, N not a multiple of 32, garbage in the codes past
 d, ties, NaN and infinite scores. quantized_candidates must match bit for
-bit; partition_probe exactly where the scores are exact (integer-valued
-data), else up to swaps of partitions whose scores are within rounding.
+bit.
 """
 from __future__ import annotations
 
@@ -83,24 +83,6 @@ def random_probes(batch: int, nprobe: int, num_parts: int, seed: int, device: st
     return probes.to(device)
 
 
-def assert_probes_match(got, x, centroids, bias, nprobe, rtol=1e-5):
-    """Equal to the reference, or differing only where the scores of the
-    partitions involved are within rounding of each other."""
-    from lsskernels import reference
-
-    want = reference.partition_probe(x, centroids, bias, nprobe)
-    assert got.dtype == torch.int32 and got.shape == want.shape
-    if torch.equal(got.cpu(), want.cpu()):
-        return
-    s = reference.partition_scores(x, centroids, bias).double().cpu()
-    s = torch.nan_to_num(s, nan=float("-inf"))
-    g, w = got.long().cpu(), want.long().cpu()
-    assert all(len(set(r.tolist())) == nprobe for r in g), "repeated partitions in a row"
-    sg, sw = s.gather(1, g), s.gather(1, w)
-    scale = s.abs().amax(1, keepdim=True).clamp(min=1)
-    assert torch.all((sg == sw) | ((sg - sw).abs() <= rtol * scale)), (got, want)
-
-
 if not IN_CHILD:
     # ----------------------------------------------------------- driver
     @pytest.mark.skipif(not _triton_importable(), reason="triton not installed")
@@ -119,7 +101,7 @@ if not IN_CHILD:
 
         if not lss.cuda_kernels_built():
             pytest.skip("extension built without CUDA")
-        for op in ("partition_probe", "quantized_candidates"):
+        for op in ("quantized_candidates",):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lsskernels::{op}", "CUDA"), op
 
     # ------------------------------------------------- real GPU (CUDA, Triton)
@@ -153,29 +135,6 @@ if not IN_CHILD:
             got = _ops.quantized_candidates(x, probes, *lists, N, m, backend=backend)
             want = reference.quantized_candidates(x, probes, *lists, N, m)
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (batch, nprobe, m)
-
-    @gpu
-    @needs_gpu
-    @pytest.mark.parametrize("backend", ["cuda", "triton"])
-    @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-    def test_gpu_partition_probe(backend, dtype):
-        from lsskernels import _ops
-
-        if backend not in _gpu_backends():
-            pytest.skip(f"{backend} backend not available")
-        for batch, d, P, nprobe in ((1, 37, 100, 8), (33, 128, 1000, 32), (4, 16, 20000, 20)):
-            x = torch.randn(batch, d, generator=gen(d)).to(dtype).cuda()
-            c = torch.randn(P, d, generator=gen(d + 1)).to(dtype).cuda()
-            b = torch.randn(P, generator=gen(d + 2)).to(dtype).cuda()
-            got = _ops.partition_probe(x, c, b, nprobe, backend=backend)
-            assert_probes_match(got, x, c, b, nprobe, rtol=1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-5)
-            # integer-valued data: exact scores, many ties, must match exactly
-            xi = torch.randint(-3, 4, (batch, d), generator=gen(3)).to(dtype).cuda()
-            ci = torch.randint(-3, 4, (P, d), generator=gen(4)).to(dtype).cuda()
-            from lsskernels import reference
-
-            assert torch.equal(_ops.partition_probe(xi, ci, None, nprobe, backend=backend),
-                               reference.partition_probe(xi, ci, None, nprobe))
 
     @gpu
     @needs_gpu
@@ -357,49 +316,6 @@ else:
             ids[offsets[3]] = 30  # == num_labels, in probed partition 3
         with pytest.raises(ValueError, match=match):
             lt.quantized_candidates(x, probes, offsets, codes, scales, bias, ids, 30, 4)
-
-    # ----------------------------------------------------- partition_probe
-    PROBE_CASES = [
-        # B, d, P, nprobe, bias
-        (1, 7, 5, 2, True),
-        (4, 33, 40, 7, False),
-        (3, 16, 17, 17, True),  # nprobe == P
-    ]
-
-    @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-    @pytest.mark.parametrize("case", PROBE_CASES)
-    def test_partition_probe(dtype, case):
-        batch, d, parts, nprobe, with_bias = case
-        seed = batch * 100 + d
-        x = torch.randn(batch, d, generator=gen(seed)).to(dtype)
-        c = torch.randn(parts, d, generator=gen(seed + 1)).to(dtype)
-        b = torch.randn(parts, generator=gen(seed + 2)).to(dtype) if with_bias else None
-        got = lt.partition_probe(x, c, b, nprobe)
-        assert_probes_match(got, x, c, b, nprobe, rtol=1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-5)
-        # Integer-valued data: exact scores with many ties, which must
-        # resolve exactly as the reference's (by smaller p).
-        xi = torch.randint(-2, 3, (batch, d), generator=gen(seed + 3)).to(dtype)
-        ci = torch.randint(-2, 3, (parts, d), generator=gen(seed + 4)).to(dtype)
-        ci[parts // 2] = ci[0]  # a duplicated centroid
-        bi = torch.randint(-1, 2, (parts,), generator=gen(seed + 5)).to(dtype) if with_bias else None
-        assert torch.equal(lt.partition_probe(xi, ci, bi, nprobe), reference.partition_probe(xi, ci, bi, nprobe))
-
-    def test_partition_probe_nan_and_infinite_scores():
-        x = torch.randn(2, 9, generator=gen(61))
-        c = torch.randn(6, 9, generator=gen(62))
-        c[1, 0] = float("nan")  # NaN score: ranks as -inf
-        b = torch.randn(6, generator=gen(63))
-        b[2] = float("-inf")
-        b[4] = float("inf")
-        b[5] = float("-inf")
-        got = lt.partition_probe(x, c, b, 6)
-        assert torch.equal(got, reference.partition_probe(x, c, b, 6))
-
-    def test_partition_probe_public_wrapper():
-        x = torch.randint(-2, 3, (3, 10), generator=gen(71)).float()
-        c = torch.randint(-2, 3, (12, 10), generator=gen(72)).float()
-        got = _ops.partition_probe(x, c, None, 4, backend="triton")
-        assert torch.equal(got, _ops.partition_probe(x, c, None, 4, backend="reference"))
 
     # ---------------------------------- the probe and the composite (Triton path)
     @pytest.mark.parametrize("projected", [False, True])

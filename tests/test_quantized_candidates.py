@@ -237,13 +237,13 @@ def test_batch_one_with_many_rows_matches_reference():
 
 @pytest.mark.skipif(ISA_CHILD, reason="already in a child")
 def test_batch_one_split_across_threads():
-    """LSS_SPLIT_QUERY_BYTES=0: every batch-1 call splits its partitions (and
-    partition_probe its centroids) across the threads; same bits."""
+    """LSS_SPLIT_QUERY_BYTES=0: every batch-1 call splits its partitions
+    across the threads; same bits."""
     require_backend("cpu", "quantized_candidates")
     env = dict(os.environ, LSS_SPLIT_QUERY_BYTES="0", LSS_ISA_TEST_CHILD="1")
     cmd = [sys.executable, "-m", "pytest", os.path.join(HERE, "test_quantized_candidates.py"),
-           os.path.join(HERE, "test_partition_probe.py"), "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-x",
-           "-k", "(on_cpu and (bit_for_bit or fma or random_scores or separated)) or many_rows"]
+           "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-x",
+           "-k", "(on_cpu and (bit_for_bit or fma)) or many_rows"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0 and " passed" in tail, tail

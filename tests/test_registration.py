@@ -67,7 +67,6 @@ def _samples():
         (ops.topk_packed.default, (values.detach(), row_ptr, bitmap, 4)),
         (ops.predict_topk.default, (x.detach(), randn(4, 5, 11, seed=16), offsets, items, w.detach(), b.detach(),
                                     70, 16, 1, 3)),
-        (ops.partition_probe.default, (x.detach(), randn(6, 9, seed=17), randn(6, seed=18), 3)),
         (ops.quantized_candidates.default, (x.detach(), random_probes(3, 3, 6, seed=19), *lists, 70, 16)),
         (ops.partition_predict_topk.default, (x.detach(), *probe, randn(6, seed=18), *lists, w.detach(),
                                               b.detach(), 70, 3, 16, 4)),
@@ -76,7 +75,7 @@ def _samples():
     ]
 
 
-@pytest.mark.parametrize("case", range(17))
+@pytest.mark.parametrize("case", range(16))
 def test_opcheck(case):
     op, args = _samples()[case]
     # bitmap_sparse_matmul's output size is data-dependent; aot_dispatch_dynamic

@@ -256,16 +256,18 @@ def partition_inputs(device="cpu", dtype=None, seed=0):
     x = torch.randint(-3, 4, (B, d), generator=g).to(dtype)
     centroids = torch.randint(-3, 4, (P, d), generator=g).to(dtype)
     centroid_bias = torch.randint(-2, 3, (P,), generator=g).to(dtype)
+    # The nprobe best partitions by exact score, ties by smaller p (what the
+    # removed partition_probe op computed for these inputs).
+    scores = x.double() @ centroids.double().T + centroid_bias.double()
+    probes = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :nprobe].to(torch.int32)
     t = dict(x=x, centroids=centroids, centroid_bias=centroid_bias, offsets=offsets, codes=codes,
-             scales=scales, bias=bias, ids=ids, N=N, nprobe=nprobe, M=M)
+             scales=scales, bias=bias, ids=ids, N=N, nprobe=nprobe, M=M, probes=probes)
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
 
 
 def run_partition_ops(ops, t):
     out = OrderedDict()
-    probes = ops.partition_probe(t["x"], t["centroids"], t["centroid_bias"], t["nprobe"])
-    out["partition_probe"] = probes
-    probes = probes.clone()
+    probes = t["probes"].clone()
     probes[0, 1] = -1
     probes[2, :] = -1
     out["quantized_candidates"] = ops.quantized_candidates(

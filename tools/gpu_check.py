@@ -346,7 +346,7 @@ class Timer:
 
 
 # The ops LSSLinear.predict runs with the partitions family.
-PREDICT_OPS = ("partition_probe", "quantized_candidates", "gathered_logits", "topk_gathered")
+PREDICT_OPS = ("quantized_candidates", "gathered_logits", "topk_gathered")  # the probe is quantized_candidates
 
 
 def bench(args, lsskernels, entry: dict) -> None:
@@ -409,7 +409,7 @@ def bench(args, lsskernels, entry: dict) -> None:
         """The first of `ops` this build has no `backend` kernel for, or None."""
         if backend not in ("cpu", "cuda"):
             return None
-        return next((op for op in ops if not _ops._has_kernel(op, backend)), None)
+        return next((op for op in ops if not _ops.has_native_kernel(op, backend)), None)
 
     def record(what, backend, batch, fn, needs=()):
         row = dict(what=what, backend=backend, batch=batch)
@@ -444,7 +444,6 @@ def bench(args, lsskernels, entry: dict) -> None:
         record("LSSLinear.predict", "auto", batch, lambda: layer.predict(x, k))
         # The pipeline's ops, each on its own inputs (computed once, by the reference).
         nprobe = min(index.nprobe, index.num_partitions)
-        c, cb = index.centroids, index.centroid_bias
         lists = (index.list_offsets, index.codes, index.code_scales, index.code_bias, index.list_ids)
         with torch.no_grad():
             probes = index.probe(x, nprobe, backend="reference")  # as predict() probes
@@ -454,7 +453,6 @@ def bench(args, lsskernels, entry: dict) -> None:
             values, row_ptr = reference.bitmap_sparse_matmul(x, W, b, bitmap)
         for backend in backends:
             ops = [
-                ("partition_probe", lambda: _ops.partition_probe(x, c, cb, nprobe, backend=backend)),
                 ("quantized_candidates", lambda: _ops.quantized_candidates(x, probes, *lists, N, M, backend=backend)),
                 ("gathered_logits", lambda: _ops.gathered_logits(x, W, b, ids, backend=backend)),
                 ("topk_gathered", lambda: _ops.topk_gathered(logits, ids, k, backend=backend)),

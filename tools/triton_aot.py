@@ -7,7 +7,8 @@ with the ptxas that ships with Triton). For each kernel variant (the
 representative constexprs and dtypes listed by each module's aot_specs())
 and each target (sm_80, sm_90) it prints: shared memory bytes, registers and
 spill stores/loads (from ptxas -v), for the kernels that are meant to use
-tensor cores (the fp16/bf16 bitmap matmul and partition score kernels)
+tensor cores (the fp16/bf16 bitmap matmul kernels; the partition score kernels
+went with the partition_probe op, removed in 0.6)
 whether the PTX contains mma.sync (sm_80) / wgmma (sm_90), and for the
 kernels whose fp32 arithmetic must be exact IEEE operation by operation
 (quantized_candidates, spec "exact_fp32") that the PTX holds no fp32 fma

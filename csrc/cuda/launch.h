@@ -18,7 +18,6 @@
 //   gathered_logits (+ backward)                gathered_logits_cuda.cu        gathered_logits_host.cpp
 //   bitmap_sparse_matmul (+ backward)           bitmap_sparse_matmul_cuda.cu   bitmap_sparse_matmul_host.cpp
 //   topk_gathered, topk_packed                  topk_cuda.cu                   topk_host.cpp
-//   partition_probe                             partition_probe_cuda.cu        partition_probe_host.cpp
 //   quantized_candidates                        quantized_candidates_cuda.cu   quantized_candidates_host.cpp
 //
 // (<op>_host.cpp, not <op>_cuda.cpp: setuptools names an object file after
@@ -235,28 +234,6 @@ enum PartitionStatusBit : unsigned long long {
   kBadOffsets = 128,  // list_offsets negative, decreasing, or past codes.size(0)
   kBadListId = 256,   // a list_ids entry of a probed row outside [0, num_labels)
 };
-
-// ------------------------------------------------- partition_probe_cuda.cu
-// scores[b, p] = <x_acc[b], centroids[p]> + bias[p] (bias may be null) in
-// the accumulator type (float, double for fp64), as lss::cuda::warp_dot sums
-// it (the CPU dot product's order), stored in canonical form: NaN -> -inf,
-// -0.0 -> +0.0 (equal to their replacements in the probe order).
-void partition_scores(DType dtype, const void* x_acc, const void* centroids, const void* bias,
-                      int64_t B, int64_t d, int64_t P, void* scores, cudaStream_t stream);
-
-// Largest power-of-two number of (score, p) pairs the shared-memory
-// selection sorts per query on this device (capped at 16384).
-int64_t probe_smem_capacity(DType dtype);
-// Bytes of global scratch per query for a selection of `capacity` pairs.
-size_t probe_scratch_bytes_per_row(DType dtype, int64_t capacity);
-
-// probes[b, :nprobe] = the nprobe best p of scores[b, :P] (canonical scores,
-// larger first, ties by smaller p) for rows [r_begin, r_end). capacity is a
-// power of two >= P: shared memory when scratch is null (capacity <=
-// probe_smem_capacity), else scratch + (b - r_begin) * per-row bytes.
-void probe_select(DType dtype, const void* scores, int64_t B, int64_t P, int64_t nprobe,
-                  int64_t capacity, void* scratch, int64_t r_begin, int64_t r_end,
-                  int32_t* probes, cudaStream_t stream);
 
 // -------------------------------------------- quantized_candidates_cuda.cu
 struct PartitionLists {

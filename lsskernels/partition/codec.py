@@ -122,7 +122,7 @@ class Int8Codec:
 
     def has_fused_kernel(self, device_type: str) -> bool:
         """Whether this build has the native kernels fused_predict composes for device_type."""
-        return _ops._has_kernel("quantized_candidates", device_type)
+        return _ops.has_native_kernel("quantized_candidates", device_type)
 
     @property
     def fused_predict(self):

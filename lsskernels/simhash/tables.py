@@ -8,8 +8,6 @@ several buckets of one table).
 """
 from __future__ import annotations
 
-from typing import List, Sequence
-
 import torch
 
 from .. import _checks as checks
@@ -49,28 +47,6 @@ def validate_tables(offsets: Tensor, items: Tensor, num_labels: int, bits: int |
 def build_label_tables(codes: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """Tables holding each label once per table, in the bucket of its code."""
     return _ops.build_tables(codes, bits)
-
-
-def tables_from_buckets(bucket_lists: Sequence[Sequence[Tensor]], bits: int, device=None) -> tuple[Tensor, Tensor]:
-    """Tables from explicit bucket contents: bucket_lists[l][c] is an int tensor
-    of label ids for bucket c of table l (sorted and deduplicated here). Used by
-    label-superior insertion, where a label may sit in several buckets."""
-    buckets = 1 << bits
-    offsets_rows: List[Tensor] = []
-    items_rows: List[Tensor] = []
-    for table in bucket_lists:
-        if len(table) != buckets:
-            raise ValueError(f"each table needs 2^bits = {buckets} buckets, got {len(table)}")
-        cleaned = [torch.unique(b.to(torch.int64)) for b in table]
-        sizes = torch.tensor([c.numel() for c in cleaned], dtype=torch.int64)
-        offsets_rows.append(torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)]))
-        items_rows.append(torch.cat(cleaned) if cleaned else torch.empty(0, dtype=torch.int64))
-    width = max((r.numel() for r in items_rows), default=0)
-    items = torch.full((len(items_rows), width), -1, dtype=torch.int32)
-    for l, r in enumerate(items_rows):
-        items[l, : r.numel()] = r.to(torch.int32)
-    offsets = torch.stack(offsets_rows).to(torch.int32) if offsets_rows else torch.zeros(0, buckets + 1, dtype=torch.int32)
-    return offsets.to(device), items.to(device)
 
 
 def bucket_size_stats(offsets: Tensor) -> dict:

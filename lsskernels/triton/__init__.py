@@ -13,7 +13,7 @@ through register_autograd. Design, grids and limits: docs/triton.md.
 
 One module per op, named after it (hash_codes.py, bucket_lookup.py, with
 bucket_lookup_bitmap, gathered_logits.py, bitmap_sparse_matmul.py, topk.py,
-with topk_gathered and topk_packed, partition_probe.py,
+with topk_gathered and topk_packed,
 quantized_candidates.py); _common.py holds what they share. The functions
 exported here shadow the modules of the same name as attributes of this
 package, so reach a module with module("bucket_lookup") (or
@@ -27,7 +27,6 @@ from .bitmap_sparse_matmul import bitmap_sparse_matmul
 from .bucket_lookup import bucket_lookup, bucket_lookup_bitmap
 from .gathered_logits import gathered_logits
 from .hash_codes import hash_codes
-from .partition_probe import partition_probe
 from .quantized_candidates import quantize_queries, quantized_candidates
 from .topk import topk_gathered, topk_packed
 
@@ -41,7 +40,6 @@ __all__ = [
     "gathered_logits",
     "hash_codes",
     "module",
-    "partition_probe",
     "quantize_queries",
     "quantized_candidates",
     "topk_gathered",
@@ -51,7 +49,7 @@ __all__ = [
 
 #: The op modules, in pipeline order.
 MODULES = ("hash_codes", "bucket_lookup", "gathered_logits", "bitmap_sparse_matmul", "topk",
-           "partition_probe", "quantized_candidates")
+           "quantized_candidates")
 
 
 def module(name: str):

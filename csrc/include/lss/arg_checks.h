@@ -22,9 +22,11 @@
 
 #include <ATen/ATen.h>
 
+#include <initializer_list>
 #include <limits>
 #include <string_view>
 #include <tuple>
+#include <utility>
 
 #include "lss/common.h"
 
@@ -49,6 +51,23 @@ inline void check_ndim(const char* op, const char* name, const at::Tensor& t, in
 inline void check_dtype(const char* op, const char* name, const at::Tensor& t, at::ScalarType want) {
   TORCH_CHECK_TYPE(t.scalar_type() == want, op, ": ", name, " must have dtype in (", dtype_name(want),
                    "), got ", dtype_name(t.scalar_type()));
+}
+
+// `name` is `ndim`-d (ValueError, described by `what`) with dtype `want`
+// (TypeError), checked in that order.
+inline void check_tensor(const char* op, const char* name, const at::Tensor& t, int64_t ndim, const char* what,
+                         at::ScalarType want) {
+  check_ndim(op, name, t, ndim, what);
+  check_dtype(op, name, t, want);
+}
+
+// Each named tensor is [n] (ValueError): `n_name` names n, `why` says why.
+inline void check_lengths(const char* op,
+                          std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors,
+                          const char* n_name, int64_t n, const char* why) {
+  for (const auto& [name, t] : tensors)
+    TORCH_CHECK_VALUE(t->size(0) == n, op, ": ", name, " must be [", n_name, "] = [", n, "] (", why, "), got ",
+                      t->sizes());
 }
 
 // `name` has a floating-point dtype (TypeError).
@@ -95,8 +114,7 @@ inline void check_hash_codes(const at::Tensor& x, const at::Tensor& proj) {
 // -------------------------------------------------------------------- tables
 inline void check_build_tables(const at::Tensor& codes, int64_t bits) {
   const char* op = "build_tables";
-  check_ndim(op, "codes", codes, 2, "[N, L] int32 label codes");
-  check_dtype(op, "codes", codes, at::kInt);
+  check_tensor(op, "codes", codes, 2, "[N, L] int32 label codes", at::kInt);
   check_int_in(op, "bits", bits, 1, kMaxBits);
   TORCH_CHECK_VALUE(codes.size(0) <= kMaxInt32, op, ": codes: at most 2^31 - 1 labels, got ", codes.size(0));
 }
@@ -104,12 +122,9 @@ inline void check_build_tables(const at::Tensor& codes, int64_t bits) {
 // The tables and query codes of bucket_lookup and bucket_lookup_bitmap.
 inline void check_tables(const char* op, const at::Tensor& codes, const at::Tensor& offsets,
                          const at::Tensor& items, int64_t num_labels, int64_t min_hits) {
-  check_ndim(op, "codes", codes, 2, "[B, L] int32");
-  check_dtype(op, "codes", codes, at::kInt);
-  check_ndim(op, "offsets", offsets, 2, "[L, 2^K + 1] int32");
-  check_dtype(op, "offsets", offsets, at::kInt);
-  check_ndim(op, "items", items, 2, "[L, T] int32");
-  check_dtype(op, "items", items, at::kInt);
+  check_tensor(op, "codes", codes, 2, "[B, L] int32", at::kInt);
+  check_tensor(op, "offsets", offsets, 2, "[L, 2^K + 1] int32", at::kInt);
+  check_tensor(op, "items", items, 2, "[L, T] int32", at::kInt);
   TORCH_CHECK_VALUE(codes.size(1) == offsets.size(0) && items.size(0) == offsets.size(0), op,
                     ": codes [B, L], offsets [L, 2^K + 1] and items [L, T] disagree on L: ", codes.sizes(), ", ",
                     offsets.sizes(), ", ", items.sizes());
@@ -149,8 +164,7 @@ inline void check_dense_args(const char* op, const at::Tensor& x, const at::Tens
 
 // Per-query candidate ids of gathered_logits(_backward): int32 [B, M].
 inline void check_ids_shape(const char* op, const at::Tensor& x, const at::Tensor& ids) {
-  check_ndim(op, "ids", ids, 2, "[B, M] int32 label ids (-1 = padding)");
-  check_dtype(op, "ids", ids, at::kInt);
+  check_tensor(op, "ids", ids, 2, "[B, M] int32 label ids (-1 = padding)", at::kInt);
   TORCH_CHECK_VALUE(ids.size(0) == x.size(0), op, ": ids must be [B, M] with B = x.shape[0] = ", x.size(0),
                     ", got ", ids.sizes());
 }
@@ -162,8 +176,7 @@ inline void check_gathered_grad(const at::Tensor& grad, const at::Tensor& ids) {
 
 // A candidate bitmap: int32 [rows, ceil(num_labels / 32)].
 inline void check_bitmap(const char* op, const at::Tensor& bitmap, int64_t rows, int64_t num_labels) {
-  check_ndim(op, "bitmap", bitmap, 2, "int32 [B, ceil(N / 32)]");
-  check_dtype(op, "bitmap", bitmap, at::kInt);
+  check_tensor(op, "bitmap", bitmap, 2, "int32 [B, ceil(N / 32)]", at::kInt);
   TORCH_CHECK_VALUE(bitmap.size(0) == rows && bitmap.size(1) == bitmap_words(num_labels), op,
                     ": bitmap must be int32 [B, ceil(N / 32)] = [", rows, ", ", bitmap_words(num_labels),
                     "], got shape ", bitmap.sizes());
@@ -210,8 +223,7 @@ inline void check_topk_gathered(const at::Tensor& logits, const at::Tensor& ids,
   const char* op = "topk_gathered";
   check_ndim(op, "logits", logits, 2, "[B, M] floating point");
   check_float(op, "logits", logits);
-  check_ndim(op, "ids", ids, 2, "[B, M] int32 label ids (-1 = padding)");
-  check_dtype(op, "ids", ids, at::kInt);
+  check_tensor(op, "ids", ids, 2, "[B, M] int32 label ids (-1 = padding)", at::kInt);
   TORCH_CHECK_VALUE(ids.sizes() == logits.sizes(), op, ": ids must have logits' shape ", logits.sizes(),
                     ", got ", ids.sizes());
   check_int_in(op, "k", k, 1);
@@ -224,39 +236,14 @@ inline void check_topk_packed(const at::Tensor& values, const at::Tensor& row_pt
   const char* op = "topk_packed";
   check_ndim(op, "values", values, 1, "[nnz] floating point");
   check_float(op, "values", values);
-  check_ndim(op, "row_ptr", row_ptr, 1, "int64 [B + 1]");
-  check_dtype(op, "row_ptr", row_ptr, at::kLong);
-  check_ndim(op, "bitmap", bitmap, 2, "int32 [B, W]");
-  check_dtype(op, "bitmap", bitmap, at::kInt);
+  check_tensor(op, "row_ptr", row_ptr, 1, "int64 [B + 1]", at::kLong);
+  check_tensor(op, "bitmap", bitmap, 2, "int32 [B, W]", at::kInt);
   TORCH_CHECK_VALUE(row_ptr.size(0) == bitmap.size(0) + 1, op, ": row_ptr must be [B + 1] = [",
                     bitmap.size(0) + 1, "], got ", row_ptr.sizes());
   check_int_in(op, "k", k, 1);
 }
 
 // ---------------------------------------------------------------- partitions
-inline void check_partition_probe(const at::Tensor& x, const at::Tensor& centroids,
-                                  const c10::optional<at::Tensor>& centroid_bias, int64_t nprobe) {
-  const char* op = "partition_probe";
-  check_ndim(op, "x", x, 2, "[B, d] floating point");
-  check_float(op, "x", x);
-  check_ndim(op, "centroids", centroids, 2, "[P, d] floating point");
-  check_float(op, "centroids", centroids);
-  check_same_dtype(op, "centroids", centroids, "x", x);
-  TORCH_CHECK_VALUE(centroids.size(1) == x.size(1), op, ": centroids must be [P, d] with d = x.shape[1] = ",
-                    x.size(1), ", got ", centroids.sizes());
-  const int64_t P = centroids.size(0);
-  TORCH_CHECK_VALUE(P >= 1, op, ": centroids must hold at least one partition, got shape ", centroids.sizes());
-  TORCH_CHECK_VALUE(P <= kMaxInt32, op, ": at most 2^31 - 1 partitions, got ", P);
-  if (centroid_bias.has_value()) {
-    check_ndim(op, "centroid_bias", *centroid_bias, 1, "[P] floating point");
-    check_float(op, "centroid_bias", *centroid_bias);
-    check_same_dtype(op, "centroid_bias", *centroid_bias, "x", x);
-    TORCH_CHECK_VALUE(centroid_bias->size(0) == P, op, ": centroid_bias must be [P] = [", P, "], got ",
-                      centroid_bias->sizes());
-  }
-  check_int_in(op, "nprobe", nprobe, 1, P);
-}
-
 // Shapes and dtypes of the partition lists (codes rows padded to Dp, a
 // multiple of 32 with d <= Dp < d + 32, d the width of x). The offsets'
 // values, the probes' values and the list ids are checked by each backend as
@@ -269,16 +256,11 @@ inline void check_partition_lists(const char* op, const at::Tensor& x, const at:
                                   int64_t code_dim = -1) {
   check_ndim(op, "x", x, 2, "[B, d] floating point");
   check_float(op, "x", x);
-  check_ndim(op, "list_offsets", list_offsets, 1, "int32 [P + 1]");
-  check_dtype(op, "list_offsets", list_offsets, at::kInt);
-  check_ndim(op, "codes", codes, 2, "int8 [T, Dp]");
-  check_dtype(op, "codes", codes, at::kChar);
-  check_ndim(op, "code_scales", code_scales, 1, "float32 [T]");
-  check_dtype(op, "code_scales", code_scales, at::kFloat);
-  check_ndim(op, "code_bias", code_bias, 1, "float32 [T]");
-  check_dtype(op, "code_bias", code_bias, at::kFloat);
-  check_ndim(op, "list_ids", list_ids, 1, "int32 [T]");
-  check_dtype(op, "list_ids", list_ids, at::kInt);
+  check_tensor(op, "list_offsets", list_offsets, 1, "int32 [P + 1]", at::kInt);
+  check_tensor(op, "codes", codes, 2, "int8 [T, Dp]", at::kChar);
+  check_tensor(op, "code_scales", code_scales, 1, "float32 [T]", at::kFloat);
+  check_tensor(op, "code_bias", code_bias, 1, "float32 [T]", at::kFloat);
+  check_tensor(op, "list_ids", list_ids, 1, "int32 [T]", at::kInt);
   const int64_t d = code_dim < 0 ? x.size(1) : code_dim, T = codes.size(0), Dp = codes.size(1);
   const char* what = code_dim < 0 ? "d" : "the code width r";
   TORCH_CHECK_VALUE(Dp % kCodeAlign == 0 && d <= Dp && Dp < d + kCodeAlign, op, ": codes must be int8 [T, Dp] with Dp = ",
@@ -287,11 +269,8 @@ inline void check_partition_lists(const char* op, const at::Tensor& x, const at:
   TORCH_CHECK_VALUE(Dp <= kMaxCodeWidth, op, ": codes rows of ", Dp,
                     " entries could overflow the int32 dot product; at most ", kMaxCodeWidth, " supported");
   TORCH_CHECK_VALUE(T <= kMaxInt32, op, ": at most 2^31 - 1 code rows, got ", T);
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"code_scales", &code_scales},
-                                {"code_bias", &code_bias},
-                                {"list_ids", &list_ids}})
-    TORCH_CHECK_VALUE(t->size(0) == T, op, ": ", name, " must be [T] = [", T,
-                      "] (one entry per row of codes), got ", t->sizes());
+  check_lengths(op, {{"code_scales", &code_scales}, {"code_bias", &code_bias}, {"list_ids", &list_ids}}, "T", T,
+                "one entry per row of codes");
   TORCH_CHECK_VALUE(list_offsets.size(0) >= 2, op, ": list_offsets must be int32 [P + 1] with P >= 1, got ",
                     list_offsets.sizes());
   check_int_in(op, "num_labels", num_labels, 1, kMaxInt32);
@@ -303,8 +282,7 @@ inline void check_quantized_candidates(const at::Tensor& x, const at::Tensor& pr
                                        const at::Tensor& list_ids, int64_t num_labels, int64_t max_candidates) {
   const char* op = "quantized_candidates";
   check_partition_lists(op, x, list_offsets, codes, code_scales, code_bias, list_ids, num_labels);
-  check_ndim(op, "probes", probes, 2, "[B, nprobe] int32 partition ids (-1 = skip)");
-  check_dtype(op, "probes", probes, at::kInt);
+  check_tensor(op, "probes", probes, 2, "[B, nprobe] int32 partition ids (-1 = skip)", at::kInt);
   TORCH_CHECK_VALUE(probes.size(0) == x.size(0), op, ": probes must be [B, nprobe] with B = x.shape[0] = ",
                     x.size(0), ", got ", probes.sizes());
   check_max_candidates(op, max_candidates);
@@ -327,27 +305,21 @@ inline void check_partition_predict_topk(const at::Tensor& x, const at::Tensor& 
   // The probe's centroid codes: int8 [P, Dp], scales and bias float32 [P].
   check_ndim(op, "x", x, 2, "[B, d] floating point");
   check_float(op, "x", x);
-  check_ndim(op, "centroid_codes", centroid_codes, 2, "int8 [P, Dp]");
-  check_dtype(op, "centroid_codes", centroid_codes, at::kChar);
-  check_ndim(op, "centroid_scales", centroid_scales, 1, "float32 [P]");
-  check_dtype(op, "centroid_scales", centroid_scales, at::kFloat);
-  check_ndim(op, "centroid_bias", centroid_bias, 1, "float32 [P]");
-  check_dtype(op, "centroid_bias", centroid_bias, at::kFloat);
+  check_tensor(op, "centroid_codes", centroid_codes, 2, "int8 [P, Dp]", at::kChar);
+  check_tensor(op, "centroid_scales", centroid_scales, 1, "float32 [P]", at::kFloat);
+  check_tensor(op, "centroid_bias", centroid_bias, 1, "float32 [P]", at::kFloat);
   const int64_t d = x.size(1), P = centroid_codes.size(0), width = centroid_codes.size(1);
   TORCH_CHECK_VALUE(P >= 1 && width % kCodeAlign == 0 && d <= width && width < d + kCodeAlign, op,
                     ": centroid_codes must be int8 [P, Dp] with P >= 1 and Dp = d rounded up to a multiple of ",
                     kCodeAlign, " (d = ", d, ": Dp = ", (d + kCodeAlign - 1) / kCodeAlign * kCodeAlign, "), got ",
                     centroid_codes.sizes());
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"centroid_scales", &centroid_scales},
-                                {"centroid_bias", &centroid_bias}})
-    TORCH_CHECK_VALUE(t->size(0) == P, op, ": ", name, " must be [P] = [", P,
-                      "] (one entry per centroid code), got ", t->sizes());
+  check_lengths(op, {{"centroid_scales", &centroid_scales}, {"centroid_bias", &centroid_bias}}, "P", P,
+                "one entry per centroid code");
   check_int_in(op, "nprobe", nprobe, 1, P);
   // The code projection: none (or empty), or float32 [d, r] with 1 <= r <= d.
   int64_t code_dim = -1;
   if (code_proj.has_value() && code_proj->defined() && code_proj->numel() != 0) {
-    check_ndim(op, "code_proj", *code_proj, 2, "float32 [d, r] or None");
-    check_dtype(op, "code_proj", *code_proj, at::kFloat);
+    check_tensor(op, "code_proj", *code_proj, 2, "float32 [d, r] or None", at::kFloat);
     TORCH_CHECK_VALUE(code_proj->size(0) == d && code_proj->size(1) >= 1 && code_proj->size(1) <= d, op,
                       ": code_proj must be float32 [d = ", d, ", r] with 1 <= r <= d, or None; got ",
                       code_proj->sizes());
