@@ -96,25 +96,68 @@ def label_recall(candidates: Callable[[Tensor], Tuple[Tensor, Tensor]], queries:
     return hits / n, cands / n
 
 
+# Labels per block of dense logits: a [chunk, N] block would be 10 GB at
+# N = 10^7 and chunk = 256; blocks of 2^16 labels keep it at 64 MB whatever
+# N, while every weight row is still read once per chunk of queries.
+LABEL_BLOCK = 1 << 16
+
+
+def _label_blocks(weight: Tensor, bias: Optional[Tensor]):
+    for j in range(0, weight.shape[0], LABEL_BLOCK):
+        yield j, weight[j : j + LABEL_BLOCK], None if bias is None else bias[j : j + LABEL_BLOCK]
+
+
 @torch.no_grad()
 def dense_topk(weight: Tensor, bias: Optional[Tensor], queries: Tensor, k: int, chunk: int = 256) -> Tensor:
     """The full dense layer's top-k labels for each query, int64 [n, k], in
-    chunks of queries."""
+    chunks of queries and blocks of labels (LABEL_BLOCK)."""
     out = torch.empty(queries.shape[0], k, dtype=torch.int64, device=queries.device)
     for s in range(0, queries.shape[0], chunk):
-        logits = torch.nn.functional.linear(queries[s : s + chunk].to(weight.dtype), weight, bias)
-        out[s : s + chunk] = torch.topk(logits, k, dim=1).indices
+        xq = queries[s : s + chunk].to(weight.dtype)
+        if weight.shape[0] <= LABEL_BLOCK:
+            out[s : s + chunk] = torch.topk(torch.nn.functional.linear(xq, weight, bias), k, dim=1).indices
+            continue
+        best_v = best_i = None
+        for j, w, b in _label_blocks(weight, bias):
+            v, i = torch.topk(torch.nn.functional.linear(xq, w, b), min(k, w.shape[0]), dim=1)
+            i += j
+            if best_v is not None:
+                v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
+                v, pick = torch.topk(v, k, dim=1)
+                i = i.gather(1, pick)
+            best_v, best_i = v, i
+        out[s : s + chunk] = best_i
+    return out
+
+
+@torch.no_grad()
+def dense_top1(weight: Tensor, bias: Optional[Tensor], queries: Tensor, chunk: int = 256) -> Tensor:
+    """The full dense layer's argmax label for each query, int64 [n]
+    (ties: the smaller label, as argmax), in chunks of queries and blocks of
+    labels (LABEL_BLOCK)."""
+    out = torch.empty(queries.shape[0], dtype=torch.int64, device=queries.device)
+    for s in range(0, queries.shape[0], chunk):
+        xq = queries[s : s + chunk].to(weight.dtype)
+        best_v = best_i = None
+        for j, w, b in _label_blocks(weight, bias):
+            logits = torch.nn.functional.linear(xq, w, b)
+            i = logits.argmax(1)
+            v = logits.gather(1, i.unsqueeze(1)).squeeze(1)
+            i += j
+            if best_v is None:
+                best_v, best_i = v, i
+            else:
+                better = v > best_v  # strict: a tie keeps the earlier block's smaller label
+                best_v, best_i = torch.where(better, v, best_v), torch.where(better, i, best_i)
+        out[s : s + chunk] = best_i
     return out
 
 
 @torch.no_grad()
 def dense_hits(weight: Tensor, bias: Optional[Tensor], queries: Tensor, y: Tensor, chunk: int = 256) -> Tensor:
     """bool [n]: whether the full dense layer's top-1 is one of each pair's labels."""
-    out = torch.empty(queries.shape[0], dtype=torch.bool, device=queries.device)
-    for s in range(0, queries.shape[0], chunk):
-        top = torch.nn.functional.linear(queries[s : s + chunk].to(weight.dtype), weight, bias).argmax(1)
-        out[s : s + chunk] = (top.unsqueeze(1) == y[s : s + chunk]).any(1)
-    return out
+    top = dense_top1(weight, bias, queries, chunk)
+    return (top.unsqueeze(1) == y).any(1)
 
 
 def dense_precision(weight: Tensor, bias: Optional[Tensor], queries: Tensor, y: Tensor, chunk: int = 256) -> float:

@@ -192,20 +192,31 @@ def label_homes(weight: Tensor, bias: Optional[Tensor], centroids: Tensor, chunk
     argmax_p (<[c_p, 1], v> - mean_p) / std_p with v = [w, b]. A raw argmax
     of the logit would send every large-norm label to the few centroids of
     largest norm; the z-score asks where the label stands out."""
-    v = augmented_labels(weight, bias)
     ca = torch.cat([centroids.to(torch.float32), centroids.new_ones(centroids.shape[0], 1, dtype=torch.float32)], 1)
-    mu = v.to(torch.float64).mean(0)
-    vc = v.to(torch.float64) - mu
-    cov = vc.T @ vc / max(1, v.shape[0])
+    # The labels' mean and covariance in float64, a chunk of [w, b] rows at a
+    # time: never a second [N, d] copy of the weights.
+    n = weight.shape[0]
+    total = torch.zeros(ca.shape[1], dtype=torch.float64, device=weight.device)
+    for s in range(0, n, chunk):
+        total += augmented_labels(weight[s : s + chunk], None if bias is None else bias[s : s + chunk]).to(
+            torch.float64).sum(0)
+    mu = total / max(1, n)
+    cov = torch.zeros(ca.shape[1], ca.shape[1], dtype=torch.float64, device=weight.device)
+    for s in range(0, n, chunk):
+        vc = augmented_labels(weight[s : s + chunk], None if bias is None else bias[s : s + chunk]).to(
+            torch.float64) - mu
+        cov += vc.T @ vc
+    cov /= max(1, n)
     ca64 = ca.to(torch.float64)
     std = ((ca64 @ cov) * ca64).sum(1).clamp(min=1e-30).sqrt()
     scale = (1.0 / std).to(torch.float32)
     shift = (ca64 @ mu).to(torch.float32)
-    if rows is not None:
-        v = v[rows]
-    out = torch.empty(v.shape[0], dtype=torch.int64, device=v.device)
-    for s in range(0, v.shape[0], chunk):
-        out[s : s + chunk] = ((v[s : s + chunk] @ ca.T - shift) * scale).argmax(1)
+    rows = torch.arange(n, device=weight.device) if rows is None else rows
+    out = torch.empty(rows.shape[0], dtype=torch.int64, device=weight.device)
+    for s in range(0, rows.shape[0], chunk):
+        r = rows[s : s + chunk]
+        v = augmented_labels(weight[r], None if bias is None else bias[r])
+        out[s : s + chunk] = ((v @ ca.T - shift) * scale).argmax(1)
     return out
 
 
