@@ -54,6 +54,7 @@ from .families import config_from_knobs, make_index
 from .label_updates import check_new_labels, require_lists
 from .layer import LSSLinear
 from .partition.fit import judge_shards
+from .partition.index import default_partitions
 
 Tensor = torch.Tensor
 
@@ -337,8 +338,26 @@ class ShardedLSSLinear(nn.Module):
         self._knobs = dict(num_partitions=num_partitions, nprobe=nprobe, num_tables=num_tables, bits=bits,
                            min_hits=min_hits)
         self.local = LSSLinear(in_features, self.stop - self.start, bias, max_candidates=max_candidates,
-                               index=config_from_knobs(family, **self._knobs), seed=seed, backend=backend,
+                               index=self._local_config(family, self.stop - self.start), seed=seed, backend=backend,
                                device=device, dtype=dtype)
+
+    def _local_config(self, family: Optional[str], rows: int):
+        """The local index's configuration: the user's knobs and, for the
+        partition family where the user set no count, the partition count of
+        the whole layer (default_partitions(out_features), at most one per 8
+        of the shard's rows). A shard's rows are a slice of the whole label
+        set: where ids are unrelated to the labels' geometry, every group of
+        similar labels has rows in every shard, and partitions coarser than
+        the groups merge them (on the synthetic task a 335K-label layer of
+        1,024 partitions needed 128 probes where 2,048 needed 8:
+        docs/scaling.md). Finer than needed costs a longer centroid scan;
+        coarser costs recall. Only the lists shorten by K."""
+        knobs = dict(self._knobs)
+        config = config_from_knobs(family, **knobs)
+        if config.family == "partitions" and knobs["num_partitions"] is None:
+            knobs["num_partitions"] = max(1, min(default_partitions(self.out_features), rows // 8))
+            config = config_from_knobs(config.family, **knobs)
+        return config
 
     # ----------------------------------------------------------- builders
     @classmethod
@@ -793,7 +812,7 @@ class ShardedLSSLinear(nn.Module):
                              f"[{stop - start}, {self.in_features}]")
         old = self.local
         self.local = LSSLinear(self.in_features, stop - start, old.bias is not None,
-                               max_candidates=old.max_candidates, index=config_from_knobs(old.family, **self._knobs),
+                               max_candidates=old.max_candidates, index=self._local_config(old.family, stop - start),
                                seed=old.seed, backend=old.backend, device=old.weight.device, dtype=old.weight.dtype)
         self.local.train(old.training)
         self._set_bounds(bounds)

@@ -93,3 +93,35 @@ def test_cost_model_prices_the_codecs_row_bytes():
         assert PartitionIndex(64, dim).codes.shape[1] == INT8.bytes_per_row(dim)
         assert scan_cost(10, INT8.bytes_per_row(dim)) == 10 * (INT8.bytes_per_row(dim) + 20)
         assert setting_cost(0, 0, 0, dim, 4, partitions=8) == 8 * (INT8.bytes_per_row(dim) + 20)
+
+
+def _shard_point(nprobe, loss, se, rows=100.0):
+    from lsskernels.partition.calibration import CalibrationPoint, PairedLoss
+    return CalibrationPoint(space="labels", partitions=64, code_dim=32, width=32, nprobe=nprobe, rows=rows * nprobe,
+                            recall=1.0, p1={16: 0.5}, loss={16: PairedLoss(loss=loss, se=se, bound=loss + 1.28 * se)})
+
+
+def test_merged_settings_weight_losses_and_combine_standard_errors():
+    from lsskernels.partition.calibration import merged_settings
+    a = [_shard_point(1, 0.010, 0.004), _shard_point(2, 0.002, 0.002)]
+    b = [_shard_point(1, 0.020, 0.004), _shard_point(2, 0.004, 0.002), _shard_point(4, 0.0, 0.001)]
+    out = merged_settings([(0.25, a), (0.75, b)], z=1.0, dim=32, weight_bytes=4)
+    assert [(s.nprobe, s.rerank) for s in out] == [(1, 16), (2, 16)]  # (4, 16) only on one shard
+    assert out[0].loss.loss == pytest.approx(0.25 * 0.010 + 0.75 * 0.020)
+    assert out[0].loss.se == pytest.approx(math.sqrt((0.25 * 0.004) ** 2 + (0.75 * 0.004) ** 2))
+    assert out[1].cost == pytest.approx(a[1].cost(16, 32, 4) + b[1].cost(16, 32, 4))
+
+
+def test_judge_shards_takes_a_cheaper_setting_only_within_tolerance():
+    from lsskernels.partition.fit import judge_shards
+    # Alone, each shard's bound at nprobe 2 (0.0015 + 1.28 * 0.0016 = 0.0036) misses
+    # a 0.003 tolerance and it kept nprobe 4; merged, the SE shrinks by sqrt(2).
+    pts = [_shard_point(1, 0.02, 0.004), _shard_point(2, 0.0015, 0.0016), _shard_point(4, 0.0, 0.001)]
+    rep = {"space": "labels", "code_dim": 32, "nprobe": 4, "rerank": None, "calibration": pts}
+    best, own = judge_shards([(0.5, rep), (0.5, rep)], max_candidates=16, dim=32, weight_bytes=4,
+                             tolerance=0.003, confidence=0.9)
+    assert best.nprobe == 2 and best.loss.bound <= 0.003 < pts[1].loss[16].bound
+    assert best.cost < own
+    # A tolerance nothing cheaper meets: the shards' own settings stand.
+    assert judge_shards([(0.5, rep), (0.5, rep)], max_candidates=16, dim=32, weight_bytes=4,
+                        tolerance=0.0005, confidence=0.9) is None

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import lsskernels as lss
+from lsskernels.partition import default_partitions
 from lsskernels.sharded import shard_range
 
 dist = pytest.importorskip("torch.distributed")
@@ -94,7 +95,9 @@ def _merge_reference(linear, world, x, k, **knobs):
         with torch.no_grad():
             part.weight.copy_(linear.weight[start:stop])
             part.bias.copy_(linear.bias[start:stop])
-        layer = lss.LSSLinear.from_linear(part, **knobs)
+        # A shard's partition count is the whole layer's (ShardedLSSLinear._local_config).
+        parts = min(default_partitions(N), (stop - start) // 8)
+        layer = lss.LSSLinear.from_linear(part, index=lss.PartitionConfig(num_partitions=parts), **knobs)
         s, i = layer.predict(x, k)
         scores.append(s)
         ids.append(torch.where(i >= 0, i + start, i))
