@@ -38,7 +38,7 @@ K_TOP = 5
 ROUNDS = 5  # timing rounds, interleaved between predict, the local predict and the all_gather
 BATCHES = (1, 256)
 COLUMNS = ["world", "P@1 sharded", "ranks agree", "P@1 single", "P@1 dense", "B=1 ms/q", "B=1 local ms/q", "B=1 all_gather ms",
-           "B=256 ms/q", "B=256 local ms/q", "B=256 all_gather ms", "fit s"]
+           "B=256 ms/q", "B=256 local ms/q", "B=256 all_gather ms", "fit s", "nprobe alone / merged"]
 
 
 def _rounds(fn, reps: int, rounds: int = 3) -> float:
@@ -98,7 +98,10 @@ def _worker(rank: int, world: int, tmpdir: str, candidates: int, min_time: float
         t = time.perf_counter()
         report = layer.fit(p["train_x"], p["train_y"], progress=False)
         fit_s = time.perf_counter() - t
-        out: Dict[str, object] = {"world": world, "fit s": fit_s, "shards": report.shards}
+        alone = "/".join(str(s.get("nprobe", "-")) for s in report.shards)
+        merged = report.merged["nprobe"] if report.merged else "kept"
+        out: Dict[str, object] = {"world": world, "fit s": fit_s, "shards": report.shards, "merged": report.merged,
+                                  "nprobe alone / merged": f"{alone} / {merged}"}
         with torch.inference_mode():
             ids = _top_ids(layer.predict, p["test_x"], K_TOP)
             out["P@1 sharded"] = _p1_of(ids[:, 0], p["test_y"])
@@ -201,7 +204,8 @@ def main(argv=None) -> List[Dict[str, object]]:
             out = torch.load(os.path.join(wdir, "rank0.pt"), weights_only=False)
             out.update({"P@1 single": single["P@1 single"], "P@1 dense": single["P@1 dense"]})
             rows.append(out)
-    single_row = {"world": "1 (single LSSLinear)", "P@1 sharded": "", **{k: v for k, v in single.items() if k != "world"}}
+    single_row = {"world": "1 (single LSSLinear)", "P@1 sharded": "", **{k: v for k, v in single.items() if k != "world"},
+                  "nprobe alone / merged": str(single["nprobe"])}
     table_rows = [single_row] + rows
     notes = (f"predict(x, k={K_TOP}), max_candidates = {candidates} per shard (and for the single layer); each "
              f"process runs 1 thread; {os.cpu_count()} logical CPUs on this machine"
