@@ -50,6 +50,7 @@ from torch import nn
 from . import _checks as checks
 from . import _ops
 from .fit_pairs import labels_matrix
+from . import families
 from .families import config_from_knobs, make_index
 from .label_updates import check_new_labels, require_lists
 from .layer import LSSLinear
@@ -430,7 +431,7 @@ class ShardedLSSLinear(nn.Module):
         knobs.setdefault("seed", int(extra.get("seed", 0)))
         if "family" not in knobs:
             saved = state_dict.get("index._extra_state")
-            if isinstance(saved, dict) and saved.get("family") in ("partitions", "simhash"):
+            if isinstance(saved, dict) and saved.get("family") in families.names():
                 knobs["family"] = saved["family"]
             elif extra.get("format") == 1:  # 0.1: SimHash buffers on the layer
                 knobs["family"] = "simhash"
