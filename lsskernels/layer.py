@@ -220,13 +220,17 @@ class LSSLinear(nn.Module):
             # sync_index() after changing the weights (docs/api.md).
             return
         index = self._modules["index"]
-        if not index.built:
-            families.rebuild(index, self.weight, self.bias)
-            self._drop_removed(index)
-        elif not self._index_current():
-            index.sync(self.weight, self.bias)
-        else:
+        if index.built and self._index_current():
             return
+        # Index state is built as normal tensors even under a caller's
+        # torch.inference_mode(): an inference tensor has no version counter,
+        # which the index's own caches and later syncs read.
+        with torch.inference_mode(False), torch.no_grad():
+            if not index.built:
+                families.rebuild(index, self.weight, self.bias)
+                self._drop_removed(index)
+            else:
+                index.sync(self.weight, self.bias)
         self._mark_indexed()
 
     def sync_index(self) -> None:

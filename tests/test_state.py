@@ -235,3 +235,22 @@ def test_default_layer_compiles_with_fullgraph(task):
     assert torch.equal(ids, want_ids) and torch.equal(scores, want_scores)
     forward = torch.compile(layer, fullgraph=True)
     assert torch.equal(forward(x), layer(x))
+
+
+def test_first_predict_under_inference_mode_builds_a_usable_index():
+    # The index built inside a caller's torch.inference_mode() must be made of
+    # normal tensors: its caches and syncs read version counters.
+    torch.manual_seed(0)
+    layer = lss.LSSLinear(16, 2000, max_candidates=32).eval()
+    x = torch.randn(3, 16)
+    with torch.inference_mode():
+        first = layer.predict(x, 2)
+        again = layer.predict(x, 2)
+    outside = layer.predict(x, 2)
+    assert torch.equal(first[1], again[1]) and torch.equal(first[1], outside[1])
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+    with torch.inference_mode():
+        after = layer.predict(x, 2)  # the sync runs inside inference mode too
+    assert torch.equal(after[1], layer.predict(x, 2)[1])
+    assert layer.index_is_current
