@@ -93,9 +93,12 @@ MAX_CANDIDATES = 256   # LSSLinear's default max_candidates (= the default num_h
 DEFAULT_UNIFORM = 64   # sampled_cross_entropy's default num_uniform
 SPARSE_LR = 0.1        # RowSparseAdagrad's default lr
 CHECKPOINTS = 6
+# fit() + predict after training: the layers trained with the sampled loss, and the full-softmax one for
+# reference (uniform's is left out to save time).
+FIT_METHODS = ("full", "lss-adamw", "lss-sparse")
 
 # Full-mode steps per task (module docstring: how they were chosen).
-STEPS = {"wordnet": 200, "lm": 300, "synthetic": 300}
+STEPS = {"wordnet": 100, "lm": 120, "synthetic": 100}
 QUICK_STEPS = {"wordnet": 40, "lm": 40, "synthetic": 60}
 
 
@@ -129,7 +132,7 @@ def _subset_rows(n: int, k: int, seed: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------ tasks
 def wordnet_task(ctx: RunContext, steps: int, *, parts=None, label_set: Optional[str] = None,
-                 curve_queries: int = 3000, fit_pairs: int = 20_000, seed: int = 0, **task_kwargs) -> E2ETask:
+                 curve_queries: int = 2000, fit_pairs: int = 20_000, seed: int = 0, **task_kwargs) -> E2ETask:
     """WordNet guess-the-word (module docstring); quick: verbs, the default label set."""
     from bench.data.wordnet import WORDNET_PARTS, make_wordnet_task
     from bench.wordnet_model import BagModel, hidden_vectors
@@ -155,7 +158,7 @@ def wordnet_task(ctx: RunContext, steps: int, *, parts=None, label_set: Optional
         batch=lambda idx: (task.train_x.subset(idx), task.train_y[idx]), train_size=len(task.train_x),
         hidden_of=lambda model, x: hidden_vectors(model, x), test_inputs=task.test_x, test_y=task.test_y,
         curve_inputs=task.test_x.subset(curve), curve_y=task.test_y[curve],
-        fit_inputs=task.train_x.subset(fit_rows), fit_y=task.train_y[fit_rows], steps=steps, lr=3e-3,
+        fit_inputs=task.train_x.subset(fit_rows), fit_y=task.train_y[fit_rows], steps=steps, lr=1e-2,
         multi_label=True,
         setup={"parts": list(parts), "label_set": label_set, "vocabulary": task.input_dim,
                "train_rows": len(task.train_x), "test_rows": len(task.test_x), "model": "BagModel, d=128, tanh+Linear",
@@ -199,7 +202,7 @@ def lm_task(ctx: RunContext, steps: int, *, cfg=None, texts=None, curve_queries:
         name="lm", title=f"GCIDE word LM (window MLP), N={len(vocab):,}", num_labels=len(vocab), dim=cfg.dim,
         make_model=lambda: _WindowModel(g.WindowLM(cfg, len(vocab))),
         batch=lambda idx: (ctxs(train_stream, idx + 1), train_stream[idx + 1]), train_size=len(train_stream) - 1,
-        hidden_of=lambda model, x: model.lm.hidden_chunks(x), test_inputs=test_x, test_y=test_y,
+        hidden_of=lambda model, x: model.hidden_chunks(x), test_inputs=test_x, test_y=test_y,
         curve_inputs=test_x[curve], curve_y=test_y[curve], fit_inputs=ctxs(train_stream, fit_pos),
         fit_y=train_stream[fit_pos].clone(), steps=steps, lr=cfg.lr,
         setup={"config": {k: v for k, v in vars(cfg).items()}, "train_tokens": len(train_stream),
@@ -208,22 +211,18 @@ def lm_task(ctx: RunContext, steps: int, *, cfg=None, texts=None, curve_queries:
 
 
 class _WindowModel(nn.Module):
-    """WindowLM with the shared interface (hidden / out)."""
+    """WindowLM's modules with the shared interface (hidden / out)."""
 
     def __init__(self, lm):
         super().__init__()
-        self.lm = lm
-
-    @property
-    def out(self):
-        return self.lm.out
-
-    @out.setter
-    def out(self, layer):
-        self.lm.out = layer
+        self.embed, self.body, self.out = lm.embed, lm.body, lm.out
 
     def hidden(self, ctx):
-        return self.lm.hidden_state(ctx)
+        return self.body(self.embed(ctx).flatten(1))
+
+    @torch.no_grad()
+    def hidden_chunks(self, ctx, chunk: int = 8192):
+        return torch.cat([self.hidden(ctx[s : s + chunk]) for s in range(0, len(ctx), chunk)])
 
 
 class _LinearModel(nn.Module):
@@ -269,6 +268,7 @@ def synthetic_task(ctx: RunContext, steps: int, *, num_labels: Optional[int] = N
 def batch_schedule(train_size: int, steps: int, batch: int, seed: int) -> List[torch.Tensor]:
     """Row ids of each step: epochs of a seeded permutation, cut in batches."""
     gen = torch.Generator().manual_seed(seed)
+    batch = min(batch, train_size)  # a training set smaller than a batch (tests): one batch an epoch
     out: List[torch.Tensor] = []
     while len(out) < steps:
         order = torch.randperm(train_size, generator=gen)
@@ -311,9 +311,9 @@ def make_optimizers(method: str, model: nn.Module, lr: float) -> List[torch.opti
         body = [p for p in model.parameters() if all(p is not q for q in out_params)]
         opts: List[torch.optim.Optimizer] = [lss.RowSparseAdagrad(out_params, lr=SPARSE_LR)]
         if body:
-            opts.append(torch.optim.AdamW(body, lr=lr))
+            opts.append(torch.optim.AdamW(body, lr=lr, fused=True))
         return opts
-    return [torch.optim.AdamW(model.parameters(), lr=lr)]
+    return [torch.optim.AdamW(model.parameters(), lr=lr, fused=True)]
 
 
 def checkpoints(steps: int, count: int = CHECKPOINTS) -> List[int]:
@@ -389,15 +389,15 @@ def paired_se(a: torch.Tensor, b: torch.Tensor) -> float:
     return (d.std(unbiased=True) / math.sqrt(d.numel())).item() if d.numel() > 1 else float("nan")
 
 
-def run_task(ctx: RunContext, task: E2ETask, methods: Sequence[str], *, seed: int = 0, fit: bool = True
-             ) -> List[Dict[str, object]]:
+def run_task(ctx: RunContext, task: E2ETask, methods: Sequence[str], *, seed: int = 0,
+             fit: Sequence[str] = FIT_METHODS) -> List[Dict[str, object]]:
     batches = batch_schedule(task.train_size, task.steps, BATCH, seed)
     steps_per_epoch = task.train_size / BATCH
     rows = []
     for method in methods:
         ctx.log(f"  {task.name} / {method}: {task.steps} steps")
         try:
-            row = train_one(task, method, batches, seed=seed, fit=fit, log=ctx.log)
+            row = train_one(task, method, batches, seed=seed, fit=method in fit, log=ctx.log)
         except Exception as exc:  # a crash is a row, not the end of the run
             ctx.log(f"  {task.name} / {method}: FAILED: {type(exc).__name__}: {exc}")
             rows.append({"task": task.name, "method": method, "what": DESCRIPTION[method],
@@ -522,8 +522,8 @@ def build_task(ctx: RunContext, name: str, steps: Optional[int]) -> E2ETask:
     raise ValueError(f"unknown task {name!r}; expected one of {TASKS}")
 
 
-def run(ctx: RunContext, tasks: Dict[str, E2ETask], methods: Sequence[str] = METHODS, *, fit: bool = True,
-        seed: int = 0) -> Dict[str, object]:
+def run(ctx: RunContext, tasks: Dict[str, E2ETask], methods: Sequence[str] = METHODS, *,
+        fit: Sequence[str] = FIT_METHODS, seed: int = 0) -> Dict[str, object]:
     """Train every method on every task; write train-e2e[-quick].{json,md,png}."""
     rows: List[Dict[str, object]] = []
     start = time.perf_counter()
@@ -562,13 +562,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small tasks, few steps (a few minutes)")
     parser.add_argument("--steps", type=int, default=None, help="steps per task (overrides STEPS / QUICK_STEPS)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--no-fit", action="store_true", help="skip fit() + predict after training")
+    parser.add_argument("--fit", nargs="*", choices=METHODS, default=list(FIT_METHODS),
+                        help="methods whose trained layer gets fit() + predict (default: %(default)s; none: --fit)")
     parser.add_argument("--out", default=None, help="output directory (default bench/results)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     ctx = RunContext(args.out, quick=args.quick, threads=args.threads)
     tasks = {name: build_task(ctx, name, args.steps) for name in args.tasks}
-    run(ctx, tasks, args.methods, fit=not args.no_fit)
+    run(ctx, tasks, args.methods, fit=args.fit)
     return 0
 
 
