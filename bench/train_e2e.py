@@ -53,15 +53,20 @@ Tasks (full mode; quick mode in QUICK below):
   layer LSSLinear(64, N) trained from scratch on the given query vectors,
   batch 256, lr 1e-2.
 
-Step counts (STEPS) were chosen so that all three tasks' four methods,
-evaluation and fit() included, finish in about 30 minutes with 2 threads on
-the shared 2-vCPU machine of docs/training.md, from a measurement of a few
-steps of each method (seconds per step at 2 threads, load average ~2:
-WordNet N = 147K: full ~0.7, lss-adamw ~1.4, lss-sparse ~0.6, uniform ~1.0;
-dense P@1 over the 12,085 test rows ~17 s; fit() on 20,000 pairs ~22 s).
-That is far shorter than the bench tasks train their models (WordNet: 5
-epochs of the N = 34K model; here a fraction of one epoch at N = 147K; the
-bench LM: 300 steps, here STEPS["lm"]); the tables say how many steps ran.
+Step counts (STEPS: WordNet 100, LM 120, synthetic 100) were chosen so
+that all three tasks' four methods, evaluation and fit() included, finish in
+about 30 minutes with 2 threads on the shared 2-vCPU machine of
+docs/training.md, from a run of 8 steps of each method on each task (seconds
+per step at 2 threads, load average ~3.5 from other work; the first index
+build, ~6-8 s, inside lss-*): WordNet N = 147K: full 1.4, lss-adamw 2.5,
+lss-sparse 1.25, uniform 1.1; LM N = 50K: full 0.6; synthetic N = 100K:
+full 0.6, lss-adamw 1.9, lss-sparse 0.6, uniform 0.5; dense P@1 of the
+12,085 WordNet test rows ~17 s; fit() on 20,000 WordNet pairs ~22 s (idle).
+That is far shorter than the bench tasks train their models: WordNet's
+bench model trains 5 epochs of the N = 34K task at lr 3e-3, here 100 steps
+(0.17 epoch) of the N = 147K task, at lr 1e-2 so that 100 steps get
+somewhere; the bench LM trains 300 steps, here 120 at its lr. The tables
+say how many steps ran.
 """
 from __future__ import annotations
 
@@ -306,14 +311,18 @@ def make_loss(method: str, task: E2ETask):
 
 
 def make_optimizers(method: str, model: nn.Module, lr: float) -> List[torch.optim.Optimizer]:
+    # torch's default AdamW (foreach), not fused=True: the fused CPU step writes the parameters without
+    # bumping their version counters (torch 2.13), so LSSLinear takes its index for current and
+    # refresh_every=1 silently skips the sync (measured: the default loss then ran 6x faster than full
+    # softmax on WordNet, mining from the initial weights' codes).
     if method == "lss-sparse":
         out_params = list(model.out.parameters())
         body = [p for p in model.parameters() if all(p is not q for q in out_params)]
         opts: List[torch.optim.Optimizer] = [lss.RowSparseAdagrad(out_params, lr=SPARSE_LR)]
         if body:
-            opts.append(torch.optim.AdamW(body, lr=lr, fused=True))
+            opts.append(torch.optim.AdamW(body, lr=lr))
         return opts
-    return [torch.optim.AdamW(model.parameters(), lr=lr, fused=True)]
+    return [torch.optim.AdamW(model.parameters(), lr=lr)]
 
 
 def checkpoints(steps: int, count: int = CHECKPOINTS) -> List[int]:
