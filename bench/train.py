@@ -1,6 +1,7 @@
 """Training-step cost of the output layer: loss forward + backward + index upkeep.
 
     python -m bench.train [--quick] [--threads 1] [--steps 10] [--out bench/results]
+    python -m bench.train e2e [--tasks wordnet lm synthetic] [--quick] [--out DIR]   (bench/train_e2e.py)
 
 Methods, each at N labels (quick 10^5, full 10^6), d = 128, B = 256:
   dense        F.cross_entropy(F.linear(x, W, b), t): the [B, N] logits and their gradient
@@ -209,6 +210,12 @@ def run_one(method: str, n: int, steps: int, seed: int = 0) -> dict:
 
 # ------------------------------------------------------------------ driver
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "e2e":  # end-to-end training of whole models: bench/train_e2e.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from bench.train_e2e import main as e2e_main
+
+        return e2e_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 10^5 (default: 10^6)")
