@@ -24,6 +24,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import _checks as checks
 from .label_updates import require_lists
@@ -39,6 +40,22 @@ from .simhash.index import SimHashIndex
 Tensor = torch.Tensor
 
 _V1_BUFFERS = ("query_proj", "label_proj", "offsets", "items")  # format 1: SimHash buffers on the layer
+
+
+# Every optimizer step anywhere, counted: fused optimizers (AdamW(fused=True),
+# SGD(fused=True)) write the parameters without bumping their version
+# counters, so the version alone would call a stepped layer's index current.
+# Counting steps is conservative: a step of an unrelated model also makes the
+# next predict re-check (sync) the index, an O(N d) re-encode it would pay
+# after its own step anyway.
+_OPTIMIZER_STEPS = [0]
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 class LSSLinear(nn.Module):
@@ -172,16 +189,19 @@ class LSSLinear(nn.Module):
 
     def _weights_version(self) -> tuple:
         """What identifies the weights' current values: each parameter's
-        object, storage and in-place version count. Replacing a parameter
-        (layer.weight = p), swapping its data (.data = t, module.to()) or
-        writing into it (optimizer steps, copy_, load_state_dict) changes it."""
+        object, storage and in-place version count, and the count of
+        optimizer steps taken anywhere (a fused optimizer writes without
+        bumping versions). Replacing a parameter (layer.weight = p),
+        swapping its data (.data = t, module.to()), writing into it (copy_,
+        load_state_dict) or any optimizer step changes it."""
         # Through _parameters: nn.Module's attribute fallback costs a lookup
         # per name, which a batch-1 predict pays on every call (measured:
         # docs/performance.md, "Measurements moved out of code comments").
         params = self._parameters
         w, b = params["weight"], params.get("bias")
         return (id(w), w.data_ptr(), w._version,
-                id(b) if b is not None else 0, b.data_ptr() if b is not None else 0, b._version if b is not None else 0)
+                id(b) if b is not None else 0, b.data_ptr() if b is not None else 0, b._version if b is not None else 0,
+                _OPTIMIZER_STEPS[0])
 
     def _mark_indexed(self) -> None:
         """The index now reflects the current weights."""

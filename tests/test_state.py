@@ -254,3 +254,21 @@ def test_first_predict_under_inference_mode_builds_a_usable_index():
         after = layer.predict(x, 2)  # the sync runs inside inference mode too
     assert torch.equal(after[1], layer.predict(x, 2)[1])
     assert layer.index_is_current
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_an_optimizer_step_makes_the_index_stale_even_fused(fused):
+    # A fused AdamW writes the parameters without bumping their version
+    # counters; the layer must still see them change.
+    torch.manual_seed(0)
+    layer = lss.LSSLinear(16, 500, max_candidates=16)
+    x, t = torch.randn(32, 16), torch.randint(0, 500, (32,))
+    layer.predict(x[:1])
+    assert layer.index_is_current
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.5, fused=fused)
+    torch.nn.functional.cross_entropy(layer(x), t).backward()
+    opt.step()
+    assert not layer.index_is_current
+    layer.eval()
+    layer.predict(x[:1])
+    assert layer.index_is_current and layer.index.mismatch(layer.weight, layer.bias) is None
