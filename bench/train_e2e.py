@@ -12,8 +12,9 @@ with one of four methods:
              uniform distribution over a row's labels, bench/wordnet_model.py),
              AdamW over all parameters
   lss-adamw  lss.sampled_cross_entropy(layer, h, y) with its defaults (num_hard
-             = layer.max_candidates = 256, num_uniform = 64, refresh_every = 1),
-             AdamW over all parameters: what a user gets by swapping the loss in
+             = layer.max_candidates = 256, num_uniform = 64, refresh_every and
+             rebuild_every "auto"), AdamW over all parameters: what a user gets
+             by swapping the loss in
   lss-sparse the same loss with refresh_every=None, lss.RowSparseAdagrad on the
              output layer (lr 0.1, its default) and AdamW on the body: the
              sparse optimizer docs/training.md recommends (refresh_every=None

@@ -60,6 +60,7 @@ class _Upkeep:
     row_syncs: int = 0
     rebuilds: int = 0
     since_full: int = 0             # calls since the last full sync
+    last_rebuild: int = 0           # the call of the last rebuild (rebuild_every="auto")
 
 
 _UPKEEP: "weakref.WeakKeyDictionary[LSSLinear, _Upkeep]" = weakref.WeakKeyDictionary()
@@ -129,7 +130,7 @@ def _check_args(layer, x, target, reduction, ignore_index, num_hard, num_uniform
         raise ValueError(f"multi_label must be one of {MULTI_LABEL}, got {multi_label!r}")
     if refresh_every is not None and refresh_every != "auto":
         checks.integer("refresh_every", refresh_every, 1)
-    if rebuild_every is not None:
+    if rebuild_every is not None and rebuild_every != "auto":
         checks.integer("rebuild_every", rebuild_every, 1)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
@@ -150,13 +151,18 @@ def _check_args(layer, x, target, reduction, ignore_index, num_hard, num_uniform
 
 # ------------------------------------------------------------ index upkeep
 @torch.no_grad()
-def _upkeep(layer: LSSLinear, refresh_every: Union[int, str, None], rebuild_every: Optional[int],
+def _upkeep(layer: LSSLinear, refresh_every: Union[int, str, None], rebuild_every: Union[int, str, None],
             batch: int, candidates: int) -> _Upkeep:
     """Bring the index up to the rule refresh_every asks for, before mining."""
     state = _UPKEEP.get(layer)
     if state is None:
         state = _UPKEEP[layer] = _Upkeep()
-    if rebuild_every is not None and state.calls and state.calls % rebuild_every == 0:
+    if rebuild_every == "auto":
+        rebuild = state.calls >= max(1, 2 * state.last_rebuild)  # calls 1, 2, 4, 8, ...
+    else:
+        rebuild = rebuild_every is not None and state.calls and state.calls % rebuild_every == 0
+    if rebuild:
+        state.last_rebuild = state.calls
         layer.rebuild_index()  # fresh k-means partitions of the current weights
         state.rebuilds += 1
     index = layer.index
@@ -293,7 +299,8 @@ def _packed_loss(v: Tensor, row: Tensor, pos: Tensor, batch: int, multi_label: s
 def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction: str = "mean",
                           ignore_index: int = -100, *, num_hard: Optional[int] = None, num_uniform: int = 64,
                           impl: str = "auto", multi_label: str = "each",
-                          refresh_every: Union[int, str, None] = "auto", rebuild_every: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                          refresh_every: Union[int, str, None] = "auto", rebuild_every: Union[int, str, None] = "auto",
+                          generator: Optional[torch.Generator] = None,
                           seed: Optional[int] = None) -> Tensor:
     """Cross-entropy of layer(x) against target from the exact logits of a
     candidate set per query: a consistent estimate of
@@ -324,10 +331,14 @@ def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction
             weights on every call (all N codes re-encoded after a step, O(N d)).
             k > 1: full sync every k calls, rows in between. None: rows only,
             never a full sync (exact for row-sparse optimizers).
-        rebuild_every: every k calls, layer.rebuild_index(): fresh k-means
-            partitions of the current weights (what fit() learned is
-            discarded); None (default): the partitions stay those the index
-            was built or fitted with, only codes follow the weights.
+        rebuild_every: when to re-partition: layer.rebuild_index(), fresh
+            k-means partitions of the current weights (what fit() learned is
+            discarded; fit() again after training). "auto" (default): at calls
+            1, 2, 4, 8, ... (the partitions are never older than half the
+            calls so far: log2(T) rebuilds in T calls, most of them early,
+            where training moves the weights most). k: every k calls. None:
+            the partitions stay those the index was built or fitted with,
+            only codes follow the weights.
         generator / seed: the uniform draws' randomness (a seed makes a fresh
             generator per call: the same draws every call); default the
             global RNG.
@@ -384,7 +395,7 @@ class SampledCrossEntropyLoss(nn.Module):
 
     def __init__(self, reduction: str = "mean", ignore_index: int = -100, *, num_hard: Optional[int] = None,
                  num_uniform: int = 64, impl: str = "auto", multi_label: str = "each",
-                 refresh_every: Union[int, str, None] = "auto", rebuild_every: Optional[int] = None,
+                 refresh_every: Union[int, str, None] = "auto", rebuild_every: Union[int, str, None] = "auto",
                  seed: Optional[int] = None) -> None:
         super().__init__()
         if reduction not in REDUCTIONS:
@@ -401,7 +412,8 @@ class SampledCrossEntropyLoss(nn.Module):
         self.multi_label = multi_label
         self.refresh_every = (refresh_every if refresh_every is None or refresh_every == "auto"
                               else checks.integer("refresh_every", refresh_every, 1))
-        self.rebuild_every = None if rebuild_every is None else checks.integer("rebuild_every", rebuild_every, 1)
+        self.rebuild_every = (rebuild_every if rebuild_every is None or rebuild_every == "auto"
+                              else checks.integer("rebuild_every", rebuild_every, 1))
         self.seed = None if seed is None else checks.integer("seed", seed)
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
@@ -414,7 +426,7 @@ class SampledCrossEntropyLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, num_hard={self.num_hard}, "
                 f"num_uniform={self.num_uniform}, impl={self.impl!r}, multi_label={self.multi_label!r}, "
-                f"refresh_every={self.refresh_every!r}, rebuild_every={self.rebuild_every}, seed={self.seed}")
+                f"refresh_every={self.refresh_every!r}, rebuild_every={self.rebuild_every!r}, seed={self.seed}")
 
 
 # --------------------------------------------------------------- optimizer

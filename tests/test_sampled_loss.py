@@ -282,11 +282,11 @@ def test_refresh_every_none_with_row_sparse_optimizer_keeps_index_exact():
     x, t = torch.randn(64, 16), torch.randint(0, 1000, (64,))
     w0 = layer.weight.detach().clone()
     for _ in range(4):
-        loss = lss.sampled_cross_entropy(layer, x, t, refresh_every=None, num_uniform=8)
+        loss = lss.sampled_cross_entropy(layer, x, t, refresh_every=None, rebuild_every=None, num_uniform=8)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    lss.sampled_cross_entropy(layer, x, t, refresh_every=None, num_uniform=8)  # syncs the last step's rows
+    lss.sampled_cross_entropy(layer, x, t, refresh_every=None, rebuild_every=None, num_uniform=8)  # syncs the last step's rows
     stats = upkeep_stats(layer)
     assert stats["calls"] == 5 and stats["full_syncs"] == 1 and stats["row_syncs"] == 4
     moved = (layer.weight != w0).any(1)
@@ -302,7 +302,7 @@ def test_refresh_every_k_counts_full_syncs():
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     x, t = torch.randn(32, 16), torch.randint(0, 1000, (32,))
     for _ in range(7):
-        loss = lss.sampled_cross_entropy(layer, x, t, refresh_every=3, num_uniform=8)
+        loss = lss.sampled_cross_entropy(layer, x, t, refresh_every=3, rebuild_every=None, num_uniform=8)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -434,10 +434,34 @@ def test_refresh_every_auto_amortises_full_syncs():
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     x, t = torch.randn(32, 16), torch.randint(0, 1000, (32,))
     for _ in range(16):
-        loss = lss.sampled_cross_entropy(layer, x, t, num_uniform=8)
+        loss = lss.sampled_cross_entropy(layer, x, t, num_uniform=8, rebuild_every=None)
         opt.zero_grad()
         loss.backward()
         opt.step()
     stats = upkeep_stats(layer)
     assert stats["full_syncs"] == 2  # calls 0 and 14
     assert stats["row_syncs"] == 14
+
+
+def test_rebuild_every_auto_repartitions_at_powers_of_two():
+    # Training from scratch moves the weights away from the partitions the
+    # index was built with; "auto" rebuilds them at calls 1, 2, 4, 8, ...
+    torch.manual_seed(0)
+    layer = lss.LSSLinear(16, 1000, max_candidates=16)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x, t = torch.randn(32, 16), torch.randint(0, 1000, (32,))
+    seen = []
+    for call in range(10):
+        before = layer.index
+        loss = lss.sampled_cross_entropy(layer, x, t, num_uniform=8)
+        if layer.index is not before:
+            seen.append(call)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert seen == [1, 2, 4, 8]
+    assert upkeep_stats(layer)["rebuilds"] == 4
+    # The rebuilt index is of the weights as they were at that call.
+    layer.eval()
+    layer.predict(x[:1])
+    assert layer.index.mismatch(layer.weight, layer.bias) is None
