@@ -114,12 +114,9 @@ def dense_topk(weight: Tensor, bias: Optional[Tensor], queries: Tensor, k: int, 
     out = torch.empty(queries.shape[0], k, dtype=torch.int64, device=queries.device)
     for s in range(0, queries.shape[0], chunk):
         xq = queries[s : s + chunk].to(weight.dtype)
-        if weight.shape[0] <= LABEL_BLOCK:
-            out[s : s + chunk] = torch.topk(torch.nn.functional.linear(xq, weight, bias), k, dim=1).indices
-            continue
         best_v = best_i = None
-        for j, w, b in _label_blocks(weight, bias):
-            v, i = torch.topk(torch.nn.functional.linear(xq, w, b), min(k, w.shape[0]), dim=1)
+        for j, w, b in _label_blocks(weight, bias):  # one block (a plain top-k) up to LABEL_BLOCK labels
+            v, i = torch.topk(torch.nn.functional.linear(xq, w, b), min(k, w.shape[0]) if j else k, dim=1)
             i += j
             if best_v is not None:
                 v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)

@@ -219,3 +219,13 @@ def tables_from_buckets(bucket_lists: list, bits: int, device=None) -> tuple:
         items[l, : r.numel()] = r.to(torch.int32)
     offsets = torch.stack(offsets_rows).to(torch.int32) if offsets_rows else torch.zeros(0, buckets + 1, dtype=torch.int32)
     return offsets.to(device), items.to(device)
+
+
+def assert_same_entries(sa: dict, sb: dict) -> None:
+    """Two state dicts hold the same keys, tensors bit for bit and equal other values."""
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if isinstance(sa[k], torch.Tensor):
+            assert torch.equal(sa[k], sb[k]), k
+        else:
+            assert sa[k] == sb[k], k

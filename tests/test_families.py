@@ -16,7 +16,7 @@ from lsskernels.partition import PartitionConfig
 from lsskernels.partition import PartitionIndex
 from lsskernels.simhash import SimHashConfig, SimHashFitConfig, SimHashFitReport, SimHashIndex
 
-from helpers import linear_of
+from helpers import assert_same_entries, linear_of
 
 
 def _quiet(fn, *args, **kw):
@@ -26,13 +26,7 @@ def _quiet(fn, *args, **kw):
 
 
 def assert_same_state(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        if isinstance(sa[k], torch.Tensor):
-            assert torch.equal(sa[k], sb[k]), k
-        else:
-            assert sa[k] == sb[k], k
+    assert_same_entries(a.state_dict(), b.state_dict())
 
 
 def _linear():

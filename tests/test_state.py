@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import lsskernels as lss
-from helpers import layer_for
+from helpers import assert_same_entries, layer_for
 from lsskernels.data import make_synthetic_task
 
 pytestmark = pytest.mark.skipif(not lss.extension_loaded(), reason="compiled extension not built")
@@ -30,13 +30,7 @@ def index_state(layer):
 
 
 def assert_same_index(a, b):
-    sa, sb = index_state(a), index_state(b)
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        if isinstance(sa[k], torch.Tensor):
-            assert torch.equal(sa[k], sb[k]), k
-        else:
-            assert sa[k] == sb[k], k
+    assert_same_entries(index_state(a), index_state(b))
 
 
 @pytest.fixture(scope="module")
