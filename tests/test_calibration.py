@@ -125,3 +125,18 @@ def test_judge_shards_takes_a_cheaper_setting_only_within_tolerance():
     # A tolerance nothing cheaper meets: the shards' own settings stand.
     assert judge_shards([(0.5, rep), (0.5, rep)], max_candidates=16, dim=32, weight_bytes=4,
                         tolerance=0.0005, confidence=0.9) is None
+
+
+def test_dense_top1_and_topk_in_label_blocks_equal_the_whole_product(monkeypatch):
+    # At N = 10^7 the dense teacher runs in blocks of labels; the blocks must
+    # give the whole product's argmax (ties: smaller label) and top-k.
+    import lsskernels.fit_pairs as fit_pairs
+    torch.manual_seed(0)
+    w, b, q = torch.randn(5000, 16), torch.randn(5000), torch.randn(300, 16)
+    b[1234] = b[4321] = 50.0  # a tie across blocks
+    w[1234] = w[4321] = 0.0
+    logits = torch.nn.functional.linear(q, w, b)
+    monkeypatch.setattr(fit_pairs, "LABEL_BLOCK", 777)
+    assert torch.equal(fit_pairs.dense_top1(w, b, q), logits.argmax(1))
+    assert bool((fit_pairs.dense_top1(w, b, q) == 1234).all())
+    assert torch.equal(fit_pairs.dense_topk(w, None, q, 7), torch.topk(q @ w.T, 7, dim=1).indices)
