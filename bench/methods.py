@@ -169,7 +169,8 @@ def _fit_summary(report) -> Dict[str, object]:
                 "rerank": report.rerank, "code_dim": report.code_dim, "accepted": report.accepted,
                 "loss": asdict(report.loss) if report.loss is not None else None,
                 "missing_mass": report.missing_mass, "held_out": list(report.held_out),
-                "calibration": [asdict(p) for p in report.calibration], "spilled": report.spilled,
+                "calibration": [asdict(p) for p in report.calibration], "spill_probes": report.spill_probes,
+                "spilled": report.spilled,
                 "seconds": report.total_seconds, "phases": report.seconds}
     return {"epochs": report.epochs, "seconds": report.seconds}
 

@@ -117,7 +117,7 @@ def test_judge_shards_takes_a_cheaper_setting_only_within_tolerance():
     # Alone, each shard's bound at nprobe 2 (0.0015 + 1.28 * 0.0016 = 0.0036) misses
     # a 0.003 tolerance and it kept nprobe 4; merged, the SE shrinks by sqrt(2).
     pts = [_shard_point(1, 0.02, 0.004), _shard_point(2, 0.0015, 0.0016), _shard_point(4, 0.0, 0.001)]
-    rep = {"space": "labels", "code_dim": 32, "nprobe": 4, "rerank": None, "calibration": pts}
+    rep = {"space": "labels", "code_dim": 32, "nprobe": 4, "rerank": None, "spill_probes": 0, "calibration": pts}
     best, own = judge_shards([(0.5, rep), (0.5, rep)], max_candidates=16, dim=32, weight_bytes=4,
                              tolerance=0.003, confidence=0.9)
     assert best.nprobe == 2 and best.loss.bound <= 0.003 < pts[1].loss[16].bound
@@ -125,6 +125,30 @@ def test_judge_shards_takes_a_cheaper_setting_only_within_tolerance():
     # A tolerance nothing cheaper meets: the shards' own settings stand.
     assert judge_shards([(0.5, rep), (0.5, rep)], max_candidates=16, dim=32, weight_bytes=4,
                         tolerance=0.0005, confidence=0.9) is None
+
+
+def test_judge_shards_compares_only_the_chosen_spill():
+    from dataclasses import replace
+
+    from lsskernels.partition.fit import judge_shards
+    # One calibration with both variants. Alone, nprobe 1 of the unspilled
+    # lists misses a 0.003 tolerance (0.0015 + 1.28 * 0.0016); merged over
+    # two shards it passes. The spilled lists lose 2 points at nprobe 1.
+    plain = [_shard_point(1, 0.0015, 0.0016), _shard_point(2, 0.0, 0.001)]
+    spilled = [replace(_shard_point(p, loss, se), spill=2) for p, loss, se in ((1, 0.02, 0.004), (2, 0.0, 0.001))]
+    rep = {"space": "labels", "code_dim": 32, "nprobe": 2, "rerank": None, "calibration": spilled + plain}
+    kw = dict(max_candidates=16, dim=32, weight_bytes=4, tolerance=0.003, confidence=0.9)
+    best, _ = judge_shards([(0.5, {**rep, "spill_probes": 0})] * 2, **kw)
+    assert best.nprobe == 1 and best.loss.loss == pytest.approx(0.0015)
+    # The shards kept the spilled lists: their nprobe 1 is judged, and fails.
+    assert judge_shards([(0.5, {**rep, "spill_probes": 2})] * 2, **kw) is None
+
+
+def test_equal_cost_ties_prefer_less_spill():
+    from dataclasses import replace
+    a = replace(_point(2, 200, 0.0, 0.0001), spill=2)
+    b = _point(2, 200, 0.0, 0.0001)
+    assert choose_setting([a, b], 0.002, dim=32, weight_bytes=4)[0] is b
 
 
 def test_dense_top1_and_topk_in_label_blocks_equal_the_whole_product(monkeypatch):

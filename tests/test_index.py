@@ -14,6 +14,7 @@ from lsskernels import reference
 from lsskernels.data import make_synthetic_task
 from lsskernels.families import make_index
 from lsskernels.fit_pairs import label_recall
+from lsskernels.partition.calibration import choose_setting
 from lsskernels.partition.fit import PartitionFitConfig, label_homes, rerank_grid
 from lsskernels.partition.index import PartitionIndex, default_partitions
 from lsskernels.simhash import SimHashIndex
@@ -67,9 +68,11 @@ def test_calibration_picks_the_cheapest_accepted_setting(task):
     # The query space's walk may stop before its first probe count: its
     # centroids and lists alone can cost more than an accepted label-space setting.
     assert "labels" in {p.space for p in report.calibration} <= {"labels", "queries"}
-    for space in {p.space for p in report.calibration}:
-        grid = [p.nprobe for p in report.calibration if p.space == space]
+    for space, spill in {(p.space, p.spill) for p in report.calibration}:
+        grid = [p.nprobe for p in report.calibration if p.space == space and p.spill == spill]
         assert grid == sorted(grid) and grid[0] == 1
+    # The label space is calibrated with and without spill (spill_variants).
+    assert {p.spill for p in report.calibration if p.space == "labels"} == {0, PartitionFitConfig().spill_probes}
     assert layer.index.nprobe == report.nprobe and layer.index.space == report.space
     assert 0 < report.dense_p1 <= 1 and sum(report.held_out) > 0
     d = task.weight.shape[1]
@@ -77,7 +80,7 @@ def test_calibration_picks_the_cheapest_accepted_setting(task):
     tol = PartitionFitConfig().tolerance
     rerank = report.rerank or layer.max_candidates
     assert layer.index.rerank == report.rerank and rerank in rerank_grid(layer.max_candidates)
-    chosen = next(p for p in report.calibration if p.space == report.space
+    chosen = next(p for p in report.calibration if p.space == report.space and p.spill == report.spill_probes
                   and p.nprobe == report.nprobe and p.code_dim == (report.code_dim or d))
     assert chosen.partitions == layer.index.num_partitions == report.num_partitions
     assert report.loss == chosen.loss[rerank]
@@ -93,6 +96,29 @@ def test_calibration_picks_the_cheapest_accepted_setting(task):
     # Off: every candidate is scored exactly.
     plain = layer_for(task)
     assert plain.fit(task.train_x, task.train_y, progress=False, calibrate_rerank=False).rerank is None
+
+
+def test_the_chosen_spill_is_the_one_installed(task):
+    # Where the calibration keeps the spilled lists they hold the spill of
+    # every pair; where it keeps no spill, the lists are the unfitted index's.
+    unfitted = layer_for(task)
+    unfitted.predict(task.test_x[:1], 1)
+    for spill in (0, 2):
+        layer = layer_for(task)
+        report = layer.fit(task.train_x, task.train_y, progress=False, spaces=("labels",),
+                           spill_probes=spill)
+        assert {p.spill for p in report.calibration} == ({0} if spill == 0 else {0, spill})
+        # Force each variant through the calibration's choice: only its own points.
+        for keep in sorted({p.spill for p in report.calibration}):
+            points = [p for p in report.calibration if p.spill == keep]
+            assert choose_setting(points, 0.003, dim=32, weight_bytes=4)[0].spill == keep
+        rows = layer.index.list_ids.numel()
+        if report.spill_probes == 0:
+            assert report.spilled == 0 and rows == task.num_labels
+            assert torch.equal(layer.index.list_ids, unfitted.index.list_ids)
+            assert torch.equal(layer.index.list_offsets, unfitted.index.list_offsets)
+        else:
+            assert report.spilled > 0 and rows == task.num_labels + report.spilled
 
 
 def test_the_cost_budget_bounds_the_chosen_setting(task):

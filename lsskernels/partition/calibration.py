@@ -166,8 +166,8 @@ def setting_cost(rows: float, width: int, rerank: int, dim: int, weight_bytes: i
 # ------------------------------------------------------------------ points
 @dataclass
 class CalibrationPoint:
-    """One (space, code dims, nprobe) the calibration evaluated, with every
-    shortlist R it tried."""
+    """One (space, spill, code dims, nprobe) the calibration evaluated, with
+    every shortlist R it tried."""
     space: str
     partitions: int
     code_dim: int
@@ -177,6 +177,7 @@ class CalibrationPoint:
     recall: float              # weighted share of held-out pairs with a label among the candidates
     p1: Dict[int, float] = field(default_factory=dict)           # weighted held-out P@1 by R
     loss: Dict[int, PairedLoss] = field(default_factory=dict)    # paired loss against dense by R
+    spill: int = 0             # spill_probes of the lists evaluated (0: every label in its own list only)
 
     def cost(self, rerank: int, dim: int, weight_bytes: int) -> float:
         return setting_cost(self.rows, self.width, rerank, dim, weight_bytes, self.partitions)
@@ -201,10 +202,11 @@ def accepted(points: List[CalibrationPoint], tolerance: float, dim: int, weight_
 def choose_setting(points: List[CalibrationPoint], tolerance: float, *, dim: int, weight_bytes: int,
                    budget: float = float("inf")) -> Tuple[CalibrationPoint, int, bool]:
     """(point, R, accepted): the cheapest accepted setting (ties: wider
-    codes, the label space, fewer probes, shorter list); where none is
+    codes, the label space, less spill, fewer probes, shorter list); where none is
     accepted, the one within budget of least loss bound (then least cost);
     where none is within budget, the cheapest tried."""
-    order = lambda s: (s[0], -s[1].code_dim, 0 if s[1].space == "labels" else 1, s[1].nprobe, s[2])  # noqa: E731
+    order = lambda s: (s[0], -s[1].code_dim, 0 if s[1].space == "labels" else 1, s[1].spill, s[1].nprobe,  # noqa: E731
+                       s[2])
     ok = accepted(points, tolerance, dim, weight_bytes, budget)
     if ok:
         _, p, r = min(ok, key=order)

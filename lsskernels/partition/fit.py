@@ -72,6 +72,7 @@ Tensor = torch.Tensor
 class PartitionFitConfig:
     holdout: int = 2000            # held-out pairs per stratum (partition/calibration.py), at most a fifth of the pairs
     spill_probes: int = 2          # a training label is spilled into its query's first spill_probes partitions
+                                   # (the label space's calibration also tries no spill: spill_variants)
     spill_cap: Optional[int] = None  # spilled labels per partition (most-voted first); default: no cap
     max_nprobe: int = 256          # largest probe count the calibration tries
     tolerance: float = 0.003       # a setting is accepted when its held-out P@1 loss against dense is at most
@@ -101,6 +102,7 @@ class PartitionFitReport:
     missing_mass: float = float("nan")  # Good-Turing share of new queries whose label has no fit pair
     held_out: Tuple[int, int] = (0, 0)  # held-out pairs (seen, unseen strata)
     budget: float = float("nan")    # the largest setting_cost allowed (max_cost of the dense layer's bytes)
+    spill_probes: int = 0          # the chosen spill width (0: no spill; partition/fit.py, spill_variants)
     spilled: int = 0               # rows added by spill in the final index
     seconds: Dict[str, float] = field(default_factory=dict)
     index: Optional["PartitionIndex"] = None
@@ -244,15 +246,15 @@ def _probe(index: "PartitionIndex", queries: Tensor, n: int, chunk: int = 4096) 
     return out
 
 
-def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Tensor, cfg: PartitionFitConfig,
+def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Tensor, spill: int,
                 cap: int, probes: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """(partition, label) entries to add: each valid label of y [n, m] into
-    the first spill_probes partitions of its query, unless it is listed
+    the first `spill` partitions of its query, unless it is listed
     there already; at most cap per partition, most votes first, then
-    smaller label. probes: the queries' first spill_probes partitions, if
+    smaller label. probes: the queries' first >= spill partitions, if
     already known."""
     N = index.num_labels
-    width = min(cfg.spill_probes, index.num_partitions)
+    width = min(spill, index.num_partitions)
     probes = _probe(index, queries, width) if probes is None else probes[:, :width]  # [n, s]
     part = probes.unsqueeze(2).expand(-1, -1, y.shape[1])
     lab = y.unsqueeze(1).expand_as(part)
@@ -265,11 +267,31 @@ def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Ten
     return p[kept], l[kept]
 
 
-def _with_spill(index, weight, bias, assign, queries, y, cfg, cap, probes=None, book=None) -> int:
-    sp, sl = spill_pairs(index, queries, y, assign, cfg, cap, probes)
+def _with_spill(index, weight, bias, assign, queries, y, spill, cap, probes=None, book=None) -> int:
+    """Installs the lists: every label in its own (assign) and, where spill
+    > 0, spilled as spill_pairs says; returns the spilled rows."""
     own = torch.arange(index.num_labels, device=assign.device)
+    if spill == 0:
+        index.install_lists(assign, own, _codes_of(weight, bias, book))
+        return 0
+    sp, sl = spill_pairs(index, queries, y, assign, spill, cap, probes)
     index.install_lists(torch.cat([assign, sp]), torch.cat([own, sl]), _codes_of(weight, bias, book))
     return int(sp.numel())
+
+
+def spill_variants(space: str, spill_probes: int) -> List[int]:
+    """The spill widths the calibration tries in a space: spill_probes, and
+    in the label space also none (the unfitted lists). Spill lists a
+    training label where its queries look; it can also crowd out labels
+    that have no training query, whose queries the spilled labels then
+    outscore (docs/lss.md, "Spill, calibrated"): the held-out unseen
+    stratum measures that, so the calibration decides (the spilled lists
+    first: where they win, their accepted cost stops the walk over the
+    other early). In the query space a label without spill sits only in its
+    home partition: no variant."""
+    if space == "labels" and spill_probes:
+        return [spill_probes, 0]
+    return [spill_probes]
 
 
 def rerank_grid(max_candidates: int) -> List[int]:
@@ -397,6 +419,7 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
         built[spaces[0]] = build(spaces[0])
         report.space = spaces[0]
         report.nprobe = built[spaces[0]][0].nprobe
+        report.spill_probes = cfg.spill_probes
     else:
         chosen = _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spill_probes, cap, cfg,
                             max_candidates, report, log, book)
@@ -408,8 +431,11 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     report.seconds["calibration"] = time.perf_counter() - t - report.seconds["partitions"]
 
     t = time.perf_counter()
-    report.spilled = (_with_spill(idx, weight, bias, home, queries, y, cfg, cap, spill_probes[report.space], book)
-                      if cfg.spill_probes else 0)
+    if report.spill_probes:
+        report.spilled = _with_spill(idx, weight, bias, home, queries, y, report.spill_probes, cap,
+                                     spill_probes[report.space], book)
+    else:  # the lists the calibration left may hold a variant's spill
+        _with_spill(idx, weight, bias, home, queries, y, 0, cap, book=book)
     report.seconds["spill"] = time.perf_counter() - t
     idx.fitted = True
     report.index = idx
@@ -453,43 +479,54 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
                     f"labels-space setting")
                 continue
         idx, home = built[space] = build(space)
-        # Calibrate on held-out queries whose labels were not spilled from them.
-        if cfg.spill_probes:
-            _with_spill(idx, weight, bias, home, queries[held.train], y[held.train], cfg, cap,
-                        spill_probes[space][held.train], book)
         grid = [p for p in grid_all if p <= idx.num_partitions]
         # The held-out queries' probes at the largest nprobe, once: the first
-        # p columns are their probes at p (best first), for every code dim.
+        # p columns are their probes at p (best first), for every variant.
         probes = _probe(idx, queries[hold], grid[-1])
-        sizes = idx.list_sizes().to(torch.float64)
-        rows_at = {p: float((weights * sizes[probes[:, :p]].sum(1)).sum()) for p in grid}
-        for dim in dims:
-            idx.set_code_projection(None if dim == index.dim else directions[:, :dim], _codes_of(weight, bias, book))
-            width = idx.codec.bytes_per_row(dim)
-            for p in grid:
-                # Stop once this probe count's scan alone costs more than an
-                # accepted setting (probed rows only grow with nprobe), or the
-                # scan leaves the budget.
-                best = cheapest_accepted(report.calibration, cfg.tolerance, index.dim, wbytes, budget)
-                scan = setting_cost(rows_at[p], width, 0, index.dim, wbytes, idx.num_partitions)
-                if (best is not None and scan >= best) or (scan > budget and p > grid[0]):
-                    break
-                hits, found, _ = evaluate_setting(idx, weight, bias, queries[hold], y[hold], max_candidates, p,
-                                                  reranks, probes)
-                point = CalibrationPoint(space=space, partitions=idx.num_partitions, code_dim=dim, width=width,
-                                         nprobe=p, rows=rows_at[p], recall=float((weights * found).sum()),
-                                         p1={r: float((weights * h).sum()) for r, h in hits.items()},
-                                         loss={r: PairedLoss.of(dense, h, held, z) for r, h in hits.items()})
-                report.calibration.append(point)
-                shorter = ", ".join(f"{r}: {v:.4f}" for r, v in point.p1.items() if r != max_candidates)
-                full = point.loss[max_candidates]
-                log(f"calibration: {space} space, codes of {dim} dims, nprobe {p} ({point.rows:.0f} rows): "
-                    f"held-out P@1 {point.p1[max_candidates]:.4f} (loss {100 * full.loss:+.2f} +- "
-                    f"{100 * full.se:.2f} point), label among candidates {point.recall:.4f}"
-                    + (f"; first R exact: {shorter}" if shorter else ""))
+        for spill in spill_variants(space, cfg.spill_probes):
+            # Calibrate on held-out queries whose labels were not spilled from them.
+            if spill or idx.list_ids.numel() != index.num_labels:
+                _with_spill(idx, weight, bias, home, queries[held.train], y[held.train], spill, cap,
+                            spill_probes[space][held.train] if spill else None, book)
+            sizes = idx.list_sizes().to(torch.float64)
+            rows_at = {p: float((weights * sizes[probes[:, :p]].sum(1)).sum()) for p in grid}
+            for dim in dims:
+                idx.set_code_projection(None if dim == index.dim else directions[:, :dim],
+                                        _codes_of(weight, bias, book))
+                width = idx.codec.bytes_per_row(dim)
+                for p in grid:
+                    # Stop once this probe count's scan alone costs more than an
+                    # accepted setting (probed rows only grow with nprobe), or the
+                    # scan leaves the budget.
+                    best = cheapest_accepted(report.calibration, cfg.tolerance, index.dim, wbytes, budget)
+                    scan = setting_cost(rows_at[p], width, 0, index.dim, wbytes, idx.num_partitions)
+                    if (best is not None and scan >= best) or (scan > budget and p > grid[0]):
+                        break
+                    hits, found, _ = evaluate_setting(idx, weight, bias, queries[hold], y[hold], max_candidates, p,
+                                                      reranks, probes)
+                    point = CalibrationPoint(space=space, partitions=idx.num_partitions, code_dim=dim, width=width,
+                                             nprobe=p, rows=rows_at[p], recall=float((weights * found).sum()),
+                                             p1={r: float((weights * h).sum()) for r, h in hits.items()},
+                                             loss={r: PairedLoss.of(dense, h, held, z) for r, h in hits.items()},
+                                             spill=spill)
+                    report.calibration.append(point)
+                    shorter = ", ".join(f"{r}: {v:.4f}" for r, v in point.p1.items() if r != max_candidates)
+                    full = point.loss[max_candidates]
+                    log(f"calibration: {space} space, spill {spill}, codes of {dim} dims, nprobe {p} "
+                        f"({point.rows:.0f} rows): held-out P@1 {point.p1[max_candidates]:.4f} (loss "
+                        f"{100 * full.loss:+.2f} +- {100 * full.se:.2f} point), label among candidates "
+                        f"{point.recall:.4f}" + (f"; first R exact: {shorter}" if shorter else ""))
     point, rerank, report.accepted = choose_setting(report.calibration, cfg.tolerance, dim=index.dim,
                                                     weight_bytes=wbytes, budget=budget)
+    if not report.accepted:
+        # The unspilled lists are an alternative where they meet the
+        # tolerance; where nothing does, the fallback (least bound within
+        # budget) is taken among the configured spill's settings only, or a
+        # cheap unspilled setting far from the tolerance would win it.
+        point, rerank, _ = choose_setting([p for p in report.calibration if p.spill == cfg.spill_probes],
+                                          cfg.tolerance, dim=index.dim, weight_bytes=wbytes, budget=budget)
     report.space, report.nprobe, report.code_dim = point.space, point.nprobe, point.code_dim
+    report.spill_probes = point.spill
     report.rerank = None if rerank >= max_candidates else rerank
     report.loss = point.loss[rerank]
     if not report.accepted:
@@ -538,7 +575,8 @@ def judge_shards(shards: List[Tuple[float, Dict[str, object]]], *, max_candidate
         return None
     chosen = []
     for share, rep in shards:
-        points = [p for p in rep["calibration"] if p.space == rep["space"] and p.code_dim == rep["code_dim"]]
+        points = [p for p in rep["calibration"] if p.space == rep["space"] and p.code_dim == rep["code_dim"]
+                  and p.spill == rep["spill_probes"]]
         own_r = rep["rerank"] or max_candidates
         own = [p for p in points if p.nprobe == rep["nprobe"] and own_r in p.loss]
         if not points or not own:
