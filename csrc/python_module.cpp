@@ -1,6 +1,8 @@
 // The Python extension module lsskernels._C. Importing it runs the static
 // registrations (TORCH_LIBRARY in ops.cpp, TORCH_LIBRARY_IMPL per backend);
-// the few functions below only describe the build.
+// the functions below describe the build, and one is a direct door to an op.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/python.h>
 #include <pybind11/pybind11.h>
 
 #include "cpu/int8_dots.h"
@@ -26,6 +28,27 @@ pybind11::dict limits() {
   d["quant_levels"] = lss::kQuantLevels;
   return d;
 }
+// lsskernels::partition_predict_topk called unboxed, through the same
+// dispatcher entry as torch.ops.lsskernels.partition_predict_topk: eager
+// predict() at batch 1 calls it, since torch.ops' boxed call converts its
+// 16 arguments one by one against the schema (docs/performance.md, 0.8).
+using OptTensor = c10::optional<at::Tensor>;
+std::tuple<at::Tensor, at::Tensor> partition_predict_topk(
+    const at::Tensor& x, const at::Tensor& centroid_codes, const at::Tensor& centroid_scales,
+    const at::Tensor& centroid_bias, const at::Tensor& list_offsets, const at::Tensor& codes,
+    const at::Tensor& code_scales, const at::Tensor& code_bias, const at::Tensor& list_ids, const at::Tensor& weight,
+    const OptTensor& bias, int64_t num_labels, int64_t nprobe, int64_t max_candidates, int64_t k,
+    const OptTensor& code_proj) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("lsskernels::partition_predict_topk", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const OptTensor&, int64_t, int64_t, int64_t, int64_t, const OptTensor&)>();
+  return op.call(x, centroid_codes, centroid_scales, centroid_bias, list_offsets, codes, code_scales, code_bias,
+                 list_ids, weight, bias, num_labels, nprobe, max_candidates, k, code_proj);
+}
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -41,4 +64,6 @@ PYBIND11_MODULE(_C, m) {
   }, "Per CPU row kernel (dot_f32, axpy_bf16, ..., next_topk_candidate), the instruction set of the table row it came from");
   m.def("cpu_int8_isa", &lss::cpu::int8_isa,
         "Kernel the CPU int8 code-row scoring (quantized_candidates) dispatched to on this machine");
+  m.def("partition_predict_topk", &partition_predict_topk,
+        "torch.ops.lsskernels.partition_predict_topk, called unboxed (the same dispatcher entry)");
 }

@@ -43,10 +43,21 @@ def extension_loaded() -> bool:
     return _C is not None
 
 
+def unboxed(op: str):
+    """torch.ops.lsskernels.<op>.default, or where the extension has a
+    direct door to it (csrc/python_module.cpp: the same dispatcher entry,
+    called unboxed), that door: the call skips the boxed conversion of
+    every argument against the schema. Eager callers only: torch.compile
+    traces the registered op."""
+    door = getattr(_C, op, None) if _C is not None else None
+    return door if door is not None else getattr(torch.ops.lsskernels, op).default
+
+
 def cuda_kernels_built() -> bool:
     return _C is not None and bool(_C.built_with_cuda())
 
 
+@functools.lru_cache(maxsize=None)
 @functools.lru_cache(maxsize=None)
 def has_native_kernel(op: str, device_type: str) -> bool:
     """Whether this build has a native kernel of torch.ops.lsskernels.<op>

@@ -48,9 +48,14 @@ def _native(x: Tensor, backend: Optional[str]) -> bool:
     skipped on the index's own (validated) buffers. A forced backend counts
     only on its own device: backend="cuda" with CPU tensors goes through the
     checked wrappers, which refuse it."""
+    return _native_on(x.device, backend)
+
+
+def _native_on(device: torch.device, backend: Optional[str]) -> bool:
+    """_native for tensors on device."""
     if backend is None:
-        return _ops.resolve_backend(None, x.device) in ("cpu", "cuda")
-    return backend == x.device.type and backend in ("cpu", "cuda")
+        return _ops.resolve_backend(None, device) in ("cpu", "cuda")
+    return backend == device.type and backend in ("cpu", "cuda")
 
 
 @dataclass(frozen=True)

@@ -321,6 +321,28 @@ def test_partition_predict_topk_without_biases():
     torch.testing.assert_close(got[0], want[0])
 
 
+@pytest.mark.parametrize("projected", [False, True])
+def test_the_unboxed_door_is_the_registered_op(projected):
+    # _C.partition_predict_topk (eager predict's call, csrc/python_module.cpp)
+    # is the dispatcher's partition_predict_topk: the same bits, the same
+    # argument errors, on ragged shapes with and without bias / projection.
+    require_backend("cpu", "quantized_candidates")
+    from lsskernels import _ops
+    door = _ops.unboxed("partition_predict_topk")
+    assert door is not torch.ops.lsskernels.partition_predict_topk.default  # the build has the door
+    for batch, dim, labels, parts, nprobe, M, k in ((1, 37, 1000, 16, 4, 50, 5), (7, 70, 333, 9, 9, 40, 40)):
+        if projected:
+            x, probe, lists, weight, bias, proj = projected_problem(batch, dim, 32, labels, parts, seed=batch)
+        else:
+            x, probe, lists, weight, bias = partition_problem(batch, dim, labels, parts, batch, with_bias=batch > 1)
+            proj = None
+        args = (x, *probe, *lists, weight, bias, labels, nprobe, M, k, proj)
+        got, want = door(*args), torch.ops.lsskernels.partition_predict_topk.default(*args)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    with pytest.raises(ValueError, match=r"partition_predict_topk: k must be in \[1, inf\]"):
+        door(*args[:-2], 0, proj)
+
+
 def test_partition_predict_topk_compiles_with_fullgraph():
     require_backend("cpu", "quantized_candidates")
     torch._dynamo.reset()

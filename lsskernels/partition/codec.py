@@ -127,8 +127,12 @@ class Int8Codec:
     @property
     def fused_predict(self):
         """The native op probe -> scan -> exact rerank -> top-k in one call
-        (csrc/partition_predict_topk.cpp), for the index's own buffers."""
-        return torch.ops.lsskernels.partition_predict_topk.default
+        (csrc/partition_predict_topk.cpp), for the index's own buffers; in
+        eager mode through its unboxed door (_ops.unboxed: a batch-1
+        predict pays the call's fixed cost on every query)."""
+        if torch.compiler.is_compiling():
+            return torch.ops.lsskernels.partition_predict_topk.default
+        return _ops.unboxed("partition_predict_topk")
 
 
 INT8 = Int8Codec()

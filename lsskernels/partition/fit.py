@@ -26,8 +26,10 @@ Fit (LSSLinear.fit with the partition family), label-superior style:
      first; no cap by default). A MIPS
      index finds labels with large logits; a query whose correct label has
      a moderate logit, or sits in a partition whose centroid scores low,
-     now finds it in the partitions it does probe.
-  5. **Space, probe count and shortlist.** Held-out pairs (two strata:
+     now finds it in the partitions it does probe. It can also crowd out
+     labels without training queries: the label space is calibrated
+     with and without it (spill_variants).
+  5. **Space, spill, probe count and shortlist.** Held-out pairs (two strata:
      lsskernels/partition/calibration.py) are neither clustered nor spilled while
      calibrating. In each space, for each power-of-two nprobe, the held-out
      queries get their `max_candidates` best labels by quantized score, and
@@ -35,12 +37,12 @@ Fit (LSSLinear.fit with the partition family), label-superior style:
      them for R = 16, 32, ..., max_candidates (a prefix: the same order).
      A setting is accepted when the upper confidence bound of its paired
      P@1 loss against the dense layer is within `tolerance`; of the
-     accepted (space, code dim, nprobe, R), fit() keeps the one of least
+     accepted (space, spill, code dim, nprobe, R), fit() keeps the one of least
      modelled cost (`setting_cost`). No setting may cost more than
      `max_cost` of the dense layer's weight bytes. The walk up the nprobe
      grid stops once the next probe count's scan alone would cost more
-     than an accepted setting, or the scan leaves the budget. The final
-     lists spill every pair.
+     than an accepted setting, or the scan leaves the budget. Where spill
+     is kept, the final lists spill every pair.
 
 Everything is a function of (weights, pairs, options, seed): the same call
 gives the same index, bit for bit, on a given device and thread count.

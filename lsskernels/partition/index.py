@@ -23,7 +23,7 @@ import torch
 from .. import _checks as checks
 from .. import reference
 from ..configs import IndexConfig
-from ..index import LSSIndex, _native, rerank_topk
+from ..index import LSSIndex, _native_on, rerank_topk
 from .codec import INT8
 from .lists import CodesOf, PartitionLists, validate_partition_lists
 from .lists import empty_buffers as list_buffers
@@ -42,6 +42,22 @@ def _fused_kernel(device_type: str) -> bool:
     """Whether this build has the native kernels partition_predict_topk
     composes for device_type (a constant of the build, for torch.compile)."""
     return INT8.has_fused_kernel(device_type)
+
+
+_FUSED_PATH: dict = {}  # (device, backend) -> bool: constants of the build, looked up per eager call
+
+
+def _fused_path(device: torch.device, backend: Optional[str]) -> bool:
+    """Whether predict_topk runs the fused native op for x on device (and
+    its index's buffers there). Eager calls read it from a table: a batch-1
+    predict pays every microsecond of this on every query."""
+    if torch.compiler.is_compiling():
+        return _native_on(device, backend) and _fused_kernel(device.type)
+    key = (device, backend)
+    hit = _FUSED_PATH.get(key)
+    if hit is None:
+        hit = _FUSED_PATH[key] = bool(_native_on(device, backend) and _fused_kernel(device.type))
+    return hit
 
 
 @dataclass(frozen=True)
@@ -285,7 +301,8 @@ class PartitionIndex(LSSIndex):
         # per name on every call (docs/performance.md, "Measurements moved
         # out of code comments").
         buf = self._buffers
-        if _native(x, backend) and x.device == buf["codes"].device and _fused_kernel(x.device.type):
+        dev = x.device
+        if _fused_path(dev, backend) and dev == buf["codes"].device:
             probe_codes, probe_scales, _ = self._probe.codes()
             proj = buf["code_proj"]
             return self.codec.fused_predict(
