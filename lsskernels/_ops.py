@@ -58,7 +58,6 @@ def cuda_kernels_built() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-@functools.lru_cache(maxsize=None)
 def has_native_kernel(op: str, device_type: str) -> bool:
     """Whether this build has a native kernel of torch.ops.lsskernels.<op>
     for device_type ("cpu": the C++ kernels, "cuda": the CUDA C++ kernels).
