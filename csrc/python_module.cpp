@@ -64,6 +64,9 @@ PYBIND11_MODULE(_C, m) {
   }, "Per CPU row kernel (dot_f32, axpy_bf16, ..., next_topk_candidate), the instruction set of the table row it came from");
   m.def("cpu_int8_isa", &lss::cpu::int8_isa,
         "Kernel the CPU int8 code-row scoring (quantized_candidates) dispatched to on this machine");
+  // The GIL is released while the op runs, as torch.ops' call does: other
+  // Python threads (a server's) keep running during a predict.
   m.def("partition_predict_topk", &partition_predict_topk,
-        "torch.ops.lsskernels.partition_predict_topk, called unboxed (the same dispatcher entry)");
+        "torch.ops.lsskernels.partition_predict_topk, called unboxed (the same dispatcher entry)",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
 }
