@@ -14,8 +14,10 @@
 #include <torch/library.h>
 
 #include <initializer_list>
+#include <type_traits>
 
 #include "lss/arg_checks.h"
+#include "lss/partition_predict_topk.h"
 
 namespace lss {
 namespace {
@@ -82,6 +84,9 @@ std::tuple<at::Tensor, at::Tensor> partition_predict_topk(
   const at::Tensor logits = gathered_logits.call(x, weight, bias, ids);
   return topk_gathered.call(logits, ids, k);
 }
+
+static_assert(std::is_same_v<decltype(partition_predict_topk), PartitionPredictTopk>,
+              "partition_predict_topk must have the type lss/partition_predict_topk.h declares");
 
 }  // namespace
 

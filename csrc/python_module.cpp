@@ -7,6 +7,7 @@
 
 #include "cpu/int8_dots.h"
 #include "cpu/vector_math.h"
+#include "lss/partition_predict_topk.h"
 #include "lss/common.h"
 
 namespace {
@@ -28,27 +29,21 @@ pybind11::dict limits() {
   d["quant_levels"] = lss::kQuantLevels;
   return d;
 }
-// lsskernels::partition_predict_topk called unboxed, through the same
-// dispatcher entry as torch.ops.lsskernels.partition_predict_topk: eager
-// predict() at batch 1 calls it, since torch.ops' boxed call converts its
-// 16 arguments one by one against the schema (docs/performance.md, 0.8).
-using OptTensor = c10::optional<at::Tensor>;
-std::tuple<at::Tensor, at::Tensor> partition_predict_topk(
-    const at::Tensor& x, const at::Tensor& centroid_codes, const at::Tensor& centroid_scales,
-    const at::Tensor& centroid_bias, const at::Tensor& list_offsets, const at::Tensor& codes,
-    const at::Tensor& code_scales, const at::Tensor& code_bias, const at::Tensor& list_ids, const at::Tensor& weight,
-    const OptTensor& bias, int64_t num_labels, int64_t nprobe, int64_t max_candidates, int64_t k,
-    const OptTensor& code_proj) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("lsskernels::partition_predict_topk", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(
-              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-              const OptTensor&, int64_t, int64_t, int64_t, int64_t, const OptTensor&)>();
-  return op.call(x, centroid_codes, centroid_scales, centroid_bias, list_offsets, codes, code_scales, code_bias,
-                 list_ids, weight, bias, num_labels, nprobe, max_candidates, k, code_proj);
-}
+
+// An op called unboxed, through the dispatcher entry torch.ops.lsskernels.<op>
+// uses, with the C++ signature Sig: torch.ops' boxed call converts every
+// argument against the schema, which eager predict() at batch 1 pays per
+// query (docs/performance.md, 0.8).
+template <const char* kName, typename Sig>
+struct Unboxed;
+template <const char* kName, typename R, typename... Args>
+struct Unboxed<kName, R(Args...)> {
+  static R call(Args... args) {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(kName, "").typed<R(Args...)>();
+    return op.call(args...);
+  }
+};
+constexpr char kPartitionPredictTopk[] = "lsskernels::partition_predict_topk";
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -66,7 +61,7 @@ PYBIND11_MODULE(_C, m) {
         "Kernel the CPU int8 code-row scoring (quantized_candidates) dispatched to on this machine");
   // The GIL is released while the op runs, as torch.ops' call does: other
   // Python threads (a server's) keep running during a predict.
-  m.def("partition_predict_topk", &partition_predict_topk,
+  m.def("partition_predict_topk", &Unboxed<kPartitionPredictTopk, lss::PartitionPredictTopk>::call,
         "torch.ops.lsskernels.partition_predict_topk, called unboxed (the same dispatcher entry)",
         pybind11::call_guard<pybind11::gil_scoped_release>());
 }

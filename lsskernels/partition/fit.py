@@ -271,10 +271,12 @@ def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Ten
 
 def _with_spill(index, weight, bias, assign, queries, y, spill, cap, probes=None, book=None) -> int:
     """Installs the lists: every label in its own (assign) and, where spill
-    > 0, spilled as spill_pairs says; returns the spilled rows."""
+    > 0, spilled as spill_pairs says; returns the spilled rows. Unspilled
+    lists (exactly N rows: every label once) are left as they are."""
     own = torch.arange(index.num_labels, device=assign.device)
     if spill == 0:
-        index.install_lists(assign, own, _codes_of(weight, bias, book))
+        if index.list_ids.numel() != index.num_labels:
+            index.install_lists(assign, own, _codes_of(weight, bias, book))
         return 0
     sp, sl = spill_pairs(index, queries, y, assign, spill, cap, probes)
     index.install_lists(torch.cat([assign, sp]), torch.cat([own, sl]), _codes_of(weight, bias, book))
@@ -433,11 +435,8 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     report.seconds["calibration"] = time.perf_counter() - t - report.seconds["partitions"]
 
     t = time.perf_counter()
-    if report.spill_probes:
-        report.spilled = _with_spill(idx, weight, bias, home, queries, y, report.spill_probes, cap,
-                                     spill_probes[report.space], book)
-    else:  # the lists the calibration left may hold a variant's spill
-        _with_spill(idx, weight, bias, home, queries, y, 0, cap, book=book)
+    report.spilled = _with_spill(idx, weight, bias, home, queries, y, report.spill_probes, cap,
+                                 spill_probes[report.space], book)
     report.seconds["spill"] = time.perf_counter() - t
     idx.fitted = True
     report.index = idx
@@ -487,9 +486,8 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
         probes = _probe(idx, queries[hold], grid[-1])
         for spill in spill_variants(space, cfg.spill_probes):
             # Calibrate on held-out queries whose labels were not spilled from them.
-            if spill or idx.list_ids.numel() != index.num_labels:
-                _with_spill(idx, weight, bias, home, queries[held.train], y[held.train], spill, cap,
-                            spill_probes[space][held.train] if spill else None, book)
+            _with_spill(idx, weight, bias, home, queries[held.train], y[held.train], spill, cap,
+                        spill_probes[space][held.train] if spill else None, book)
             sizes = idx.list_sizes().to(torch.float64)
             rows_at = {p: float((weights * sizes[probes[:, :p]].sum(1)).sum()) for p in grid}
             for dim in dims:
