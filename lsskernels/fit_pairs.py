@@ -80,12 +80,15 @@ def labels_found(ids: Tensor, y: Tensor) -> Tensor:
     (a query's candidates, or its top-k)."""
     if ids.shape[1] * y.shape[1] <= 64:
         return among_labels(ids, y).any(1)
-    # Each label looked up in its row's sorted ids: O(n (M + m) log M)
+    # Each id looked up in its row's sorted labels: O(n (M log m + m log m))
     # instead of the [n, M, m] comparison (a calibration's M = 256
-    # candidates against WordNet's up to 28 labels per query).
-    s = ids.to(torch.int64).sort(1).values
-    at = torch.searchsorted(s, y).clamp_(max=s.shape[1] - 1)
-    return ((s.gather(1, at) == y) & (y >= 0)).any(1)
+    # candidates against WordNet's up to 28 labels per query); sorting the
+    # few labels, not the M ids. Padding (-1) sorts first and never matches
+    # an id >= 0; a padded id (-1) is masked.
+    ids = ids.to(torch.int64)
+    s = y.sort(1).values
+    at = torch.searchsorted(s, ids).clamp_(max=s.shape[1] - 1)
+    return ((s.gather(1, at) == ids) & (ids >= 0)).any(1)
 
 
 @torch.no_grad()

@@ -151,6 +151,22 @@ def test_equal_cost_ties_prefer_less_spill():
     assert choose_setting([a, b], 0.002, dim=32, weight_bytes=4)[0] is b
 
 
+def test_the_unfitted_index_sets_the_floor():
+    # A cheap accepted setting less accurate than the unfitted index on the
+    # held-out pairs loses to a dearer accepted one that reaches it; where no
+    # accepted setting reaches the floor, the cheapest accepted wins as before.
+    from dataclasses import replace
+    cheap = replace(_point(2, 200, 0.0, 0.0001), p1={64: 0.60})
+    level = replace(_point(8, 800, -0.002, 0.0001), p1={64: 0.62})
+    dear = replace(_point(32, 3200, -0.002, 0.0001), p1={64: 0.63})
+    assert choose_setting([cheap, level, dear], 0.003, dim=32, weight_bytes=4)[0] is cheap
+    assert choose_setting([cheap, level, dear], 0.003, dim=32, weight_bytes=4, floor=0.62)[0] is level
+    assert choose_setting([cheap, level, dear], 0.003, dim=32, weight_bytes=4, floor=0.64)[0] is cheap
+    # The floor never admits a setting the bound rejects.
+    loose = replace(_point(4, 400, 0.01, 0.0001), p1={64: 0.65})
+    assert choose_setting([cheap, loose], 0.003, dim=32, weight_bytes=4, floor=0.62)[0] is cheap
+
+
 def test_dense_top1_and_topk_in_label_blocks_equal_the_whole_product(monkeypatch):
     # At N = 10^7 the dense teacher runs in blocks of labels; the blocks must
     # give the whole product's argmax (ties: smaller label) and top-k.
@@ -164,3 +180,38 @@ def test_dense_top1_and_topk_in_label_blocks_equal_the_whole_product(monkeypatch
     assert torch.equal(fit_pairs.dense_top1(w, b, q), logits.argmax(1))
     assert bool((fit_pairs.dense_top1(w, b, q) == 1234).all())
     assert torch.equal(fit_pairs.dense_topk(w, None, q, 7), torch.topk(q @ w.T, 7, dim=1).indices)
+
+
+@pytest.mark.parametrize("M, m", [(4, 3), (256, 1), (256, 28), (37, 5)])
+def test_labels_found_equals_the_full_comparison(M, m):
+    # Both paths (the [n, M, m] comparison and the sorted lookup) against
+    # the definition, with -1 padding in ids and in y, duplicates, absent labels.
+    from lsskernels.fit_pairs import labels_found
+    g = torch.Generator().manual_seed(M * 100 + m)
+    n, N = 400, 300
+    ids = torch.randint(-1, N, (n, M), generator=g)
+    y = torch.randint(-1, N, (n, m), generator=g)
+    y[: n // 4] = -1  # rows with no label at all
+    ids[n // 4 : n // 2] = -1  # rows with no candidate
+    y[n // 2 : n // 2 + 20, 0] = ids[n // 2 : n // 2 + 20, M - 1]  # a label that is the last candidate
+    want = torch.tensor([any(int(a) >= 0 and int(a) in [int(b) for b in yr if b >= 0] for a in ir)
+                         for ir, yr in zip(ids, y)])
+    assert torch.equal(labels_found(ids, y), want)
+    assert torch.equal(labels_found(ids.to(torch.int32), y), want)
+
+
+def test_nearest_centroid_does_not_depend_on_the_chunk():
+    # _nearest's row chunks are sized by the centroid count; a row's result
+    # (ties included) must not depend on that size: fit() stays a function
+    # of its inputs whatever P.
+    from lsskernels.partition.fit import _nearest
+    g = torch.Generator().manual_seed(0)
+    v, c = torch.randn(3000, 17, generator=g), torch.randn(300, 17, generator=g)
+    c[7] = c[9]  # a tie: the smaller centroid wins
+    v[:5] = c[9]
+    want = torch.cdist(v.double(), c.double()).argmin(1)
+    for block in (1 << 20, 300 * 256, 300 * 1000):
+        got = _nearest(v, c, block=block)
+        assert torch.equal(got, _nearest(v, c))
+        assert (got == want).float().mean() > 0.999
+    assert bool((_nearest(v, c)[:5] == 7).all())

@@ -98,6 +98,25 @@ def test_calibration_picks_the_cheapest_accepted_setting(task):
     assert plain.fit(task.train_x, task.train_y, progress=False, calibrate_rerank=False).rerank is None
 
 
+def test_fit_is_no_less_accurate_than_the_unfitted_index_on_its_held_out_pairs(task):
+    # The unfitted index's own setting (label space, no spill, default
+    # nprobe, all M exact) is evaluated whatever the walk, and the chosen
+    # setting's held-out P@1 reaches it wherever an accepted setting does.
+    from lsskernels.partition import default_nprobe
+    layer = layer_for(task)
+    report = layer.fit(task.train_x, task.train_y, progress=False)
+    parts = [p for p in report.calibration if p.space == "labels"][0].partitions
+    u = [p for p in report.calibration if p.space == "labels" and p.spill == 0 and p.code_dim == task.weight.shape[1]
+         and p.nprobe == default_nprobe(parts)]
+    assert len(u) == 1 and report.unfitted_p1 == u[0].p1[40]
+    chosen = [p for p in report.calibration if (p.space, p.spill, p.code_dim, p.nprobe) ==
+              (report.space, report.spill_probes, report.code_dim or task.weight.shape[1], report.nprobe)][0]
+    reach = [p for p in report.calibration for r in p.loss
+             if p.loss[r].bound <= 0.003 + 1e-12 and p.p1[r] >= report.unfitted_p1 - 1e-12]
+    if reach:
+        assert chosen.p1[report.rerank or 40] >= report.unfitted_p1 - 1e-12
+
+
 def test_the_chosen_spill_is_the_one_installed(task):
     # Where the calibration keeps the spilled lists they hold the spill of
     # every pair; where it keeps no spill, the lists are the unfitted index's.

@@ -22,7 +22,9 @@ with three choices, each for a reason that holds on layers unlike ours
   judged mostly on such queries, and a layer whose labels all recur on none.
 * **A confidence bound as the stop rule.** A setting is accepted when the
   upper one-sided `confidence` bound of its loss, loss + z * SE, is at most
-  `tolerance`; the cheapest accepted setting (modelled cost) wins. Choosing
+  `tolerance`; the cheapest accepted setting (modelled cost) wins, among
+  those whose held-out P@1 reaches the unfitted index's where any does
+  (fit() never trades away accuracy the layer had before it). Choosing
   the cheapest of many noisy estimates favours the ones whose noise was
   kind; the bound makes each of them earn its place. Where none within the
   cost budget is accepted, the one of least bound (then least cost) wins,
@@ -194,20 +196,29 @@ def settings(points: List[CalibrationPoint], dim: int, weight_bytes: int,
 
 
 def accepted(points: List[CalibrationPoint], tolerance: float, dim: int, weight_bytes: int,
-             budget: float = float("inf")) -> List[Tuple[float, CalibrationPoint, int]]:
-    """The settings within budget whose loss bound is at most tolerance."""
-    return [s for s in settings(points, dim, weight_bytes, budget) if s[1].loss[s[2]].bound <= tolerance + 1e-12]
+             budget: float = float("inf"), floor: Optional[float] = None) -> List[Tuple[float, CalibrationPoint, int]]:
+    """The settings within budget whose loss bound is at most tolerance;
+    with a floor (the unfitted index's held-out P@1), only those whose
+    held-out P@1 reaches it, where any does."""
+    ok = [s for s in settings(points, dim, weight_bytes, budget) if s[1].loss[s[2]].bound <= tolerance + 1e-12]
+    if floor is not None:
+        # The same held-out queries: p1 >= floor is a paired comparison.
+        level = [s for s in ok if s[1].p1[s[2]] >= floor - 1e-12]
+        ok = level or ok
+    return ok
 
 
 def choose_setting(points: List[CalibrationPoint], tolerance: float, *, dim: int, weight_bytes: int,
-                   budget: float = float("inf")) -> Tuple[CalibrationPoint, int, bool]:
+                   budget: float = float("inf"), floor: Optional[float] = None) -> Tuple[CalibrationPoint, int, bool]:
     """(point, R, accepted): the cheapest accepted setting (ties: wider
-    codes, the label space, less spill, fewer probes, shorter list); where none is
+    codes, the label space, less spill, fewer probes, shorter list) among
+    those at least as accurate as the unfitted index on the held-out pairs
+    (floor: its held-out P@1; where none is, among all accepted); where none is
     accepted, the one within budget of least loss bound (then least cost);
     where none is within budget, the cheapest tried."""
     order = lambda s: (s[0], -s[1].code_dim, 0 if s[1].space == "labels" else 1, s[1].spill, s[1].nprobe,  # noqa: E731
                        s[2])
-    ok = accepted(points, tolerance, dim, weight_bytes, budget)
+    ok = accepted(points, tolerance, dim, weight_bytes, budget, floor)
     if ok:
         _, p, r = min(ok, key=order)
         return p, r, True
@@ -220,10 +231,11 @@ def choose_setting(points: List[CalibrationPoint], tolerance: float, *, dim: int
 
 
 def cheapest_accepted(points: List[CalibrationPoint], tolerance: float, dim: int, weight_bytes: int,
-                      budget: float) -> Optional[float]:
-    """The least cost of an accepted setting so far (None: none yet): the
-    walk up the nprobe grid stops once a scan alone would cost more."""
-    ok = accepted(points, tolerance, dim, weight_bytes, budget)
+                      budget: float, floor: Optional[float] = None) -> Optional[float]:
+    """The least cost of a setting choose_setting could take so far (None:
+    none yet): the walk up the nprobe grid stops once a scan alone would
+    cost more."""
+    ok = accepted(points, tolerance, dim, weight_bytes, budget, floor)
     return min(c for c, _, _ in ok) if ok else None
 
 

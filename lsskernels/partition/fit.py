@@ -58,12 +58,12 @@ import torch
 from .. import _checks as checks
 from .. import _ops
 from ..families import Family, register
-from ..fit_pairs import best_per_group, dense_hits, fit_logger, fit_options, fit_pairs, labels_found
+from ..fit_pairs import among_labels, best_per_group, dense_hits, fit_logger, fit_options, fit_pairs, labels_found
 from ..reference import augmented_labels
 from .codec import INT8, Int8Codec
 from .calibration import (CalibrationPoint, MergedSetting, PairedLoss, cheapest_accepted, choose_setting, hold_out,
                           merged_settings, setting_cost, z_of)
-from .index import SPACES, PartitionConfig, PartitionIndex, default_partitions
+from .index import SPACES, PartitionConfig, PartitionIndex, default_nprobe, default_partitions
 
 
 Tensor = torch.Tensor
@@ -105,6 +105,7 @@ class PartitionFitReport:
     held_out: Tuple[int, int] = (0, 0)  # held-out pairs (seen, unseen strata)
     budget: float = float("nan")    # the largest setting_cost allowed (max_cost of the dense layer's bytes)
     spill_probes: int = 0          # the chosen spill width (0: no spill; partition/fit.py, spill_variants)
+    unfitted_p1: float = float("nan")  # the unfitted index's setting's held-out P@1: the floor (calibration.py)
     spilled: int = 0               # rows added by spill in the final index
     seconds: Dict[str, float] = field(default_factory=dict)
     index: Optional["PartitionIndex"] = None
@@ -114,10 +115,14 @@ class PartitionFitReport:
         return sum(self.seconds.values())
 
 
-def _nearest(v: Tensor, centroids: Tensor, chunk: int = 1 << 15) -> Tensor:
-    """Index of the nearest centroid (L2) of every row of v, int64 [n]."""
+def _nearest(v: Tensor, centroids: Tensor, block: int = 1 << 20) -> Tensor:
+    """Index of the nearest centroid (L2) of every row of v, int64 [n], in
+    row chunks of at most `block` distances (4 MB: the argmax then reads a
+    block still in cache; 32K-row blocks of 64 MB made it memory-bound,
+    docs/performance.md "0.9"). A row's result does not depend on the chunk."""
     half_sq = 0.5 * centroids.pow(2).sum(1)
     out = torch.empty(v.shape[0], dtype=torch.int64, device=v.device)
+    chunk = max(256, block // max(1, centroids.shape[0]))
     for s in range(0, v.shape[0], chunk):
         out[s : s + chunk] = torch.addmm(half_sq, v[s : s + chunk], centroids.T, beta=-1).argmax(1)
     return out
@@ -289,12 +294,12 @@ def spill_variants(space: str, spill_probes: int) -> List[int]:
     training label where its queries look; it can also crowd out labels
     that have no training query, whose queries the spilled labels then
     outscore (docs/lss.md, "Spill, calibrated"): the held-out unseen
-    stratum measures that, so the calibration decides (the spilled lists
-    first: where they win, their accepted cost stops the walk over the
-    other early). In the query space a label without spill sits only in its
+    stratum measures that, so the calibration decides (the unspilled lists
+    first: they are the unfitted index's, whose setting sets the floor).
+    In the query space a label without spill sits only in its
     home partition: no variant."""
     if space == "labels" and spill_probes:
-        return [spill_probes, 0]
+        return [0, spill_probes]
     return [spill_probes]
 
 
@@ -321,9 +326,12 @@ def evaluate_setting(index: "PartitionIndex", weight: Tensor, bias: Optional[Ten
         yq = y[s : s + batch]
         ids, _ = index.scan(xq, probes[s : s + batch], max_candidates)
         logits = _ops.gathered_logits(xq, weight, bias, ids)
-        for r in reranks:
-            top = _ops.topk_gathered(logits[:, :r].contiguous(), ids[:, :r].contiguous(), 1)[1]
-            hits[r][s : s + batch] = labels_found(top, yq)
+        # Every R's top-1 side by side, looked up in one pass.
+        tops = torch.cat([_ops.topk_gathered(logits[:, :r].contiguous(), ids[:, :r].contiguous(), 1)[1]
+                          for r in reranks], 1)
+        right = among_labels(tops, yq)
+        for j, r in enumerate(reranks):
+            hits[r][s : s + batch] = right[:, j]
         found[s : s + batch] = labels_found(ids.to(torch.int64), yq)
     return hits, found, rows
 
@@ -467,40 +475,48 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
         f"dense P@1 on them {report.dense_p1:.4f}; settings may cost up to {cfg.max_cost:g} of the dense layer's "
         f"{index.num_labels * index.dim * wbytes / 1e6:.1f} MB")
     dims = code_dims(index.dim) if cfg.project_codes else [index.dim]
+    floor = None  # the unfitted index's held-out P@1, once evaluated
     directions = principal_directions(weight, max(dims[1:])) if len(dims) > 1 else None
     for space in spaces:
         if space == "queries" and report.calibration:
             # Its probe alone (a scan of its centroids' codes) is a lower
             # bound on any query-space setting's cost: skip the k-means
             # where an accepted setting is already cheaper.
-            best = cheapest_accepted(report.calibration, cfg.tolerance, index.dim, wbytes, budget)
-            floor = setting_cost(0, 0, 0, index.dim, wbytes, query_space_partitions(index, held.train.numel()))
-            if best is not None and best <= floor:
+            best = cheapest_accepted(report.calibration, cfg.tolerance, index.dim, wbytes, budget, floor)
+            probe_cost = setting_cost(0, 0, 0, index.dim, wbytes, query_space_partitions(index, held.train.numel()))
+            if best is not None and best <= probe_cost:
                 log(f"calibration: queries space skipped: its probe alone would cost more than the accepted "
                     f"labels-space setting")
                 continue
         idx, home = built[space] = build(space)
         grid = [p for p in grid_all if p <= idx.num_partitions]
+        # The unfitted index's own setting (label space, no spill, its
+        # default nprobe, all M scored exactly): its held-out P@1 is the floor.
+        unfitted_nprobe = default_nprobe(idx.num_partitions) if space == "labels" else 0
+        unfitted_nprobe = unfitted_nprobe if unfitted_nprobe <= cfg.max_nprobe else 0
         # The held-out queries' probes at the largest nprobe, once: the first
         # p columns are their probes at p (best first), for every variant.
-        probes = _probe(idx, queries[hold], grid[-1])
+        probes = _probe(idx, queries[hold], max(grid[-1], unfitted_nprobe))
         for spill in spill_variants(space, cfg.spill_probes):
             # Calibrate on held-out queries whose labels were not spilled from them.
             _with_spill(idx, weight, bias, home, queries[held.train], y[held.train], spill, cap,
                         spill_probes[space][held.train] if spill else None, book)
             sizes = idx.list_sizes().to(torch.float64)
-            rows_at = {p: float((weights * sizes[probes[:, :p]].sum(1)).sum()) for p in grid}
+            rows_at = {p: float((weights * sizes[probes[:, :p]].sum(1)).sum())
+                       for p in set(grid) | {unfitted_nprobe} if p}
             for dim in dims:
                 idx.set_code_projection(None if dim == index.dim else directions[:, :dim],
                                         _codes_of(weight, bias, book))
                 width = idx.codec.bytes_per_row(dim)
-                for p in grid:
-                    # Stop once this probe count's scan alone costs more than an
-                    # accepted setting (probed rows only grow with nprobe), or the
-                    # scan leaves the budget.
-                    best = cheapest_accepted(report.calibration, cfg.tolerance, index.dim, wbytes, budget)
+                # The unfitted setting is evaluated whatever the walk's stop says.
+                unfitted_here = unfitted_nprobe if spill == 0 and dim == index.dim and floor is None else 0
+                for p in sorted(set(grid) | {unfitted_here} - {0}):
+                    # Stop once this probe count's scan alone costs more than a
+                    # setting choose_setting could take (probed rows only grow
+                    # with nprobe), or the scan leaves the budget.
+                    best = cheapest_accepted(report.calibration, cfg.tolerance, index.dim, wbytes, budget, floor)
                     scan = setting_cost(rows_at[p], width, 0, index.dim, wbytes, idx.num_partitions)
-                    if (best is not None and scan >= best) or (scan > budget and p > grid[0]):
+                    if p > unfitted_here and ((best is not None and scan >= best) or (scan > budget and p > grid[0])):
                         break
                     hits, found, _ = evaluate_setting(idx, weight, bias, queries[hold], y[hold], max_candidates, p,
                                                       reranks, probes)
@@ -510,6 +526,10 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
                                              loss={r: PairedLoss.of(dense, h, held, z) for r, h in hits.items()},
                                              spill=spill)
                     report.calibration.append(point)
+                    if p == unfitted_here:
+                        floor = report.unfitted_p1 = point.p1[max_candidates]
+                        log(f"calibration: the unfitted index (labels space, no spill, nprobe {p}, all "
+                            f"{max_candidates} candidates exact) has held-out P@1 {floor:.4f}: the floor")
                     shorter = ", ".join(f"{r}: {v:.4f}" for r, v in point.p1.items() if r != max_candidates)
                     full = point.loss[max_candidates]
                     log(f"calibration: {space} space, spill {spill}, codes of {dim} dims, nprobe {p} "
@@ -517,7 +537,7 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
                         f"{100 * full.loss:+.2f} +- {100 * full.se:.2f} point), label among candidates "
                         f"{point.recall:.4f}" + (f"; first R exact: {shorter}" if shorter else ""))
     point, rerank, report.accepted = choose_setting(report.calibration, cfg.tolerance, dim=index.dim,
-                                                    weight_bytes=wbytes, budget=budget)
+                                                    weight_bytes=wbytes, budget=budget, floor=floor)
     if not report.accepted:
         # The unspilled lists are an alternative where they meet the
         # tolerance; where nothing does, the fallback (least bound within
