@@ -4,8 +4,9 @@ remove_labels), for the partition family.
 * **Add**: each new label goes to its own partition as a rebuild would
   place it (label space: the nearest centroid of [w, b]; query space: the
   partition where its logit stands out, label_homes), with its int8 code;
-  the optional (query, label) pairs spill it into the first `spill_probes`
-  partitions its queries probe, as fit() does. Only the new rows are
+  the optional (query, label) pairs spill it into the first
+  `index.spill_probes` partitions its queries probe, as wide as fit()
+  spilled the lists (none where the fit kept no spill). Only the new rows are
   encoded; the lists are merged (O(T) memory moves, no k-means). Under a
   code projection the codes are centred on the mean label, which the new
   rows move: every row is re-encoded then (O(T d), still no k-means).
@@ -65,10 +66,11 @@ def check_new_labels(weight: Tensor, bias: Optional[Tensor], queries: Optional[T
 
 @torch.no_grad()
 def add_to_index(index: PartitionIndex, weight: Tensor, bias: Optional[Tensor], first: int,
-                 queries: Optional[Tensor], query_labels: Optional[Tensor], spill_probes: int = 2) -> int:
+                 queries: Optional[Tensor], query_labels: Optional[Tensor]) -> int:
     """List labels first .. N-1 of (weight, bias) (the grown layer's) in the
     index; returns the spilled entries added. query_labels index the new
-    rows (0 = label `first`), int64 [n] or [n, m] padded with -1."""
+    rows (0 = label `first`), int64 [n] or [n, m] padded with -1; they
+    spill index.spill_probes wide (0: not at all)."""
     n_all = weight.shape[0]
     new = torch.arange(first, n_all, device=weight.device)
     if index.space == "labels":
@@ -78,10 +80,10 @@ def add_to_index(index: PartitionIndex, weight: Tensor, bias: Optional[Tensor], 
         home = label_homes(weight, bias, index.centroids, rows=new)
     part, label = home, new
     spilled = 0
-    if queries is not None:
+    if queries is not None and index.spill_probes > 0:
         local = labels_matrix(query_labels, queries.shape[0], n_all - first).to(weight.device)
         y = torch.where(local >= 0, local + first, -1)
-        width = min(spill_probes, index.num_partitions)
+        width = min(index.spill_probes, index.num_partitions)
         probes = index.probe(queries.to(weight.device).to(torch.float32), width).to(torch.int64)  # [n, s]
         p = probes.unsqueeze(2).expand(-1, -1, y.shape[1])
         lab = y.unsqueeze(1).expand_as(p)

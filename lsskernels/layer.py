@@ -360,7 +360,8 @@ class LSSLinear(nn.Module):
         rebuild; returns their ids, int64 [n] (N, N+1, ...). The optional
         (queries [q, d], query_labels int64 [q] or [q, m] padded with -1,
         indexing the new rows: 0 = the first added) spill them into the
-        partitions their queries probe, as fit() does. Cost: the new rows'
+        partitions their queries probe, as wide as fit() spilled the lists
+        (not at all where it kept none). Cost: the new rows'
         codes and a merge of the lists, no k-means (lsskernels/label_updates.py).
         The weight and bias become new, larger Parameters: an optimizer
         holding the old ones must be rebuilt (docs/api.md)."""

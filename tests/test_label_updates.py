@@ -20,6 +20,35 @@ def task():
     return make_synthetic_task(num_labels=4000, dim=32, num_train=12000, num_test=2000, seed=9)
 
 
+@pytest.mark.parametrize("spill", [0, 1, 2])
+def test_added_labels_spill_as_wide_as_the_fit_did(task, spill):
+    layer = lss.LSSLinear.from_linear(linear_of(task.weight[:3600], task.bias[:3600]), max_candidates=40)
+    old = task.train_y < 3600
+    report = layer.fit(task.train_x[old], task.train_y[old], progress=False, spaces=("queries",), spill_probes=spill)
+    assert report.spill_probes == spill and layer.index.spill_probes == spill
+    saved = io.BytesIO()
+    torch.save(layer.state_dict(), saved)
+    saved.seek(0)
+    loaded = lss.LSSLinear.from_linear(linear_of(task.weight[:3600], task.bias[:3600]), max_candidates=40)
+    loaded.load_state_dict(torch.load(saved))
+    assert loaded.index.spill_probes == spill
+    rows = layer.index.list_ids.numel()
+    new = ~old
+    layer.add_labels(task.weight[3600:], task.bias[3600:], queries=task.train_x[new],
+                     query_labels=task.train_y[new] - 3600)
+    spilled = layer.index.list_ids.numel() - rows - 400
+    assert (spilled == 0) == (spill == 0)
+    # The spilled rows are exactly the pairs' first `spill` partitions (own list excepted).
+    probes = layer.index.probe(task.train_x[new], max(1, spill)).to(torch.int64)[:, :spill]
+    listed = set()
+    offsets = layer.index.list_offsets.tolist()
+    for p in range(layer.index.num_partitions):
+        for lab in layer.index.list_ids[offsets[p]:offsets[p + 1]].tolist():
+            listed.add((p, lab))
+    for q, lab in zip(probes.tolist(), task.train_y[new].tolist()):
+        assert all((p, lab) in listed for p in q)
+
+
 def test_added_labels_are_found_about_as_well_as_after_a_refit(task):
     n_old = 3600  # the last 10% of the labels arrive later, with their training pairs
     old = task.train_y < n_old
@@ -29,7 +58,10 @@ def test_added_labels_are_found_about_as_well_as_after_a_refit(task):
     ids = layer.add_labels(task.weight[n_old:], task.bias[n_old:], queries=task.train_x[~old],
                            query_labels=task.train_y[~old] - n_old)
     assert torch.equal(ids, torch.arange(n_old, 4000)) and layer.out_features == 4000
-    assert layer.index.list_ids.numel() > fitted_rows + 400  # own lists and spill
+    if layer.index.spill_probes:
+        assert layer.index.list_ids.numel() > fitted_rows + 400  # own lists and spill
+    else:  # the fit kept no spill: the added labels are not spilled either
+        assert layer.index.list_ids.numel() == fitted_rows + 400
     assert layer.index.mismatch(layer.weight, layer.bias) is None
     refit = lss.LSSLinear.from_linear(linear_of(task.weight, task.bias), max_candidates=40)
     refit.fit(task.train_x, task.train_y, progress=False)

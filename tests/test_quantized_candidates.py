@@ -516,3 +516,42 @@ def test_every_cpu_kernel_matches_reference(isa):
     """The cpu tests of this file in a child process with LSS_CPU_ISA=isa
     (the kernel table is chosen once, at load time)."""
     cpu_isa_child(__file__, isa, "not on_reference and not on_triton and not on_cuda and not every_cpu_kernel and not compiles")
+
+
+@pytest.mark.parametrize("batch, dim, partitions, nprobe", [(1, 8, 3, 1), (700, 33, 97, 2), (1300, 128, 512, 16),
+                                                             (257, 384, 64, 64), (50, 1040, 20, 5)])
+def test_ranked_partitions_equal_the_probe_kernel_and_reference(batch, dim, partitions, nprobe):
+    # fit()'s batched probe (matrix products) must give predict()'s probes,
+    # the same partitions in the same order: ties (duplicate centroids,
+    # zero and constant queries), signed zeros and NaN queries included.
+    from lsskernels.partition.probe import ranked_partitions
+    seed = batch * 7 + dim
+    x = randn(batch, dim, seed=seed)
+    c = randn(partitions, dim, seed=seed + 1)
+    cb = randn(partitions, seed=seed + 2)
+    c[partitions // 2] = c[0]
+    cb[partitions // 2] = cb[0]  # an exact tie: the smaller partition first
+    x[: batch // 10] = 0.0
+    x[batch // 10 : batch // 5] = -0.0
+    if batch > 10:
+        x[batch - 3] = float("nan")
+        x[batch - 2, 0] = float("nan")
+        x[batch - 1] = 1.0
+    codes, scales = probe_codes(c)
+    want = reference.quantized_probe(x, codes, scales, cb, nprobe).to(torch.int64)
+    got = ranked_partitions(x, codes, scales, cb, nprobe, chunk=128)
+    assert torch.equal(got, want)
+    assert torch.equal(got, _ops.quantized_probe(x, codes, scales, cb, nprobe).to(torch.int64))
+
+
+def test_probe_many_is_probe():
+    from lsskernels.partition import PartitionIndex
+    idx = PartitionIndex(3000, 48, num_partitions=64)
+    idx.set_partitions(randn(64, 48, seed=5), randn(64, seed=6), "labels")
+    x = randn(900, 48, seed=7)
+    for n in (1, 2, 16, 40):
+        assert torch.equal(idx.probe_many(x, n), idx.probe(x, n).to(torch.int64))
+    with pytest.raises(ValueError, match="ranked_partitions"):
+        from lsskernels.partition.probe import ranked_partitions
+        ranked_partitions(randn(2, 1100, seed=8), torch.zeros(3, 1120, dtype=torch.int8), torch.ones(3),
+                          torch.zeros(3), 1)

@@ -38,7 +38,10 @@ Fit (LSSLinear.fit with the partition family), label-superior style:
      A setting is accepted when the upper confidence bound of its paired
      P@1 loss against the dense layer is within `tolerance`; of the
      accepted (space, spill, code dim, nprobe, R), fit() keeps the one of least
-     modelled cost (`setting_cost`). No setting may cost more than
+     modelled cost (`setting_cost`) among those at least as accurate on
+     the held-out pairs as the unfitted index's own setting (label space,
+     no spill, default nprobe: always evaluated, the floor), where any
+     is. No setting may cost more than
      `max_cost` of the dense layer's weight bytes. The walk up the nprobe
      grid stops once the next probe count's scan alone would cost more
      than an accepted setting, or the scan leaves the budget. Where spill
@@ -63,7 +66,7 @@ from ..reference import augmented_labels
 from .codec import INT8, Int8Codec
 from .calibration import (CalibrationPoint, MergedSetting, PairedLoss, cheapest_accepted, choose_setting, hold_out,
                           merged_settings, setting_cost, z_of)
-from .index import SPACES, PartitionConfig, PartitionIndex, default_nprobe, default_partitions
+from .index import SPACES, SPILL_PROBES, PartitionConfig, PartitionIndex, default_nprobe, default_partitions
 
 
 Tensor = torch.Tensor
@@ -73,7 +76,7 @@ Tensor = torch.Tensor
 @dataclass
 class PartitionFitConfig:
     holdout: int = 2000            # held-out pairs per stratum (partition/calibration.py), at most a fifth of the pairs
-    spill_probes: int = 2          # a training label is spilled into its query's first spill_probes partitions
+    spill_probes: int = SPILL_PROBES  # a training label is spilled into its query's first spill_probes partitions
                                    # (the label space's calibration also tries no spill: spill_variants)
     spill_cap: Optional[int] = None  # spilled labels per partition (most-voted first); default: no cap
     max_nprobe: int = 256          # largest probe count the calibration tries
@@ -244,13 +247,10 @@ def build_query_partitions(index: "PartitionIndex", weight: Tensor, bias: Option
     return home
 
 
-def _probe(index: "PartitionIndex", queries: Tensor, n: int, chunk: int = 4096) -> Tensor:
+def _probe(index: "PartitionIndex", queries: Tensor, n: int) -> Tensor:
     """The first n partitions each query probes (as predict() probes them:
-    PartitionIndex.probe), int64 [n_q, n]."""
-    out = torch.empty(queries.shape[0], n, dtype=torch.int64, device=queries.device)
-    for s in range(0, queries.shape[0], chunk):
-        out[s : s + chunk] = index.probe(queries[s : s + chunk].to(torch.float32), n).to(torch.int64)
-    return out
+    PartitionIndex.probe_many), int64 [n_q, n]."""
+    return index.probe_many(queries.to(torch.float32), n)
 
 
 def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Tensor, spill: int,
@@ -446,6 +446,7 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
     report.spilled = _with_spill(idx, weight, bias, home, queries, y, report.spill_probes, cap,
                                  spill_probes[report.space], book)
     report.seconds["spill"] = time.perf_counter() - t
+    idx.spill_probes = report.spill_probes
     idx.fitted = True
     report.index = idx
     log(f"fit: {report.space} space, {idx.num_partitions} partitions, nprobe {idx.nprobe}, codes of "

@@ -90,6 +90,11 @@ def default_partitions(num_labels: int) -> int:
     return int(max(1, min(p, num_labels // 8 if num_labels >= 8 else 1)))
 
 
+# The spill width fit() tries (PartitionFitConfig.spill_probes) and that
+# add_labels gives new labels' pairs until a fit chooses one.
+SPILL_PROBES = 2
+
+
 def default_nprobe(num_partitions: int) -> int:
     """Probes of an index that fit() has not calibrated yet: ~1.5% of the partitions."""
     return int(max(1, min(num_partitions, round(0.015 * num_partitions) or 1)))
@@ -130,6 +135,9 @@ class PartitionIndex(LSSIndex):
         # k-means of fit()'s training queries, probed by L2 distance
         # (centroid_bias = -|c|^2 / 2). See lsskernels/partition/fit.py.
         self.space = "labels"
+        # The spill width of the lists (fit()'s choice, 0: none): add_labels
+        # spills new labels' pairs as wide, so added rows match the fit's.
+        self.spill_probes = SPILL_PROBES
         # How many of the max_candidates best labels by quantized score predict()
         # scores exactly (None: all of them). fit() calibrates it on held-out
         # pairs: the int8 score ranks the candidates well enough that the
@@ -153,7 +161,7 @@ class PartitionIndex(LSSIndex):
 
     def _extra_fields(self):
         return {"nprobe": self.nprobe, "rerank": self.rerank, "space": self.space,
-                "partitions_set": self.partitions_override}
+                "partitions_set": self.partitions_override, "spill_probes": self.spill_probes}
 
     def _set_extra_fields(self, state):
         space = state.get("space", "labels")  # 0.2 / 0.3 state dicts: label space
@@ -165,6 +173,8 @@ class PartitionIndex(LSSIndex):
         self.nprobe = checks.integer("nprobe", int(nprobe), 1, self.num_partitions)
         rerank = state.get("rerank")
         self.rerank = None if rerank is None else checks.integer("rerank", int(rerank), 1)
+        # Before 0.9 the width was not saved: the lists spilled 2 (or were never fitted).
+        self.spill_probes = checks.integer("spill_probes", state.get("spill_probes", SPILL_PROBES), 0)
 
     def shortlist(self, max_candidates: int, k: int, rerank: Optional[int] = None) -> int:
         """Candidates predict(k) scores exactly: this call's rerank, else the
@@ -280,6 +290,11 @@ class PartitionIndex(LSSIndex):
         """The nprobe partitions x [B, d] probes first, int32 [B, nprobe]: by
         int8 score of the centroid codes (quantized_probe), as predict() does."""
         return self._probe.probe(x, nprobe, backend)
+
+    def probe_many(self, x: Tensor, nprobe: int) -> Tensor:
+        """probe() of a large batch (fit()'s every query), int64 [B, nprobe]:
+        the same partitions in the same order (PartitionProbe.probe_many)."""
+        return self._probe.probe_many(x, nprobe)
 
     def scan(self, x: Tensor, probes: Tensor, max_candidates: int, backend: Optional[str] = None):
         """Candidates of x over the lists probes (int32 [B, n]) names: ids
