@@ -247,10 +247,13 @@ def build_query_partitions(index: "PartitionIndex", weight: Tensor, bias: Option
     return home
 
 
-def _probe(index: "PartitionIndex", queries: Tensor, n: int) -> Tensor:
+def _probe(index: "PartitionIndex", queries: Tensor, n: int, chunk: int = 4096) -> Tensor:
     """The first n partitions each query probes (as predict() probes them:
-    PartitionIndex.probe_many), int64 [n_q, n]."""
-    return index.probe_many(queries.to(torch.float32), n)
+    PartitionIndex.probe), int64 [n_q, n]."""
+    out = torch.empty(queries.shape[0], n, dtype=torch.int64, device=queries.device)
+    for s in range(0, queries.shape[0], chunk):
+        out[s : s + chunk] = index.probe(queries[s : s + chunk].to(torch.float32), n).to(torch.int64)
+    return out
 
 
 def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Tensor, spill: int,

@@ -291,11 +291,6 @@ class PartitionIndex(LSSIndex):
         int8 score of the centroid codes (quantized_probe), as predict() does."""
         return self._probe.probe(x, nprobe, backend)
 
-    def probe_many(self, x: Tensor, nprobe: int) -> Tensor:
-        """probe() of a large batch (fit()'s every query), int64 [B, nprobe]:
-        the same partitions in the same order (PartitionProbe.probe_many)."""
-        return self._probe.probe_many(x, nprobe)
-
     def scan(self, x: Tensor, probes: Tensor, max_candidates: int, backend: Optional[str] = None):
         """Candidates of x over the lists probes (int32 [B, n]) names: ids
         int32 [B, M] (-1 padded, best quantized score first) and counts [B]."""

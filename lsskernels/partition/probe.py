@@ -65,47 +65,6 @@ def check_probe_values(tensors: Dict[str, Tensor]) -> None:
         raise ValueError("centroids and centroid_bias must be finite")
 
 
-# int8 x int8 dot products over at most EXACT_GEMM_DIM entries are integers
-# below 2^24 in magnitude, so a float32 matrix product gives them exactly in
-# any accumulation order (reduced-precision float32 matmul modes, bf16 or
-# tf32 inputs, still hold int8 values exactly and accumulate in float32).
-EXACT_GEMM_DIM = (1 << 24) // (127 * 127)
-
-
-@torch.no_grad()
-def ranked_partitions(x: Tensor, codes: Tensor, scales: Tensor, centroid_bias: Tensor, nprobe: int,
-                      chunk: int = 512) -> Tensor:
-    """The nprobe partitions each query of a large batch probes first, int64
-    [B, nprobe]: exactly quantized_probe's result (reference.quantized_probe:
-    the int8 score of the centroid codes, best first, ties by smaller
-    partition, NaN as -inf), computed as one matrix product per chunk of
-    queries instead of a scan per query (what fit() needs for every fit
-    query; docs/performance.md, 0.9). CPU, d <= EXACT_GEMM_DIM."""
-    d = x.shape[1]
-    if x.device.type != "cpu" or d > EXACT_GEMM_DIM:
-        raise ValueError(f"ranked_partitions: CPU queries of at most {EXACT_GEMM_DIM} dims, got "
-                         f"{x.device.type}, d={d}")
-    table = codes[:, :d].to(torch.float32).T.contiguous()
-    out = torch.empty(x.shape[0], nprobe, dtype=torch.int64, device=x.device)
-    for s in range(0, x.shape[0], chunk):
-        q, qscale = reference.quantize_queries(x[s : s + chunk])
-        # The kernels' float32 operations in their order: ((dot * scale_q) * scale) + bias.
-        score = torch.mm(q.to(torch.float32), table).mul_(qscale.unsqueeze(1)).mul_(scales).add_(centroid_bias)
-        score.masked_fill_(score.isnan(), float("-inf"))
-        top, ids = torch.topk(score, nprobe, dim=1)
-        # topk orders ties arbitrarily: order the selection by (score desc, id asc) ...
-        ids, by_id = ids.sort(dim=1)
-        top, order = top.gather(1, by_id).sort(dim=1, descending=True, stable=True)
-        ids = ids.gather(1, order)
-        # ... and where the last place is tied with unselected partitions, rank the whole row.
-        tied = (score >= top[:, -1:]).sum(1) > nprobe
-        if bool(tied.any()):
-            rows = torch.nonzero(tied).squeeze(1)
-            ids[rows] = torch.sort(score[rows], dim=1, descending=True, stable=True).indices[:, :nprobe]
-        out[s : s + chunk] = ids
-    return out
-
-
 class PartitionProbe:
     """The probe over the index's centroid buffers (buffers: the index
     module's own buffer dict, so .to(), state_dict() and load_state_dict()
@@ -147,17 +106,6 @@ class PartitionProbe:
             cached = (c, c._version, codes, scales, reference.probe_list(c.shape[0], c.device))
             self._cache = cached
         return cached[2], cached[3], cached[4]
-
-    def probe_many(self, x: Tensor, nprobe: int) -> Tensor:
-        """probe() of a large batch, int64 [B, nprobe], the same partitions
-        in the same order: by matrix products (ranked_partitions) on CPU
-        where exact, else probe()."""
-        # The product wins where few partitions are kept; ranking hundreds
-        # of them, the kernel's per-query selection is cheaper (0.9's measurement).
-        if x.device.type == "cpu" and x.shape[1] <= EXACT_GEMM_DIM and nprobe <= 16:
-            codes, scales, _ = self.codes()
-            return ranked_partitions(x.to(torch.float32), codes, scales, self._buf["centroid_bias"], nprobe)
-        return self.probe(x, nprobe).to(torch.int64)
 
     def probe(self, x: Tensor, nprobe: int, backend: Optional[str] = None) -> Tensor:
         """The nprobe partitions x [B, d] probes first, int32 [B, nprobe]: by
