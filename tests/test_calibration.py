@@ -215,3 +215,41 @@ def test_nearest_centroid_does_not_depend_on_the_chunk():
         assert torch.equal(got, _nearest(v, c))
         assert (got == want).float().mean() > 0.999
     assert bool((_nearest(v, c)[:5] == 7).all())
+
+
+def test_the_screen_samples_each_stratum_and_drops_only_settings_far_past_the_tolerance():
+    held = HoldOut(seen=torch.arange(0, 400), unseen=torch.arange(400, 500), train=torch.arange(500, 600),
+                   missing_mass=0.3)
+    sample, first, rest = held.screen(4)
+    assert sample.seen.numel() == 100 and sample.unseen.numel() == 25 and sample.missing_mass == 0.3
+    assert torch.equal(held.queries[first], sample.queries)
+    assert sorted(torch.cat([first, rest]).tolist()) == list(range(500))
+    from lsskernels.partition.calibration import screened_out
+    dense = torch.ones(125, dtype=torch.bool)
+    far = {16: torch.zeros(125, dtype=torch.bool)}            # loses everything
+    near = {16: torch.ones(125, dtype=torch.bool)}
+    near[16][:2] = False                                      # loses 2 of 125: within reach of 0.3 point
+    assert screened_out(dense, far, sample, 0.003)
+    assert not screened_out(dense, near, sample, 0.003)
+    # One shortlist within reach keeps the setting.
+    assert not screened_out(dense, {16: far[16], 256: near[16]}, sample, 0.003)
+
+
+def test_the_screen_never_drops_a_setting_the_whole_sample_accepts():
+    # Simulated: settings whose whole-sample bound is within tolerance are
+    # (almost) never screened out on their quarter.
+    from lsskernels.partition.calibration import screened_out
+    g = torch.Generator().manual_seed(0)
+    held = HoldOut(seen=torch.arange(0, 2000), unseen=torch.arange(2000, 4000), train=torch.arange(4000, 4100),
+                   missing_mass=0.4)
+    sample, first, _ = held.screen(4)
+    dropped = accepted = 0
+    for _ in range(300):
+        dense = torch.rand(4000, generator=g) < 0.6
+        hits = dense.clone()
+        flip = torch.rand(4000, generator=g) < 0.01
+        hits[flip] = torch.rand(int(flip.sum()), generator=g) < 0.6
+        if PairedLoss.of(dense, hits, held, z_of(0.9)).bound <= 0.003:
+            accepted += 1
+            dropped += screened_out(dense[first], {16: hits[first]}, sample, 0.003)
+    assert accepted > 200 and dropped == 0

@@ -77,6 +77,19 @@ class HoldOut:
         w_unseen = torch.full((nu,), m / max(1, nu), dtype=torch.float64)
         return torch.cat([w_seen, w_unseen]).to(self.seen.device)
 
+    def screen(self, every: int) -> Tuple["HoldOut", Tensor, Tensor]:
+        """(the held-out pairs of every `every`-th position of each stratum,
+        their positions in .queries, the other positions): the screen's
+        sample (screened_out), the same Good-Turing weight."""
+        ns, nu = self.seen.numel(), self.unseen.numel()
+        dev = self.seen.device
+        pos = torch.cat([torch.arange(0, ns, every, device=dev), torch.arange(ns, ns + nu, every, device=dev)])
+        keep = torch.zeros(ns + nu, dtype=torch.bool, device=dev)
+        keep[pos] = True
+        sub = HoldOut(seen=self.seen[::every], unseen=self.unseen[::every], train=self.train,
+                      missing_mass=self.missing_mass)
+        return sub, pos, torch.nonzero(~keep).squeeze(1)
+
     def strata(self) -> List[Tuple[slice, float]]:
         """(positions in .queries, weight) of each non-empty stratum."""
         ns, nu = self.seen.numel(), self.unseen.numel()
@@ -142,6 +155,30 @@ class PairedLoss:
         return PairedLoss(loss=loss, se=se, bound=loss + z * se)
 
 
+# The screen: a setting is first evaluated on every SCREEN_EVERY-th held-out
+# pair (a quarter) and dropped there when its loss is past the tolerance
+# even at SCREEN_CONFIDENCE (its lower bound loss - z SE above it), since
+# the whole sample would not accept it either: the low probe counts every
+# walk starts with, and every setting of a layer that memorised its pairs,
+# cost a quarter. A setting the whole sample could accept (bound <= tolerance)
+# passes the screen unless its quarter's estimate is more than ~2.3 of the
+# quarter's standard errors (twice the whole sample's) above its own mean:
+# probability under 1%.
+SCREEN_EVERY = 4
+SCREEN_CONFIDENCE = 0.99
+
+
+def screened_out(dense_hits: Tensor, hits: Dict[int, Tensor], holdout: HoldOut, tolerance: float) -> bool:
+    """Whether every shortlist R of a setting loses more than tolerance at
+    SCREEN_CONFIDENCE on holdout's pairs (the screen's sample)."""
+    z = z_of(SCREEN_CONFIDENCE)
+    for h in hits.values():
+        loss = PairedLoss.of(dense_hits, h, holdout, z)
+        if loss.loss - z * loss.se <= tolerance:
+            return False
+    return True
+
+
 def z_of(confidence: float) -> float:
     """The one-sided normal quantile of confidence (0.9 -> 1.2816)."""
     return NormalDist().inv_cdf(confidence)
@@ -180,6 +217,7 @@ class CalibrationPoint:
     p1: Dict[int, float] = field(default_factory=dict)           # weighted held-out P@1 by R
     loss: Dict[int, PairedLoss] = field(default_factory=dict)    # paired loss against dense by R
     spill: int = 0             # spill_probes of the lists evaluated (0: every label in its own list only)
+    screened: bool = False     # dropped by the screen: its figures are of the screen's quarter of the pairs
 
     def cost(self, rerank: int, dim: int, weight_bytes: int) -> float:
         return setting_cost(self.rows, self.width, rerank, dim, weight_bytes, self.partitions)

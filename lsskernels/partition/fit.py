@@ -64,8 +64,8 @@ from ..families import Family, register
 from ..fit_pairs import among_labels, best_per_group, dense_hits, fit_logger, fit_options, fit_pairs, labels_found
 from ..reference import augmented_labels
 from .codec import INT8, Int8Codec
-from .calibration import (CalibrationPoint, MergedSetting, PairedLoss, cheapest_accepted, choose_setting, hold_out,
-                          merged_settings, setting_cost, z_of)
+from .calibration import (SCREEN_EVERY, CalibrationPoint, MergedSetting, PairedLoss, cheapest_accepted,
+                          choose_setting, hold_out, merged_settings, screened_out, setting_cost, z_of)
 from .index import SPACES, SPILL_PROBES, PartitionConfig, PartitionIndex, default_nprobe, default_partitions
 
 
@@ -470,7 +470,9 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
     reranks = rerank_grid(max_candidates) if cfg.calibrate_rerank else [max_candidates]
     z = z_of(cfg.confidence)
     weights = held.weights()
-    dense = dense_hits(weight, bias, queries[hold], y[hold])
+    held_x, held_y = queries[hold], y[hold]
+    dense = dense_hits(weight, bias, held_x, held_y)
+    sample, first, rest = held.screen(SCREEN_EVERY)
     report.dense_p1 = float((weights * dense).sum())
     report.missing_mass, report.held_out = held.missing_mass, (int(held.seen.numel()), int(held.unseen.numel()))
     report.budget = budget = cfg.max_cost * index.num_labels * index.dim * wbytes
@@ -522,13 +524,24 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
                     scan = setting_cost(rows_at[p], width, 0, index.dim, wbytes, idx.num_partitions)
                     if p > unfitted_here and ((best is not None and scan >= best) or (scan > budget and p > grid[0])):
                         break
-                    hits, found, _ = evaluate_setting(idx, weight, bias, queries[hold], y[hold], max_candidates, p,
-                                                      reranks, probes)
+                    # The screen's quarter first; the rest only where the quarter
+                    # cannot rule the setting out (the unfitted one: always).
+                    hits, found, _ = evaluate_setting(idx, weight, bias, held_x[first], held_y[first],
+                                                      max_candidates, p, reranks, probes[first])
+                    screened = p != unfitted_here and screened_out(dense[first], hits, sample, cfg.tolerance)
+                    on, on_dense, w = sample, dense[first], sample.weights()
+                    if not screened:
+                        more, more_found, _ = evaluate_setting(idx, weight, bias, held_x[rest], held_y[rest],
+                                                               max_candidates, p, reranks, probes[rest])
+                        whole = lambda a, b: a.new_empty(held.size).index_copy_(0, first, a).index_copy_(0, rest, b)  # noqa: E731
+                        hits = {r: whole(h, more[r]) for r, h in hits.items()}
+                        found = whole(found, more_found)
+                        on, on_dense, w = held, dense, weights
                     point = CalibrationPoint(space=space, partitions=idx.num_partitions, code_dim=dim, width=width,
-                                             nprobe=p, rows=rows_at[p], recall=float((weights * found).sum()),
-                                             p1={r: float((weights * h).sum()) for r, h in hits.items()},
-                                             loss={r: PairedLoss.of(dense, h, held, z) for r, h in hits.items()},
-                                             spill=spill)
+                                             nprobe=p, rows=rows_at[p], recall=float((w * found).sum()),
+                                             p1={r: float((w * h).sum()) for r, h in hits.items()},
+                                             loss={r: PairedLoss.of(on_dense, h, on, z) for r, h in hits.items()},
+                                             spill=spill, screened=screened)
                     report.calibration.append(point)
                     if p == unfitted_here:
                         floor = report.unfitted_p1 = point.p1[max_candidates]
@@ -539,7 +552,8 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
                     log(f"calibration: {space} space, spill {spill}, codes of {dim} dims, nprobe {p} "
                         f"({point.rows:.0f} rows): held-out P@1 {point.p1[max_candidates]:.4f} (loss "
                         f"{100 * full.loss:+.2f} +- {100 * full.se:.2f} point), label among candidates "
-                        f"{point.recall:.4f}" + (f"; first R exact: {shorter}" if shorter else ""))
+                        f"{point.recall:.4f}" + (f"; first R exact: {shorter}" if shorter else "")
+                        + (f" (screened out on {sample.size:,} pairs)" if screened else ""))
     point, rerank, report.accepted = choose_setting(report.calibration, cfg.tolerance, dim=index.dim,
                                                     weight_bytes=wbytes, budget=budget, floor=floor)
     if not report.accepted:
