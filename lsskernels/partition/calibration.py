@@ -30,6 +30,12 @@ with three choices, each for a reason that holds on layers unlike ours
   cost budget is accepted, the one of least bound (then least cost) wins,
   and fit() says so.
 
+* **A screen for the hopeless.** Each setting is first evaluated on a
+  quarter of the held-out pairs; where even its 99% lower bound is past
+  the tolerance, it is dropped there (screened_out) and keeps the
+  quarter's figures. The walk's first probe counts, and every setting of a
+  layer that memorised its pairs, cost a quarter.
+
 This module knows nothing of a family's internals: the family evaluates a
 setting (per-query hits) and this module turns hits into a decision.
 """
