@@ -24,7 +24,8 @@ with three choices, each for a reason that holds on layers unlike ours
   upper one-sided `confidence` bound of its loss, loss + z * SE, is at most
   `tolerance`; the cheapest accepted setting (modelled cost) wins, among
   those whose held-out P@1 reaches the unfitted index's where any does
-  (fit() never trades away accuracy the layer had before it). Choosing
+  (fit() does not trade away, on its held-out pairs, accuracy the layer
+  had before it). Choosing
   the cheapest of many noisy estimates favours the ones whose noise was
   kind; the bound makes each of them earn its place. Where none within the
   cost budget is accepted, the one of least bound (then least cost) wins,

@@ -480,6 +480,20 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
         f"labels seen once (Good-Turing share of new queries with an unseen label {held.missing_mass:.3f}); "
         f"dense P@1 on them {report.dense_p1:.4f}; settings may cost up to {cfg.max_cost:g} of the dense layer's "
         f"{index.num_labels * index.dim * wbytes / 1e6:.1f} MB")
+    def evaluate(idx, p, probes, always):
+        """A setting on the screen's quarter first, then, unless the quarter
+        rules it out (screened_out; never where `always`), on the rest:
+        (hits by R, found, the HoldOut, dense hits and weights they are
+        over, screened)."""
+        hits, found, _ = evaluate_setting(idx, weight, bias, held_x[first], held_y[first], max_candidates, p,
+                                          reranks, probes[first])
+        if not always and screened_out(dense[first], hits, sample, cfg.tolerance):
+            return hits, found, sample, dense[first], sample.weights(), True
+        more, more_found, _ = evaluate_setting(idx, weight, bias, held_x[rest], held_y[rest], max_candidates, p,
+                                               reranks, probes[rest])
+        whole = lambda a, b: a.new_empty(held.size).index_copy_(0, first, a).index_copy_(0, rest, b)  # noqa: E731
+        return {r: whole(h, more[r]) for r, h in hits.items()}, whole(found, more_found), held, dense, weights, False
+
     dims = code_dims(index.dim) if cfg.project_codes else [index.dim]
     floor = None  # the unfitted index's held-out P@1, once evaluated
     directions = principal_directions(weight, max(dims[1:])) if len(dims) > 1 else None
@@ -502,7 +516,7 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
         unfitted_nprobe = unfitted_nprobe if unfitted_nprobe <= cfg.max_nprobe else 0
         # The held-out queries' probes at the largest nprobe, once: the first
         # p columns are their probes at p (best first), for every variant.
-        probes = _probe(idx, queries[hold], max(grid[-1], unfitted_nprobe))
+        probes = _probe(idx, held_x, max(grid[-1], unfitted_nprobe))
         for spill in spill_variants(space, cfg.spill_probes):
             # Calibrate on held-out queries whose labels were not spilled from them.
             _with_spill(idx, weight, bias, home, queries[held.train], y[held.train], spill, cap,
@@ -524,19 +538,7 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
                     scan = setting_cost(rows_at[p], width, 0, index.dim, wbytes, idx.num_partitions)
                     if p > unfitted_here and ((best is not None and scan >= best) or (scan > budget and p > grid[0])):
                         break
-                    # The screen's quarter first; the rest only where the quarter
-                    # cannot rule the setting out (the unfitted one: always).
-                    hits, found, _ = evaluate_setting(idx, weight, bias, held_x[first], held_y[first],
-                                                      max_candidates, p, reranks, probes[first])
-                    screened = p != unfitted_here and screened_out(dense[first], hits, sample, cfg.tolerance)
-                    on, on_dense, w = sample, dense[first], sample.weights()
-                    if not screened:
-                        more, more_found, _ = evaluate_setting(idx, weight, bias, held_x[rest], held_y[rest],
-                                                               max_candidates, p, reranks, probes[rest])
-                        whole = lambda a, b: a.new_empty(held.size).index_copy_(0, first, a).index_copy_(0, rest, b)  # noqa: E731
-                        hits = {r: whole(h, more[r]) for r, h in hits.items()}
-                        found = whole(found, more_found)
-                        on, on_dense, w = held, dense, weights
+                    hits, found, on, on_dense, w, screened = evaluate(idx, p, probes, always=p == unfitted_here)
                     point = CalibrationPoint(space=space, partitions=idx.num_partitions, code_dim=dim, width=width,
                                              nprobe=p, rows=rows_at[p], recall=float((w * found).sum()),
                                              p1={r: float((w * h).sum()) for r, h in hits.items()},
