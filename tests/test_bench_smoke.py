@@ -361,3 +361,15 @@ def lsskernels_vector_isa() -> str:
     from lsskernels import _ops
 
     return _ops._C.cpu_vector_isa() if _ops.extension_loaded() else ""
+
+
+def test_calibration_section_reports_the_loss_and_the_unfitted_index(monkeypatch):
+    from bench import calibration
+    monkeypatch.setitem(calibration.REGIMES, "tiny", dict(num_labels=3000, dim=32, num_train=4000, num_test=600,
+                                                          seed=5))
+    row = calibration.run("tiny", 40)
+    for key in ("dense P@1", "LSS P@1", "unfitted P@1"):
+        assert 0.0 <= row[key] <= 1.0
+    assert row["loss, points"] == pytest.approx(100 * (row["dense P@1"] - row["LSS P@1"]))
+    assert row["fitted - unfitted, points"] == pytest.approx(100 * (row["LSS P@1"] - row["unfitted P@1"]))
+    assert row["fitted - unfitted SE, points"] >= 0.0 and row["space"] in ("labels", "queries")
