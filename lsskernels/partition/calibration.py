@@ -167,10 +167,9 @@ class PairedLoss:
 # even at SCREEN_CONFIDENCE (its lower bound loss - z SE above it), since
 # the whole sample would not accept it either: the low probe counts every
 # walk starts with, and every setting of a layer that memorised its pairs,
-# cost a quarter. A setting the whole sample could accept (bound <= tolerance)
-# passes the screen unless its quarter's estimate is more than ~2.3 of the
-# quarter's standard errors (twice the whole sample's) above its own mean:
-# probability under 1%.
+# cost a quarter. A setting whose true loss is within the tolerance is
+# dropped only where its quarter's estimate lands more than 2.33 quarter
+# standard errors above that loss: under 1% (normal approximation).
 SCREEN_EVERY = 4
 SCREEN_CONFIDENCE = 0.99
 
