@@ -109,6 +109,7 @@ class LSSLinear(nn.Module):
         # a new parameter once the old one is freed.
         self._indexed_params: tuple = ()
         self._loading_index = False
+        self._removed_before: Optional[Tensor] = None  # `removed` before a load that keeps the index
         self.register_load_state_dict_post_hook(LSSLinear._after_load)
 
     @property
@@ -210,6 +211,15 @@ class LSSLinear(nn.Module):
         self._indexed_version = self._weights_version()
         self._indexed_params = (weakref.ref(w), weakref.ref(b) if b is not None else None)
 
+    def __getstate__(self) -> dict:
+        # torch.save(layer) / copy / multiprocessing pickle the module: the
+        # weak references cannot be pickled, and a record of which weights
+        # were indexed means nothing in another process. Without it the
+        # index is synced with the weights on first use there.
+        state = super().__getstate__()  # nn.Module's: a copy of __dict__
+        state["_indexed_version"], state["_indexed_params"] = None, ()
+        return state
+
     def _index_current(self) -> bool:
         if self._indexed_version != self._weights_version():
             return False
@@ -235,11 +245,15 @@ class LSSLinear(nn.Module):
         on first use; after a weight change, let the family update what it
         derives from the weights (SimHashIndex: random tables rebuilt, fitted
         ones kept; PartitionIndex: codes re-encoded, partitions and spill kept)."""
+        index = self._modules["index"]
         if torch.compiler.is_compiling():
             # Dynamo cannot trace the check; a compiled caller must call
-            # sync_index() after changing the weights (docs/api.md).
+            # sync_index() after changing the weights (docs/api.md). An index
+            # never built would answer every query with no candidate.
+            if not index.built:
+                raise RuntimeError("LSSLinear: the index is not built yet; call layer.sync_index() (or fit()) "
+                                   "before calling the layer under torch.compile")
             return
-        index = self._modules["index"]
         if index.built and self._index_current():
             return
         # Index state is built as normal tensors even under a caller's
@@ -266,9 +280,12 @@ class LSSLinear(nn.Module):
         fit. Options: PartitionFitConfig (lsskernels/partition/fit.py) or
         SimHashFitConfig (lsskernels/simhash/fit.py). Returns the family's report; the
         new index is installed (report.index)."""
-        index, report = families.fit(self.index, self.weight, self.bias, queries, labels,
-                                     max_candidates=self.max_candidates, seed=self.seed if seed is None else seed,
-                                     **options)
+        _ops.resolve_backend(self._backend, self.weight.device)  # refused here as in predict()
+        # Normal tensors even under a caller's inference_mode (as _ensure_index).
+        with torch.inference_mode(False):
+            index, report = families.fit(self.index, self.weight, self.bias, queries, labels,
+                                         max_candidates=self.max_candidates,
+                                         seed=self.seed if seed is None else seed, **options)
         self._drop_removed(index)
         self.index = index
         self._mark_indexed()
@@ -353,6 +370,22 @@ class LSSLinear(nn.Module):
             require_lists(index, "remove_labels")
             index.drop_labels(torch.nonzero(self.removed).squeeze(1))
 
+    def _follow_removed(self, before: Tensor) -> None:
+        """After a load that kept the built index: drop the labels the loaded
+        `removed` adds; where it restores labels the index had dropped, the
+        index cannot list them again without a fit, so it is rebuilt on
+        first use, with a warning (what fit() learned is lost)."""
+        index = self._modules["index"]
+        added = self.removed & ~before
+        if bool((before & ~self.removed).any()):
+            warnings.warn("LSSLinear.load_state_dict: the loaded state restores labels this layer had removed, "
+                          "and its index no longer lists them: the index is rebuilt from the loaded weights on "
+                          "first use (call fit() again to learn it)", RuntimeWarning, stacklevel=4)
+            self.index = index.clone_empty().to(self.weight.device)
+        elif bool(added.any()):
+            require_lists(index, "remove_labels")
+            index.drop_labels(torch.nonzero(added).squeeze(1))
+
     @torch.no_grad()
     def add_labels(self, weight: Tensor, bias: Optional[Tensor] = None, *, queries: Optional[Tensor] = None,
                    query_labels: Optional[Tensor] = None) -> Tensor:
@@ -368,6 +401,7 @@ class LSSLinear(nn.Module):
         from .label_updates import add_to_index, check_new_labels
 
         require_lists(self.index, "add_labels")
+        _ops.resolve_backend(self._backend, self.weight.device)  # refused here as in predict()
         dtype, device = self.weight.dtype, self.weight.device
         n, queries, query_labels = check_new_labels(weight, bias, queries, query_labels, dim=self.in_features,
                                                     has_bias=self.bias is not None, num_labels=self.out_features,
@@ -413,6 +447,13 @@ class LSSLinear(nn.Module):
         n = int(keep.sum())
         if n == 0:
             raise ValueError("compact() would leave no label")
+        # A partition index holds at most one partition per label (its
+        # constructor's rule, which a load of the saved state applies).
+        parts = getattr(self.index, "num_partitions", 0)
+        too_few = n < parts
+        if too_few and self.index.spec().get("num_partitions") is not None:
+            raise ValueError(f"compact() would leave {n} labels, fewer than the num_partitions = {parts} the layer's "
+                             f"index was configured with (a partition index needs a label per partition)")
         new_ids = torch.full((self.out_features,), -1, dtype=torch.int64, device=keep.device)
         new_ids[keep] = torch.arange(n, device=keep.device)
         self._ensure_index()
@@ -425,6 +466,11 @@ class LSSLinear(nn.Module):
         self.out_features = n
         self.removed = torch.zeros(n, dtype=torch.bool, device=keep.device)
         self._any_removed = False
+        if too_few:
+            warnings.warn(f"compact() left {n} labels, fewer than the index's {parts} partitions: the index is "
+                          f"rebuilt for {n} labels on first use (call fit() again to learn it)", RuntimeWarning,
+                          stacklevel=2)
+            self.index = self.index.clone_empty().to(keep.device)
         self._mark_indexed()
         return new_ids
 
@@ -472,6 +518,9 @@ class LSSLinear(nn.Module):
                              "save and load the whole layer, or leave every index entry out (the index is then "
                              "brought up to date with the loaded weights on first use)")
         self._loading_index = bool(present)
+        # Without an index in the state, the built one stays: it must follow
+        # the loaded `removed` too (_after_load).
+        self._removed_before = self.removed.clone() if not present and self.index.built else None
         if prefix + "removed" not in state_dict and prefix + "weight" in state_dict:  # before 0.6
             state_dict[prefix + "removed"] = torch.zeros(self.out_features, dtype=torch.bool)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
@@ -484,6 +533,9 @@ class LSSLinear(nn.Module):
         # the index is left stale and is synced with the weights on first use.
         module._any_removed = bool(module.removed.any())
         if not getattr(module, "_loading_index", False):
+            before, module._removed_before = getattr(module, "_removed_before", None), None
+            if before is not None:
+                module._follow_removed(before)
             return
         module._loading_index = False
         index = module._modules["index"]

@@ -150,13 +150,14 @@ def test_state_dict_roundtrip_reproduces_predictions_exactly():
     (lambda sd: sd.__setitem__("index.offsets", sd["index.offsets"][:, :-1]), r"offsets must be \[L, 2\^K \+ 1\]"),
     (lambda sd: sd["index.offsets"][:, -1].fill_(10**6), r"<= items.shape\[1\]"),
     (lambda sd: sd.__setitem__("index.query_proj", sd["index.query_proj"][:, :, :-1]), r"query_proj must be a float tensor"),
+    (lambda sd: sd["index.label_proj"].view(-1)[5].fill_(float("nan")), r"label_proj must be finite"),
 ])
 def test_loading_malformed_tables_raises_clear_error(corrupt, match):
     _, layer = make_layer()
     layer.rebuild_index()  # from_linear builds on first use
     sd = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in layer.state_dict().items()}
     corrupt(sd)
-    fresh = lss.LSSLinear(24, 700, num_tables=6, bits=6, max_candidates=64)
+    fresh = lss.LSSLinear(24, 700, max_candidates=64, index=lss.simhash.SimHashConfig(num_tables=6, bits=6))
     with pytest.raises(ValueError, match=match):
         fresh.load_state_dict(sd)
 

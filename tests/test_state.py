@@ -6,7 +6,10 @@ follows the weights however they change, non-finite fit queries are
 dropped, every default is valid for every N >= 1, backend= is honoured or
 refused, and the default layer's predict / eval forward compile with
 fullgraph=True. Each test but the forced-Triton one failed before the
-fixes it guards."""
+fixes it guards. Later classes (0.9.1): a pickled or copied layer, a
+compiled call before the index exists, a load without the index that
+changes `removed`, compact() below the partition count, fit() / add_labels
+with an impossible backend, fit() under inference_mode."""
 import io
 import warnings
 
@@ -266,3 +269,114 @@ def test_an_optimizer_step_makes_the_index_stale_even_fused(fused):
     layer.eval()
     layer.predict(x[:1])
     assert layer.index_is_current and layer.index.mismatch(layer.weight, layer.bias) is None
+
+
+def test_a_pickled_or_copied_layer_keeps_its_index(task):
+    # torch.save of the whole module pickles it: the layer's record of which
+    # weights it indexed (weak references) must not stop it.
+    import copy
+    layer = layer_for(task).eval()
+    layer.fit(task.train_x, task.train_y, progress=False)
+    x = task.test_x[:16]
+    want = layer.predict(x, 3)
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    for other in (torch.load(buf, weights_only=False), copy.deepcopy(layer)):
+        got = other.predict(x, 3)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+        assert other.fitted and other.index_is_current
+        with torch.no_grad():
+            other.weight.mul_(-1.0)  # the copy follows its own weights
+        assert not other.index_is_current
+        other.predict(x, 1)
+        assert other.index.mismatch(other.weight, other.bias) is None
+    assert torch.equal(layer.predict(x, 3)[1], want[1])  # the original untouched
+
+
+def test_a_compiled_call_before_the_index_exists_raises(task):
+    torch._dynamo.reset()
+    layer = layer_for(task).eval()  # from_linear: built on first eager use
+    predict = torch.compile(lambda x: layer.predict(x, 1), fullgraph=True)
+    with pytest.raises(Exception, match="index is not built yet"):
+        predict(task.test_x[:2])
+    layer.sync_index()
+    torch._dynamo.reset()
+    predict = torch.compile(lambda x: layer.predict(x, 1), fullgraph=True)
+    assert torch.equal(predict(task.test_x[:2])[1], layer.predict(task.test_x[:2], 1)[1])
+
+
+def _without_index(sd):
+    return {k: v for k, v in sd.items() if not k.startswith("index.")}
+
+
+def test_a_load_without_the_index_applies_removed_labels_to_it(task):
+    gone = torch.tensor([5, 7, 11])
+    source = layer_for(task)
+    source.remove_labels(gone)
+    sd = _without_index(source.state_dict())
+    layer = layer_for(task).eval()
+    layer.fit(task.train_x, task.train_y, progress=False)
+    layer.load_state_dict(sd, strict=False)
+    assert layer.fitted  # the fitted index is kept ...
+    assert not bool(torch.isin(layer.index.list_ids.to(torch.int64), gone).any())  # ... without the removed
+    queries = task.test_x[torch.isin(task.test_y, gone)]
+    if queries.shape[0]:
+        assert not bool(torch.isin(layer.predict(queries, 5)[1], gone).any())
+    # A state that brings removed labels back: the index cannot list them
+    # again without a fit, so it is rebuilt (with a warning), and lists them.
+    with pytest.warns(RuntimeWarning, match="restores labels"):
+        layer.load_state_dict(_without_index(layer_for(task).state_dict()), strict=False)
+    layer.sync_index()
+    assert not layer.fitted and not layer.has_removed_labels
+    assert bool(torch.isin(gone, layer.index.list_ids.to(torch.int64)).all())
+
+
+def test_compact_below_the_partition_count_leaves_a_loadable_layer(task):
+    layer = layer_for(task).eval()
+    layer.fit(task.train_x, task.train_y, progress=False)
+    parts = layer.index.num_partitions
+    keep = parts // 2
+    layer.remove_labels(torch.arange(keep, task.num_labels))
+    with pytest.warns(RuntimeWarning, match="fewer than the index's"):
+        layer.compact()
+    x = task.test_x[:8]
+    want = layer.predict(x, 2)
+    assert layer.index.num_partitions <= keep
+    fresh = lss.LSSLinear(task.weight.shape[1], keep, max_candidates=40)
+    fresh.load_state_dict(layer.state_dict())
+    got = fresh.predict(x, 2)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    # Where the user set the partition count, compact() refuses, untouched.
+    fixed = layer_for(task, index=lss.partition.PartitionConfig(num_partitions=parts))
+    fixed.remove_labels(torch.arange(keep, task.num_labels))
+    with pytest.raises(ValueError, match="num_partitions"):
+        fixed.compact()
+    assert fixed.out_features == task.num_labels and fixed.has_removed_labels
+
+
+@pytest.mark.skipif(pytest.importorskip("os").environ.get("TRITON_INTERPRET") == "1", reason="interpreted Triton runs on CPU")
+def test_fit_and_add_labels_refuse_a_backend_the_tensors_cannot_run(task):
+    pytest.importorskip("triton")
+    layer = layer_for(task, backend="triton")
+    with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+        layer.fit(task.train_x, task.train_y, progress=False)
+    with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+        layer.add_labels(torch.randn(2, task.weight.shape[1]))
+    assert layer.out_features == task.num_labels
+
+
+def test_fit_under_inference_mode():
+    torch.manual_seed(0)
+    task = make_synthetic_task(num_labels=800, dim=16, num_train=800, num_test=50, seed=1)
+    a = layer_for(task)
+    with torch.inference_mode():
+        a.fit(task.train_x, task.train_y, progress=False)
+        got = a.eval().predict(task.test_x, 2)
+    b = layer_for(task)
+    b.fit(task.train_x, task.train_y, progress=False)
+    assert torch.equal(got[1], b.eval().predict(task.test_x, 2)[1])
+    with torch.no_grad():
+        a.weight.mul_(2.0)  # the index built under inference mode still syncs
+    a.predict(task.test_x, 1)
+    assert a.index_is_current

@@ -121,6 +121,8 @@ class SimHashIndex(LSSIndex):
             t = tensors[name]
             if tuple(t.shape) != shape or not t.is_floating_point():
                 raise ValueError(f"{name} must be a float tensor {list(shape)}, got {tuple(t.shape)} {t.dtype}")
+            if not bool(torch.isfinite(t).all()):  # a NaN hyperplane hashes every query alike
+                raise ValueError(f"{name} must be finite")
         validate_tables(tensors["offsets"], tensors["items"], config["num_labels"], config["bits"])
         if tensors["offsets"].shape[0] != config["num_tables"]:
             raise ValueError(f"offsets has {tensors['offsets'].shape[0]} tables, the config says {config['num_tables']}")
