@@ -8,7 +8,7 @@ from helpers import randn, random_query_codes, random_tables
 
 
 def _layer():
-    return lss.LSSLinear(8, 50, num_tables=2, bits=3, max_candidates=10)
+    return lss.LSSLinear(8, 50, max_candidates=10, index=lss.simhash.SimHashConfig(num_tables=2, bits=3))
 
 
 @pytest.mark.parametrize("call,exc,match", [

@@ -39,7 +39,7 @@ def test_only_max_candidates_gives_the_partition_family(task):
     assert not layer.fitted and layer.index.built
     # Every label is listed exactly once before fit().
     assert torch.equal(layer.index.list_ids.sort().values.long(), torch.arange(task.num_labels))
-    assert isinstance(layer_for(task, num_tables=4, bits=6).index, SimHashIndex)
+    assert isinstance(layer_for(task, index=lss.simhash.SimHashConfig(num_tables=4, bits=6)).index, SimHashIndex)
     with pytest.raises(TypeError, match=r"do not apply to the 'partitions' family"):
         make_index(100, 8, family="partitions", bits=4)
 
@@ -47,8 +47,8 @@ def test_only_max_candidates_gives_the_partition_family(task):
 def test_fit_spill_and_calibration_beat_the_unfitted_index(task):
     # Same probes for both, so the gain is the spill's; then the calibrated
     # nprobe must not lose P@1 against the unfitted index's default.
-    base = layer_for(task, nprobe=2)
-    spilled = layer_for(task, nprobe=2)
+    base = layer_for(task, index=lss.partition.PartitionConfig(nprobe=2))
+    spilled = layer_for(task, index=lss.partition.PartitionConfig(nprobe=2))
     report = spilled.fit(task.train_x, task.train_y, progress=False)
     assert report.spilled > 0 and spilled.fitted
     y = task.test_y.unsqueeze(1)
@@ -57,7 +57,7 @@ def test_fit_spill_and_calibration_beat_the_unfitted_index(task):
     assert r_fit > r_base + 0.03, (r_base, r_fit)
     assert precision(spilled, task.test_x, task.test_y) > precision(base, task.test_x, task.test_y)
     # No spill: the same index as unfitted, so the test above can fail.
-    plain = layer_for(task, nprobe=2)
+    plain = layer_for(task, index=lss.partition.PartitionConfig(nprobe=2))
     plain.fit(task.train_x, task.train_y, progress=False, spill_probes=0)
     assert torch.equal(plain.index.list_ids, base.index.list_ids)
 
@@ -233,7 +233,8 @@ def test_query_space_partitions_spill_and_round_trip(task):
     assert all(int(h) * task.num_labels + l in listed for l, h in enumerate(homes.tolist()))
     # Spill raises recall at the same probes (so it does something).
     y = task.test_y.unsqueeze(1)
-    spilled, plain = layer_for(task, nprobe=2), layer_for(task, nprobe=2)
+    two_probes = lss.partition.PartitionConfig(nprobe=2)
+    spilled, plain = layer_for(task, index=two_probes), layer_for(task, index=two_probes)
     spilled.fit(task.train_x, task.train_y, progress=False, spaces=("queries",))
     plain.fit(task.train_x, task.train_y, progress=False, spaces=("queries",), spill_probes=0)
     assert spilled.index.space == plain.index.space == "queries"
@@ -249,7 +250,7 @@ def test_query_space_partitions_spill_and_round_trip(task):
         fresh.backend = backend
         assert torch.equal(fresh.predict(x, 5)[1], layer.predict(x, 5)[1]), backend
     # A partition count the user set is kept in the query space too.
-    fixed = layer_for(task, num_partitions=64)
+    fixed = layer_for(task, index=lss.partition.PartitionConfig(num_partitions=64))
     fixed.fit(task.train_x, task.train_y, progress=False, spaces=("queries",))
     assert fixed.index.num_partitions == 64 and fixed.index.space == "queries"
 
@@ -258,10 +259,11 @@ def test_too_few_queries_for_the_query_space(task):
     # 60 pairs, 12 held out: 48 queries cannot make 64 partitions. Both
     # spaces: the label space alone; the query space alone: a clear error.
     x, y = task.train_x[:60], task.train_y[:60]
-    report = layer_for(task, num_partitions=64).fit(x, y, progress=False)
+    report = layer_for(task, index=lss.partition.PartitionConfig(num_partitions=64)).fit(x, y, progress=False)
     assert report.space == "labels" and {p.space for p in report.calibration} == {"labels"}
     with pytest.raises(ValueError, match=r"the query space needs at least num_partitions = 64 training queries"):
-        layer_for(task, num_partitions=64).fit(x, y, progress=False, spaces=("queries",))
+        layer_for(task, index=lss.partition.PartitionConfig(num_partitions=64)).fit(x, y, progress=False,
+                                                                       spaces=("queries",))
     # The default count for 48 queries (at most one partition per 8) works.
     small = layer_for(task).fit(x, y, progress=False, spaces=("queries",))
     assert small.space == "queries" and small.num_partitions == default_partitions(48)
@@ -302,7 +304,7 @@ def test_predict_scores_exactly_the_calibrated_prefix_of_the_candidates(task):
     assert not torch.equal(layer.predict(x, 1)[1], full)
 
 
-@pytest.mark.parametrize("kw", [{}, {"num_tables": 4, "bits": 6}])
+@pytest.mark.parametrize("kw", [{}, {"index": lss.simhash.SimHashConfig(num_tables=4, bits=6)}])
 def test_fit_is_a_function_of_its_inputs_and_seed(task, kw):
     a, b = layer_for(task, **kw), layer_for(task, **kw)
     opts = {"epochs": 1} if kw else {}
@@ -322,7 +324,8 @@ def test_partition_state_dict_roundtrips_predictions_exactly(task):
     torch.save(layer.state_dict(), buf)
     buf.seek(0)
     # A fresh layer of another family and shape of index takes the saved one.
-    fresh = lss.LSSLinear(task.weight.shape[1], task.num_labels, num_tables=3, bits=4, max_candidates=7)
+    fresh = lss.LSSLinear(task.weight.shape[1], task.num_labels, max_candidates=7,
+                          index=lss.simhash.SimHashConfig(num_tables=3, bits=4))
     fresh.load_state_dict(torch.load(buf, weights_only=True))
     assert fresh.family == "partitions" and fresh.fitted and fresh.max_candidates == 40
     assert fresh.index.nprobe == layer.index.nprobe and fresh.index.rerank == layer.index.rerank
@@ -369,7 +372,7 @@ def test_weight_change_reencodes_codes_and_keeps_what_fit_learned(task):
 
 
 def test_format_1_simhash_state_dict_loads(task):
-    layer = layer_for(task, num_tables=4, bits=6)
+    layer = layer_for(task, index=lss.simhash.SimHashConfig(num_tables=4, bits=6))
     layer.rebuild_index()  # 0.1 layers always held built tables
     sd = layer.state_dict()
     # The 0.1 layout: SimHash buffers on the layer, format 1 extra state.
@@ -380,7 +383,7 @@ def test_format_1_simhash_state_dict_loads(task):
                            "fitted": False, "format": 1}
     fresh = lss.LSSLinear(task.weight.shape[1], task.num_labels)
     fresh.load_state_dict(old)
-    assert fresh.family == "simhash" and fresh.num_tables == 4
+    assert fresh.family == "simhash" and fresh.index.num_tables == 4
     x = task.test_x[:30]
     assert torch.equal(fresh.predict(x, 3)[1], layer.predict(x, 3)[1])
 

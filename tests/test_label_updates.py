@@ -157,7 +157,7 @@ def test_bad_input_is_refused(task):
         layer.remove_labels(torch.tensor([500]))
     with pytest.raises(TypeError, match="ids must be int64"):
         layer.remove_labels(torch.tensor([1.0]))
-    simhash = lss.LSSLinear(32, 100, num_tables=4, bits=6)
+    simhash = lss.LSSLinear(32, 100, index=lss.simhash.SimHashConfig(num_tables=4, bits=6))
     with pytest.raises(TypeError, match="needs the partitions family"):
         simhash.add_labels(torch.randn(2, 32))
     assert layer.out_features == 500  # nothing changed by the refusals

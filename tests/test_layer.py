@@ -11,11 +11,11 @@ from lsskernels import reference
 from helpers import randn
 
 
-def make_layer(n=700, d=24, seed=0, **kw):
+def make_layer(n=700, d=24, seed=0, *, num_tables=6, bits=6, min_hits=1, **kw):
     torch.manual_seed(seed)
     lin = torch.nn.Linear(d, n)
-    kw = {"num_tables": 6, "bits": 6, "max_candidates": 64, **kw}
-    return lin, lss.LSSLinear.from_linear(lin, **kw)
+    index = lss.simhash.SimHashConfig(num_tables=num_tables, bits=bits, min_hits=min_hits)
+    return lin, lss.LSSLinear.from_linear(lin, index=index, **{"max_candidates": 64, **kw})
 
 
 def test_from_linear_copies_and_train_forward_is_exactly_linear():
@@ -99,7 +99,8 @@ def test_predict_leading_dims():
 @pytest.mark.skipif(not lss.extension_loaded(), reason="compiled extension not built")
 def test_cpu_and_reference_backends_agree():
     lin, layer = make_layer()
-    ref_layer = lss.LSSLinear.from_linear(lin, num_tables=6, bits=6, max_candidates=64, backend="reference")
+    ref_layer = lss.LSSLinear.from_linear(lin, max_candidates=64, backend="reference",
+                                          index=lss.simhash.SimHashConfig(num_tables=6, bits=6))
     x = randn(6, 24, seed=7)
     assert torch.equal(layer.candidates(x)[0], ref_layer.candidates(x)[0])
     s1, i1 = layer.predict(x, 3)
@@ -116,7 +117,7 @@ def test_tables_follow_weight_updates():
     # Random SimHash tables are rebuilt from the new weights on next use.
     from lsskernels.simhash.hashing import label_codes
     codes = label_codes(layer.weight, layer.bias, layer.index.label_proj)
-    offsets, items = reference.build_tables(codes, layer.bits)
+    offsets, items = reference.build_tables(codes, layer.index.bits)
     layer.candidates(x)
     assert torch.equal(layer.index.offsets, offsets) and torch.equal(layer.index.items, items)
 
@@ -132,9 +133,9 @@ def test_state_dict_roundtrip_reproduces_predictions_exactly():
     _, layer = make_layer(seed=3, min_hits=2)
     x = randn(11, 24, seed=9)
     want = layer.predict(x, 5)
-    fresh = lss.LSSLinear(24, 700, num_tables=2, bits=3, max_candidates=7, seed=99)
+    fresh = lss.LSSLinear(24, 700, max_candidates=7, seed=99, index=lss.simhash.SimHashConfig(num_tables=2, bits=3))
     fresh.load_state_dict(_roundtrip(layer.state_dict()))
-    assert (fresh.num_tables, fresh.bits, fresh.max_candidates, fresh.min_hits) == (6, 6, 64, 2)
+    assert (fresh.index.num_tables, fresh.index.bits, fresh.max_candidates, fresh.index.min_hits) == (6, 6, 64, 2)
     got = fresh.predict(x, 5)
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
     for name in ("query_proj", "label_proj", "offsets", "items"):

@@ -29,7 +29,8 @@ def one_thread():
 def covering_layer(n=60, d=8, dtype=torch.float32, bias=True, seed=0):
     """A layer whose index returns every label: all partitions probed, M >= N."""
     torch.manual_seed(seed)
-    layer = lss.LSSLinear(d, n, bias=bias, max_candidates=n, num_partitions=4, nprobe=4, dtype=dtype)
+    layer = lss.LSSLinear(d, n, bias=bias, max_candidates=n, dtype=dtype,
+                          index=lss.partition.PartitionConfig(num_partitions=4, nprobe=4))
     with torch.no_grad():
         layer.weight.mul_(3.0)  # spread the logits: a wrong term shows
     return layer
@@ -173,7 +174,8 @@ def test_uniform_tail_is_unbiased():
     function Z (the log-Q weight N / n; a wrong weight misses by far)."""
     torch.manual_seed(0)
     n = 400
-    layer = lss.LSSLinear(6, n, max_candidates=10, num_partitions=8, nprobe=2, dtype=torch.float64)
+    layer = lss.LSSLinear(6, n, max_candidates=10, dtype=torch.float64,
+                          index=lss.partition.PartitionConfig(num_partitions=8, nprobe=2))
     x = torch.randn(3, 6, dtype=torch.float64)
     t = torch.tensor([1, 2, 3])
     with torch.no_grad():
@@ -411,7 +413,8 @@ def test_removed_labels_take_no_part():
     over the remaining labels (candidates covering every label), and a
     removed target is refused."""
     torch.manual_seed(3)
-    layer = lss.LSSLinear(8, 40, max_candidates=40, num_partitions=1).train()  # every label a candidate
+    layer = lss.LSSLinear(8, 40, max_candidates=40,
+                          index=lss.partition.PartitionConfig(num_partitions=1)).train()  # every label a candidate
     x = torch.randn(6, 8)
     target = torch.tensor([0, 5, 9, 12, 30, 39])
     layer.remove_labels(torch.tensor([1, 2, 3, 20, 21]))

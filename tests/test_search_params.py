@@ -79,6 +79,6 @@ def test_bad_params_are_refused():
     layer = lss.LSSLinear(8, 100, max_candidates=10)
     with pytest.raises(TypeError, match="params must be a lsskernels.SearchParams"):
         layer.predict(torch.randn(2, 8), 1, params={"nprobe": 2})
-    simhash = lss.LSSLinear(8, 100, num_tables=4, bits=4, max_candidates=10)
+    simhash = lss.LSSLinear(8, 100, max_candidates=10, index=lss.simhash.SimHashConfig(num_tables=4, bits=4))
     with pytest.raises(ValueError, match="apply to the partitions family"):
         simhash.predict(torch.randn(2, 8), 1, params=lss.SearchParams(nprobe=2))

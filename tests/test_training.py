@@ -24,8 +24,9 @@ def layer_for(task, **kw):
     with torch.no_grad():
         lin.weight.copy_(task.weight)
         lin.bias.copy_(task.bias)
-    kw = {"num_tables": 8, "bits": 7, "max_candidates": 120, **kw}
-    return lss.LSSLinear.from_linear(lin, **kw)
+    index = lss.simhash.SimHashConfig(num_tables=kw.pop("num_tables", 8), bits=kw.pop("bits", 7),
+                                      min_hits=kw.pop("min_hits", 1))
+    return lss.LSSLinear.from_linear(lin, index=index, **{"max_candidates": 120, **kw})
 
 
 def test_fit_raises_label_recall_over_random_tables(task):
@@ -82,7 +83,8 @@ def test_fit_is_deterministic_and_roundtrips_exactly(task):
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
-    c = lss.LSSLinear(task.weight.shape[1], task.num_labels, num_tables=3, bits=4, max_candidates=5)
+    c = lss.LSSLinear(task.weight.shape[1], task.num_labels, max_candidates=5,
+                      index=lss.simhash.SimHashConfig(num_tables=3, bits=4))
     c.load_state_dict(torch.load(buf, weights_only=True))
     assert c.fitted
     x = task.test_x[:100]
@@ -100,7 +102,7 @@ def test_bucket_cap_bounds_candidates(task):
                                            task.train_y.unsqueeze(1), cfg, layer.max_candidates)
     sizes = offsets[:, 1:] - offsets[:, :-1]
     assert int(sizes.max()) <= 5
-    validate_tables(offsets, items, task.num_labels, layer.bits)
+    validate_tables(offsets, items, task.num_labels, layer.index.bits)
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
