@@ -315,13 +315,11 @@ def rerank_grid(max_candidates: int) -> List[int]:
 @torch.no_grad()
 def evaluate_setting(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor, y: Tensor,
                      max_candidates: int, nprobe: int, reranks: List[int], probes: Tensor,
-                     batch: int = 512) -> Tuple[Dict[int, Tensor], Tensor, Tensor]:
+                     batch: int = 512) -> Tuple[Dict[int, Tensor], Tensor]:
     """Per query at nprobe: ({R: top-1 of the exact logits of the first R
-    candidates is a label, bool [n]}, a label among the candidates bool [n],
-    probed rows float64 [n]). probes: the queries' first >= nprobe partitions."""
+    candidates is a label, bool [n]}, a label among the candidates bool [n]).
+    probes: the queries' first >= nprobe partitions."""
     probes = probes[:, :nprobe].to(torch.int32).contiguous()
-    sizes = index.list_sizes().to(torch.float64)
-    rows = sizes[probes.to(torch.int64)].sum(1)
     hits = {r: torch.empty(queries.shape[0], dtype=torch.bool, device=queries.device) for r in reranks}
     found = torch.empty(queries.shape[0], dtype=torch.bool, device=queries.device)
     for s in range(0, queries.shape[0], batch):
@@ -336,7 +334,7 @@ def evaluate_setting(index: "PartitionIndex", weight: Tensor, bias: Optional[Ten
         for j, r in enumerate(reranks):
             hits[r][s : s + batch] = right[:, j]
         found[s : s + batch] = labels_found(ids.to(torch.int64), yq)
-    return hits, found, rows
+    return hits, found
 
 
 def code_dims(dim: int) -> List[int]:
@@ -485,11 +483,11 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
         rules it out (screened_out; never where `always`), on the rest:
         (hits by R, found, the HoldOut, dense hits and weights they are
         over, screened)."""
-        hits, found, _ = evaluate_setting(idx, weight, bias, held_x[first], held_y[first], max_candidates, p,
+        hits, found = evaluate_setting(idx, weight, bias, held_x[first], held_y[first], max_candidates, p,
                                           reranks, probes[first])
         if not always and screened_out(dense[first], hits, sample, cfg.tolerance):
             return hits, found, sample, dense[first], sample.weights(), True
-        more, more_found, _ = evaluate_setting(idx, weight, bias, held_x[rest], held_y[rest], max_candidates, p,
+        more, more_found = evaluate_setting(idx, weight, bias, held_x[rest], held_y[rest], max_candidates, p,
                                                reranks, probes[rest])
         whole = lambda a, b: a.new_empty(held.size).index_copy_(0, first, a).index_copy_(0, rest, b)  # noqa: E731
         return {r: whole(h, more[r]) for r, h in hits.items()}, whole(found, more_found), held, dense, weights, False
