@@ -308,8 +308,10 @@ void run_batch(const Problem& pr, int64_t b0, int64_t b1, const std::vector<Span
     buf.q16.resize(size_t(nb * padded));
   }
   std::vector<QuantizedQuery> qs(static_cast<size_t>(nb));
-  for (int64_t i = 0; i < nb; ++i)
-    qs[size_t(i)] = make_query(pr, b0 + i, buf.q.data() + i * padded, buf.q16.data() + i * padded, padded);
+  at::parallel_for(0, nb, 64, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      qs[size_t(i)] = make_query(pr, b0 + i, buf.q.data() + i * padded, buf.q16.data() + i * padded, padded);
+  });
   // The (query, span) pairs of every partition, partitions in id order.
   std::vector<int64_t> part_start(size_t(pr.P + 1), 0);
   for (int64_t t = first_span[b0]; t < first_span[b1]; ++t) ++part_start[size_t(spans[size_t(t)].part + 1)];
@@ -321,13 +323,26 @@ void run_batch(const Problem& pr, int64_t b0, int64_t b1, const std::vector<Span
       entries[size_t(fill[size_t(spans[size_t(t)].part)]++)] = {int32_t(i), t};
   uint64_t* keys = buf.keys.data();
   const int64_t key0 = first_key[b0];
-  // Partitions are handed out one at a time (their sizes differ a lot).
+  // Work units: a partition's entries, in runs of at most `run` queries, so
+  // that a partition probed by most of the batch (the probe's one list of
+  // centroids above all) is shared by the threads instead of kept by one.
+  // A run still scores its queries while the partition's rows are in cache.
+  const int64_t threads = at::get_num_threads();
+  const int64_t run = std::max<int64_t>(1, (part_start[size_t(pr.P)] + 8 * threads - 1) / (8 * threads));
+  std::vector<int64_t> units;  // the first entry of each unit, then the end
+  for (int64_t p = 0; p < pr.P; ++p)
+    for (int64_t e = part_start[size_t(p)]; e < part_start[size_t(p + 1)]; e += run) units.push_back(e);
+  const int64_t num_units = int64_t(units.size());
+  units.push_back(part_start[size_t(pr.P)]);
+  // Units are handed out one at a time (partition sizes differ a lot).
   std::atomic<int64_t> next{0};
   std::atomic<bool> good{true};
-  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     bool ok = true;
-    for (int64_t p; (p = next.fetch_add(1)) < pr.P;) {
-      for (int64_t e = part_start[size_t(p)]; e < part_start[size_t(p + 1)]; ++e) {
+    for (int64_t u; (u = next.fetch_add(1)) < num_units;) {
+      // A unit ends at the next unit's start or its partition's end, whichever is first.
+      const int64_t end = std::min(units[size_t(u + 1)], units[size_t(u)] + run);
+      for (int64_t e = units[size_t(u)]; e < end; ++e) {
         const auto [i, t] = entries[size_t(e)];
         const Span& sp = spans[size_t(t)];
         ok &= score_span(pr, qs[size_t(i)], sp, keys + (first_key[b0 + i] - key0));
