@@ -286,7 +286,7 @@ class LSSLinear(nn.Module):
             index, report = families.fit(self.index, self.weight, self.bias, queries, labels,
                                          max_candidates=self.max_candidates,
                                          seed=self.seed if seed is None else seed, **options)
-        self._drop_removed(index)
+            self._drop_removed(index)
         self.index = index
         self._mark_indexed()
         return report
@@ -448,12 +448,18 @@ class LSSLinear(nn.Module):
         if n == 0:
             raise ValueError("compact() would leave no label")
         # A partition index holds at most one partition per label (its
-        # constructor's rule, which a load of the saved state applies).
+        # constructor's rule, which a load of the saved state applies): below
+        # that, the index of the user's configuration for n labels replaces
+        # it, made here, before anything changes, so a configuration that
+        # cannot hold n labels is refused with the layer intact.
         parts = getattr(self.index, "num_partitions", 0)
-        too_few = n < parts
-        if too_few and self.index.spec().get("num_partitions") is not None:
-            raise ValueError(f"compact() would leave {n} labels, fewer than the num_partitions = {parts} the layer's "
-                             f"index was configured with (a partition index needs a label per partition)")
+        fresh = None
+        if n < parts:
+            try:
+                fresh = type(self.index)(**{**self.index.spec(), "num_labels": n}).to(keep.device)
+            except ValueError as exc:
+                raise ValueError(f"compact() would leave {n} labels, fewer than the index's {parts} partitions, and "
+                                 f"its configuration cannot index {n} labels: {exc}") from None
         new_ids = torch.full((self.out_features,), -1, dtype=torch.int64, device=keep.device)
         new_ids[keep] = torch.arange(n, device=keep.device)
         self._ensure_index()
@@ -466,11 +472,11 @@ class LSSLinear(nn.Module):
         self.out_features = n
         self.removed = torch.zeros(n, dtype=torch.bool, device=keep.device)
         self._any_removed = False
-        if too_few:
+        if fresh is not None:
             warnings.warn(f"compact() left {n} labels, fewer than the index's {parts} partitions: the index is "
                           f"rebuilt for {n} labels on first use (call fit() again to learn it)", RuntimeWarning,
                           stacklevel=2)
-            self.index = self.index.clone_empty().to(keep.device)
+            self.index = fresh
         self._mark_indexed()
         return new_ids
 
@@ -521,8 +527,14 @@ class LSSLinear(nn.Module):
         # Without an index in the state, the built one stays: it must follow
         # the loaded `removed` too (_after_load).
         self._removed_before = self.removed.clone() if not present and self.index.built else None
-        if prefix + "removed" not in state_dict and prefix + "weight" in state_dict:  # before 0.6
+        if prefix + "removed" not in state_dict and prefix + "_extra_state" in state_dict:  # LSSLinear before 0.6
             state_dict[prefix + "removed"] = torch.zeros(self.out_features, dtype=torch.bool)
+        removed = state_dict.get(prefix + "removed")
+        if (isinstance(removed, torch.Tensor) and removed.dtype == torch.bool and bool(removed.any())
+                and not hasattr(self.index, "drop_labels")):
+            raise ValueError(f"state_dict['{prefix}removed'] marks removed labels, and this layer's index "
+                             f"({self.index.family!r}) cannot leave labels out: load it into a layer of the "
+                             f"partitions family")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 

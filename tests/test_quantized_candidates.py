@@ -235,15 +235,18 @@ def test_batch_one_with_many_rows_matches_reference():
         expect_equal(got, x, probes, lists, 20000, 100)
 
 
-@pytest.mark.parametrize("partitions", [1, 3])
-def test_a_partition_probed_by_the_whole_batch_is_shared_by_the_threads(partitions):
+@pytest.mark.parametrize("partitions,empty", [(1, 0.0), (3, 0.0), (9, 0.4)])
+def test_a_partition_probed_by_the_whole_batch_is_shared_by_the_threads(partitions, empty):
     # The probe's shape: every query scans the same list(s); the batch path
     # splits such a partition's queries into runs scored by different
-    # threads. Same bits at 1 and 2 threads.
+    # threads, next to empty lists and skipped (-1) probes. Same bits at 1
+    # and 2 threads.
     require_backend("cpu", "quantized_candidates")
-    lists = random_partition_lists(3000, partitions, 64, seed=41, mean_size=600, empty_fraction=0.0)
+    lists = random_partition_lists(3000, partitions, 64, seed=41, mean_size=600, empty_fraction=empty)
     x = queries(300, 64, 42, torch.float32)
     probes = torch.arange(partitions, dtype=torch.int32).repeat(300, 1)
+    if partitions > 1:
+        probes[::5, 0] = -1
     for threads in (1, 2):
         old = torch.get_num_threads()
         torch.set_num_threads(threads)

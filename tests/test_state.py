@@ -304,6 +304,12 @@ def test_a_compiled_call_before_the_index_exists_raises(task):
     torch._dynamo.reset()
     predict = torch.compile(lambda x: layer.predict(x, 1), fullgraph=True)
     assert torch.equal(predict(task.test_x[:2])[1], layer.predict(task.test_x[:2], 1)[1])
+    # Without fullgraph, the graph breaks there and the eager fallback builds it.
+    torch._dynamo.reset()
+    other = layer_for(task).eval()
+    predict = torch.compile(lambda x: other.predict(x, 1))
+    got = predict(task.test_x[:2])
+    assert other.index.built and torch.equal(got[1], other.predict(task.test_x[:2], 1)[1])
 
 
 def _without_index(sd):
@@ -330,6 +336,24 @@ def test_a_load_without_the_index_applies_removed_labels_to_it(task):
     layer.sync_index()
     assert not layer.fitted and not layer.has_removed_labels
     assert bool(torch.isin(gone, layer.index.list_ids.to(torch.int64)).all())
+    # A plain nn.Linear's state (no `removed`) keeps the layer's removed
+    # labels and its index: nothing to warn about.
+    layer.remove_labels(gone)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer.load_state_dict(torch.nn.Linear(task.weight.shape[1], task.num_labels).state_dict(), strict=False)
+    assert layer.has_removed_labels and bool(layer.removed[gone].all())
+    assert not bool(torch.isin(layer.predict(task.test_x[:50], 5)[1], gone).any())
+
+
+def test_removed_labels_are_refused_by_a_layer_that_cannot_leave_labels_out(task):
+    source = layer_for(task)
+    source.remove_labels(torch.tensor([3]))
+    simhash = layer_for(task, index="simhash").eval()
+    simhash.predict(task.test_x[:2], 1)  # built
+    with pytest.raises(ValueError, match="cannot leave labels out"):
+        simhash.load_state_dict(_without_index(source.state_dict()), strict=False)
+    assert not simhash.has_removed_labels
 
 
 def test_compact_below_the_partition_count_leaves_a_loadable_layer(task):
@@ -353,6 +377,12 @@ def test_compact_below_the_partition_count_leaves_a_loadable_layer(task):
     with pytest.raises(ValueError, match="num_partitions"):
         fixed.compact()
     assert fixed.out_features == task.num_labels and fixed.has_removed_labels
+    # A probe count the new size cannot have: refused before anything changes.
+    probes = layer_for(task, index=lss.partition.PartitionConfig(nprobe=parts // 2))
+    probes.remove_labels(torch.arange(keep, task.num_labels))
+    with pytest.raises(ValueError, match="nprobe"):
+        probes.compact()
+    assert probes.out_features == task.num_labels and probes.weight.shape[0] == task.num_labels
 
 
 @pytest.mark.skipif(pytest.importorskip("os").environ.get("TRITON_INTERPRET") == "1", reason="interpreted Triton runs on CPU")
@@ -366,17 +396,22 @@ def test_fit_and_add_labels_refuse_a_backend_the_tensors_cannot_run(task):
     assert layer.out_features == task.num_labels
 
 
-def test_fit_under_inference_mode():
+@pytest.mark.parametrize("removed", [False, True])
+def test_fit_under_inference_mode(removed):
     torch.manual_seed(0)
     task = make_synthetic_task(num_labels=800, dim=16, num_train=800, num_test=50, seed=1)
-    a = layer_for(task)
+    a, b = layer_for(task), layer_for(task)
+    if removed:  # the fit then drops them from its lists: normal tensors too
+        a.remove_labels(torch.arange(0, 800, 7))
+        b.remove_labels(torch.arange(0, 800, 7))
     with torch.inference_mode():
         a.fit(task.train_x, task.train_y, progress=False)
         got = a.eval().predict(task.test_x, 2)
-    b = layer_for(task)
     b.fit(task.train_x, task.train_y, progress=False)
     assert torch.equal(got[1], b.eval().predict(task.test_x, 2)[1])
+    assert not any(t.is_inference() for t in a.index.buffers())
     with torch.no_grad():
         a.weight.mul_(2.0)  # the index built under inference mode still syncs
     a.predict(task.test_x, 1)
     assert a.index_is_current
+    a.index.sync_rows(a.weight, a.bias, torch.tensor([1, 2, 3]))  # writes into the lists in place
