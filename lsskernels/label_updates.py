@@ -30,11 +30,17 @@ from .reference import augmented_labels
 Tensor = torch.Tensor
 
 
+def keeps_lists(index) -> bool:
+    """Whether index is of the family that keeps label lists (the
+    partitions family): the one that can add, drop and renumber labels."""
+    return hasattr(index, "drop_labels")
+
+
 def require_lists(index, what: str) -> None:
     """Refuse `what` (add_labels, remove_labels, compact: "what()") with a
     TypeError unless index is of the family that keeps label lists (the
     partitions family); LSSLinear and ShardedLSSLinear alike."""
-    if not hasattr(index, "drop_labels"):
+    if not keeps_lists(index):
         raise TypeError(f"{what}() needs the partitions family; this layer's index is {index.family!r}")
 
 

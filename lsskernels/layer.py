@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import _checks as checks
-from .label_updates import require_lists
+from .label_updates import keeps_lists, require_lists
 from . import _ops
 from . import families
 from . import partition as _partition  # noqa: F401  (registers the "partitions" family)
@@ -376,15 +376,13 @@ class LSSLinear(nn.Module):
         index cannot list them again without a fit, so it is rebuilt on
         first use, with a warning (what fit() learned is lost)."""
         index = self._modules["index"]
-        added = self.removed & ~before
         if bool((before & ~self.removed).any()):
             warnings.warn("LSSLinear.load_state_dict: the loaded state restores labels this layer had removed, "
                           "and its index no longer lists them: the index is rebuilt from the loaded weights on "
                           "first use (call fit() again to learn it)", RuntimeWarning, stacklevel=4)
             self.index = index.clone_empty().to(self.weight.device)
-        elif bool(added.any()):
-            require_lists(index, "remove_labels")
-            index.drop_labels(torch.nonzero(added).squeeze(1))
+        elif bool((self.removed & ~before).any()):
+            self._drop_removed(index)  # labels already dropped are not listed: dropping them again is a no-op
 
     @torch.no_grad()
     def add_labels(self, weight: Tensor, bias: Optional[Tensor] = None, *, queries: Optional[Tensor] = None,
@@ -531,7 +529,7 @@ class LSSLinear(nn.Module):
             state_dict[prefix + "removed"] = torch.zeros(self.out_features, dtype=torch.bool)
         removed = state_dict.get(prefix + "removed")
         if (isinstance(removed, torch.Tensor) and removed.dtype == torch.bool and bool(removed.any())
-                and not hasattr(self.index, "drop_labels")):
+                and not keeps_lists(self.index)):
             raise ValueError(f"state_dict['{prefix}removed'] marks removed labels, and this layer's index "
                              f"({self.index.family!r}) cannot leave labels out: load it into a layer of the "
                              f"partitions family")

@@ -220,18 +220,23 @@ def test_empty_lists_and_all_skipped_probes(backend):
     expect_equal(got, x, probes, lists, 100, 9)
 
 
+def at_one_and_two_threads(call):
+    """call()'s results with torch at 1 thread, then at 2 (restored after)."""
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            yield call()
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_batch_one_with_many_rows_matches_reference():
     require_backend("cpu", "quantized_candidates")
     lists = random_partition_lists(20000, 8, 128, seed=21, mean_size=800, empty_fraction=0.0)
     x = queries(1, 128, 22, torch.float32)
     probes = torch.arange(8, dtype=torch.int32).view(1, 8)
-    for threads in (1, 2):
-        old = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            got = run_qc("cpu", torch.device("cpu"), x, probes, lists, 20000, 100)
-        finally:
-            torch.set_num_threads(old)
+    for got in at_one_and_two_threads(lambda: run_qc("cpu", torch.device("cpu"), x, probes, lists, 20000, 100)):
         expect_equal(got, x, probes, lists, 20000, 100)
 
 
@@ -247,13 +252,7 @@ def test_a_partition_probed_by_the_whole_batch_is_shared_by_the_threads(partitio
     probes = torch.arange(partitions, dtype=torch.int32).repeat(300, 1)
     if partitions > 1:
         probes[::5, 0] = -1
-    for threads in (1, 2):
-        old = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            got = run_qc("cpu", torch.device("cpu"), x, probes, lists, 3000, 9)
-        finally:
-            torch.set_num_threads(old)
+    for got in at_one_and_two_threads(lambda: run_qc("cpu", torch.device("cpu"), x, probes, lists, 3000, 9)):
         expect_equal(got, x, probes, lists, 3000, 9)
 
 

@@ -329,7 +329,9 @@ void run_batch(const Problem& pr, int64_t b0, int64_t b1, const std::vector<Span
   // A run still scores its queries while the partition's rows are in cache.
   const int64_t threads = at::get_num_threads();
   const int64_t run = std::max<int64_t>(1, (part_start[size_t(pr.P)] + 8 * threads - 1) / (8 * threads));
-  std::vector<int64_t> units;  // the first entry of each unit, then the end
+  // The first entry of each unit, then the end: a unit ends where the next
+  // begins (the next run of its partition, or the next non-empty partition).
+  std::vector<int64_t> units;
   for (int64_t p = 0; p < pr.P; ++p)
     for (int64_t e = part_start[size_t(p)]; e < part_start[size_t(p + 1)]; e += run) units.push_back(e);
   const int64_t num_units = int64_t(units.size());
@@ -340,9 +342,7 @@ void run_batch(const Problem& pr, int64_t b0, int64_t b1, const std::vector<Span
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     bool ok = true;
     for (int64_t u; (u = next.fetch_add(1)) < num_units;) {
-      // A unit ends at the next unit's start or its partition's end, whichever is first.
-      const int64_t end = std::min(units[size_t(u + 1)], units[size_t(u)] + run);
-      for (int64_t e = units[size_t(u)]; e < end; ++e) {
+      for (int64_t e = units[size_t(u)]; e < units[size_t(u + 1)]; ++e) {
         const auto [i, t] = entries[size_t(e)];
         const Span& sp = spans[size_t(t)];
         ok &= score_span(pr, qs[size_t(i)], sp, keys + (first_key[b0 + i] - key0));

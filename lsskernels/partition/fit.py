@@ -484,11 +484,11 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
         (hits by R, found, the HoldOut, dense hits and weights they are
         over, screened)."""
         hits, found = evaluate_setting(idx, weight, bias, held_x[first], held_y[first], max_candidates, p,
-                                          reranks, probes[first])
+                                       reranks, probes[first])
         if not always and screened_out(dense[first], hits, sample, cfg.tolerance):
             return hits, found, sample, dense[first], sample.weights(), True
         more, more_found = evaluate_setting(idx, weight, bias, held_x[rest], held_y[rest], max_candidates, p,
-                                               reranks, probes[rest])
+                                            reranks, probes[rest])
         whole = lambda a, b: a.new_empty(held.size).index_copy_(0, first, a).index_copy_(0, rest, b)  # noqa: E731
         return {r: whole(h, more[r]) for r, h in hits.items()}, whole(found, more_found), held, dense, weights, False
 
