@@ -34,6 +34,7 @@ from typing import Iterable, Optional, Tuple, Union
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from . import _checks as checks
 from . import _ops
@@ -61,6 +62,9 @@ class _Upkeep:
     rebuilds: int = 0
     since_full: int = 0             # calls since the last full sync
     last_rebuild: int = 0           # the call of the last rebuild (rebuild_every="auto")
+    mining_nprobe: Optional[int] = None  # the probes mining takes (mining_recall); None: the index's
+    mining_recall: float = float("nan")  # the recall mining_nprobe measured last
+    retune: bool = True             # the index changed (built, rebuilt, replaced): measure the mining again
 
 
 _UPKEEP: "weakref.WeakKeyDictionary[LSSLinear, _Upkeep]" = weakref.WeakKeyDictionary()
@@ -68,6 +72,12 @@ _UPKEEP: "weakref.WeakKeyDictionary[LSSLinear, _Upkeep]" = weakref.WeakKeyDictio
 # refresh_every="auto": a full re-encode may cost at most this share of the
 # candidate work of the calls it serves.
 AUTO_SYNC_SHARE = 0.1
+# mining_recall: the batch's first queries on which the mining's recall is
+# measured. The recall of one query is a mean over num_hard labels, so 32
+# queries put its standard error at ~0.05 or less (0.5 / sqrt(32) for
+# per-query recalls spread over all of [0, 1]); their exact logits cost
+# 32 / B of one dense forward, once a refresh period (mining_period).
+RECALL_QUERIES = 32
 
 
 def auto_refresh(num_labels: int, batch: int, candidates: int) -> int:
@@ -85,14 +95,26 @@ def auto_refresh(num_labels: int, batch: int, candidates: int) -> int:
 
 def upkeep_stats(layer: LSSLinear) -> dict:
     """How the loss kept layer's index up to date: calls, full syncs, row
-    syncs, rebuilds (since the layer's first call)."""
+    syncs, rebuilds (since the layer's first call), and the probes mining
+    takes with the recall last measured there (None / nan: not measured)."""
     s = _UPKEEP.get(layer) or _Upkeep()
-    return {"calls": s.calls, "full_syncs": s.full_syncs, "row_syncs": s.row_syncs, "rebuilds": s.rebuilds}
+    return {"calls": s.calls, "full_syncs": s.full_syncs, "row_syncs": s.row_syncs, "rebuilds": s.rebuilds,
+            "mining_nprobe": s.mining_nprobe, "mining_recall": s.mining_recall}
 
 
 # ----------------------------------------------------------------- checks
+def _check_mining_recall(mining_recall):
+    if mining_recall is None:
+        return None
+    if isinstance(mining_recall, bool) or not isinstance(mining_recall, (int, float)):
+        raise TypeError(f"mining_recall must be a float in (0, 1] or None, got {type(mining_recall).__name__}")
+    if not 0 < mining_recall <= 1:
+        raise ValueError(f"mining_recall must be in (0, 1] or None, got {mining_recall}")
+    return float(mining_recall)
+
+
 def _check_args(layer, x, target, reduction, ignore_index, num_hard, num_uniform, impl, multi_label,
-                refresh_every, rebuild_every, generator, seed):
+                refresh_every, rebuild_every, generator, seed, mining_recall):
     if not isinstance(layer, LSSLinear):
         raise TypeError(f"layer must be an lsskernels.LSSLinear, got {type(layer).__name__}")
     d, n = layer.in_features, layer.out_features
@@ -138,6 +160,7 @@ def _check_args(layer, x, target, reduction, ignore_index, num_hard, num_uniform
         checks.integer("seed", seed)
     if generator is not None and seed is not None:
         raise ValueError("give generator or seed, not both")
+    _check_mining_recall(mining_recall)
     # Label values: in [0, N), or padding.
     if target.numel():
         pad = (target == ignore_index) | ((target == -1) if multi else torch.zeros_like(target, dtype=torch.bool))
@@ -165,12 +188,14 @@ def _upkeep(layer: LSSLinear, refresh_every: Union[int, str, None], rebuild_ever
         state.last_rebuild = state.calls
         layer.rebuild_index()  # fresh k-means partitions of the current weights
         state.rebuilds += 1
+        state.retune = True
     index = layer.index
     replaced = state.index is None or state.index() is not index
     if refresh_every == "auto":
         due = state.since_full + 1 >= auto_refresh(layer.out_features, batch, candidates)
     else:
         due = refresh_every is not None and state.calls % refresh_every == 0
+    state.retune |= replaced
     full = refresh_every == 1 or replaced or not index.built or due
     if full:
         if not layer.index_is_current:
@@ -190,6 +215,49 @@ def _upkeep(layer: LSSLinear, refresh_every: Union[int, str, None], rebuild_ever
     return state
 
 
+def mining_period(num_labels: int, batch: int, candidates: int) -> int:
+    """The calls between two measurements of the mining's recall: the full
+    sync period of refresh_every="auto" (the weights drift that long before
+    the codes are all re-encoded, whatever refresh_every is)."""
+    return auto_refresh(num_labels, batch, candidates)
+
+
+@torch.no_grad()
+def _recall(layer: LSSLinear, q: Tensor, exact: Tensor, num_hard: int, nprobe: int) -> float:
+    """Share of the exact top labels (exact [n, k]) among q's index candidates at nprobe."""
+    found, _ = layer.index.candidates(q, num_hard, layer.backend, nprobe=nprobe)
+    return (exact.unsqueeze(2) == found.to(torch.int64).unsqueeze(1)).any(2).double().mean().item()
+
+
+@torch.no_grad()
+def _tune_mining(layer: LSSLinear, state: _Upkeep, xf: Tensor, num_hard: int, target: float) -> None:
+    """The fewest probes, doubling from the last choice (first: the index's
+    nprobe), whose candidates hold at least `target` of the exact top
+    num_hard labels of the batch's first RECALL_QUERIES queries; then one
+    halving where that still does. Up to every partition: a scan of all N
+    codes. A family without probes mines as it is."""
+    index = layer.index
+    parts = getattr(index, "num_partitions", None)
+    if parts is None:
+        return
+    q = xf[:RECALL_QUERIES].detach()
+    z = F.linear(q, layer.weight.detach(), None if layer.bias is None else layer.bias.detach())
+    if layer.has_removed_labels:
+        z = z.masked_fill(layer.removed, float("-inf"))
+    live = layer.out_features - (int(layer.removed.sum()) if layer.has_removed_labels else 0)
+    exact = z.topk(max(1, min(num_hard, live)), 1).indices
+    nprobe = min(parts, state.mining_nprobe or index.nprobe)
+    recall = _recall(layer, q, exact, num_hard, nprobe)
+    while recall < target and nprobe < parts:
+        nprobe = min(parts, 2 * nprobe)
+        recall = _recall(layer, q, exact, num_hard, nprobe)
+    if recall >= target and nprobe > 1:
+        half = _recall(layer, q, exact, num_hard, nprobe // 2)
+        if half >= target:
+            nprobe, recall = nprobe // 2, half
+    state.mining_nprobe, state.mining_recall = nprobe, recall
+
+
 def _mark_dirty(state: _Upkeep, labels: Tensor, num_labels: int, refresh_every: Optional[int]) -> None:
     if refresh_every == 1:
         return
@@ -207,16 +275,18 @@ def _uniform(num_labels: int, n: int, generator: Optional[torch.Generator], devi
     return labels, counts
 
 
-def _candidates(layer, xf, positives, num_hard, num_uniform, generator, acc):
+def _candidates(layer, xf, positives, num_hard, num_uniform, generator, acc, nprobe=None):
     """Per row, deduplicated and ascending: ids int64 [B, C] (-1 = no entry),
-    log-corrections [B, C] (acc dtype) and the positive flags [B, C]."""
+    log-corrections [B, C] (acc dtype) and the positive flags [B, C].
+    nprobe: the mining's probes (None: the index's own)."""
     B, n = xf.shape[0], layer.out_features
     dev = xf.device
     parts = [positives]
     corr = [torch.zeros(positives.shape, dtype=acc, device=dev)]
     if num_hard:
         with torch.no_grad():
-            hard, _ = layer.index.candidates(xf.detach(), num_hard, layer.backend)
+            search = {} if nprobe is None else {"nprobe": nprobe}
+            hard, _ = layer.index.candidates(xf.detach(), num_hard, layer.backend, **search)
         parts.append(hard.to(torch.int64))
         corr.append(torch.zeros(hard.shape, dtype=acc, device=dev))
     if num_uniform:
@@ -301,7 +371,7 @@ def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction
                           impl: str = "auto", multi_label: str = "each",
                           refresh_every: Union[int, str, None] = "auto", rebuild_every: Union[int, str, None] = "auto",
                           generator: Optional[torch.Generator] = None,
-                          seed: Optional[int] = None) -> Tensor:
+                          seed: Optional[int] = None, mining_recall: Optional[float] = 0.9) -> Tensor:
     """Cross-entropy of layer(x) against target from the exact logits of a
     candidate set per query: a consistent estimate of
     F.cross_entropy(F.linear(x, W, b), target), never forming [B, N].
@@ -342,9 +412,18 @@ def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction
         generator / seed: the uniform draws' randomness (a seed makes a fresh
             generator per call: the same draws every call); default the
             global RNG.
+        mining_recall: the share of the exact top num_hard labels the
+            index candidates must hold, measured on the batch's first
+            RECALL_QUERIES queries on the first call and every
+            mining_period(N, B, num_hard + num_uniform) calls after; the
+            mining's probe count doubles until they do (up to every
+            partition: an int8 scan of all N codes) and halves where half
+            still do (upkeep_stats reports both). None: the index's own
+            nprobe (what fit() calibrated for top-1 predict). Families
+            without probes mine as they are.
     """
     multi = _check_args(layer, x, target, reduction, ignore_index, num_hard, num_uniform, impl, multi_label,
-                        refresh_every, rebuild_every, generator, seed)
+                        refresh_every, rebuild_every, generator, seed, mining_recall)
     n, d = layer.out_features, layer.in_features
     lead = tuple(x.shape[:-1])
     xf = x.reshape(-1, d)
@@ -359,7 +438,12 @@ def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction
         generator = torch.Generator().manual_seed(seed)
 
     state = _upkeep(layer, refresh_every, rebuild_every, B, num_hard + num_uniform) if num_hard else None
-    ids, corr, pos = _candidates(layer, xf, positives, num_hard, num_uniform, generator, acc)
+    if state is not None and mining_recall is not None and B:
+        if state.retune or (state.calls - 1) % mining_period(n, B, num_hard + num_uniform) == 0:
+            _tune_mining(layer, state, xf, num_hard, mining_recall)
+            state.retune = False
+    nprobe = state.mining_nprobe if state is not None and mining_recall is not None else None
+    ids, corr, pos = _candidates(layer, xf, positives, num_hard, num_uniform, generator, acc, nprobe)
     valid = ids >= 0
     row = torch.arange(B, device=x.device).unsqueeze(1).expand_as(ids)[valid]
     labels = ids[valid]
@@ -396,7 +480,7 @@ class SampledCrossEntropyLoss(nn.Module):
     def __init__(self, reduction: str = "mean", ignore_index: int = -100, *, num_hard: Optional[int] = None,
                  num_uniform: int = 64, impl: str = "auto", multi_label: str = "each",
                  refresh_every: Union[int, str, None] = "auto", rebuild_every: Union[int, str, None] = "auto",
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, mining_recall: Optional[float] = 0.9) -> None:
         super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -415,18 +499,20 @@ class SampledCrossEntropyLoss(nn.Module):
         self.rebuild_every = (rebuild_every if rebuild_every is None or rebuild_every == "auto"
                               else checks.integer("rebuild_every", rebuild_every, 1))
         self.seed = None if seed is None else checks.integer("seed", seed)
+        self.mining_recall = _check_mining_recall(mining_recall)
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
     def forward(self, layer: LSSLinear, x: Tensor, target: Tensor) -> Tensor:
         return sampled_cross_entropy(layer, x, target, self.reduction, self.ignore_index, num_hard=self.num_hard,
                                      num_uniform=self.num_uniform, impl=self.impl, multi_label=self.multi_label,
                                      refresh_every=self.refresh_every, rebuild_every=self.rebuild_every,
-                                     generator=self.generator)
+                                     generator=self.generator, mining_recall=self.mining_recall)
 
     def extra_repr(self) -> str:
         return (f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, num_hard={self.num_hard}, "
                 f"num_uniform={self.num_uniform}, impl={self.impl!r}, multi_label={self.multi_label!r}, "
-                f"refresh_every={self.refresh_every!r}, rebuild_every={self.rebuild_every!r}, seed={self.seed}")
+                f"refresh_every={self.refresh_every!r}, rebuild_every={self.rebuild_every!r}, seed={self.seed}, "
+                f"mining_recall={self.mining_recall}")
 
 
 # --------------------------------------------------------------- optimizer

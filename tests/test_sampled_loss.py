@@ -369,6 +369,10 @@ def test_bad_input_names_the_argument():
         (ValueError, "rebuild_every", lambda: f(layer, x, t, rebuild_every=0)),
         (TypeError, "generator", lambda: f(layer, x, t, generator=3)),
         (ValueError, "generator or seed", lambda: f(layer, x, t, generator=torch.Generator(), seed=1)),
+        (ValueError, "mining_recall", lambda: f(layer, x, t, mining_recall=0.0)),
+        (ValueError, "mining_recall", lambda: f(layer, x, t, mining_recall=1.5)),
+        (TypeError, "mining_recall", lambda: f(layer, x, t, mining_recall="high")),
+        (TypeError, "mining_recall", lambda: lss.SampledCrossEntropyLoss(mining_recall=True)),
         (ValueError, "reduction", lambda: lss.SampledCrossEntropyLoss("avg")),
         (ValueError, "num_uniform", lambda: lss.SampledCrossEntropyLoss(num_uniform=-3)),
     ]
@@ -468,3 +472,82 @@ def test_rebuild_every_auto_repartitions_at_powers_of_two():
     layer.eval()
     layer.predict(x[:1])
     assert layer.index.mismatch(layer.weight, layer.bias) is None
+
+
+# ------------------------------------------------------------- mining recall
+def spread_layer(n=4096, d=32, seed=0):
+    """A layer whose top logits are spread over many label-space partitions
+    (random rows): the index's default probes find few of a query's top 64."""
+    torch.manual_seed(seed)
+    return lss.LSSLinear(d, n, max_candidates=64, seed=seed)
+
+
+def exact_top_recall(layer, x, k, nprobe):
+    exact = F.linear(x, layer.weight, layer.bias).topk(k, 1).indices
+    found, _ = layer.index.candidates(x, k, nprobe=nprobe)
+    return (exact.unsqueeze(2) == found.to(torch.int64).unsqueeze(1)).any(2).double().mean().item()
+
+
+def test_mining_probes_reach_the_recall_target():
+    layer = spread_layer()
+    x, t = torch.randn(64, 32), torch.randint(0, 4096, (64,))
+    lss.sampled_cross_entropy(layer, x, t, num_uniform=8, rebuild_every=None)
+    stats = upkeep_stats(layer)
+    own = layer.index.nprobe
+    assert exact_top_recall(layer, x[:32], 64, own) < 0.9  # the index's probes alone miss
+    assert stats["mining_nprobe"] > own and stats["mining_recall"] >= 0.9
+    # What the loss measured is what its probes find (the first 32 queries).
+    assert exact_top_recall(layer, x[:32], 64, stats["mining_nprobe"]) == pytest.approx(stats["mining_recall"])
+    # ... and the fewest doubling found: half as many fall short (or it is the index's own count).
+    if stats["mining_nprobe"] // 2 > own:
+        assert exact_top_recall(layer, x[:32], 64, stats["mining_nprobe"] // 2) < 0.9
+    # The candidates the loss trained on are the ones of those probes.
+    seen = {}
+    real = layer.index.candidates
+
+    def spy(q, m, backend=None, **search):
+        seen.update(search)
+        return real(q, m, backend, **search)
+
+    layer.index.candidates = spy
+    lss.sampled_cross_entropy(layer, x, t, num_uniform=8, rebuild_every=None)
+    assert seen.get("nprobe") == upkeep_stats(layer)["mining_nprobe"]
+
+
+def test_mining_recall_none_keeps_the_index_probes():
+    layer = spread_layer()
+    x, t = torch.randn(64, 32), torch.randint(0, 4096, (64,))
+    lss.sampled_cross_entropy(layer, x, t, num_uniform=8, mining_recall=None)
+    stats = upkeep_stats(layer)
+    assert stats["mining_nprobe"] is None and math.isnan(stats["mining_recall"])
+
+
+def test_mining_recall_lower_target_fewer_probes_and_deterministic():
+    probes = []
+    for target in (0.9, 0.9, 0.3):
+        layer = spread_layer()
+        x, t = torch.randn(64, 32, generator=torch.Generator().manual_seed(1)), torch.arange(64)
+        loss = lss.sampled_cross_entropy(layer, x, t, num_uniform=8, seed=0, mining_recall=target)
+        probes.append((upkeep_stats(layer)["mining_nprobe"], float(loss.detach())))
+    assert probes[0] == probes[1]  # a function of its inputs and seed
+    assert probes[2][0] < probes[0][0]
+
+
+def test_mining_is_measured_again_after_a_rebuild():
+    layer = spread_layer()
+    x, t = torch.randn(64, 32), torch.randint(0, 4096, (64,))
+    measured = []
+    import lsskernels.sampled_loss as sl
+    real = sl._tune_mining
+
+    def count(layer_, state, *a):
+        measured.append(state.calls)
+        return real(layer_, state, *a)
+
+    sl._tune_mining = count
+    try:
+        for _ in range(3):  # rebuild_every="auto" rebuilds at calls 1 and 2
+            lss.sampled_cross_entropy(layer, x, t, num_uniform=8)
+    finally:
+        sl._tune_mining = real
+    assert measured == [1, 2, 3]

@@ -78,3 +78,15 @@ def test_batch_schedule_is_seeded_and_covers_epochs():
     assert len(a) == 7 and all(torch.equal(x, y) for x, y in zip(a, b))
     assert sorted(torch.cat(a[:2]).tolist()) == sorted(set(torch.cat(a[:2]).tolist()))  # no repeat in an epoch
     assert train_e2e.checkpoints(300) == [50, 100, 150, 200, 250, 300]
+
+
+def test_full_mode_trains_wordnet_and_synthetic_one_epoch(monkeypatch):
+    # STEPS' EPOCH entries resolve to training rows // batch once the task is built.
+    ctx = RunContext(None, quick=False, threads=1, verbose=False)
+    assert train_e2e.STEPS["wordnet"] is train_e2e.EPOCH and train_e2e.STEPS["synthetic"] is train_e2e.EPOCH
+    small = train_e2e.synthetic_task
+    monkeypatch.setattr(train_e2e, "synthetic_task",
+                        lambda c, steps: small(c, steps, num_labels=500, dim=8, num_train=1300, num_test=50))
+    task = train_e2e.build_task(ctx, "synthetic", None)
+    assert task.steps == 1300 // train_e2e.BATCH == 5
+    assert train_e2e.build_task(ctx, "synthetic", 7).steps == 7  # --steps still wins
