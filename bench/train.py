@@ -126,14 +126,15 @@ def run_one(method: str, n: int, steps: int, seed: int = 0) -> dict:
     ts = [torch.randint(0, n, (B,), generator=gen) for _ in range(4)]
     # rebuild_every=None: the steady step (rebuild_every="auto" would re-partition at calls 2 and 4, inside
     # the timed window; the end-to-end benchmark carries the rebuilds, amortised as in a run).
+    mined = dict(num_hard=M, num_uniform=EXTRA_UNIFORM, rebuild_every=None)
     loss_kw = {
         "uniform": dict(num_hard=0, num_uniform=M + EXTRA_UNIFORM),
-        "lss": dict(num_hard=M, num_uniform=EXTRA_UNIFORM, refresh_every=1, rebuild_every=None),
-        "lss-rows": dict(num_hard=M, num_uniform=EXTRA_UNIFORM, refresh_every=None, rebuild_every=None),
-        "lss-gathered": dict(num_hard=M, num_uniform=EXTRA_UNIFORM, refresh_every=None, impl="gathered", rebuild_every=None),
-        "lss-bitmap": dict(num_hard=M, num_uniform=EXTRA_UNIFORM, refresh_every=None, impl="bitmap", rebuild_every=None),
-        "adamw": dict(num_hard=M, num_uniform=EXTRA_UNIFORM, refresh_every=None, rebuild_every=None),
-        "rowadagrad": dict(num_hard=M, num_uniform=EXTRA_UNIFORM, refresh_every=None, rebuild_every=None),
+        "lss": dict(mined, refresh_every=1),
+        "lss-rows": dict(mined, refresh_every=None),
+        "lss-gathered": dict(mined, refresh_every=None, impl="gathered"),
+        "lss-bitmap": dict(mined, refresh_every=None, impl="bitmap"),
+        "adamw": dict(mined, refresh_every=None),
+        "rowadagrad": dict(mined, refresh_every=None),
     }.get(method)
     loss_fn = lss.SampledCrossEntropyLoss(**loss_kw, seed=seed) if loss_kw is not None else None
     x_req = [x.clone().requires_grad_(True) for x in xs]
