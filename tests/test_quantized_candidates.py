@@ -256,6 +256,46 @@ def test_a_partition_probed_by_the_whole_batch_is_shared_by_the_threads(partitio
         expect_equal(got, x, probes, lists, 3000, 9)
 
 
+@pytest.mark.parametrize("batch,dim,labels,partitions,M,size", [
+    # ~12,000-20,000 probed rows per query: past the 8,192 a sink holds uncompacted
+    (64, 128, 6000, 80, 8, 200),   # sampled thresholds
+    (48, 64, 300, 120, 50, 120),   # labels in many rows each
+    (40, 70, 5000, 80, 16, 160),   # Dp = 96: the many-query kernel's half-vector tail
+    (9, 160, 4000, 60, 5, 200),    # Dp = 160, groups of queries not a multiple of 8
+    (3, 128, 4000, 60, 5, 200),    # fewer queries per partition than the many-query kernel takes
+])
+def test_a_batch_probing_most_partitions_keeps_only_keys_that_can_win(batch, dim, labels, partitions, M, size):
+    # Each query's keys go to sinks (one per thread) that drop the keys below
+    # a threshold once they fill (compact_sink): same bits as keeping every
+    # key, at 1 and 2 threads (a query's keys then split over two sinks).
+    require_backend("cpu", "quantized_candidates")
+    seed = 7 * batch + dim + labels
+    lists = random_partition_lists(labels, partitions, dim, seed, mean_size=size, empty_fraction=0.1)
+    x = queries(batch, dim, seed + 1, torch.float32)
+    g = gen(seed + 2)
+    probes = torch.stack([torch.randperm(partitions, generator=g) for _ in range(batch)]).to(torch.int32)
+    probes[::4, -1] = -1
+    for got in at_one_and_two_threads(lambda: run_qc("cpu", torch.device("cpu"), x, probes, lists, labels, M)):
+        expect_equal(got, x, probes, lists, labels, M)
+
+
+def test_a_sink_whose_best_keys_hold_few_labels_keeps_the_exact_threshold():
+    # A fifth of the rows are copies of 10 labels scored far above the rest:
+    # the best 2M keys of a sink hold 10 labels, fewer than M = 20, so the
+    # sampled threshold must be refused for the M-th distinct label's key.
+    require_backend("cpu", "quantized_candidates")
+    offsets, codes, scales, bias, ids = random_partition_lists(2000, 120, 64, seed=91, mean_size=100, empty_fraction=0.0)
+    hot = torch.arange(ids.numel()) % 5 == 0
+    ids[hot] = (torch.arange(ids.numel(), dtype=torch.int32) % 10)[hot]
+    bias[hot] += 50.0
+    lists = (offsets, codes, scales, bias, ids)
+    x = queries(48, 64, 92, torch.float32)
+    probes = torch.arange(120, dtype=torch.int32).repeat(48, 1)
+    for got in at_one_and_two_threads(lambda: run_qc("cpu", torch.device("cpu"), x, probes, lists, 2000, 20)):
+        expect_equal(got, x, probes, lists, 2000, 20)
+        assert bool((got[1] == 20).all())
+
+
 @pytest.mark.skipif(ISA_CHILD, reason="already in a child")
 def test_batch_one_split_across_threads():
     """LSS_SPLIT_QUERY_BYTES=0: every batch-1 call splits its partitions

@@ -10,6 +10,11 @@
 //                 32 codes per instruction, no saturation (|values| <= 127)
 //   generic       plain C++ (the compiler vectorises it for the baseline ISA)
 //
+// Several queries against one partition (score_code_rows_many): on VNNI
+// the rows are repacked 16 at a time and scored for up to 8 queries per
+// code load, the keys below each query's running threshold dropped in
+// registers; the other paths score one query at a time and filter.
+//
 // LSS_CPU_ISA=avx512bw keeps AVX-512 but skips VNNI, so that path runs on a
 // VNNI machine too (tests/test_quantized_candidates.py runs every path).
 // Every path gives the same integers and, since the score is three fp32
@@ -19,6 +24,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "vector_math.h"
 #include "x86_targets.h"  // LSS_TARGET_*, LSS_HAVE_X86_KERNELS
@@ -79,29 +85,63 @@ LSS_TARGET_AVX512 inline __m128i reduce4_epi32(__m512i a0, __m512i a1, __m512i a
   return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-// Scores and keys of up to 16 rows (lanes where `m` is set) from their dots.
-LSS_TARGET_AVX512 inline bool keys16(__m512i acc, __mmask16 m, float scale_q, const float* scales,
-                                     const float* bias, const int32_t* ids, int64_t num_labels, uint64_t* keys) {
+// The order-preserving bits of 16 scores from their dots (score_key's high
+// half): (float(acc) * scale_q) * code_scale + code_bias, -0 -> +0, NaN -> -inf.
+LSS_TARGET_AVX512 inline __m512i ordered16(__m512i acc, float scale_q, __m512 code_scales, __m512 code_bias) {
   __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(scale_q));
-  s = _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, scales));
+  s = _mm512_mul_ps(s, code_scales);
   LSS_NO_FMA_ZMM(s);
-  s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, bias));
-  // score_key, 16 lanes: -0 -> +0, NaN -> -inf, order-preserving bits.
+  s = _mm512_add_ps(s, code_bias);
   s = _mm512_add_ps(s, _mm512_setzero_ps());
   s = _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q),
                          _mm512_set1_ps(-std::numeric_limits<float>::infinity()));
   const __m512i bits = _mm512_castps_si512(s);
-  const __m512i ordered =
-      _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi32(bits, 31), _mm512_set1_epi32(int32_t(0x80000000u))));
-  const __m512i id = _mm512_maskz_loadu_epi32(m, ids);
-  const __mmask16 good = _mm512_mask_cmplt_epu32_mask(m, id, _mm512_set1_epi32(int32_t(num_labels)));
+  return _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi32(bits, 31), _mm512_set1_epi32(int32_t(0x80000000u))));
+}
+
+// Keys of 16 rows, rows 0-7 in lo and 8-15 in hi: ordered[i] << 32 | ~id[i].
+LSS_TARGET_AVX512 inline void key_pairs16(__m512i ordered, __m512i id, __m512i* lo, __m512i* hi) {
   const __m512i low = _mm512_xor_si512(id, _mm512_set1_epi32(-1));
-  // Interleave (low, high) pairs in row order: key i = ordered[i] << 32 | ~id[i].
   const __m512i lo_idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   const __m512i hi_idx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-  _mm512_mask_storeu_epi64(keys, __mmask8(m & 0xFF), _mm512_permutex2var_epi32(low, lo_idx, ordered));
-  _mm512_mask_storeu_epi64(keys + 8, __mmask8(m >> 8), _mm512_permutex2var_epi32(low, hi_idx, ordered));
-  return good == m;
+  *lo = _mm512_permutex2var_epi32(low, lo_idx, ordered);
+  *hi = _mm512_permutex2var_epi32(low, hi_idx, ordered);
+}
+
+// Whether every id of the lanes in m is in [0, num_labels) (num_labels <
+// 2^31, checked by the op: the unsigned compare is the range test).
+LSS_TARGET_AVX512 inline bool ids_ok16(__m512i id, __mmask16 m, int64_t num_labels) {
+  return _mm512_mask_cmplt_epu32_mask(m, id, _mm512_set1_epi32(int32_t(num_labels))) == m;
+}
+
+// Scores and keys of up to 16 rows (lanes where `m` is set) from their dots.
+LSS_TARGET_AVX512 inline bool keys16(__m512i acc, __mmask16 m, float scale_q, const float* scales,
+                                     const float* bias, const int32_t* ids, int64_t num_labels, uint64_t* keys) {
+  const __m512i id = _mm512_maskz_loadu_epi32(m, ids);
+  __m512i lo, hi;
+  key_pairs16(ordered16(acc, scale_q, _mm512_maskz_loadu_ps(m, scales), _mm512_maskz_loadu_ps(m, bias)), id, &lo, &hi);
+  _mm512_mask_storeu_epi64(keys, __mmask8(m & 0xFF), lo);
+  _mm512_mask_storeu_epi64(keys + 8, __mmask8(m >> 8), hi);
+  return ids_ok16(id, m, num_labels);
+}
+
+// The keys >= the sink's threshold of 16 rows (lanes in m), appended to it
+// (whole vectors stored: the sink has 8 keys of slack). A key is >= the
+// threshold only if its score's bits are >= the threshold's high half: rows
+// below that never become keys.
+LSS_TARGET_AVX512 inline void keys16_to_sink(__m512i ordered, __m512i id, __mmask16 m, KeySink* sink) {
+  const __mmask16 maybe = _mm512_mask_cmpge_epu32_mask(m, ordered, _mm512_set1_epi32(int32_t(sink->threshold >> 32)));
+  if (!maybe) return;
+  __m512i lo, hi;
+  key_pairs16(ordered, id, &lo, &hi);
+  const __m512i t = _mm512_set1_epi64(int64_t(sink->threshold));
+  const __mmask8 pass_lo = _mm512_mask_cmpge_epu64_mask(__mmask8(maybe & 0xFF), lo, t);
+  const __mmask8 pass_hi = _mm512_mask_cmpge_epu64_mask(__mmask8(maybe >> 8), hi, t);
+  uint64_t* out = sink->keys + sink->count;
+  _mm512_storeu_si512(out, _mm512_maskz_compress_epi64(pass_lo, lo));
+  out += __builtin_popcount(pass_lo);
+  _mm512_storeu_si512(out, _mm512_maskz_compress_epi64(pass_hi, hi));
+  sink->count = (out - sink->keys) + __builtin_popcount(pass_hi);
 }
 
 // num_labels < 2^31 (checked by the op), so the unsigned compare is the
@@ -200,6 +240,122 @@ LSS_TARGET_VNNI bool score_rows_vnni(const QuantizedQuery& q, const int8_t* code
 #define LSS_DOT4_VNNI(a, b, c, d) dot4_vnni<kWidth>(q.q, a, b, c, d, width, offset)
   LSS_AVX512_ROW_LOOP(LSS_DOT4_VNNI)
 #undef LSS_DOT4_VNNI
+}
+
+// ------------------------------------------ AVX-512 VNNI, many queries
+// Several queries against one partition's rows: each block of 16 rows is
+// repacked once, its 4-byte groups of the 16 rows side by side (offset by
+// +128), so that one vpdpbusd adds 4 entries of all 16 rows' dots for one
+// query (the query's 4 bytes broadcast). No per-row horizontal sums, and
+// each code vector is loaded once for up to kGroup queries. The integers
+// are dot4_vnni's: sum_j (c_j + 128) * q_j - 128 * sum(q).
+constexpr int kGroup = 8;
+
+// packed[g * 16 + r] = bytes 4g..4g+3 of row min(r, rows - 1), each + 128:
+// 16 x 16 transposes of 4-byte words (unpack 32, unpack 64, two 128-bit
+// lane shuffles), 64 bytes of each row at a time.
+LSS_TARGET_VNNI inline void pack16_vnni(const int8_t* codes, int64_t rows, int64_t width, int32_t* packed) {
+  const __m512i flip = _mm512_set1_epi8(char(0x80));
+  const int64_t words = width / 4;
+  const int8_t* row[16];
+  for (int i = 0; i < 16; ++i) row[i] = codes + std::min<int64_t>(i, rows - 1) * width;
+  for (int64_t c = 0; c < words; c += 16) {
+    const int64_t cols = std::min<int64_t>(16, words - c);
+    const __mmask16 m = cols == 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1u);
+    __m512i r[16], t[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_xor_si512(_mm512_maskz_loadu_epi32(m, row[i] + 4 * c), flip);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {  // lane k of t[2i], t[2i + 1]: rows 2i, 2i + 1 of words 4k..4k + 3
+      t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {  // lane k of r[4i + j]: rows 4i..4i + 3 of word 4k + j
+      r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+      r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+      r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+      r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {  // word 4k + j of all 16 rows: lane k of r[j], r[4 + j], r[8 + j], r[12 + j]
+      const __m512i a = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x88), b = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xDD);
+      const __m512i e = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x88);
+      const __m512i f = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xDD);
+      t[j] = _mm512_shuffle_i32x4(a, e, 0x88);
+      t[8 + j] = _mm512_shuffle_i32x4(a, e, 0xDD);
+      t[4 + j] = _mm512_shuffle_i32x4(b, f, 0x88);
+      t[12 + j] = _mm512_shuffle_i32x4(b, f, 0xDD);
+    }
+    if (cols == 16) {
+#pragma GCC unroll 16
+      for (int w = 0; w < 16; ++w) _mm512_storeu_si512(packed + 16 * (c + w), t[w]);
+    } else {
+#pragma GCC unroll 16
+      for (int w = 0; w < 16; ++w)
+        if (w < cols) _mm512_storeu_si512(packed + 16 * (c + w), t[w]);
+    }
+  }
+}
+
+// Keys of one packed block (rows b.. of the lanes in m) for NQ queries.
+template <int NQ, int64_t kWidth>
+LSS_TARGET_VNNI inline bool block_many_vnni(const QuantizedQuery* const* qs, const int32_t* packed,
+                                            int64_t runtime_width, __mmask16 m, const float* scales,
+                                            const float* bias, const int32_t* ids, int64_t num_labels,
+                                            KeySink* const* sinks, int64_t b) {
+  const int64_t groups = (kWidth > 0 ? kWidth : runtime_width) / 4;
+  __m512i acc[NQ];
+  for (int k = 0; k < NQ; ++k) acc[k] = _mm512_setzero_si512();
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512i c = _mm512_loadu_si512(packed + 16 * g);
+    for (int k = 0; k < NQ; ++k) {
+      int32_t q4;
+      std::memcpy(&q4, qs[k]->q + 4 * g, sizeof(q4));
+      acc[k] = _mm512_dpbusd_epi32(acc[k], c, _mm512_set1_epi32(q4));
+    }
+  }
+  const __m512i id = _mm512_maskz_loadu_epi32(m, ids + b);
+  const __m512 code_scales = _mm512_maskz_loadu_ps(m, scales + b), code_bias = _mm512_maskz_loadu_ps(m, bias + b);
+  for (int k = 0; k < NQ; ++k) {
+    const __m512i dots = _mm512_sub_epi32(acc[k], _mm512_set1_epi32(128 * qs[k]->sum));
+    keys16_to_sink(ordered16(dots, qs[k]->scale, code_scales, code_bias), id, m, sinks[k]);
+  }
+  return ids_ok16(id, m, num_labels);
+}
+
+template <int64_t kWidth>
+LSS_TARGET_VNNI bool score_rows_many_vnni(const QuantizedQuery* const* qs, int64_t nq, const int8_t* codes,
+                                          const float* scales, const float* bias, const int32_t* ids, int64_t n,
+                                          int64_t num_labels, KeySink* const* sinks) {
+  const int64_t width = kWidth > 0 ? kWidth : qs[0]->width;
+  const int64_t blocks = (n + 15) / 16, block_words = 4 * width;  // 16 rows of width / 4 words
+  // All blocks packed first, then queries outer, rows inner.
+  thread_local std::vector<int32_t> packed;
+  if (int64_t(packed.size()) < blocks * block_words) packed.resize(size_t(blocks * block_words));
+  for (int64_t j = 0; j < blocks; ++j)
+    pack16_vnni(codes + 16 * j * width, std::min<int64_t>(16, n - 16 * j), width, packed.data() + j * block_words);
+  bool ok = true;
+  for (int64_t k0 = 0; k0 < nq; k0 += kGroup) {
+    const QuantizedQuery* const* g = qs + k0;
+    KeySink* const* out = sinks + k0;
+    const int64_t group = std::min<int64_t>(kGroup, nq - k0);
+    for (int64_t j = 0; j < blocks; ++j) {
+      const int64_t b = 16 * j, rows = std::min<int64_t>(16, n - b);
+      const __mmask16 m = rows == 16 ? __mmask16(0xFFFF) : __mmask16((1u << rows) - 1u);
+      const int32_t* block = packed.data() + j * block_words;
+      switch (group) {
+#define LSS_MANY_CASE(NQ)                                                                            \
+  case NQ:                                                                                           \
+    ok &= block_many_vnni<NQ, kWidth>(g, block, width, m, scales, bias, ids, num_labels, out, b); \
+    break;
+        LSS_MANY_CASE(1) LSS_MANY_CASE(2) LSS_MANY_CASE(3) LSS_MANY_CASE(4)
+        LSS_MANY_CASE(5) LSS_MANY_CASE(6) LSS_MANY_CASE(7) LSS_MANY_CASE(8)
+#undef LSS_MANY_CASE
+      }
+    }
+  }
+  return ok;
 }
 
 template <int64_t kWidth>
@@ -332,15 +488,21 @@ using ScoreRowsFn = bool (*)(const QuantizedQuery&, const int8_t*, const float*,
 
 using KeysAtLeastFn = int64_t (*)(const uint64_t*, int64_t, uint64_t, uint64_t*);
 
+using ScoreManyFn = bool (*)(const QuantizedQuery* const*, int64_t, const int8_t*, const float*, const float*,
+                             const int32_t*, int64_t, int64_t, KeySink* const*);
+
 struct Int8Kernels {
   ScoreRowsFn any = &score_rows_generic;
   ScoreRowsFn w64 = nullptr, w128 = nullptr, w256 = nullptr;  // compiled for that row width
   const char* name = "generic";
   KeysAtLeastFn at_least = &keys_at_least_generic;
+  // Several queries at once (VNNI only; elsewhere nullptr: one query at a time).
+  ScoreManyFn many_any = nullptr, many128 = nullptr;
   ScoreRowsFn for_width(int64_t w) const {
     const ScoreRowsFn fixed = w == 64 ? w64 : w == 128 ? w128 : w == 256 ? w256 : nullptr;
     return fixed ? fixed : any;
   }
+  ScoreManyFn many_for_width(int64_t w) const { return w == 128 && many128 ? many128 : many_any; }
 };
 
 Int8Kernels pick_int8_kernels() {
@@ -353,7 +515,7 @@ Int8Kernels pick_int8_kernels() {
                     !(forced && std::strcmp(forced, "avx512bw") == 0);
   if (vnni) {
     k = {&score_rows_vnni<0>, &score_rows_vnni<64>, &score_rows_vnni<128>, &score_rows_vnni<256>, "avx512-vnni",
-         &keys_at_least_avx512};
+         &keys_at_least_avx512, &score_rows_many_vnni<0>, &score_rows_many_vnni<128>};
   } else if (level >= 4) {
     k = {&score_rows_avx512bw<0>, &score_rows_avx512bw<64>, &score_rows_avx512bw<128>,
          &score_rows_avx512bw<256>, "avx512bw", &keys_at_least_avx512};
@@ -372,6 +534,25 @@ bool score_code_rows(const QuantizedQuery& q, const int8_t* codes, const float* 
                      const int32_t* ids, int64_t n, int64_t num_labels, uint64_t* keys) {
   if (n <= 0) return true;
   return kernels.for_width(q.width)(q, codes, code_scales, code_bias, ids, n, num_labels, keys);
+}
+
+bool score_code_rows_many(const QuantizedQuery* const* qs, int64_t nq, const int8_t* codes, const float* code_scales,
+                          const float* code_bias, const int32_t* ids, int64_t n, int64_t num_labels,
+                          KeySink* const* sinks) {
+  if (n <= 0 || nq <= 0) return true;
+  const ScoreManyFn many = kernels.many_for_width(qs[0]->width);
+  if (many && nq >= kManyQueries) return many(qs, nq, codes, code_scales, code_bias, ids, n, num_labels, sinks);
+  // One query at a time: its keys in a buffer that stays in cache, then the
+  // ones >= the threshold appended.
+  thread_local std::vector<uint64_t> block;
+  if (int64_t(block.size()) < n) block.resize(size_t(n));
+  bool ok = true;
+  for (int64_t k = 0; k < nq; ++k) {
+    KeySink& sink = *sinks[k];
+    ok &= score_code_rows(*qs[k], codes, code_scales, code_bias, ids, n, num_labels, block.data());
+    sink.count += kernels.at_least(block.data(), n, sink.threshold, sink.keys + sink.count);
+  }
+  return ok;
 }
 
 int64_t keys_at_least(const uint64_t* keys, int64_t n, uint64_t threshold, uint64_t* out) {

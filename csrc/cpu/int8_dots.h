@@ -68,6 +68,27 @@ inline float quantized_score(int32_t acc, float scale_q, float code_scale, float
 bool score_code_rows(const QuantizedQuery& q, const int8_t* codes, const float* code_scales,
                      const float* code_bias, const int32_t* ids, int64_t n, int64_t num_labels, uint64_t* keys);
 
+// Where one query's keys go when a batch scores several queries per
+// partition: appended at keys[count...], only those >= threshold (the
+// selection's running bound: no key below it can be among the best M
+// distinct labels; 0 keeps all). keys must have room for count + n + 8.
+struct KeySink {
+  uint64_t* keys;
+  int64_t count;
+  uint64_t threshold;
+};
+
+// score_code_rows for nq queries against the same n rows (one partition
+// probed by several queries of a batch), each query's keys appended to its
+// sink (those >= its threshold, in row order). Where the VNNI kernel runs and
+// nq >= kManyQueries, the rows are repacked once and scored for the queries
+// together, and keys below the threshold never leave the registers
+// (int8_dots.cpp); otherwise one score_code_rows per query, then filtered.
+constexpr int64_t kManyQueries = 4;
+bool score_code_rows_many(const QuantizedQuery* const* qs, int64_t nq, const int8_t* codes, const float* code_scales,
+                          const float* code_bias, const int32_t* ids, int64_t n, int64_t num_labels,
+                          KeySink* const* sinks);
+
 // Copies the keys >= threshold of keys[0, n) to out, in order; returns how
 // many. out must have room for n + 8 keys (the AVX-512 path stores whole
 // vectors). The selection's filtering pass: ~5% of the keys pass.

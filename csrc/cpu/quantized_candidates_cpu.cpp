@@ -14,9 +14,11 @@
 //      taken labels are cleared afterwards). Where the kept keys run out of
 //      distinct labels, the same walk runs over all keys.
 //
-// A batch is scored partition by partition (run_batch); at B == 1 the
-// partitions are split across the threads only where LSS_SPLIT_QUERY_BYTES
-// asks for it (below).
+// A batch is scored partition by partition, each partition for the queries
+// that probe it together (run_batches), and its keys go to per-query sinks
+// that drop the keys that can no longer win once they fill (compact_sink);
+// at B == 1 the partitions are split across the threads only where
+// LSS_SPLIT_QUERY_BYTES asks for it (below).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -50,6 +52,7 @@ struct Scratch {
   std::vector<uint64_t> keys, cand, sample, seen;
   std::vector<int8_t> q;
   std::vector<int16_t> q16;
+  std::vector<int32_t> taken;  // labels taken by a sink's compaction
 };
 
 Scratch& thread_scratch() {
@@ -95,7 +98,9 @@ void quantize_row(const float* x, int64_t d, int64_t padded, int8_t* q, int16_t*
 
 // Walks keys sorted best first, appending each label not taken yet to out
 // until it holds M; returns the new count.
-int64_t take_distinct(const uint64_t* keys, int64_t n, uint64_t* seen, int32_t* out, int64_t count, int64_t M) {
+// *last (if given) is the key of the last label taken.
+int64_t take_distinct(const uint64_t* keys, int64_t n, uint64_t* seen, int32_t* out, int64_t count, int64_t M,
+                      uint64_t* last) {
   for (int64_t i = 0; i < n && count < M; ++i) {
     const int32_t id = key_label(keys[i]);
     uint64_t& word = seen[id >> 6];
@@ -103,6 +108,7 @@ int64_t take_distinct(const uint64_t* keys, int64_t n, uint64_t* seen, int32_t* 
     if (word & bit) continue;
     word |= bit;
     out[count++] = id;
+    if (last) *last = keys[i];
   }
   return count;
 }
@@ -113,14 +119,15 @@ void clear_taken(uint64_t* seen, const int32_t* out, int64_t count) {
 
 // The best-first walk over keys[0, n): the next block of best keys is put
 // in front (nth_element), sorted and walked, the block growing until M
-// distinct labels are taken or the keys run out. Returns the count.
-int64_t take_best(uint64_t* keys, int64_t n, int64_t M, uint64_t* seen, int32_t* out) {
+// distinct labels are taken or the keys run out. Returns the count; *last
+// (if given) is the key of the last label taken.
+int64_t take_best(uint64_t* keys, int64_t n, int64_t M, uint64_t* seen, int32_t* out, uint64_t* last = nullptr) {
   const std::greater<uint64_t> before;
   int64_t count = 0, start = 0, stop = std::min(n, M);
   for (;;) {
     if (stop < n) std::nth_element(keys + start, keys + stop, keys + n, before);
     std::sort(keys + start, keys + stop, before);
-    count = take_distinct(keys + start, stop - start, seen, out, count, M);
+    count = take_distinct(keys + start, stop - start, seen, out, count, M, last);
     if (count == M || stop == n) return count;
     start = stop;
     stop = std::min(n, stop + std::max(2 * (M - count), stop / 2));
@@ -134,17 +141,23 @@ constexpr int64_t kSamples = 256;
 
 // The M best distinct labels of keys[0, R) (larger key first) into out;
 // returns how many (min(M, distinct labels)). Reorders keys.
+// A key that about `want` + a few of keys[0, R) are >= (the rank-th best
+// of evenly spaced samples; all of them pass where want >= R); R > kSamples.
+uint64_t sampled_threshold(const uint64_t* keys, int64_t R, int64_t want, Scratch& s) {
+  const int64_t rank = std::min<int64_t>(kSamples, (want * kSamples + R - 1) / R + 4);
+  uint64_t* sample = s.sample.data();
+  for (int64_t i = 0; i < kSamples; ++i) sample[i] = keys[(i * R) / kSamples];
+  std::nth_element(sample, sample + rank - 1, sample + kSamples, std::greater<uint64_t>());
+  return sample[rank - 1];
+}
+
 int64_t select_distinct(uint64_t* keys, int64_t R, int64_t M, Scratch& s, int32_t* out) {
   uint64_t* seen = s.seen.data();
   if (R > kPrefilterRatio * M + kSamples) {
-    // A threshold that about 2M + a few keys pass (the rank-th best of evenly
-    // spaced samples), then one filtering pass and the walk over those only.
-    const int64_t rank = std::min<int64_t>(kSamples, (2 * M * kSamples + R - 1) / R + 4);
-    uint64_t* sample = s.sample.data();
-    for (int64_t i = 0; i < kSamples; ++i) sample[i] = keys[(i * R) / kSamples];
-    std::nth_element(sample, sample + rank - 1, sample + kSamples, std::greater<uint64_t>());
+    // A threshold from a sample, then one filtering pass and the walk over
+    // the keys that pass only.
     uint64_t* cand = s.cand.data();
-    const int64_t kept = keys_at_least(keys, R, sample[rank - 1], cand);
+    const int64_t kept = keys_at_least(keys, R, sampled_threshold(keys, R, 2 * M, s), cand);
     if (kept >= M) {
       const int64_t count = take_best(cand, kept, M, seen, out);
       if (count == M || kept == R) return count;
@@ -277,56 +290,117 @@ void run_query(const Problem& pr, int32_t* out_ids, int32_t* out_count) {
 }
 
 // Batches, partition-major: each probed partition's rows are scored for
-// every query of the batch that probes it while they are in cache, instead
-// of being streamed from memory once per query (a partition is typically
-// probed by several queries of a batch). Each query's keys go to its
-// own stretch of one buffer, in probe order as for a batch of one, and the
-// selection is the same (select_into): the same bits.
-struct BatchBuffers {
-  std::vector<uint64_t> keys;  // reused across calls: no page faults per call
-  std::vector<int8_t> q;
-  std::vector<int16_t> q16;
+// the queries of the batch that probe it together, while they are in cache
+// (score_code_rows_many), instead of being streamed from memory once per
+// query. Each query's keys go to a sink per thread that keeps only the keys
+// that can still be among its best M distinct labels: when a sink runs out
+// of room, the key of its M-th best distinct label becomes its threshold
+// and the keys below it are dropped (compact_sink), so that a batch that
+// probes most partitions does not write and re-read 8 bytes per row and
+// query. The selection over a query's sinks gives the bits of a selection
+// over all its keys: a key a sink dropped lies below the keys of M distinct
+// labels (of that sink), so neither it nor its label can be among the best
+// M; every other key is kept, and keys are totally ordered.
+struct QuerySink {
+  KeySink sink{nullptr, 0, 0};
+  int64_t size = 0;              // keys sink.keys has room for (8 of them slack)
+  std::vector<uint64_t> grown;   // its keys once they outgrow the first place
 };
 
-BatchBuffers& batch_buffers() {
-  thread_local BatchBuffers b;
-  return b;
+// The sinks' first places, one stretch per (thread slot, query), kept
+// across calls (no page faults or zeroing per call; never shrunk).
+std::vector<uint64_t>& sink_arena() {
+  thread_local std::vector<uint64_t> arena;
+  return arena;
 }
 
-// Keys held at once (8 bytes each); larger batches run in groups of queries.
-constexpr int64_t kBatchKeys = int64_t(1) << 23;
+// Keys a sink holds before its first compaction, for a query of `rows`
+// probed rows: all of them up to 8,192 (64 KB: a compaction costs a few
+// microseconds, more than the writes it would save there), else 4M + 1,024
+// (a small sink that stays in cache, compacted to ~2M keys: room for most
+// of it).
+int64_t first_sink_size(int64_t rows, int64_t M) { return rows <= 8192 ? rows : std::min(rows, 4 * M + 1024); }
 
-void run_batch(const Problem& pr, int64_t b0, int64_t b1, const std::vector<Span>& spans,
-               const std::vector<int64_t>& first_span, const std::vector<int64_t>& first_key, int32_t* out_ids,
-               int32_t* out_count) {
-  const int64_t nb = b1 - b0, padded = padded_width(pr);
-  BatchBuffers& buf = batch_buffers();
-  const int64_t total = first_key[b1] - first_key[b0];
-  if (int64_t(buf.keys.size()) < total) buf.keys.resize(size_t(total));
-  if (int64_t(buf.q.size()) < nb * padded) {
-    buf.q.resize(size_t(nb * padded));
-    buf.q16.resize(size_t(nb * padded));
+// Drops the keys of a sink below a threshold that the keys of M distinct
+// labels of the sink reach, and makes it the sink's threshold: a sampled one
+// that about 2M keys pass, or 4M, 8M, ... (copies of the same labels: spill),
+// the first whose keys hold M distinct labels (counted), else the key of the
+// M-th best distinct label. Thresholds only rise (every key held is >= the
+// last one). Fewer than M distinct labels: nothing changes.
+void compact_sink(QuerySink& q, const Problem& pr, Scratch& s) {
+  KeySink& k = q.sink;
+  const int64_t n = k.count, M = pr.M;
+  size_selection(s, pr, n);
+  if (int64_t(s.taken.size()) < M) s.taken.resize(size_t(M));
+  uint64_t* work = s.cand.data();
+  uint64_t* seen = s.seen.data();
+  for (int64_t want = 2 * M; n > kSamples && 2 * want <= n; want *= 2) {
+    const uint64_t t = sampled_threshold(k.keys, n, want, s);
+    const int64_t kept = keys_at_least(k.keys, n, t, work);
+    const int64_t distinct = take_distinct(work, kept, seen, s.taken.data(), 0, M, nullptr);
+    clear_taken(seen, s.taken.data(), distinct);
+    if (distinct == M) {
+      std::copy(work, work + kept, k.keys);
+      k.count = kept;
+      k.threshold = t;
+      return;
+    }
   }
-  std::vector<QuantizedQuery> qs(static_cast<size_t>(nb));
-  at::parallel_for(0, nb, 64, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
-      qs[size_t(i)] = make_query(pr, b0 + i, buf.q.data() + i * padded, buf.q16.data() + i * padded, padded);
+  std::copy(k.keys, k.keys + n, work);
+  uint64_t last = 0;
+  const int64_t got = take_best(work, n, M, seen, s.taken.data(), &last);
+  clear_taken(seen, s.taken.data(), got);
+  if (got < M) return;
+  k.threshold = last;
+  k.count = keys_at_least(work, n, last, k.keys);
+}
+
+// Room in q's sink for n more keys (+ the 8 of slack the vector stores need).
+void make_room(QuerySink& q, int64_t n, const Problem& pr, Scratch& s) {
+  KeySink& k = q.sink;
+  if (k.count + n + 8 <= q.size) return;
+  if (k.count >= pr.M) compact_sink(q, pr, s);
+  // Grown where the compaction left it more than half full (many copies
+  // of the same labels) or the keys do not fit.
+  if (k.count + n + 8 > q.size || 2 * k.count > q.size) {
+    const int64_t size = std::max(2 * q.size, k.count + n + 8);
+    std::vector<uint64_t> grown(static_cast<size_t>(size));
+    std::copy(k.keys, k.keys + k.count, grown.data());
+    q.grown.swap(grown);
+    k.keys = q.grown.data();
+    q.size = size;
+  }
+}
+
+void run_batches(const Problem& pr, int64_t B, int32_t* out_ids, int32_t* out_count) {
+  // Every query's spans (checked), in probe order, and its number of rows.
+  std::vector<Span> spans, one;
+  std::vector<int64_t> first_span(size_t(B + 1), 0), rows(size_t(B), 0);
+  for (int64_t b = 0; b < B; ++b) {
+    rows[size_t(b)] = probed_spans(pr, b, one);
+    spans.insert(spans.end(), one.begin(), one.end());
+    first_span[size_t(b + 1)] = int64_t(spans.size());
+  }
+  const int64_t padded = padded_width(pr);
+  std::vector<int8_t> q8(size_t(B * padded));
+  std::vector<int16_t> q16(size_t(B * padded));
+  std::vector<QuantizedQuery> qs(static_cast<size_t>(B));
+  at::parallel_for(0, B, 64, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      qs[size_t(b)] = make_query(pr, b, q8.data() + b * padded, q16.data() + b * padded, padded);
   });
   // The (query, span) pairs of every partition, partitions in id order.
   std::vector<int64_t> part_start(size_t(pr.P + 1), 0);
-  for (int64_t t = first_span[b0]; t < first_span[b1]; ++t) ++part_start[size_t(spans[size_t(t)].part + 1)];
+  for (const Span& sp : spans) ++part_start[size_t(sp.part + 1)];
   for (int64_t p = 0; p < pr.P; ++p) part_start[size_t(p + 1)] += part_start[size_t(p)];
   std::vector<int64_t> fill(part_start.begin(), part_start.end() - 1);
   std::vector<std::pair<int32_t, int64_t>> entries(size_t(part_start[size_t(pr.P)]));
-  for (int64_t i = 0; i < nb; ++i)
-    for (int64_t t = first_span[b0 + i]; t < first_span[b0 + i + 1]; ++t)
-      entries[size_t(fill[size_t(spans[size_t(t)].part)]++)] = {int32_t(i), t};
-  uint64_t* keys = buf.keys.data();
-  const int64_t key0 = first_key[b0];
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = first_span[size_t(b)]; t < first_span[size_t(b + 1)]; ++t)
+      entries[size_t(fill[size_t(spans[size_t(t)].part)]++)] = {int32_t(b), t};
   // Work units: a partition's entries, in runs of at most `run` queries, so
   // that a partition probed by most of the batch (the probe's one list of
   // centroids above all) is shared by the threads instead of kept by one.
-  // A run still scores its queries while the partition's rows are in cache.
   const int64_t threads = at::get_num_threads();
   const int64_t run = std::max<int64_t>(1, (part_start[size_t(pr.P)] + 8 * threads - 1) / (8 * threads));
   // The first entry of each unit, then the end: a unit ends where the next
@@ -336,47 +410,78 @@ void run_batch(const Problem& pr, int64_t b0, int64_t b1, const std::vector<Span
     for (int64_t e = part_start[size_t(p)]; e < part_start[size_t(p + 1)]; e += run) units.push_back(e);
   const int64_t num_units = int64_t(units.size());
   units.push_back(part_start[size_t(pr.P)]);
+  // One sink per (thread slot, query), first in the arena (first_sink_size).
+  std::vector<QuerySink> sinks(size_t(threads * B));
+  std::vector<int64_t> place(size_t(B + 1), 0);
+  for (int64_t b = 0; b < B; ++b) place[size_t(b + 1)] = place[size_t(b)] + first_sink_size(rows[size_t(b)], pr.M) + 8;
+  std::vector<uint64_t>& arena = sink_arena();
+  if (int64_t(arena.size()) < threads * place[size_t(B)]) {
+    std::vector<uint64_t>().swap(arena);  // freed first: its keys need not survive
+    arena.resize(size_t(threads * place[size_t(B)]));
+  }
+  for (int64_t t = 0; t < threads; ++t)
+    for (int64_t b = 0; b < B; ++b) {
+      QuerySink& q = sinks[size_t(t * B + b)];
+      q.sink.keys = arena.data() + t * place[size_t(B)] + place[size_t(b)];
+      q.size = place[size_t(b + 1)] - place[size_t(b)];
+    }
   // Units are handed out one at a time (partition sizes differ a lot).
   std::atomic<int64_t> next{0};
   std::atomic<bool> good{true};
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+  at::parallel_for(0, threads, 1, [&](int64_t slot, int64_t) {
+    Scratch& s = thread_scratch();
+    QuerySink* mine = sinks.data() + slot * B;
+    std::vector<const QuantizedQuery*> unit_queries;
+    std::vector<KeySink*> unit_sinks;
     bool ok = true;
     for (int64_t u; (u = next.fetch_add(1)) < num_units;) {
+      // A unit's entries are all of one partition: its rows, scored for the
+      // unit's queries together.
+      const Span& sp = spans[size_t(entries[size_t(units[size_t(u)])].second)];
+      const int64_t n = sp.end - sp.begin;
+      unit_queries.clear();
+      unit_sinks.clear();
       for (int64_t e = units[size_t(u)]; e < units[size_t(u + 1)]; ++e) {
-        const auto [i, t] = entries[size_t(e)];
-        const Span& sp = spans[size_t(t)];
-        ok &= score_span(pr, qs[size_t(i)], sp, keys + (first_key[b0 + i] - key0));
+        const int64_t b = entries[size_t(e)].first;
+        QuerySink& q = mine[b];
+        make_room(q, n, pr, s);
+        unit_queries.push_back(&qs[size_t(b)]);
+        unit_sinks.push_back(&q.sink);
       }
+      ok &= score_code_rows_many(unit_queries.data(), int64_t(unit_queries.size()), pr.codes + sp.begin * pr.width,
+                                 pr.scales + sp.begin, pr.bias + sp.begin, pr.ids + sp.begin, n, pr.N,
+                                 unit_sinks.data());
     }
     if (!ok) good = false;
   });
   TORCH_CHECK_VALUE(good.load(), "quantized_candidates: list_ids of the probed partitions must be in [0, num_labels = ", pr.N,
               ")");
-  at::parallel_for(0, nb, 1, [&](int64_t i0, int64_t i1) {
+  // Each query's keys: its one non-empty sink, or its sinks' keys together.
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     Scratch& s = thread_scratch();
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = b0 + i;
-      select_into(pr, keys + (first_key[b] - key0), first_key[b + 1] - first_key[b], s, out_ids + b * pr.M,
-                  out_count + b);
+    std::vector<uint64_t> merged;
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t filled = 0, total = 0;
+      QuerySink* only = nullptr;
+      for (int64_t t = 0; t < threads; ++t) {
+        QuerySink& q = sinks[size_t(t * B + b)];
+        if (q.sink.count == 0) continue;
+        ++filled;
+        total += q.sink.count;
+        only = &q;
+      }
+      uint64_t* keys = only ? only->sink.keys : nullptr;
+      if (filled > 1) {
+        merged.clear();
+        for (int64_t t = 0; t < threads; ++t) {
+          const KeySink& k = sinks[size_t(t * B + b)].sink;
+          merged.insert(merged.end(), k.keys, k.keys + k.count);
+        }
+        keys = merged.data();
+      }
+      select_into(pr, keys, total, s, out_ids + b * pr.M, out_count + b);
     }
   });
-}
-
-void run_batches(const Problem& pr, int64_t B, int32_t* out_ids, int32_t* out_count) {
-  // Every query's spans (checked), in probe order, and where its keys start.
-  std::vector<Span> spans, one;
-  std::vector<int64_t> first_span(size_t(B + 1), 0), first_key(size_t(B + 1), 0);
-  for (int64_t b = 0; b < B; ++b) {
-    first_key[size_t(b + 1)] = first_key[size_t(b)] + probed_spans(pr, b, one);
-    spans.insert(spans.end(), one.begin(), one.end());
-    first_span[size_t(b + 1)] = int64_t(spans.size());
-  }
-  for (int64_t b0 = 0; b0 < B;) {
-    int64_t b1 = b0 + 1;
-    while (b1 < B && first_key[size_t(b1 + 1)] - first_key[size_t(b0)] <= kBatchKeys) ++b1;
-    run_batch(pr, b0, b1, spans, first_span, first_key, out_ids, out_count);
-    b0 = b1;
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor> quantized_candidates_cpu(const at::Tensor& x, const at::Tensor& probes,
