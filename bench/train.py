@@ -49,7 +49,7 @@ DESCRIPTION = {
     "lss-rows": "  same, refresh_every=None (touched rows re-encoded)",
     "lss-gathered": "  same as lss-rows, impl='gathered'",
     "lss-bitmap": "  same as lss-rows, impl='bitmap'",
-    "adamw": "optimizer: torch.optim.AdamW step on W, b (dense)",
+    "adamw": "optimizer: torch.optim.AdamW(fused=True) step on W, b (dense)",
     "rowadagrad": "optimizer: RowSparseAdagrad step on W, b (LSS grad)",
 }
 
@@ -149,7 +149,7 @@ def run_one(method: str, n: int, steps: int, seed: int = 0) -> dict:
 
     optimizer = None
     if method == "adamw":
-        optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-3)
+        optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-3, fused=True)
     elif method == "rowadagrad":
         optimizer = lss.RowSparseAdagrad(layer.parameters(), lr=0.05)
 

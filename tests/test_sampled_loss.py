@@ -317,6 +317,22 @@ def test_refresh_every_k_counts_full_syncs():
     assert layer._index_current()
 
 
+def test_refresh_every_one_syncs_after_fused_optimizer_steps():
+    # AdamW(fused=True) leaves the parameters' version counters alone; the
+    # layer still sees each step (the optimizer-step hook) and syncs each call.
+    torch.manual_seed(0)
+    layer = lss.LSSLinear(16, 1000, max_candidates=16)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
+    x, t = torch.randn(32, 16), torch.randint(0, 1000, (32,))
+    for _ in range(4):
+        loss = lss.sampled_cross_entropy(layer, x, t, refresh_every=1, rebuild_every=None, num_uniform=8)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert upkeep_stats(layer)["full_syncs"] == 4
+    assert not layer._index_current()
+
+
 def test_rebuild_every():
     layer = lss.LSSLinear(8, 400, max_candidates=8)
     x, t = torch.randn(16, 8), torch.randint(0, 400, (16,))
