@@ -543,7 +543,9 @@ class RowSparseAdagrad(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 g = p.grad.reshape(p.shape[0], -1) if p.dim() else p.grad.reshape(1, 1)
-                rows = (g != 0).any(1).nonzero().squeeze(1)
+                # Rows with a non-zero (or NaN) entry, without a [N, d] mask
+                # tensor (amax and amin apart: faster than aminmax on CPU).
+                rows = ((g.amax(1) != 0) | (g.amin(1) != 0)).nonzero().squeeze(1)
                 if rows.numel() == 0:
                     continue
                 state = self.state[p]
@@ -553,5 +555,5 @@ class RowSparseAdagrad(torch.optim.Optimizer):
                 s = state["sum"].index_add_(0, rows, gr.to(torch.float32).pow(2).mean(1))[rows]
                 scale = (group["lr"] / (s.sqrt() + group["eps"])).to(p.dtype).unsqueeze(1)
                 flat = p.view(p.shape[0], -1) if p.dim() else p.view(1, 1)
-                flat.index_add_(0, rows, -scale * gr)
+                flat.index_add_(0, rows, gr.mul_(scale.neg_()))  # gr: a copy (advanced indexing)
         return loss
