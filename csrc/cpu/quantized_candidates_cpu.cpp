@@ -29,6 +29,7 @@
 #include <cstdlib>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "int8_dots.h"
@@ -139,8 +140,6 @@ int64_t take_best(uint64_t* keys, int64_t n, int64_t M, uint64_t* seen, int32_t*
 constexpr int64_t kPrefilterRatio = 4;
 constexpr int64_t kSamples = 256;
 
-// The M best distinct labels of keys[0, R) (larger key first) into out;
-// returns how many (min(M, distinct labels)). Reorders keys.
 // A key that about `want` + a few of keys[0, R) are >= (the rank-th best
 // of evenly spaced samples; all of them pass where want >= R); R > kSamples.
 uint64_t sampled_threshold(const uint64_t* keys, int64_t R, int64_t want, Scratch& s) {
@@ -151,6 +150,8 @@ uint64_t sampled_threshold(const uint64_t* keys, int64_t R, int64_t want, Scratc
   return sample[rank - 1];
 }
 
+// The M best distinct labels of keys[0, R) (larger key first) into out;
+// returns how many (min(M, distinct labels)). Reorders keys.
 int64_t select_distinct(uint64_t* keys, int64_t R, int64_t M, Scratch& s, int32_t* out) {
   uint64_t* seen = s.seen.data();
   if (R > kPrefilterRatio * M + kSamples) {
@@ -308,9 +309,24 @@ struct QuerySink {
 };
 
 // The sinks' first places, one stretch per (thread slot, query), kept
-// across calls (no page faults or zeroing per call; never shrunk).
-std::vector<uint64_t>& sink_arena() {
-  thread_local std::vector<uint64_t> arena;
+// across calls (no page faults per call; never shrunk). Not zeroed: a page
+// is touched only where a thread writes keys, so the slots of threads that
+// never score a query's partitions cost address space, not memory.
+struct SinkArena {
+  std::unique_ptr<uint64_t[]> keys;
+  int64_t size = 0;
+  uint64_t* reserve(int64_t n) {
+    if (n > size) {
+      keys.reset();  // freed first: its keys need not survive
+      keys.reset(new uint64_t[size_t(n)]);
+      size = n;
+    }
+    return keys.get();
+  }
+};
+
+SinkArena& sink_arena() {
+  thread_local SinkArena arena;
   return arena;
 }
 
@@ -414,15 +430,11 @@ void run_batches(const Problem& pr, int64_t B, int32_t* out_ids, int32_t* out_co
   std::vector<QuerySink> sinks(size_t(threads * B));
   std::vector<int64_t> place(size_t(B + 1), 0);
   for (int64_t b = 0; b < B; ++b) place[size_t(b + 1)] = place[size_t(b)] + first_sink_size(rows[size_t(b)], pr.M) + 8;
-  std::vector<uint64_t>& arena = sink_arena();
-  if (int64_t(arena.size()) < threads * place[size_t(B)]) {
-    std::vector<uint64_t>().swap(arena);  // freed first: its keys need not survive
-    arena.resize(size_t(threads * place[size_t(B)]));
-  }
+  uint64_t* arena = sink_arena().reserve(threads * place[size_t(B)]);
   for (int64_t t = 0; t < threads; ++t)
     for (int64_t b = 0; b < B; ++b) {
       QuerySink& q = sinks[size_t(t * B + b)];
-      q.sink.keys = arena.data() + t * place[size_t(B)] + place[size_t(b)];
+      q.sink.keys = arena + t * place[size_t(B)] + place[size_t(b)];
       q.size = place[size_t(b + 1)] - place[size_t(b)];
     }
   // Units are handed out one at a time (partition sizes differ a lot).
