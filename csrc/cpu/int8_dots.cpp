@@ -542,13 +542,18 @@ bool score_code_rows_many(const QuantizedQuery* const* qs, int64_t nq, const int
   if (n <= 0 || nq <= 0) return true;
   const ScoreManyFn many = kernels.many_for_width(qs[0]->width);
   if (many && nq >= kManyQueries) return many(qs, nq, codes, code_scales, code_bias, ids, n, num_labels, sinks);
-  // One query at a time: its keys in a buffer that stays in cache, then the
-  // ones >= the threshold appended.
+  // One query at a time: straight into a sink without a threshold, else
+  // into a buffer that stays in cache, then the keys >= the threshold.
   thread_local std::vector<uint64_t> block;
-  if (int64_t(block.size()) < n) block.resize(size_t(n));
   bool ok = true;
   for (int64_t k = 0; k < nq; ++k) {
     KeySink& sink = *sinks[k];
+    if (sink.threshold == 0) {
+      ok &= score_code_rows(*qs[k], codes, code_scales, code_bias, ids, n, num_labels, sink.keys + sink.count);
+      sink.count += n;
+      continue;
+    }
+    if (int64_t(block.size()) < n) block.resize(size_t(n));
     ok &= score_code_rows(*qs[k], codes, code_scales, code_bias, ids, n, num_labels, block.data());
     sink.count += kernels.at_least(block.data(), n, sink.threshold, sink.keys + sink.count);
   }
