@@ -132,7 +132,7 @@ def _no_grad(fn, *args):
         fn(*args)
 
 
-def _sgd_step(layer, fused_adamw=False):
+def _optimizer_step(layer, fused_adamw=False):
     # AdamW(fused=True) writes the parameters without bumping their version
     # counters: only the optimizer-step hook tells the layer.
     opt = (torch.optim.AdamW(layer.parameters(), lr=0.5, fused=True) if fused_adamw
@@ -152,8 +152,8 @@ def test_the_index_follows_weights_however_they_change(task):
         "bias replaced": lambda l: setattr(l, "bias", torch.nn.Parameter(other.bias.detach().clone())),
         ".data swapped": lambda l: setattr(l.weight, "data", other.weight.detach().clone()),
         "in place": lambda l: _no_grad(l.weight.mul_, 2.0),
-        "optimizer step": _sgd_step,
-        "fused optimizer step": lambda l: _sgd_step(l, fused_adamw=True),
+        "optimizer step": _optimizer_step,
+        "fused optimizer step": lambda l: _optimizer_step(l, fused_adamw=True),
     }
     for name, change in changes.items():
         layer = layer_for(task).eval()
