@@ -65,6 +65,8 @@ class _Upkeep:
     mining_nprobe: Optional[int] = None  # the probes mining takes (mining_recall); None: the index's
     mining_recall: float = float("nan")  # the recall mining_nprobe measured last
     retune: bool = True             # the index changed (built, rebuilt, replaced): measure the mining again
+    num_uniform: int = 0            # num_uniform="auto": the draws the tail's error asks for (0: not yet measured)
+    tail_log_se: float = float("nan")  # the standard error of log Z it measured last
 
 
 _UPKEEP: "weakref.WeakKeyDictionary[LSSLinear, _Upkeep]" = weakref.WeakKeyDictionary()
@@ -78,13 +80,25 @@ AUTO_SYNC_SHARE = 0.1
 # per-query recalls spread over all of [0, 1]); their exact logits cost
 # 32 / B of one dense forward, once a refresh period (mining_period).
 RECALL_QUERIES = 32
+# num_uniform="auto": the uniform draws the loss starts with, and the error it
+# holds the estimate of log Z_b to (the standard error from the draws' own
+# spread, root mean square over the batch). An error e in log Z_b scales every
+# exact candidate's softmax weight (the positive's included) by ~e^{+-e}; on
+# the WordNet epoch of docs/training.md 64 draws (e ~ 0.25 at the end) trained
+# 0.9 point under full softmax, 1,024 (0.06) 0.4 under, 4,096 (0.03) 0.7 above.
+AUTO_UNIFORM_MIN = 64
+TAIL_LOG_SE = 0.03
+# ... and never more draws than this share of N (the draws' block then costs
+# at most this share of a dense forward and backward).
+AUTO_UNIFORM_MAX_SHARE = 0.125
 
 
 def auto_refresh(num_labels: int, batch: int, candidates: int) -> int:
     """The calls between full syncs under refresh_every="auto". A full sync
-    re-encodes N rows of d (O(N d)); a call computes B x C exact logits
-    forward and backward (C = num_hard + num_uniform per query, O(B C d)).
-    One full sync every ceil(N / (AUTO_SYNC_SHARE B C)) calls keeps the
+    re-encodes N rows of d (O(N d)); a call computes B x C exact logits of
+    mined candidates forward and backward (C = num_hard per query, O(B C d),
+    gathered row by row: the uniform draws' block is one GEMM, far cheaper
+    per logit, and does not use the index). One full sync every ceil(N / (AUTO_SYNC_SHARE B C)) calls keeps the
     upkeep at most AUTO_SYNC_SHARE of the loss's own work at every N, while
     the rows the loss touched are re-encoded every call (so a row-sparse
     optimizer's index is exact, and a dense one's lags only on rows the
@@ -95,11 +109,14 @@ def auto_refresh(num_labels: int, batch: int, candidates: int) -> int:
 
 def upkeep_stats(layer: LSSLinear) -> dict:
     """How the loss kept layer's index up to date: calls, full syncs, row
-    syncs, rebuilds (since the layer's first call), and the probes mining
-    takes with the recall last measured there (None / nan: not measured)."""
+    syncs, rebuilds (since the layer's first call), the probes mining
+    takes with the recall last measured there, and num_uniform="auto"'s
+    draws with the standard error of log Z last measured (None / nan: not
+    measured)."""
     s = _UPKEEP.get(layer) or _Upkeep()
     return {"calls": s.calls, "full_syncs": s.full_syncs, "row_syncs": s.row_syncs, "rebuilds": s.rebuilds,
-            "mining_nprobe": s.mining_nprobe, "mining_recall": s.mining_recall}
+            "mining_nprobe": s.mining_nprobe, "mining_recall": s.mining_recall,
+            "num_uniform": s.num_uniform or None, "tail_log_se": s.tail_log_se}
 
 
 # ----------------------------------------------------------------- checks
@@ -111,6 +128,14 @@ def _check_mining_recall(mining_recall):
     if not 0 < mining_recall <= 1:
         raise ValueError(f"mining_recall must be in (0, 1] or None, got {mining_recall}")
     return float(mining_recall)
+
+
+def _check_num_uniform(num_uniform):
+    if isinstance(num_uniform, str):
+        if num_uniform != "auto":
+            raise ValueError(f"num_uniform must be an integer >= 0 or 'auto', got {num_uniform!r}")
+        return num_uniform
+    return checks.integer("num_uniform", num_uniform, 0)
 
 
 def _check_args(layer, x, target, reduction, ignore_index, num_hard, num_uniform, impl, multi_label,
@@ -145,7 +170,7 @@ def _check_args(layer, x, target, reduction, ignore_index, num_hard, num_uniform
     checks.integer("ignore_index", ignore_index)
     if num_hard is not None:
         checks.integer("num_hard", num_hard, 0)
-    checks.integer("num_uniform", num_uniform, 0)
+    _check_num_uniform(num_uniform)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if multi_label not in MULTI_LABEL:
@@ -216,8 +241,8 @@ def _upkeep(layer: LSSLinear, refresh_every: Union[int, str, None], rebuild_ever
 
 
 def mining_period(num_labels: int, batch: int, candidates: int) -> int:
-    """The calls between two measurements of the mining's recall: the full
-    sync period of refresh_every="auto" (the weights drift that long before
+    """The calls between two measurements of the mining's recall (and of
+    the tail's error, num_uniform="auto"): the full sync period of refresh_every="auto" (the weights drift that long before
     the codes are all re-encoded, whatever refresh_every is)."""
     return auto_refresh(num_labels, batch, candidates)
 
@@ -275,44 +300,46 @@ def _uniform(num_labels: int, n: int, generator: Optional[torch.Generator], devi
     return labels, counts
 
 
-def _candidates(layer, xf, positives, num_hard, num_uniform, generator, acc, nprobe=None):
-    """Per row, deduplicated and ascending: ids int64 [B, C] (-1 = no entry),
-    log-corrections [B, C] (acc dtype) and the positive flags [B, C].
-    nprobe: the mining's probes (None: the index's own)."""
-    B, n = xf.shape[0], layer.out_features
+def _candidates(layer, xf, positives, num_hard, acc, nprobe=None):
+    """The exact set S_b per row, deduplicated and ascending: ids int64
+    [B, C] (-1 = no entry) and the positive flags [B, C]. nprobe: the
+    mining's probes (None: the index's own)."""
     dev = xf.device
+    n = layer.out_features
     parts = [positives]
-    corr = [torch.zeros(positives.shape, dtype=acc, device=dev)]
     if num_hard:
         with torch.no_grad():
             search = {} if nprobe is None else {"nprobe": nprobe}
             hard, _ = layer.index.candidates(xf.detach(), num_hard, layer.backend, **search)
         parts.append(hard.to(torch.int64))
-        corr.append(torch.zeros(hard.shape, dtype=acc, device=dev))
-    if num_uniform:
-        labels, counts = _uniform(n, num_uniform, generator, dev)
-        parts.append(labels.unsqueeze(0).expand(B, -1))
-        corr.append(torch.log(counts.to(acc) * (n / num_uniform)).unsqueeze(0).expand(B, -1))
     ids = torch.cat(parts, 1)
-    corr = torch.cat(corr, 1)
     pos = torch.zeros(ids.shape, dtype=torch.bool, device=dev)
     pos[:, : positives.shape[1]] = positives >= 0
     # Rows with no positive (ignored) compute nothing.
     ids = torch.where((positives >= 0).any(1, keepdim=True), ids, -1)
-    # Dedupe per row, first occurrence wins (positives, then index candidates,
-    # then uniform draws): a uniform draw inside S_b is an accidental hit and
-    # is dropped, an index candidate equal to a positive counts as the positive.
+    # Dedupe per row, first occurrence wins: an index candidate equal to a
+    # positive counts as the positive.
     key = torch.where(ids >= 0, ids, n)
     sk, order = key.sort(dim=1, stable=True)
     keep = sk < n
     keep[:, 1:] &= sk[:, 1:] != sk[:, :-1]
     ids = torch.where(keep, sk, -1)
     if layer.has_removed_labels:
-        # A removed label's term of the softmax is exp(-inf) = 0: a uniform
-        # draw of one adds nothing (the estimator stays unbiased).
+        # A removed label's term of the softmax is exp(-inf) = 0.
         ids = torch.where((ids >= 0) & layer.removed[ids.clamp(min=0)], -1, ids)
         keep = ids >= 0
-    return ids, corr.gather(1, order), pos.gather(1, order) & keep
+    return ids, pos.gather(1, order) & keep
+
+
+def _accidental_hits(draws: Tensor, ids: Tensor) -> Tensor:
+    """bool [B, U]: draw u of row b is in that row's exact set (ids [B, C],
+    -1 = none; draws ascending)."""
+    hits = torch.zeros((ids.shape[0], draws.numel()), dtype=torch.int32, device=ids.device)
+    if draws.numel() == 0 or ids.numel() == 0:
+        return hits.bool()
+    at = torch.searchsorted(draws, ids.clamp(min=0)).clamp(max=draws.numel() - 1)
+    match = (ids >= 0) & (draws[at] == ids)
+    return hits.scatter_add_(1, at, match.to(torch.int32)) > 0
 
 
 def _bitmap(rows: Tensor, labels: Tensor, batch: int, num_labels: int) -> Tensor:
@@ -335,6 +362,60 @@ def choose_impl(batch: int, pairs: int, union: int) -> str:
     return "bitmap" if batch >= 4 and pairs >= UNION_DENSITY * batch * union else "gathered"
 
 
+# ------------------------------------------------------------ tail draws
+class _SharedRows(torch.autograd.Function):
+    """t.index_select(0, rows) whose gradient is a sparse COO tensor of those
+    rows (rows ascending, distinct). Autograd adds it into the dense [N, d]
+    gradient the exact set's op returns for the same weight, where a dense
+    index_select gradient would allocate, zero and add a second [N, d]."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, rows: Tensor) -> Tensor:
+        ctx.save_for_backward(rows)
+        ctx.shape = t.shape
+        return t.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (rows,) = ctx.saved_tensors
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.shape, is_coalesced=True,
+                                       check_invariants=False), None
+
+
+
+@torch.no_grad()
+def tail_log_se(exact: Tensor, draws: Tensor, counts: Tensor, live: Tensor, num_labels: int) -> Tensor:
+    """Per row, the standard error of the estimate of log Z_b from the draws'
+    own spread: exact [B, C] logits of S_b (-inf = none), draws [B, U]
+    logits of the distinct drawn labels, counts [U] (n draws in all), live
+    [B, U] (False: an accidental hit, whose term is 0). The tail estimate
+    (N / n) sum_i t_i over the n draws has variance N^2 Var(t) / n; divided
+    by Z_b it is the relative error of Z_b, i.e. the error of log Z_b."""
+    n = counts.sum().to(torch.float64)
+    m = torch.maximum(exact.amax(1), draws.masked_fill(~live, float("-inf")).amax(1)).double()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    a = torch.exp(exact.double() - m[:, None]).sum(1)
+    t = torch.where(live, torch.exp(draws.double() - m[:, None]), 0.0)
+    c = counts.double()
+    mean = (t * c).sum(1) / n
+    var = ((t * t * c).sum(1) / n - mean * mean).clamp(min=0) * n / (n - 1).clamp(min=1)
+    z = a + num_labels * mean
+    return num_labels * torch.sqrt(var / n) / torch.where(z > 0, z, torch.ones_like(z))
+
+
+def auto_uniform(current: int, se: float, num_labels: int) -> int:
+    """num_uniform="auto": the power of two of draws at which the measured
+    error se (at current draws; it shrinks as 1 / sqrt(draws)) reaches
+    TAIL_LOG_SE, within [AUTO_UNIFORM_MIN, AUTO_UNIFORM_MAX_SHARE N]."""
+    cap = max(AUTO_UNIFORM_MIN, int(AUTO_UNIFORM_MAX_SHARE * num_labels))
+    if not math.isfinite(se) or se <= 0:
+        want = AUTO_UNIFORM_MIN
+    else:
+        want = current * (se / TAIL_LOG_SE) ** 2
+    want = 1 << max(0, math.ceil(math.log2(max(1.0, want))))
+    return int(min(cap, max(AUTO_UNIFORM_MIN, want)))
+
+
 # ----------------------------------------------------------- packed softmax
 def _row_logsumexp(v: Tensor, row: Tensor, batch: int) -> Tensor:
     """logsumexp of the packed values v per row (-inf for a row with none)."""
@@ -346,8 +427,11 @@ def _row_logsumexp(v: Tensor, row: Tensor, batch: int) -> Tensor:
     return torch.where(has, m + torch.log(torch.where(has, s, torch.ones_like(s))), float("-inf"))
 
 
-def _packed_loss(v: Tensor, row: Tensor, pos: Tensor, batch: int, multi_label: str) -> Tuple[Tensor, Tensor]:
-    """Per-row loss [B] from packed (corrected) logits, and which rows count."""
+def _packed_loss(v: Tensor, row: Tensor, pos: Tensor, batch: int, multi_label: str,
+                 tail_lse: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Per-row loss [B] from packed (corrected) logits, and which rows count.
+    tail_lse [B]: the logsumexp of terms outside the packed ones (the
+    uniform draws' block; negatives), or None."""
     rp, vp = row[pos], v[pos]
     npos = torch.zeros(batch, dtype=v.dtype, device=v.device).index_add(0, rp, torch.ones_like(vp))
     counted = npos > 0
@@ -355,11 +439,15 @@ def _packed_loss(v: Tensor, row: Tensor, pos: Tensor, batch: int, multi_label: s
     if multi_label == "each":
         # Each positive against the row's negatives: -log(e^{z_p} / (e^{z_p} + sum_neg e^{z_j})).
         lse_neg = _row_logsumexp(v.masked_fill(pos, float("-inf")), row, batch)
+        if tail_lse is not None:
+            lse_neg = torch.logaddexp(lse_neg, tail_lse)
         per_pos = torch.logaddexp(vp, lse_neg[rp]) - vp
         per_row = torch.zeros(batch, dtype=v.dtype, device=v.device).index_add(0, rp, per_pos) / denom
     else:
         # Soft target (1 / |P| on each positive) against the full softmax.
         lse = _row_logsumexp(v, row, batch)
+        if tail_lse is not None:
+            lse = torch.logaddexp(lse, tail_lse)
         mean_pos = torch.zeros(batch, dtype=v.dtype, device=v.device).index_add(0, rp, vp) / denom
         per_row = torch.where(counted, lse, torch.zeros_like(lse)) - mean_pos
     return per_row, counted
@@ -367,7 +455,7 @@ def _packed_loss(v: Tensor, row: Tensor, pos: Tensor, batch: int, multi_label: s
 
 # ------------------------------------------------------------------- loss
 def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction: str = "mean",
-                          ignore_index: int = -100, *, num_hard: Optional[int] = None, num_uniform: int = 64,
+                          ignore_index: int = -100, *, num_hard: Optional[int] = None, num_uniform: Union[int, str] = "auto",
                           impl: str = "auto", multi_label: str = "each",
                           refresh_every: Union[int, str, None] = "auto", rebuild_every: Union[int, str, None] = "auto",
                           generator: Optional[torch.Generator] = None,
@@ -387,14 +475,22 @@ def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction
         ignore_index: target value of a query (or a padding entry) to ignore.
         num_hard: index candidates per query (best first; default
             layer.max_candidates; 0 = none, plain uniform sampled softmax).
-        num_uniform: uniform draws shared by the batch (log-Q corrected).
-        impl: "gathered" (per-row ids), "bitmap" (per-row bitmaps over the
-            union), or "auto" (choose_impl's rule). Same loss and gradients.
+        num_uniform: uniform draws shared by the batch (log-Q corrected; one
+            dense [B, draws] block), or "auto" (default): start at
+            AUTO_UNIFORM_MIN and, whenever the mining is measured (below),
+            take the power of two of draws at which the standard error of
+            log Z_b, measured from the draws' own spread (tail_log_se, root
+            mean square over the batch), is TAIL_LOG_SE, up to
+            AUTO_UNIFORM_MAX_SHARE of N (upkeep_stats reports both).
+        impl: the exact set's logits (positives and index candidates, per
+            row): "gathered" (per-row ids), "bitmap" (per-row bitmaps over
+            the union), or "auto" (choose_impl's rule). Same loss and
+            gradients.
         multi_label: "each" (every positive against the query's negatives,
             averaged over its positives; single-label: exactly CE) or "soft"
             (CE against the uniform distribution over the positives).
         refresh_every: index upkeep. "auto" (default): a full sync every
-            auto_refresh(N, B, num_hard + num_uniform) calls (its O(N d) at
+            auto_refresh(N, B, num_hard) calls (its O(N d) at
             most AUTO_SYNC_SHARE of the loss's work in between), and in
             between the codes of the rows this loss gave a gradient
             re-encoded (sync_rows). 1: the layer's index is synced with the
@@ -415,7 +511,7 @@ def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction
         mining_recall: the share of the exact top num_hard labels the
             index candidates must hold, measured on the batch's first
             RECALL_QUERIES queries on the first call and every
-            mining_period(N, B, num_hard + num_uniform) calls after; the
+            mining_period(N, B, num_hard) calls after; the
             mining's probe count doubles until they do (up to every
             partition: an int8 scan of all N codes) and halves where half
             still do (upkeep_stats reports both). None: the index's own
@@ -437,33 +533,68 @@ def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
 
-    state = _upkeep(layer, refresh_every, rebuild_every, B, num_hard + num_uniform) if num_hard else None
-    if state is not None and mining_recall is not None and B:
-        if state.retune or (state.calls - 1) % mining_period(n, B, num_hard + num_uniform) == 0:
-            _tune_mining(layer, state, xf, num_hard, mining_recall)
-            state.retune = False
-    nprobe = state.mining_nprobe if state is not None and mining_recall is not None else None
-    ids, corr, pos = _candidates(layer, xf, positives, num_hard, num_uniform, generator, acc, nprobe)
+    auto = num_uniform == "auto"
+    state = _UPKEEP.setdefault(layer, _Upkeep()) if auto else None
+    if auto:
+        num_uniform = state.num_uniform or AUTO_UNIFORM_MIN
+    if num_hard:
+        state = _upkeep(layer, refresh_every, rebuild_every, B, num_hard)
+    elif auto:
+        state.calls += 1
+    tune = state is not None and B and (state.retune or (state.calls - 1) % mining_period(
+        n, B, max(1, num_hard)) == 0)
+    if num_hard and mining_recall is not None and tune:
+        _tune_mining(layer, state, xf, num_hard, mining_recall)
+    nprobe = state.mining_nprobe if num_hard and mining_recall is not None else None
+    ids, pos = _candidates(layer, xf, positives, num_hard, acc, nprobe)
+    counted_rows = (positives >= 0).any(1)
+
+    tail_lse = None
+    # S_b: per-row ids, exact logits (gathered_logits or bitmap_sparse_matmul).
     valid = ids >= 0
     row = torch.arange(B, device=x.device).unsqueeze(1).expand_as(ids)[valid]
     labels = ids[valid]
-    union = torch.unique(labels)
-    if state is not None:
-        _mark_dirty(state, union, n, refresh_every)
+    touched = torch.unique(labels)
     if impl == "auto":
-        impl = choose_impl(B, labels.numel(), union.numel())
+        impl = choose_impl(B, labels.numel(), touched.numel())
     w, b = layer.weight, layer.bias
     if impl == "gathered":
-        logits = _ops.gathered_logits(xf, w, b, ids.to(torch.int32), backend=layer.backend)
-        v = logits[valid]
+        v = _ops.gathered_logits(xf, w, b, ids.to(torch.int32), backend=layer.backend)[valid]
     else:
-        bitmap = _bitmap(row, labels, B, n)
-        v, row_ptr = _ops.bitmap_sparse_matmul(xf, w, b, bitmap, backend=layer.backend)
+        v, _ = _ops.bitmap_sparse_matmul(xf, w, b, _bitmap(row, labels, B, n), backend=layer.backend)
         # The packed order (row by row, ascending labels) is that of ids[valid].
         if v.numel() != labels.numel():
             raise RuntimeError("bitmap_sparse_matmul returned a packing other than the candidates'")
-    v = v.to(acc) + corr[valid]
-    per_row, counted = _packed_loss(v, row, pos[valid], B, multi_label)
+    v, pos = v.to(acc), pos[valid]
+
+    # The tail: the batch's shared uniform draws, one dense [B, U] block (the
+    # same labels for every row: torch's GEMM over the gathered rows, faster
+    # than either op here, docs/performance.md), logit + log(c N / n),
+    # accidental hits (draws in S_b) dropped.
+    if num_uniform:
+        draws, counts = _uniform(n, num_uniform, generator, x.device)
+        live = ~_accidental_hits(draws, ids) & counted_rows.unsqueeze(1)
+        if layer.has_removed_labels:
+            live &= ~layer.removed[draws].unsqueeze(0)
+        if bool(live.any()):
+            vu = F.linear(xf, _SharedRows.apply(w, draws),
+                          None if b is None else _SharedRows.apply(b, draws)).to(acc)
+            if auto and tune:
+                exact = torch.full(ids.shape, float("-inf"), dtype=acc, device=x.device)
+                exact[valid] = v.detach()
+                se = tail_log_se(exact[counted_rows], vu.detach()[counted_rows], counts, live[counted_rows], n)
+                state.tail_log_se = float(se.pow(2).mean().sqrt()) if se.numel() else float("nan")
+                state.num_uniform = auto_uniform(num_uniform, state.tail_log_se, n)
+            vu = (vu + torch.log(counts.to(acc) * (n / num_uniform)).unsqueeze(0)).masked_fill(~live, float("-inf"))
+            has = live.any(1, keepdim=True)  # logsumexp's gradient at an all -inf row is nan
+            tail_lse = torch.logsumexp(torch.where(has, vu, 0.0), 1).masked_fill(~has.squeeze(1), float("-inf"))
+            touched = torch.cat([touched, draws])
+    if state is not None:
+        if tune:
+            state.retune = False
+        if num_hard:
+            _mark_dirty(state, touched, n, refresh_every)
+    per_row, counted = _packed_loss(v, row, pos, B, multi_label, tail_lse)
     per_row = per_row.to(x.dtype)
     if reduction == "none":
         return per_row.reshape(lead)
@@ -478,7 +609,7 @@ class SampledCrossEntropyLoss(nn.Module):
     generator seeded once, so a run is reproducible and each call draws anew."""
 
     def __init__(self, reduction: str = "mean", ignore_index: int = -100, *, num_hard: Optional[int] = None,
-                 num_uniform: int = 64, impl: str = "auto", multi_label: str = "each",
+                 num_uniform: Union[int, str] = "auto", impl: str = "auto", multi_label: str = "each",
                  refresh_every: Union[int, str, None] = "auto", rebuild_every: Union[int, str, None] = "auto",
                  seed: Optional[int] = None, mining_recall: Optional[float] = 0.9) -> None:
         super().__init__()
@@ -491,7 +622,7 @@ class SampledCrossEntropyLoss(nn.Module):
         self.reduction = reduction
         self.ignore_index = checks.integer("ignore_index", ignore_index)
         self.num_hard = None if num_hard is None else checks.integer("num_hard", num_hard, 0)
-        self.num_uniform = checks.integer("num_uniform", num_uniform, 0)
+        self.num_uniform = _check_num_uniform(num_uniform)
         self.impl = impl
         self.multi_label = multi_label
         self.refresh_every = (refresh_every if refresh_every is None or refresh_every == "auto"
@@ -510,7 +641,7 @@ class SampledCrossEntropyLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, num_hard={self.num_hard}, "
-                f"num_uniform={self.num_uniform}, impl={self.impl!r}, multi_label={self.multi_label!r}, "
+                f"num_uniform={self.num_uniform!r}, impl={self.impl!r}, multi_label={self.multi_label!r}, "
                 f"refresh_every={self.refresh_every!r}, rebuild_every={self.rebuild_every!r}, seed={self.seed}, "
                 f"mining_recall={self.mining_recall}")
 

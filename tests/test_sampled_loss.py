@@ -62,7 +62,7 @@ def assert_all_close(got, want, **tol):
 
 # ----------------------------------------------------------------- exactness
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("num_uniform", [0, 40])
+@pytest.mark.parametrize("num_uniform", [0, 40, "auto"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_exact_when_candidates_cover_all_labels(impl, num_uniform, reduction):
     layer = covering_layer()
@@ -189,6 +189,73 @@ def test_uniform_tail_is_unbiased():
     assert bool(((ratio - 1).abs() < 0.05).all()), ratio
     # ... and the estimate does sample: the loss varies from draw to draw.
     assert torch.stack(draws).std(0).min() > 0
+
+
+def test_tail_log_se_predicts_the_spread_of_log_z():
+    """tail_log_se from one set of draws predicts the standard deviation of
+    log Z_hat over repeated draws (a wrong scaling in N or n misses by far
+    more than the 20% allowed)."""
+    from lsskernels.sampled_loss import _accidental_hits, _uniform, tail_log_se
+    torch.manual_seed(0)
+    n_labels, n = 3000, 64
+    z = torch.randn(4, n_labels, dtype=torch.float64) * torch.tensor([[0.5], [1.0], [1.5], [2.0]], dtype=torch.float64)
+    top = z.topk(20, 1).indices.sort(1).values
+    exact = z.gather(1, top)
+    gen = torch.Generator().manual_seed(1)
+    log_z, predicted = [], []
+    for _ in range(600):
+        labels, counts = _uniform(n_labels, n, gen, "cpu")
+        live = ~_accidental_hits(labels, top)
+        t = torch.where(live, torch.exp(z[:, labels]), 0.0) * counts
+        log_z.append(torch.log(torch.exp(exact).sum(1) + n_labels / n * t.sum(1)))
+        predicted.append(tail_log_se(exact, z[:, labels], counts, live, n_labels))
+    spread, predicted = torch.stack(log_z).std(0), torch.stack(predicted).mean(0)
+    assert bool(((predicted / spread - 1).abs() < 0.2).all()), (predicted, spread)
+    assert bool((spread[1:] > spread[:-1]).all())  # wider logits, a noisier tail
+
+
+@pytest.mark.parametrize("num_hard", [0, 8])
+def test_weight_gradient_is_dense_with_many_draws(num_hard):
+    """The draws' block hands autograd a sparse gradient of its rows; what
+    reaches layer.weight.grad is the one dense tensor optimizers expect
+    (the values: test_gradcheck_float64, test_exact_*)."""
+    torch.manual_seed(0)
+    layer = lss.LSSLinear(8, 300, max_candidates=8)
+    x, t = torch.randn(16, 8), torch.randint(0, 300, (16,))
+    loss = lss.sampled_cross_entropy(layer, x, t, num_hard=num_hard, num_uniform=200, seed=4, rebuild_every=None)
+    loss.backward()
+    assert layer.weight.grad.layout == torch.strided and layer.bias.grad.layout == torch.strided
+    assert int((layer.weight.grad.abs().sum(1) > 0).sum()) > 100  # the draws' rows are in it
+    torch.optim.AdamW(layer.parameters(), fused=True).step()
+
+
+def test_auto_uniform_rule():
+    from lsskernels.sampled_loss import AUTO_UNIFORM_MIN, TAIL_LOG_SE, auto_uniform
+    n = 1_000_000
+    assert auto_uniform(64, TAIL_LOG_SE / 4, n) == AUTO_UNIFORM_MIN  # never below the floor
+    assert auto_uniform(64, 2 * TAIL_LOG_SE, n) == 256               # error / sqrt(draws): 4x the draws
+    assert auto_uniform(256, 1.1 * TAIL_LOG_SE, n) == 512            # rounded up to a power of two
+    assert auto_uniform(1024, TAIL_LOG_SE / 2, n) == 256             # and down when it has too many
+    assert auto_uniform(64, 100 * TAIL_LOG_SE, n) == n // 8          # at most N / 8
+    assert auto_uniform(64, float("nan"), n) == AUTO_UNIFORM_MIN
+
+
+def test_num_uniform_auto_follows_the_tail_error():
+    """Wide-spread logits (a heavy tail) ask for more draws than narrow ones;
+    the choice is reported and deterministic for a seed."""
+    def chosen(scale):
+        torch.manual_seed(0)
+        layer = lss.LSSLinear(16, 4000, max_candidates=16)
+        with torch.no_grad():
+            layer.weight.mul_(scale)
+        x, t = torch.randn(64, 16), torch.randint(0, 4000, (64,))
+        for _ in range(2):
+            lss.sampled_cross_entropy(layer, x, t, seed=0, rebuild_every=None)
+        return upkeep_stats(layer)
+    narrow, wide = chosen(0.1), chosen(8.0)
+    assert narrow["num_uniform"] == 64 and narrow["tail_log_se"] < 0.03
+    assert wide["num_uniform"] > 64 and wide["tail_log_se"] > 0.03
+    assert chosen(8.0) == wide
 
 
 # ------------------------------------------------------------ determinism
@@ -378,6 +445,8 @@ def test_bad_input_names_the_argument():
         (ValueError, "reduction", lambda: f(layer, x, t, "avg")),
         (TypeError, "ignore_index", lambda: f(layer, x, t, "mean", 1.5)),
         (ValueError, "num_uniform", lambda: f(layer, x, t, num_uniform=-1)),
+        (ValueError, "num_uniform", lambda: f(layer, x, t, num_uniform="many")),
+        (TypeError, "num_uniform", lambda: f(layer, x, t, num_uniform=64.0)),
         (TypeError, "num_hard", lambda: f(layer, x, t, num_hard=2.0)),
         (ValueError, "impl", lambda: f(layer, x, t, impl="dense")),
         (ValueError, "multi_label", lambda: f(layer, x, t, multi_label="bce")),
@@ -447,23 +516,24 @@ def test_removed_labels_take_no_part():
 
 
 def test_refresh_every_auto_amortises_full_syncs():
-    # auto_refresh(1000, 32, 16 + 8) = ceil(1000 / (0.1 * 32 * 24)) = 14: the
-    # first call syncs in full, then rows only until the 14th call since.
+    # auto_refresh(1000, 32, 16) = ceil(1000 / (0.1 * 32 * 16)) = 20 (the
+    # mined candidates' work; the uniform draws do not use the index): the
+    # first call syncs in full, then rows only until the 20th call since.
     from lsskernels.sampled_loss import auto_refresh
-    assert auto_refresh(1000, 32, 24) == 14
-    assert auto_refresh(10, 32, 24) == 1  # a small layer re-encodes in full every call
+    assert auto_refresh(1000, 32, 16) == 20
+    assert auto_refresh(10, 32, 16) == 1  # a small layer re-encodes in full every call
     torch.manual_seed(0)
     layer = lss.LSSLinear(16, 1000, max_candidates=16)
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     x, t = torch.randn(32, 16), torch.randint(0, 1000, (32,))
-    for _ in range(16):
+    for _ in range(22):
         loss = lss.sampled_cross_entropy(layer, x, t, num_uniform=8, rebuild_every=None)
         opt.zero_grad()
         loss.backward()
         opt.step()
     stats = upkeep_stats(layer)
-    assert stats["full_syncs"] == 2  # calls 0 and 14
-    assert stats["row_syncs"] == 14
+    assert stats["full_syncs"] == 2  # calls 0 and 20
+    assert stats["row_syncs"] == 20
 
 
 def test_rebuild_every_auto_repartitions_at_powers_of_two():
