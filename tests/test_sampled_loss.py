@@ -365,39 +365,28 @@ def test_refresh_every_none_with_row_sparse_optimizer_keeps_index_exact():
     assert torch.equal(codes, layer.index.codes)
 
 
-def test_refresh_every_k_counts_full_syncs():
+@pytest.mark.parametrize("refresh_every, fused_adamw, calls, full_syncs, row_syncs", [
+    (3, False, 7, 3, 4),   # full syncs at calls 0, 3, 6; rows in between
+    (1, True, 4, 4, 0),    # AdamW(fused=True) leaves the version counters alone: the step hook tells the layer
+])
+def test_refresh_every_k_counts_full_syncs(refresh_every, fused_adamw, calls, full_syncs, row_syncs):
     torch.manual_seed(0)
     layer = lss.LSSLinear(16, 1000, max_candidates=16)
-    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    opt = (torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True) if fused_adamw
+           else torch.optim.SGD(layer.parameters(), lr=0.1))
     x, t = torch.randn(32, 16), torch.randint(0, 1000, (32,))
-    for _ in range(7):
-        loss = lss.sampled_cross_entropy(layer, x, t, refresh_every=3, rebuild_every=None, num_uniform=8)
+    for _ in range(calls):
+        loss = lss.sampled_cross_entropy(layer, x, t, refresh_every=refresh_every, rebuild_every=None,
+                                         num_uniform=8)
         opt.zero_grad()
         loss.backward()
         opt.step()
     stats = upkeep_stats(layer)
-    assert stats["full_syncs"] == 3  # calls 0, 3, 6
-    assert stats["row_syncs"] == 4
+    assert (stats["full_syncs"], stats["row_syncs"]) == (full_syncs, row_syncs)
     # The layer still knows its index is stale: predict syncs in full.
     assert not layer._index_current()
     layer.predict(x[:2])
     assert layer._index_current()
-
-
-def test_refresh_every_one_syncs_after_fused_optimizer_steps():
-    # AdamW(fused=True) leaves the parameters' version counters alone; the
-    # layer still sees each step (the optimizer-step hook) and syncs each call.
-    torch.manual_seed(0)
-    layer = lss.LSSLinear(16, 1000, max_candidates=16)
-    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
-    x, t = torch.randn(32, 16), torch.randint(0, 1000, (32,))
-    for _ in range(4):
-        loss = lss.sampled_cross_entropy(layer, x, t, refresh_every=1, rebuild_every=None, num_uniform=8)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert upkeep_stats(layer)["full_syncs"] == 4
-    assert not layer._index_current()
 
 
 def test_rebuild_every():
