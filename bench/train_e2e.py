@@ -63,9 +63,8 @@ batch: 601 and 390 steps), the bar's unit ("the whole epoch >= 3x faster")
 measured whole, so one-time costs (the first index build, the early
 rebuilds) count once per epoch as they would in a real run. The LM trains
 120 steps (an epoch of its text is ~20,000 steps) at the bench LM's lr. The
-whole run takes ~11.5 minutes on 2 threads of an Intel Xeon (full
-softmax on WordNet alone ~3.5 minutes; 13.5 on a Zen 5 with 0.9.2's
-default, non-fused AdamW). Until 0.9.1 WordNet and synthetic ran 100
+whole run takes ~15.5 minutes on 2 threads of an Intel Xeon (full
+softmax on WordNet alone ~3.8 minutes). Until 0.9.1 WordNet and synthetic ran 100
 steps (0.17 and 0.26 epoch): too early to show how the methods train (the
 index-mined loss under AdamW was within 0.6 point of full softmax there and
 9 points under it after one epoch; docs/training.md).

@@ -83,9 +83,8 @@ RECALL_QUERIES = 32
 # num_uniform="auto": the uniform draws the loss starts with, and the error it
 # holds the estimate of log Z_b to (the standard error from the draws' own
 # spread, root mean square over the batch). An error e in log Z_b scales every
-# exact candidate's softmax weight (the positive's included) by ~e^{+-e}; on
-# the WordNet epoch of docs/training.md 64 draws (e ~ 0.25 at the end) trained
-# 0.9 point under full softmax, 1,024 (0.06) 0.4 under, 4,096 (0.03) 0.7 above.
+# exact candidate's softmax weight (the positive's included) by ~e^{+-e}; the
+# runs that set the target: docs/training.md, "How many draws".
 AUTO_UNIFORM_MIN = 64
 TAIL_LOG_SE = 0.03
 # ... and never more draws than this share of N (the draws' block then costs
@@ -98,7 +97,8 @@ def auto_refresh(num_labels: int, batch: int, candidates: int) -> int:
     re-encodes N rows of d (O(N d)); a call computes B x C exact logits of
     mined candidates forward and backward (C = num_hard per query, O(B C d),
     gathered row by row: the uniform draws' block is one GEMM, far cheaper
-    per logit, and does not use the index). One full sync every ceil(N / (AUTO_SYNC_SHARE B C)) calls keeps the
+    per logit, and does not use the index). One full sync every
+    ceil(N / (AUTO_SYNC_SHARE B C)) calls keeps the
     upkeep at most AUTO_SYNC_SHARE of the loss's own work at every N, while
     the rows the loss touched are re-encoded every call (so a row-sparse
     optimizer's index is exact, and a dense one's lags only on rows the
@@ -242,7 +242,8 @@ def _upkeep(layer: LSSLinear, refresh_every: Union[int, str, None], rebuild_ever
 
 def mining_period(num_labels: int, batch: int, candidates: int) -> int:
     """The calls between two measurements of the mining's recall (and of
-    the tail's error, num_uniform="auto"): the full sync period of refresh_every="auto" (the weights drift that long before
+    the tail's error, num_uniform="auto"): the full sync period of
+    refresh_every="auto" (the weights drift that long before
     the codes are all re-encoded, whatever refresh_every is)."""
     return auto_refresh(num_labels, batch, candidates)
 
@@ -300,7 +301,7 @@ def _uniform(num_labels: int, n: int, generator: Optional[torch.Generator], devi
     return labels, counts
 
 
-def _candidates(layer, xf, positives, num_hard, acc, nprobe=None):
+def _candidates(layer, xf, positives, num_hard, nprobe=None):
     """The exact set S_b per row, deduplicated and ascending: ids int64
     [B, C] (-1 = no entry) and the positive flags [B, C]. nprobe: the
     mining's probes (None: the index's own)."""
@@ -382,7 +383,6 @@ class _SharedRows(torch.autograd.Function):
                                        check_invariants=False), None
 
 
-
 @torch.no_grad()
 def tail_log_se(exact: Tensor, draws: Tensor, counts: Tensor, live: Tensor, num_labels: int) -> Tensor:
     """Per row, the standard error of the estimate of log Z_b from the draws'
@@ -455,7 +455,8 @@ def _packed_loss(v: Tensor, row: Tensor, pos: Tensor, batch: int, multi_label: s
 
 # ------------------------------------------------------------------- loss
 def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction: str = "mean",
-                          ignore_index: int = -100, *, num_hard: Optional[int] = None, num_uniform: Union[int, str] = "auto",
+                          ignore_index: int = -100, *, num_hard: Optional[int] = None,
+                          num_uniform: Union[int, str] = "auto",
                           impl: str = "auto", multi_label: str = "each",
                           refresh_every: Union[int, str, None] = "auto", rebuild_every: Union[int, str, None] = "auto",
                           generator: Optional[torch.Generator] = None,
@@ -546,7 +547,7 @@ def sampled_cross_entropy(layer: LSSLinear, x: Tensor, target: Tensor, reduction
     if num_hard and mining_recall is not None and tune:
         _tune_mining(layer, state, xf, num_hard, mining_recall)
     nprobe = state.mining_nprobe if num_hard and mining_recall is not None else None
-    ids, pos = _candidates(layer, xf, positives, num_hard, acc, nprobe)
+    ids, pos = _candidates(layer, xf, positives, num_hard, nprobe)
     counted_rows = (positives >= 0).any(1)
 
     tail_lse = None
