@@ -2,7 +2,9 @@
 ScaNN and dense inference on the synthetic task at a large N, each stage in
 its own process so that each one's peak memory is its own.
 
-    python -m bench.scale [--quick] [--labels 10000000] [--candidates 256] [--out bench/results]
+    python -m bench.scale [--quick] [--labels 10000000] [--candidates 256] [--partitions P] [--out bench/results]
+    python -m bench.scale --stage {generate,lss,scann} --task FILE --result DIR/NAME.json  # one stage by hand
+    python -m bench.scale --from-stages DIR [--out ...]   # the report from DIR/{generate,lss,scann}.json
 
 The synthetic task (lsskernels.data.make_synthetic_task, d = 128, 50,000
 fit pairs, 5,000 test queries; quick: N = 200,000). Stages, each a child
@@ -93,7 +95,7 @@ def _p1(top: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (top == y).to(torch.float64)
 
 
-def stage_lss(path: str, candidates: int, min_time: float) -> Dict[str, object]:
+def stage_lss(path: str, candidates: int, min_time: float, partitions=None) -> Dict[str, object]:
     import lsskernels as lss
     from bench.common import time_per_query
     from lsskernels.fit_pairs import dense_top1
@@ -102,7 +104,9 @@ def stage_lss(path: str, candidates: int, min_time: float) -> Dict[str, object]:
     p = _load(path)
     n = p["weight"].shape[0]
     weight_bytes = p["weight"].numel() * p["weight"].element_size()
-    layer = lss.LSSLinear(D, n, max_candidates=candidates)  # its own weights are replaced (freed) below
+    # its own weights are replaced (freed) below
+    config = None if partitions is None else lss.PartitionConfig(num_partitions=partitions)
+    layer = lss.LSSLinear(D, n, max_candidates=candidates, index=config)
     layer.weight = torch.nn.Parameter(p["weight"])
     layer.bias = torch.nn.Parameter(p["bias"])
     float(p["weight"].sum())  # every page of the weights read: the baseline holds them
@@ -115,7 +119,10 @@ def stage_lss(path: str, candidates: int, min_time: float) -> Dict[str, object]:
     layer.eval()
     x, y = p["test_x"], p["test_y"]
     start = time.perf_counter()
-    dense_top = dense_top1(p["weight"], p["bias"], x)
+    if os.path.exists(path + ".dense"):  # a rerun of this stage on a kept task (--stage lss by hand)
+        dense_top = torch.load(path + ".dense")["dense_top"]
+    else:
+        dense_top = dense_top1(p["weight"], p["bias"], x)
     dense_s = time.perf_counter() - start
     with torch.inference_mode():
         lss_top = torch.cat([layer.predict(x[s : s + 256], 1)[1][:, 0] for s in range(0, x.shape[0], 256)])
@@ -189,11 +196,16 @@ def main(argv=None) -> Dict[str, object]:
     parser.add_argument("--labels", type=int, default=None, help="N (default 10^7; quick 200,000)")
     parser.add_argument("--candidates", type=int, default=None, help="max_candidates (default bench/tasks.py LSS_BUDGET)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--partitions", type=int, default=None,
+                        help="num_partitions of the LSS layer (default: the layer's own, default_partitions(N))")
     parser.add_argument("--out", default=None, help="output directory (default bench/results)")
     parser.add_argument("--stage", choices=["generate", "lss", "scann"], help=argparse.SUPPRESS)
     parser.add_argument("--task", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--min-time", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--from-stages", default=None,
+                        help="write the report from DIR/{generate,lss,scann}.json, the stages run one by one "
+                             "with --stage NAME --task FILE --result DIR/NAME.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from bench.tasks import LSS_BUDGET
@@ -205,7 +217,7 @@ def main(argv=None) -> Dict[str, object]:
         if args.stage == "generate":
             result = stage_generate(args.task, labels)
         elif args.stage == "lss":
-            result = stage_lss(args.task, candidates, min_time)
+            result = stage_lss(args.task, candidates, min_time, args.partitions)
         else:
             result = stage_scann(args.task, min_time, args.threads)
         with open(args.result, "w") as f:
@@ -216,15 +228,21 @@ def main(argv=None) -> Dict[str, object]:
 
     ctx = RunContext(args.out, quick=args.quick, threads=args.threads)
     common = ["--labels", str(labels), "--candidates", str(candidates), "--threads", str(args.threads),
-              "--min-time", str(min_time)]
-    with tempfile.TemporaryDirectory(dir=os.environ.get("LSS_SCALE_TMP")) as tmp:
-        task = str(Path(tmp) / "task.pt")
-        ctx.log(f"generate N = {labels:,}, d = {D}")
-        gen = _child("generate", common + ["--task", task])
-        ctx.log(f"LSSLinear, max_candidates = {candidates}: fit, evaluate, time")
-        lss_r = _child("lss", common + ["--task", task])
-        ctx.log("ScaNN: build, sweep leaves_to_search")
-        scann_r = _child("scann", common + ["--task", task])
+              "--min-time", str(min_time)] + (["--partitions", str(args.partitions)] if args.partitions else [])
+    if args.from_stages:
+        # The report from stage results kept by hand (--stage ... --result
+        # DIR/{generate,lss,scann}.json, one task file, one machine).
+        gen, lss_r, scann_r = (json.load(open(Path(args.from_stages) / f"{name}.json"))
+                               for name in ("generate", "lss", "scann"))
+    else:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("LSS_SCALE_TMP")) as tmp:
+            task = str(Path(tmp) / "task.pt")
+            ctx.log(f"generate N = {labels:,}, d = {D}")
+            gen = _child("generate", common + ["--task", task])
+            ctx.log(f"LSSLinear, max_candidates = {candidates}: fit, evaluate, time")
+            lss_r = _child("lss", common + ["--task", task])
+            ctx.log("ScaNN: build, sweep leaves_to_search")
+            scann_r = _child("scann", common + ["--task", task])
     best = matched(scann_r["sweep"], lss_r["P@1 lss"])
     row = {"N": labels, "P@1 dense": lss_r["P@1 dense"], "P@1 LSS": lss_r["P@1 lss"],
            "loss +- SE (points)": f"{lss_r['loss (points)']:+.2f} +- {lss_r['loss SE (points)']:.2f}",

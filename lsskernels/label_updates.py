@@ -23,7 +23,8 @@ import torch
 
 from . import _checks as checks
 from .fit_pairs import fit_pairs, labels_matrix
-from .partition.fit import _nearest, label_homes
+from .partition.fit import label_homes
+from .partition.kmeans import nearest_centroid
 from .partition.index import PartitionIndex
 from .reference import augmented_labels
 
@@ -81,7 +82,7 @@ def add_to_index(index: PartitionIndex, weight: Tensor, bias: Optional[Tensor], 
     new = torch.arange(first, n_all, device=weight.device)
     if index.space == "labels":
         c = torch.cat([index.centroids, index.centroid_bias.unsqueeze(1)], 1)
-        home = _nearest(augmented_labels(weight[first:], bias[first:] if bias is not None else None), c)
+        home = nearest_centroid(augmented_labels(weight[first:], bias[first:] if bias is not None else None), c)
     else:
         home = label_homes(weight, bias, index.centroids, rows=new)
     part, label = home, new

@@ -200,23 +200,6 @@ def test_labels_found_equals_the_full_comparison(M, m):
     assert torch.equal(labels_found(ids.to(torch.int32), y), want)
 
 
-def test_nearest_centroid_does_not_depend_on_the_chunk():
-    # _nearest's row chunks are sized by the centroid count; a row's result
-    # (ties included) must not depend on that size: fit() stays a function
-    # of its inputs whatever P.
-    from lsskernels.partition.fit import _nearest
-    g = torch.Generator().manual_seed(0)
-    v, c = torch.randn(3000, 17, generator=g), torch.randn(300, 17, generator=g)
-    c[7] = c[9]  # a tie: the smaller centroid wins
-    v[:5] = c[9]
-    want = torch.cdist(v.double(), c.double()).argmin(1)
-    for block in (1 << 20, 300 * 256, 300 * 1000):
-        got = _nearest(v, c, block=block)
-        assert torch.equal(got, _nearest(v, c))
-        assert (got == want).float().mean() > 0.999
-    assert bool((_nearest(v, c)[:5] == 7).all())
-
-
 def test_the_screen_samples_each_stratum_and_drops_only_settings_far_past_the_tolerance():
     held = HoldOut(seen=torch.arange(0, 400), unseen=torch.arange(400, 500), train=torch.arange(500, 600),
                    missing_mass=0.3)

@@ -29,6 +29,22 @@ def precision(layer, x, y):
     return (layer.predict(x, 1)[1][:, 0] == y).double().mean().item()
 
 
+@pytest.mark.parametrize("n", [1, 7, 8, 100, 34_226, 670_000, 10**6, 2 * 10**6, 4 * 10**6, 10**7, 3 * 10**8])
+def test_default_partitions_follow_sqrt_n_then_bound_the_list_length(n):
+    import math
+
+    from lsskernels.partition.index import LABELS_PER_PARTITION
+
+    p = default_partitions(n)
+    assert p >= 1 and (n < 8 or p <= n // 8)
+    assert p & (p - 1) == 0 or p == n // 8  # a power of two unless capped at one partition per 8 labels
+    root = 2 ** round(math.log2(max(1.0, 2.5 * math.sqrt(n))))
+    if n <= 10**6:  # the square-root rule, as measured on every bench task
+        assert p == min(root, max(1, n // 8)) or n < 8
+    else:  # lists of about LABELS_PER_PARTITION labels (within the power of two's rounding)
+        assert p >= root and LABELS_PER_PARTITION / 1.5 <= n / p <= LABELS_PER_PARTITION * 1.5
+
+
 def test_only_max_candidates_gives_the_partition_family(task):
     layer = layer_for(task)
     assert isinstance(layer.index, PartitionIndex) and layer.family == "partitions"

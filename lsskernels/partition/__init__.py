@@ -11,7 +11,9 @@ concept per module, dependencies one way: fit -> index -> parts -> ops.
   default_partitions, default_nprobe;
 * calibration.py: held-out strata, the paired loss and its bound, the cost
   model, the choice of a setting;
-* fit.py: k-means, spill and the calibration stages; it builds an index
+* kmeans.py: k-means on a seeded sample and the exact nearest-centroid
+  assignment;
+* fit.py: the builds, spill and the calibration stages; it builds an index
   through the index's public methods and registers the family.
 
 Importing this package registers the "partitions" family

@@ -4,7 +4,8 @@ set_code_projection, set_search): the fit computes, the index writes.
 
 Build (from the weights alone):
   1. k-means (Lloyd, L2) of the bias-augmented label vectors v = [w, b] on a
-     seeded sample, then every label assigned to its nearest centroid. A
+     seeded sample, then every label assigned to its nearest centroid
+     (partition/kmeans.py). A
      query q = [x, 1] scores partition p by <q, c_p> = <x, c_w> + c_b, an
      estimate of the logits of the labels there ("label space").
   2. int8 codes of every listed label's weight row (symmetric, one scale per
@@ -66,6 +67,7 @@ from ..reference import augmented_labels
 from .codec import INT8, Int8Codec
 from .calibration import (SCREEN_EVERY, CalibrationPoint, MergedSetting, PairedLoss, cheapest_accepted,
                           choose_setting, hold_out, merged_settings, screened_out, setting_cost, z_of)
+from .kmeans import kmeans, nearest_centroid
 from .index import SPACES, SPILL_PROBES, PartitionConfig, PartitionIndex, default_nprobe, default_partitions
 
 
@@ -118,38 +120,6 @@ class PartitionFitReport:
         return sum(self.seconds.values())
 
 
-def _nearest(v: Tensor, centroids: Tensor, block: int = 1 << 20) -> Tensor:
-    """Index of the nearest centroid (L2) of every row of v, int64 [n], in
-    row chunks of at most `block` distances (4 MB: the argmax then reads a
-    block still in cache; 32K-row blocks of 64 MB made it memory-bound,
-    docs/performance.md "0.9"). A row's result does not depend on the chunk."""
-    half_sq = 0.5 * centroids.pow(2).sum(1)
-    out = torch.empty(v.shape[0], dtype=torch.int64, device=v.device)
-    chunk = max(256, block // max(1, centroids.shape[0]))
-    for s in range(0, v.shape[0], chunk):
-        out[s : s + chunk] = torch.addmm(half_sq, v[s : s + chunk], centroids.T, beta=-1).argmax(1)
-    return out
-
-
-def kmeans(v: Tensor, k: int, *, iters: int, sample: int, gen: torch.Generator) -> Tensor:
-    """Lloyd's k-means of the rows of v (float32 [n, D]) on a seeded sample
-    of at most sample * k rows, seeded by k distinct sample rows. An emptied
-    cluster keeps its previous centroid. (A smaller sample is cheaper but
-    unbalances the clusters, so a query scans more rows at the same probes:
-    the development measurement is in docs/performance.md, "Measurements
-    moved out of code comments".)"""
-    n = v.shape[0]
-    pick = torch.randperm(n, generator=gen)[: min(n, max(k, sample * k))].to(v.device)
-    s = v[pick.sort().values]
-    c = s[torch.randperm(s.shape[0], generator=gen)[:k].to(v.device)].clone()
-    for _ in range(iters):
-        a = _nearest(s, c)
-        counts = torch.bincount(a, minlength=k)
-        sums = torch.zeros_like(c).index_add_(0, a, s)
-        c = torch.where((counts > 0).unsqueeze(1), sums / counts.clamp(min=1).unsqueeze(1).to(c.dtype), c)
-    return c
-
-
 class LabelCodes:
     """Every label's code, scale and bias under each code projection of one
     fit, encoded once: a fit installs lists several times (each space, with
@@ -189,7 +159,7 @@ def build_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Ten
     gen = torch.Generator().manual_seed(seed)
     c = kmeans(v, index.num_partitions, iters=iters, sample=sample, gen=gen)
     index.set_partitions(c[:, :-1], c[:, -1], "labels")
-    assign = _nearest(v, c)
+    assign = nearest_centroid(v, c)
     index.install_lists(assign, torch.arange(index.num_labels, device=weight.device), _codes_of(weight, bias, book))
     return assign
 

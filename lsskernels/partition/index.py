@@ -78,14 +78,25 @@ class PartitionConfig(IndexConfig):
             checks.integer("nprobe", self.nprobe, 1, self.num_partitions)
 
 
+# Past N = (2.5 LABELS_PER_PARTITION)^2 = 10^6 labels, partitions hold about
+# this many labels on average instead of the square-root rule's sqrt(N) / 2.5.
+LABELS_PER_PARTITION = 400
+
+
 def default_partitions(num_labels: int) -> int:
-    """Partitions for N labels: the power of two nearest 2.5 sqrt(N), at most
-    one per 8 labels. Finer partitions make label-superior spill precise (a
-    spilled label sits in the few partitions its queries probe first; the
-    measurement that chose the rule: docs/performance.md, "Measurements
-    moved out of code comments"); the centroid scan (P rows per query)
-    bounds it above."""
-    target = 2.5 * math.sqrt(num_labels)
+    """Partitions for N labels: the power of two nearest max(2.5 sqrt(N),
+    N / LABELS_PER_PARTITION), at most one per 8 labels.
+
+    Up to 10^6 labels, 2.5 sqrt(N): finer partitions make label-superior
+    spill precise (a spilled label sits in the few partitions its queries
+    probe first; the measurement that chose the rule: docs/performance.md,
+    "Measurements moved out of code comments"), and the centroid scan (P
+    rows per query) bounds it above. Beyond, lists that keep growing as
+    sqrt(N) merge groups of labels that have little in common, and a
+    centroid stops standing for its labels (the measurements at 10^6 and
+    10^7: docs/scaling.md, "10^7 labels on one machine"); FAISS's
+    guidelines ask for finer lists still at that size."""
+    target = max(2.5 * math.sqrt(num_labels), num_labels / LABELS_PER_PARTITION)
     p = 2 ** max(0, round(math.log2(max(target, 1.0))))
     return int(max(1, min(p, num_labels // 8 if num_labels >= 8 else 1)))
 

@@ -1,0 +1,83 @@
+"""k-means for the partition index: Lloyd's iterations on a seeded sample,
+then every row assigned to its nearest centroid (L2), exactly.
+
+The assignment of N rows to P centroids is `N * P * D` multiply-adds, the
+largest part of building a label-space index of many labels. Assigning
+through a coarse level instead (each row compared with the centroids of
+its few nearest coarse cells only) was measured and dropped: the rows it
+misplaces are few but are the ones a MIPS probe needs, and the query's
+label sat in its first 8 probed partitions less often (docs/scaling.md,
+"Tried for 10^7 and dropped").
+
+Everything is a function of the rows, the count and the generator: the
+same call gives the same centroids and assignment on a given device and
+thread count, whatever the row chunking.
+"""
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def _scored(centroids: Tensor) -> Tensor:
+    """[P, D + 1]: the centroids and -|c|^2 / 2, so that one GEMM against
+    rows [v, 1] ranks centroids as -|v - c|^2 / 2 does."""
+    c = centroids.to(torch.float32)
+    return torch.cat([c, -0.5 * c.pow(2).sum(1, keepdim=True)], 1)
+
+
+def nearest_centroid(v: Tensor, centroids: Tensor, block: int = 1 << 20) -> Tensor:
+    """Index of the nearest centroid (L2) of every row of v, int64 [n], in
+    row chunks of at most `block` distances (4 MB: the max then reads a
+    block still in cache; 32K-row blocks of 64 MB made it memory-bound,
+    docs/performance.md "0.9"). Ties go to the smaller index. A row's result
+    does not depend on the chunk."""
+    scored = _scored(centroids).T.contiguous()  # [D + 1, P]
+    n_all, p = v.shape[0], centroids.shape[0]
+    out = torch.empty(n_all, dtype=torch.int64, device=v.device)
+    if n_all == 0:
+        return out
+    chunk = min(n_all, max(256, block // max(1, p)))
+    # One set of buffers for every chunk: a block allocated per chunk is
+    # mapped and page-faulted afresh each time where the allocator returns
+    # large blocks to the system (docs/performance.md, "0.9.5").
+    rows = torch.ones(chunk, v.shape[1] + 1, dtype=torch.float32, device=v.device)
+    scores = torch.empty(chunk, p, dtype=torch.float32, device=v.device)
+    best = torch.empty(chunk, dtype=torch.float32, device=v.device)
+    for s in range(0, n_all, chunk):
+        n = min(chunk, n_all - s)
+        rows[:n, :-1] = v[s : s + n]
+        # [v, 1] @ [c, -|c|^2/2]^T: one GEMM, no bias broadcast; max rather
+        # than argmax: the same first index of the maximum, faster on CPU.
+        torch.mm(rows[:n], scored, out=scores[:n])
+        torch.max(scores[:n], 1, out=(best[:n], out[s : s + n]))
+    return out
+
+
+def _sample(v: Tensor, k: int, sample: int, gen: torch.Generator) -> Tensor:
+    """A seeded sample of at most sample * k rows of v, in row order."""
+    n = v.shape[0]
+    pick = torch.randperm(n, generator=gen)[: min(n, max(k, sample * k))].to(v.device)
+    return v[pick.sort().values]
+
+
+def _lloyd(s: Tensor, k: int, iters: int, gen: torch.Generator) -> Tensor:
+    """Lloyd's k-means of the rows s, seeded by k distinct rows. An emptied
+    cluster keeps its previous centroid."""
+    c = s[torch.randperm(s.shape[0], generator=gen)[:k].to(s.device)].clone()
+    for _ in range(iters):
+        a = nearest_centroid(s, c)
+        counts = torch.bincount(a, minlength=k)
+        sums = torch.zeros_like(c).index_add_(0, a, s)
+        c = torch.where((counts > 0).unsqueeze(1), sums / counts.clamp(min=1).unsqueeze(1).to(c.dtype), c)
+    return c
+
+
+def kmeans(v: Tensor, k: int, *, iters: int, sample: int, gen: torch.Generator) -> Tensor:
+    """Lloyd's k-means of the rows of v (float32 [n, D]) on a seeded sample
+    of at most sample * k rows, seeded by k distinct sample rows. (A smaller
+    sample is cheaper but unbalances the clusters, so a query scans more
+    rows at the same probes: the development measurement is in
+    docs/performance.md, "Measurements moved out of code comments".)"""
+    return _lloyd(_sample(v, k, sample, gen), k, iters, gen)
