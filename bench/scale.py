@@ -88,6 +88,8 @@ def stage_generate(path: str, labels: int) -> Dict[str, object]:
     peak = _status("VmHWM") - base
     torch.save({"weight": task.weight, "bias": task.bias, "train_x": task.train_x, "train_y": task.train_y,
                 "test_x": task.test_x, "test_y": task.test_y}, path)
+    if os.path.exists(path + ".dense"):  # the lss stage's dense top-1 of an older task at this path
+        os.unlink(path + ".dense")
     return {"generate s": seconds, "generate peak / weights": peak / (labels * D * 4)}
 
 
@@ -181,6 +183,11 @@ def _child(stage: str, args: List[str]) -> Dict[str, object]:
     return result
 
 
+def _read_json(path: Path) -> Dict[str, object]:
+    with open(path) as f:
+        return json.load(f)
+
+
 def matched(sweep: List[Dict[str, object]], target: float) -> Dict[str, object]:
     """ScaNN's cheapest setting (fewest leaves) reaching P@1 >= target, or {} (never reaches it)."""
     for row in sweep:
@@ -232,7 +239,7 @@ def main(argv=None) -> Dict[str, object]:
     if args.from_stages:
         # The report from stage results kept by hand (--stage ... --result
         # DIR/{generate,lss,scann}.json, one task file, one machine).
-        gen, lss_r, scann_r = (json.load(open(Path(args.from_stages) / f"{name}.json"))
+        gen, lss_r, scann_r = (_read_json(Path(args.from_stages) / f"{name}.json")
                                for name in ("generate", "lss", "scann"))
     else:
         with tempfile.TemporaryDirectory(dir=os.environ.get("LSS_SCALE_TMP")) as tmp:
