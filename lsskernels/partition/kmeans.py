@@ -29,10 +29,11 @@ def _scored(centroids: Tensor) -> Tensor:
 
 def nearest_centroid(v: Tensor, centroids: Tensor, block: int = 1 << 20) -> Tensor:
     """Index of the nearest centroid (L2) of every row of v, int64 [n], in
-    row chunks of at most `block` distances (4 MB: the max then reads a
-    block still in cache; 32K-row blocks of 64 MB made it memory-bound,
-    docs/performance.md "0.9"). Ties go to the smaller index. A row's result
-    does not depend on the chunk."""
+    row chunks of `block` distances (4 MB: the max then reads a block still
+    in cache; 32K-row blocks of 64 MB made it memory-bound, docs/performance.md
+    "0.9") but never fewer than 256 rows (a block of 256 x P scores past
+    P = 4,096). Ties go to the smaller index. A row's result does not depend
+    on the chunk."""
     scored = _scored(centroids).T.contiguous()  # [D + 1, P]
     n_all, p = v.shape[0], centroids.shape[0]
     out = torch.empty(n_all, dtype=torch.int64, device=v.device)
