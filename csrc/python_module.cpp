@@ -57,6 +57,8 @@ PYBIND11_MODULE(_C, m) {
     for (const auto& [kernel, isa] : lss::cpu::vector_kernel_isas()) d[pybind11::str(kernel)] = isa;
     return d;
   }, "Per CPU row kernel (dot_f32, axpy_bf16, ..., next_topk_candidate), the instruction set of the table row it came from");
+  m.def("cpu_has_bf16_dot", &lss::cpu::cpu_has_bf16_dot,
+        "True where the CPU has AVX-512 BF16 (and LSS_CPU_ISA leaves AVX-512 on): fit's k-means screens in bf16");
   m.def("cpu_int8_isa", &lss::cpu::int8_isa,
         "Kernel the CPU int8 code-row scoring (quantized_candidates) dispatched to on this machine");
   // The GIL is released while the op runs, as torch.ops' call does: other

@@ -53,6 +53,13 @@ def unboxed(op: str):
     return door if door is not None else getattr(torch.ops.lsskernels, op).default
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_has_bf16_dot() -> bool:
+    """Whether the CPU multiplies bf16 natively (AVX-512 BF16) and
+    LSS_CPU_ISA leaves AVX-512 on; False without the extension."""
+    return _C is not None and bool(_C.cpu_has_bf16_dot())
+
+
 def cuda_kernels_built() -> bool:
     return _C is not None and bool(_C.built_with_cuda())
 

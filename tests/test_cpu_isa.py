@@ -34,7 +34,8 @@ import lsskernels
 from lsskernels import _ops
 from helpers import randn, random_ids
 torch.set_num_threads(1)
-out = {{"isa": _ops._C.cpu_vector_isa(), "kernels": _ops._C.cpu_vector_kernels()}}
+out = {{"isa": _ops._C.cpu_vector_isa(), "kernels": _ops._C.cpu_vector_kernels(),
+       "bf16_dot": _ops._C.cpu_has_bf16_dot()}}
 for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
     for d in (64, 128, 256, 75):
         x, w, b = randn(3, d, seed=1).to(dtype), randn(300, d, seed=2).to(dtype), randn(300, seed=3).to(dtype)
@@ -76,7 +77,7 @@ def test_avx2_gives_the_same_bits_as_the_default_path(tmp_path):
     default, avx2 = run_with_isa(None, tmp_path), run_with_isa("avx2", tmp_path)
     assert "AVX2" in avx2["isa"]
     for key, value in default.items():
-        if key not in ("isa", "kernels"):
+        if key not in ("isa", "kernels", "bf16_dot"):
             assert torch.equal(value, avx2[key]), key
 
 
@@ -97,7 +98,9 @@ def test_forced_isa_lowers_every_kernel(isa, tmp_path):
     has only the generic row; AVX2 has no next_topk_candidate of its own)."""
     if isa == "avx2" and _isa_level() < 3:
         pytest.skip("this CPU has no AVX2 + FMA")
-    kernels = run_with_isa(isa, tmp_path)["kernels"]
+    got_all = run_with_isa(isa, tmp_path)
+    kernels = got_all["kernels"]
+    assert not got_all["bf16_dot"]  # k-means' bf16 screen is an AVX-512 path too
     assert {k for k in kernels if k.startswith("axpy_")} == {"axpy_f32", "axpy_bf16", "axpy_f16", "axpy_f64"}
     for kernel, got in kernels.items():
         want = "generic" if kernel.endswith("_f64") or kernel == "next_topk_candidate" else isa

@@ -41,3 +41,4 @@ def test_kmeans_is_a_function_of_its_rows_count_and_seed():
         return (v - c[km.nearest_centroid(v, c)]).pow(2).sum(1).mean()
 
     assert spread(a) < spread(start)
+

@@ -101,6 +101,14 @@ void axpy(double a, const double* w, double* y, int64_t n) { vector_kernels().f6
 
 int vector_level() { return vector_kernels().level; }
 
+bool cpu_has_bf16_dot() {
+#if defined(LSS_HAVE_X86_KERNELS)
+  return vector_level() >= 4 && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 const char* vector_isa() {
   static const std::string name =
       std::string(vector_kernels().name) + (forced_isa() != nullptr ? ", LSS_CPU_ISA set" : "");

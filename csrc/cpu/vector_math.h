@@ -103,6 +103,11 @@ std::vector<std::pair<std::string, std::string>> vector_kernel_isas();
 // (int8_dots.cpp) pick their ISA from it, so one switch lowers them all.
 int vector_level();
 
+// True where the CPU multiplies bf16 natively (AVX-512 BF16, which every
+// AMX-BF16 CPU has too) and LSS_CPU_ISA leaves AVX-512 on: the k-means
+// assignment then screens centroids with a bf16 GEMM (partition/kmeans.py).
+bool cpu_has_bf16_dot();
+
 // Accumulator type: fp64 inputs accumulate in fp64, everything else in fp32.
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };

@@ -1,5 +1,8 @@
 """k-means for the partition index: Lloyd's iterations on a seeded sample,
-then every row assigned to its nearest centroid (L2), exactly.
+then every row assigned to its nearest centroid (L2): exactly, or where the
+CPU multiplies bf16 natively and P >= 8,192, through a bf16 screen with an
+fp32 rescoring of each row's best few (row_argmax.py), which differs only
+on near-ties.
 
 The assignment of N rows to P centroids is `N * P * D` multiply-adds, the
 largest part of building a label-space index of many labels. Assigning
@@ -10,12 +13,14 @@ label sat in its first 8 probed partitions less often (docs/scaling.md,
 "Tried for 10^7 and dropped").
 
 Everything is a function of the rows, the count and the generator: the
-same call gives the same centroids and assignment on a given device and
-thread count, whatever the row chunking.
+same call gives the same centroids and assignment on a given device, CPU
+instruction set and thread count, whatever the row chunking.
 """
 from __future__ import annotations
 
 import torch
+
+from ..row_argmax import RowArgmax, screens_in_bf16
 
 Tensor = torch.Tensor
 
@@ -28,31 +33,29 @@ def _scored(centroids: Tensor) -> Tensor:
 
 
 def nearest_centroid(v: Tensor, centroids: Tensor, block: int = 1 << 20) -> Tensor:
-    """Index of the nearest centroid (L2) of every row of v, int64 [n], in
-    row chunks of `block` distances (4 MB: the max then reads a block still
-    in cache; 32K-row blocks of 64 MB made it memory-bound, docs/performance.md
+    """Index of the nearest centroid (L2) of every row of v, int64 [n]: the
+    best of [v, 1] against [c, -|c|^2/2] (row_argmax.py: exact, or screened
+    in bf16 where the CPU has it and P >= 8,192), in row chunks of `block`
+    scores (4 MB of fp32: the reductions then read a block still in cache;
+    32K-row blocks of 64 MB made it memory-bound, docs/performance.md
     "0.9") but never fewer than 256 rows (a block of 256 x P scores past
-    P = 4,096). Ties go to the smaller index. A row's result does not depend
-    on the chunk."""
-    scored = _scored(centroids).T.contiguous()  # [D + 1, P]
+    P = 4,096). Ties go to the smaller index; a row's result does not
+    depend on the chunk. For the screen, rows and centroids are centred on
+    the centroids' mean first (the same distances, smaller terms)."""
     n_all, p = v.shape[0], centroids.shape[0]
     out = torch.empty(n_all, dtype=torch.int64, device=v.device)
     if n_all == 0:
         return out
+    c = centroids.to(torch.float32)
+    # Centred for the screen only: the exact path keeps exact ties exact.
+    mean = c.mean(0) if screens_in_bf16(v.device, p) else c.new_zeros(c.shape[1])
+    table = RowArgmax(_scored(c - mean))
     chunk = min(n_all, max(256, block // max(1, p)))
-    # One set of buffers for every chunk: a block allocated per chunk is
-    # mapped and page-faulted afresh each time where the allocator returns
-    # large blocks to the system (docs/performance.md, "0.9.5").
     rows = torch.ones(chunk, v.shape[1] + 1, dtype=torch.float32, device=v.device)
-    scores = torch.empty(chunk, p, dtype=torch.float32, device=v.device)
-    best = torch.empty(chunk, dtype=torch.float32, device=v.device)
     for s in range(0, n_all, chunk):
         n = min(chunk, n_all - s)
-        rows[:n, :-1] = v[s : s + n]
-        # [v, 1] @ [c, -|c|^2/2]^T: one GEMM, no bias broadcast; max rather
-        # than argmax: the same first index of the maximum, faster on CPU.
-        torch.mm(rows[:n], scored, out=scores[:n])
-        torch.max(scores[:n], 1, out=(best[:n], out[s : s + n]))
+        torch.sub(v[s : s + n], mean, out=rows[:n, :-1])
+        table.best(rows[:n], out=out[s : s + n])
     return out
 
 
