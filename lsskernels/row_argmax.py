@@ -31,9 +31,9 @@ Tensor = torch.Tensor
 
 # Columns of the score block reduced together (one block's maximum first).
 _COLS = 128
-# Tables from this many rows on take the two-stage argmax: below it the
-# padding to a multiple of _COLS costs more than the row max it replaces.
-TWO_STAGE_MIN_ROWS = 8 * _COLS
+# Tables from this many rows on take the two-stage argmax: below it torch's
+# row max was as fast (docs/performance.md, "0.9.6").
+TWO_STAGE_MIN_ROWS = 4096
 # The bf16 screen: rows it keeps for the fp32 rescoring, and the table size
 # from which it is used; below 8,192 rows the fp32 GEMM and the screen's
 # top-k took the same time (docs/performance.md, "0.9.6").

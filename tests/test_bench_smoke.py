@@ -373,3 +373,15 @@ def test_calibration_section_reports_the_loss_and_the_unfitted_index(monkeypatch
     assert row["loss, points"] == pytest.approx(100 * (row["dense P@1"] - row["LSS P@1"]))
     assert row["fitted - unfitted, points"] == pytest.approx(100 * (row["LSS P@1"] - row["unfitted P@1"]))
     assert row["fitted - unfitted SE, points"] >= 0.0 and row["space"] in ("labels", "queries")
+
+
+def test_row_argmax_micro_benchmark_quick(tmp_path, capsys):
+    """bench/row_argmax.py --quick end to end: every way agrees with the
+    0.9.5 GEMM + max path on its clustered rows."""
+    from bench import row_argmax
+
+    row_argmax.main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    assert "dense top-1" in capsys.readouterr().out
+    results = json.loads((tmp_path / "row_argmax-quick.json").read_text())["results"]
+    assert {r["way"] for r in results} >= {"gemm + max", "exact"}
+    assert all(float(r["same as gemm + max"]) > 0.999 for r in results)

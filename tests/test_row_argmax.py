@@ -44,11 +44,12 @@ def nearest_sq(v, c):
 
 
 def test_padded_blocks_keep_the_exact_first_nearest():
-    # P = 1,100 takes the two-stage argmax and is not a multiple of its
+    # P = 4,100 takes the two-stage argmax and is not a multiple of its
     # block: the padding rows must never win, ties go to the first.
-    v, c = integer_points(2000, 1100)
-    c[50] = c[1000]
-    v[:3] = c[1000]
+    assert ra.TWO_STAGE_MIN_ROWS <= 4100 < ra.SCREEN_MIN_ROWS
+    v, c = integer_points(2000, 4100)
+    c[50] = c[4090]
+    v[:3] = c[4090]
     got = km.nearest_centroid(v, c)
     d2 = nearest_sq(v, c)
     want = (d2 == d2.min(1, keepdim=True).values).int().argmax(1)

@@ -48,13 +48,16 @@ def nearest_centroid(v: Tensor, centroids: Tensor, block: int = 1 << 20) -> Tens
         return out
     c = centroids.to(torch.float32)
     # Centred for the screen only: the exact path keeps exact ties exact.
-    mean = c.mean(0) if screens_in_bf16(v.device, p) else c.new_zeros(c.shape[1])
-    table = RowArgmax(_scored(c - mean))
+    mean = c.mean(0) if screens_in_bf16(v.device, p) else None
+    table = RowArgmax(_scored(c if mean is None else c - mean))
     chunk = min(n_all, max(256, block // max(1, p)))
     rows = torch.ones(chunk, v.shape[1] + 1, dtype=torch.float32, device=v.device)
     for s in range(0, n_all, chunk):
         n = min(chunk, n_all - s)
-        torch.sub(v[s : s + n], mean, out=rows[:n, :-1])
+        if mean is None:
+            rows[:n, :-1] = v[s : s + n]
+        else:
+            torch.sub(v[s : s + n], mean, out=rows[:n, :-1])
         table.best(rows[:n], out=out[s : s + n])
     return out
 
