@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include "cpu/int8_dots.h"
+#include "cpu/row_topk.h"
 #include "cpu/vector_math.h"
 #include "lss/partition_predict_topk.h"
 #include "lss/common.h"
@@ -59,6 +60,10 @@ PYBIND11_MODULE(_C, m) {
   }, "Per CPU row kernel (dot_f32, axpy_bf16, ..., next_topk_candidate), the instruction set of the table row it came from");
   m.def("cpu_has_bf16_dot", &lss::cpu::cpu_has_bf16_dot,
         "True where the CPU has AVX-512 BF16 (and LSS_CPU_ISA leaves AVX-512 on): fit's k-means screens in bf16");
+  m.def("bf16_row_topk", &lss::cpu::bf16_row_topk,
+        "Column ids int64 [n, k] of each row's k largest entries of a bf16 [n, P] CPU block, larger first, ties "
+        "to the smaller column (fit's bf16 screen, lsskernels/row_argmax.py; not a torch op)",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("cpu_int8_isa", &lss::cpu::int8_isa,
         "Kernel the CPU int8 code-row scoring (quantized_candidates) dispatched to on this machine");
   // The GIL is released while the op runs, as torch.ops' call does: other

@@ -60,6 +60,15 @@ def cpu_has_bf16_dot() -> bool:
     return _C is not None and bool(_C.cpu_has_bf16_dot())
 
 
+def bf16_row_topk(scores: Tensor, k: int) -> Tensor:
+    """Column ids int64 [n, k] of each row's k largest entries of a bf16
+    [n, P] CPU block, larger first, ties to the smaller column (the
+    extension's CPU helper of fit()'s bf16 screen: csrc/cpu/row_topk.h)."""
+    if _C is None:
+        raise RuntimeError(f"bf16_row_topk needs the compiled extension ({EXTENSION_ERROR})")
+    return _C.bf16_row_topk(scores, k)
+
+
 def cuda_kernels_built() -> bool:
     return _C is not None and bool(_C.built_with_cuda())
 

@@ -12,9 +12,10 @@ Two paths, one answer up to near-ties:
   least SCREEN_MIN_ROWS rows: the GEMM in bf16 against the table less its
   column mean (a per-row constant shift of every score, so the same order;
   bf16 keeps 8 bits of each term, and the centring makes the terms small),
-  each row's SCREEN_KEEP best rescored in fp32 and the best of those. It
-  differs from the exact path only where the best is not among the
-  screen's SCREEN_KEEP, i.e. on near-ties within bf16's rounding.
+  each row's SCREEN_KEEP best (the extension's bf16_row_topk, one pass
+  over the scores) rescored in fp32 and the best of those. It differs from
+  the exact path only where the best is not among the screen's
+  SCREEN_KEEP, i.e. on near-ties within bf16's rounding.
 
 The rows' last column must be 1 (the bias column of [v, 1] or [x, 1]): the
 padding rows of the table score -inf through it.
@@ -58,19 +59,6 @@ def first_argmax(scores: Tensor, out: Tensor) -> None:
     torch.add(within, block, alpha=_COLS, out=out)
 
 
-def screened(scores: Tensor, keep: int) -> Tensor:
-    """The ids of each row's `keep` best columns of a score block ([n, P'],
-    P' a multiple of _COLS, keep <= P'): the best `keep` entries lie in the
-    `keep` blocks of largest maxima."""
-    n, p = scores.shape
-    blocks = scores.view(n, p // _COLS, _COLS)
-    kept = min(keep, p // _COLS)
-    best_blocks = blocks.amax(2).topk(kept, 1).indices  # [n, kept]
-    inside = blocks[torch.arange(n, device=scores.device).unsqueeze(1), best_blocks]
-    pos = inside.reshape(n, kept * _COLS).topk(keep, 1).indices
-    return best_blocks.gather(1, pos // _COLS) * _COLS + pos % _COLS
-
-
 class RowArgmax:
     """A table [P, D] (float32) ready for best(rows): padded to a multiple of
     _COLS with rows that never win, and where screens_in_bf16 a centred
@@ -112,7 +100,7 @@ class RowArgmax:
         scores = self._buffer(n)
         if self.screen:
             torch.mm(rows.to(torch.bfloat16), self.low_t, out=scores)
-            cand = screened(scores, min(SCREEN_KEEP, self.num_rows))  # [n, keep]
+            cand = _ops.bf16_row_topk(scores, min(SCREEN_KEEP, self.num_rows))  # [n, keep]
             exact = torch.bmm(self.table[cand], rows.unsqueeze(2)).squeeze(2)
             best = exact.amax(1)
             top = exact == best.unsqueeze(1)

@@ -47,6 +47,9 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         out[(str(dtype), d, "grad_x")], out[(str(dtype), d, "grad_w")], out[(str(dtype), d, "grad_b")] = gx, gw, gb
         proj = randn(5, 9, d, seed=5).to(dtype)
         out[(str(dtype), d, "codes")] = torch.ops.lsskernels.hash_codes(x, proj)
+# fit()'s bf16 screen: the AVX-512 and generic row passes give the same ids.
+ties = torch.randint(-8, 8, (50, 1000), generator=torch.Generator().manual_seed(7)).to(torch.bfloat16)
+out["row_topk"] = _ops._C.bf16_row_topk(ties, 4)
 torch.save(out, {path!r})
 """
 

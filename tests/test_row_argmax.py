@@ -4,7 +4,7 @@ a bf16 screen with fp32 rescoring)."""
 import pytest
 import torch
 
-from lsskernels import fit_pairs
+from lsskernels import _ops, fit_pairs
 from lsskernels import row_argmax as ra
 from lsskernels.partition import kmeans as km
 
@@ -20,15 +20,41 @@ def test_two_stage_argmax_is_the_first_maximum():
     assert torch.equal(out, scores.max(1).indices) and out[3] == 0
 
 
-def test_screen_finds_the_best_entries_in_the_best_blocks():
-    g = torch.Generator().manual_seed(2)
-    scores = torch.randn(300, 6 * ra._COLS, generator=g)
-    scores[0, 5] = scores[0, 6] = scores[0, 7] = 50.0  # three best in one block
-    got = ra.screened(scores, 4).sort(1).values
-    assert torch.equal(got, scores.topk(4, 1).indices.sort(1).values)
-    # More kept than blocks: still the best `keep` columns.
-    small = torch.randn(20, ra._COLS, generator=g)
-    assert torch.equal(ra.screened(small, 4).sort(1).values, small.topk(4, 1).indices.sort(1).values)
+def row_topk_reference(scores, k):
+    # Larger first, ties to the smaller column; NaN and -inf never enter, a
+    # short row is filled with column 0.
+    s = scores.float().nan_to_num(nan=float("-inf"))
+    order = torch.sort(-s, dim=1, stable=True).indices[:, :k]
+    ok = s.gather(1, order) > float("-inf")
+    return torch.where(ok, order, 0)
+
+
+@pytest.mark.parametrize("p", [1, 31, 32, 33, 100, 1000])
+def test_bf16_row_topk_matches_the_reference(p):
+    g = torch.Generator().manual_seed(p)
+    # Few distinct values: ties everywhere.
+    scores = torch.randint(-8, 8, (70, p), generator=g).to(torch.bfloat16)
+    scores[0] = 3.0
+    if p > 4:
+        scores[1, :-2] = float("nan")
+        scores[2, 1::2] = float("-inf")
+    for k in (1, 2, 4, 16):
+        if k <= p:
+            assert torch.equal(_ops.bf16_row_topk(scores, k), row_topk_reference(scores, k)), (p, k)
+    fine = torch.randn(300, p, generator=g).to(torch.bfloat16)
+    assert torch.equal(_ops.bf16_row_topk(fine, min(4, p)), row_topk_reference(fine, min(4, p)))
+
+
+def test_bf16_row_topk_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="2-D bfloat16"):
+        _ops.bf16_row_topk(torch.zeros(3, 5), 2)
+    with pytest.raises(ValueError, match="k must be"):
+        _ops.bf16_row_topk(torch.zeros(3, 5, dtype=torch.bfloat16), 6)
+    with pytest.raises(ValueError, match="k must be"):
+        _ops.bf16_row_topk(torch.zeros(3, 50, dtype=torch.bfloat16), 17)
+    # A non-contiguous block is read as its contiguous copy.
+    x = torch.randn(40, 64).to(torch.bfloat16)
+    assert torch.equal(_ops.bf16_row_topk(x.T, 3), row_topk_reference(x.T, 3))
 
 
 def integer_points(n, p, d=9, seed=2):
