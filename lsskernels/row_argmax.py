@@ -105,6 +105,9 @@ class RowArgmax:
             best = exact.amax(1)
             top = exact == best.unsqueeze(1)
             torch.amin(torch.where(top, cand, self.table.shape[0]), 1, out=ids)
+            # A row whose rescored scores are all NaN (a NaN in it or the
+            # table) keeps a valid id: its first candidate.
+            torch.where(top.any(1), ids, cand[:, 0], out=ids)
             return best, ids
         torch.mm(rows, self.table_t, out=scores)
         if self.two_stage:

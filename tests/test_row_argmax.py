@@ -139,3 +139,21 @@ def test_dense_top1_over_label_blocks(monkeypatch, screen):
     assert torch.equal(fit_pairs.dense_top1(w, None, q),
                        torch.nn.functional.linear(q.double(), w.double()).argmax(1)) or screen
     assert (fit_pairs.dense_top1(w.half(), b.half(), q) == want).float().mean() > 0.95
+
+
+def test_screen_gives_valid_ids_to_nan_rows(forced_screen):
+    g = torch.Generator().manual_seed(9)
+    c, rows = torch.randn(300, 8, generator=g), torch.randn(10, 8, generator=g)
+    rows[3] = float("nan")
+    got = km.nearest_centroid(rows, c)
+    assert bool(((got >= 0) & (got < 300)).all())
+    assert torch.equal(got[:3], torch.cdist(rows[:3].double(), c.double()).argmin(1))
+
+
+def test_dense_top1_screen_false_is_the_exact_path(forced_screen, monkeypatch):
+    monkeypatch.setattr(fit_pairs, "LABEL_BLOCK", 400)
+    g = torch.Generator().manual_seed(10)
+    w, b, q = torch.randn(1000, 24, generator=g), torch.randn(1000, generator=g), torch.randn(300, 24, generator=g)
+    exact = fit_pairs.dense_top1(w, b, q, screen=False)
+    monkeypatch.setattr(ra, "SCREEN_MIN_ROWS", 1 << 40)
+    assert torch.equal(exact, fit_pairs.dense_top1(w, b, q))
