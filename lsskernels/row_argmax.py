@@ -36,10 +36,10 @@ _COLS = 128
 # row max was as fast (docs/performance.md, "0.9.6").
 TWO_STAGE_MIN_ROWS = 4096
 # The bf16 screen: rows it keeps for the fp32 rescoring, and the table size
-# from which it is used; below 8,192 rows the fp32 GEMM and the screen's
-# top-k took the same time (docs/performance.md, "0.9.6").
+# from which it is used (1.75x the exact path at 4,096 rows, even at 1,024:
+# docs/performance.md, "0.9.6").
 SCREEN_KEEP = 4
-SCREEN_MIN_ROWS = 8192
+SCREEN_MIN_ROWS = 4096
 
 
 def screens_in_bf16(device: torch.device, num_rows: int) -> bool:

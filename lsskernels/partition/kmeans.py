@@ -1,6 +1,6 @@
 """k-means for the partition index: Lloyd's iterations on a seeded sample,
 then every row assigned to its nearest centroid (L2): exactly, or where the
-CPU multiplies bf16 natively and P >= 8,192, through a bf16 screen with an
+CPU multiplies bf16 natively and P >= 4,096, through a bf16 screen with an
 fp32 rescoring of each row's best few (row_argmax.py), which differs only
 on near-ties.
 
@@ -35,7 +35,7 @@ def _scored(centroids: Tensor) -> Tensor:
 def nearest_centroid(v: Tensor, centroids: Tensor, block: int = 1 << 20) -> Tensor:
     """Index of the nearest centroid (L2) of every row of v, int64 [n]: the
     best of [v, 1] against [c, -|c|^2/2] (row_argmax.py: exact, or screened
-    in bf16 where the CPU has it and P >= 8,192), in row chunks of `block`
+    in bf16 where the CPU has it and P >= 4,096), in row chunks of `block`
     scores (4 MB of fp32: the reductions then read a block still in cache;
     32K-row blocks of 64 MB made it memory-bound, docs/performance.md
     "0.9") but never fewer than 256 rows (a block of 256 x P scores past
