@@ -42,3 +42,30 @@ def test_kmeans_is_a_function_of_its_rows_count_and_seed():
 
     assert spread(a) < spread(start)
 
+
+
+def test_no_partition_is_left_empty_where_rows_can_fill_it():
+    # Duplicate rows (labels never trained keep one weight row, e.g. zeros)
+    # seed several identical centroids; the nearest-centroid tie sends every
+    # row to the first, and the others stayed empty: list space wasted and,
+    # in a label space, the largest clusters left unsplit.
+    v = torch.cat([clustered(6000, 8, 12, seed=1), torch.zeros(600, 8)])
+    for seed in range(3):
+        c = km.kmeans(v, 48, iters=6, sample=64, gen=torch.Generator().manual_seed(seed))
+        sizes = torch.bincount(km.nearest_centroid(v, c), minlength=48)
+        assert int((sizes == 0).sum()) <= 1, sizes  # the zero rows cannot be split: at most their twin stays empty
+
+
+def test_an_emptied_centroid_splits_the_largest_cluster():
+    c = torch.arange(12, dtype=torch.float32).reshape(4, 3) + 1
+    counts = torch.tensor([5, 0, 9, 0])
+    out = km._split_largest(c.clone(), counts)
+    step = torch.tensor([1.0, -1.0, 1.0]) / 1024
+    # The first empty (1) halves the largest (2: 9 -> 5 + 4); the second
+    # empty (3) the then largest, 0 and 2 tied at 5: the smaller index.
+    assert torch.equal(out[1], c[2] * (1 + step))
+    assert torch.equal(out[3], c[0] * (1 + step))
+    assert torch.equal(out[0], c[0] * (1 - step))
+    assert torch.equal(out[2], c[2] * (1 - step))
+    # Nothing empty: unchanged.
+    assert torch.equal(km._split_largest(c.clone(), torch.tensor([1, 2, 3, 4])), c)
