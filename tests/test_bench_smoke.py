@@ -385,3 +385,20 @@ def test_row_argmax_micro_benchmark_quick(tmp_path, capsys):
     results = json.loads((tmp_path / "row_argmax-quick.json").read_text())["results"]
     assert {r["way"] for r in results} >= {"gemm + max", "exact"}
     assert all(float(r["same as gemm + max"]) > 0.999 for r in results)
+
+
+def test_partition_balance_benchmark_quick(tmp_path, capsys):
+    """bench/partition_balance.py --quick end to end: both k-means ways per
+    seed, shares in [0, 1] that only grow with the probes, and the split
+    leaves no list empty."""
+    from bench import partition_balance
+
+    partition_balance.main(["--quick", "--seeds", "0", "--threads", "1", "--out", str(tmp_path)])
+    assert "found@8" in capsys.readouterr().out
+    results = json.loads((tmp_path / "partition_balance-quick.json").read_text())["results"]
+    assert [r["way"] for r in results] == list(partition_balance.WAYS)
+    for r in results:
+        found = [r[f"found@{k}"] for k in partition_balance.PROBES if f"found@{k}" in r]
+        rows = [r[f"rows@{k}"] for k in partition_balance.PROBES if f"rows@{k}" in r]
+        assert all(0.0 <= f <= 1.0 for f in found) and found == sorted(found) and rows == sorted(rows)
+    assert results[1]["empty lists"] == 0

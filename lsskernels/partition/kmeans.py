@@ -1,5 +1,6 @@
-"""k-means for the partition index: Lloyd's iterations on a seeded sample,
-then every row assigned to its nearest centroid (L2): exactly, or where the
+"""k-means for the partition index: Lloyd's iterations on a seeded sample
+(an emptied centroid splits the largest cluster), then every row assigned
+to its nearest centroid (L2): exactly, or where the
 CPU multiplies bf16 natively and P >= 4,096, through a bf16 screen with an
 fp32 rescoring of each row's best few (row_argmax.py), which differs only
 on near-ties.
@@ -97,24 +98,26 @@ def _split_largest(c: Tensor, counts: Tensor) -> Tensor:
     return c
 
 
-def _lloyd(s: Tensor, k: int, iters: int, gen: torch.Generator) -> Tensor:
+def _lloyd(s: Tensor, k: int, iters: int, gen: torch.Generator, split_empty: bool = True) -> Tensor:
     """Lloyd's k-means of the rows s, seeded by k distinct rows; after each
     update the emptied centroids split the largest clusters
-    (_split_largest)."""
+    (_split_largest; split_empty=False keeps them where they were, as
+    before 0.9.7: bench/partition_balance.py's baseline)."""
     c = s[torch.randperm(s.shape[0], generator=gen)[:k].to(s.device)].clone()
     for _ in range(iters):
         a = nearest_centroid(s, c)
         counts = torch.bincount(a, minlength=k)
         sums = torch.zeros_like(c).index_add_(0, a, s)
         c = torch.where((counts > 0).unsqueeze(1), sums / counts.clamp(min=1).unsqueeze(1).to(c.dtype), c)
-        c = _split_largest(c, counts)
+        if split_empty:
+            c = _split_largest(c, counts)
     return c
 
 
-def kmeans(v: Tensor, k: int, *, iters: int, sample: int, gen: torch.Generator) -> Tensor:
+def kmeans(v: Tensor, k: int, *, iters: int, sample: int, gen: torch.Generator, split_empty: bool = True) -> Tensor:
     """Lloyd's k-means of the rows of v (float32 [n, D]) on a seeded sample
     of at most sample * k rows, seeded by k distinct sample rows. (A smaller
     sample is cheaper but unbalances the clusters, so a query scans more
     rows at the same probes: the development measurement is in
     docs/performance.md, "Measurements moved out of code comments".)"""
-    return _lloyd(_sample(v, k, sample, gen), k, iters, gen)
+    return _lloyd(_sample(v, k, sample, gen), k, iters, gen, split_empty)

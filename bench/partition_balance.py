@@ -1,0 +1,129 @@
+"""How well the unfitted label-space partitions serve a MIPS probe: the
+k-means of the partition index (lsskernels/partition/kmeans.py) with and
+without its split of emptied centroids (before 0.9.7 an emptied centroid
+kept its place and stayed empty).
+
+    python -m bench.partition_balance [--quick] [--seeds 0 1 2] [--threads 2] [--out DIR]
+
+For each synthetic layer (lsskernels.data.make_synthetic_task, N = 670,000,
+d = 128, 5,000 test queries; quick: 50,000, d = 64, 1,000), one generator
+seed a row, both ways build the partitions as an unfitted layer does
+(partition/fit.build_partitions: default partition count, seed 0) and report: empty
+lists, the largest list against the mean, the share of labels in lists
+over twice the mean, and for k = 1 ... 64 probes the share of test queries
+whose dense top-1 label sits in one of the first k partitions the probe
+ranks (what any setting can find at k probes) with the mean rows those k
+lists hold (what it scans). Prints a table, writes
+DIR/partition_balance[-quick].{json,md,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from lsskernels.data import make_synthetic_task
+from lsskernels.partition import kmeans as km
+from lsskernels.partition.fit import PartitionFitConfig
+from lsskernels.partition.index import PartitionIndex
+from lsskernels.reference import augmented_labels
+
+from .common import machine_stamp, markdown_table, matplotlib_pyplot, stamp_line
+
+PROBES = (1, 2, 4, 8, 16, 32, 64)
+WAYS = {"no split (0.9.6)": False, "split emptied (0.9.7)": True}
+
+
+def _dense_top1(task, chunk: int = 500) -> torch.Tensor:
+    x = task.test_x
+    return torch.cat([(x[s : s + chunk] @ task.weight.T + task.bias).argmax(1) for s in range(0, x.shape[0], chunk)])
+
+
+def _build(task, split: bool):
+    """(index, assignment, seconds): the unfitted label-space partitions as
+    partition/fit.build_partitions makes them (its k-means, seed 0), lists
+    not encoded (the probe needs the centroids only)."""
+    index = PartitionIndex(task.num_labels, task.weight.shape[1], seed=0)
+    t = time.perf_counter()
+    v = augmented_labels(task.weight, task.bias)
+    c = km.kmeans(v, index.num_partitions, iters=PartitionFitConfig.kmeans_iters,
+                  sample=PartitionFitConfig.kmeans_sample, gen=torch.Generator().manual_seed(0), split_empty=split)
+    index.set_partitions(c[:, :-1], c[:, -1], "labels")
+    assign = km.nearest_centroid(v, c)
+    return index, assign, time.perf_counter() - t
+
+
+def measure(task, split: bool) -> dict:
+    index, assign, seconds = _build(task, split)
+    p = index.num_partitions
+    sizes = torch.bincount(assign, minlength=p)
+    mean = task.num_labels / p
+    k_max = min(max(PROBES), p)
+    probes = index.probe(task.test_x, k_max).to(torch.int64)
+    home = assign[_dense_top1(task)]
+    found = (probes == home[:, None]).to(torch.float64).cumsum(1)
+    rows = sizes[probes].to(torch.float64).cumsum(1).mean(0)
+    out = {"partitions": p, "build s": seconds, "empty lists": int((sizes == 0).sum()),
+           "largest / mean": float(sizes.max()) / mean,
+           "labels in lists > 2x mean": float(sizes[sizes > 2 * mean].sum()) / task.num_labels}
+    for k in PROBES:
+        if k <= k_max:
+            out[f"found@{k}"] = float(found[:, k - 1].mean())
+            out[f"rows@{k}"] = float(rows[k - 1])
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench.partition_balance", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    stamp = machine_stamp()
+    print(stamp_line(stamp))
+    n, d, test = (50_000, 64, 1_000) if args.quick else (670_000, 128, 5_000)
+    rows = []
+    for seed in args.seeds:
+        task = make_synthetic_task(n, d, 0, test, seed=seed)
+        for way, split in WAYS.items():
+            rows.append({"N": n, "d": d, "seed": seed, "way": way, **measure(task, split)})
+    shown = [k for k in PROBES if f"found@{k}" in rows[0]]
+    columns = (["N", "seed", "way", "partitions", "empty lists", "largest / mean", "labels in lists > 2x mean"]
+               + [f"found@{k}" for k in shown] + [f"rows@{k}" for k in shown if k in (2, 8, 32)] + ["build s"])
+    table = markdown_table(rows, columns)
+    note = (f"\nfound@k: share of the {test:,} test queries whose dense top-1 label is in the first k partitions "
+            f"probed; rows@k: mean labels those k lists hold. Unfitted label-space index, default partition count.")
+    print(table + note)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "partition_balance-quick" if args.quick else "partition_balance"
+    (out / f"{name}.json").write_text(json.dumps({"machine": stamp, "test_queries": test, "results": rows},
+                                                 indent=2))
+    (out / f"{name}.md").write_text(stamp_line(stamp) + "\n\n" + table + "\n" + note + "\n")
+    try:
+        plt = matplotlib_pyplot()
+    except ImportError:
+        print("matplotlib not installed: no plot")
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in rows:
+            ax.plot([r[f"rows@{k}"] for k in shown], [r[f"found@{k}"] for k in shown], marker="o",
+                    linestyle="-" if WAYS[r["way"]] else "--", label=f"seed {r['seed']}, {r['way']}")
+        ax.set_xscale("log")
+        ax.set_xlabel("mean labels in the first k probed lists")
+        ax.set_ylabel("dense top-1 among them")
+        ax.set_title(f"unfitted partitions, synthetic N = {n:,}, d = {d}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=120)
+    return {"machine": stamp, "results": rows}
+
+
+if __name__ == "__main__":
+    main()
