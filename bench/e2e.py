@@ -75,8 +75,10 @@ def run_problem(ctx: RunContext, problem, lss_cfg, **suite_kwargs) -> Dict[str, 
                      f"batch {BATCHES[-1]}.")
     text += "\n\n" + ctx.table(matched_title, matched, MATCHED_COLUMNS, matched_notes)
     sweeps = {"dense": [dense], **sweeps}
+    # fit()'s report (chosen setting, calibration points, seconds by stage), as the accuracy section keeps it.
+    fit_info = suite.method("lss-fit").info.get("fit") if "lss-fit" in sweeps else None
     return {"problem": problem.describe(), "lss": lss_cfg.__dict__, "target_p1": target, "rows": rows,
-            "matched": matched, "sweeps": sweeps, "markdown": text}
+            "matched": matched, "sweeps": sweeps, "fit": fit_info, "markdown": text}
 
 
 def run(ctx: RunContext, problems) -> Dict[str, object]:

@@ -3,11 +3,13 @@ k-means of the partition index (lsskernels/partition/kmeans.py) with and
 without its split of emptied centroids (before 0.9.7 an emptied centroid
 kept its place and stayed empty).
 
-    python -m bench.partition_balance [--quick] [--seeds 0 1 2] [--threads 2] [--out DIR]
+    python -m bench.partition_balance [--quick] [--seeds 0 1 2] [--tasks synthetic wordnet lm freedict minilm]
+                                      [--threads 2] [--out DIR]
 
 For each synthetic layer (lsskernels.data.make_synthetic_task, N = 670,000,
 d = 128, 5,000 test queries; quick: 50,000, d = 64, 1,000), one generator
-seed a row, both ways build the partitions as an unfitted layer does
+seed a row, and each real-data task of the inference bench named in
+--tasks (bench/tasks.py, built or loaded from DIR/cache), both ways build the partitions as an unfitted layer does
 (partition/fit.build_partitions: default partition count, seed 0) and report: empty
 lists, the largest list against the mean, the share of labels in lists
 over twice the mean, and for k = 1 ... 64 probes the share of test queries
@@ -81,6 +83,8 @@ def main(argv=None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tasks", nargs="+", default=["synthetic"],
+                        help="synthetic (one layer per seed) and/or the bench's real tasks: wordnet lm freedict minilm")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
@@ -88,22 +92,35 @@ def main(argv=None) -> dict:
     stamp = machine_stamp()
     print(stamp_line(stamp))
     n, d, test = (50_000, 64, 1_000) if args.quick else (670_000, 128, 5_000)
+    layers = []  # (name, seed, task): anything with weight, bias, test_x, num_labels
+    if "synthetic" in args.tasks:
+        layers += [("synthetic", seed, lambda seed=seed: make_synthetic_task(n, d, 0, test, seed=seed))
+                   for seed in args.seeds]
+    real = [t for t in args.tasks if t != "synthetic"]
+    if real:
+        from .common import RunContext
+        from .tasks import get_problem
+
+        ctx = RunContext(args.out, quick=args.quick, threads=args.threads)
+        layers += [(name, "-", lambda name=name: get_problem(ctx, name)) for name in real]
     rows = []
-    for seed in args.seeds:
-        task = make_synthetic_task(n, d, 0, test, seed=seed)
+    for name, seed, load in layers:
+        task = load()
         for way, split in WAYS.items():
-            rows.append({"N": n, "d": d, "seed": seed, "way": way, **measure(task, split)})
+            rows.append({"task": name, "N": task.num_labels, "d": task.weight.shape[1], "seed": seed,
+                         "test queries": task.test_x.shape[0], "way": way, **measure(task, split)})
     shown = [k for k in PROBES if f"found@{k}" in rows[0]]
-    columns = (["N", "seed", "way", "partitions", "empty lists", "largest / mean", "labels in lists > 2x mean"]
+    columns = (["task", "N", "d", "seed", "test queries", "way", "partitions", "empty lists", "largest / mean",
+                "labels in lists > 2x mean"]
                + [f"found@{k}" for k in shown] + [f"rows@{k}" for k in shown if k in (2, 8, 32)] + ["build s"])
     table = markdown_table(rows, columns)
-    note = (f"\nfound@k: share of the {test:,} test queries whose dense top-1 label is in the first k partitions "
+    note = ("\nfound@k: share of the test queries whose dense top-1 label is in the first k partitions "
             f"probed; rows@k: mean labels those k lists hold. Unfitted label-space index, default partition count.")
     print(table + note)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "partition_balance-quick" if args.quick else "partition_balance"
-    (out / f"{name}.json").write_text(json.dumps({"machine": stamp, "test_queries": test, "results": rows},
+    (out / f"{name}.json").write_text(json.dumps({"machine": stamp, "results": rows},
                                                  indent=2))
     (out / f"{name}.md").write_text(stamp_line(stamp) + "\n\n" + table + "\n" + note + "\n")
     try:
@@ -113,12 +130,13 @@ def main(argv=None) -> dict:
     else:
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in rows:
-            ax.plot([r[f"rows@{k}"] for k in shown], [r[f"found@{k}"] for k in shown], marker="o",
-                    linestyle="-" if WAYS[r["way"]] else "--", label=f"seed {r['seed']}, {r['way']}")
+            ks = [k for k in PROBES if f"found@{k}" in r]
+            ax.plot([r[f"rows@{k}"] for k in ks], [r[f"found@{k}"] for k in ks], marker="o",
+                    linestyle="-" if WAYS[r["way"]] else "--", label=f"{r['task']} {r['seed']}, {r['way']}")
         ax.set_xscale("log")
         ax.set_xlabel("mean labels in the first k probed lists")
         ax.set_ylabel("dense top-1 among them")
-        ax.set_title(f"unfitted partitions, synthetic N = {n:,}, d = {d}")
+        ax.set_title("unfitted label-space partitions")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=120)
