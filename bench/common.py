@@ -242,6 +242,26 @@ def matplotlib_pyplot():
     return plt
 
 
+def write_report(out_dir, name: str, payload: Dict[str, object], markdown: str, draw=None) -> None:
+    """A standalone benchmark's outputs: out_dir/name.json (payload),
+    out_dir/name.md (markdown) and, where draw is given and matplotlib is
+    installed, out_dir/name.png from draw(plt) (a figure)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=_json_default))
+    (out / f"{name}.md").write_text(markdown)
+    if draw is None:
+        return
+    try:
+        plt = matplotlib_pyplot()
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    fig = draw(plt)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=120)
+
+
 _MACHINE_RATES: Dict[tuple, Dict[str, float]] = {}
 
 

@@ -21,9 +21,7 @@ DIR/partition_balance[-quick].{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -33,7 +31,7 @@ from lsskernels.partition.fit import PartitionFitConfig
 from lsskernels.partition.index import PartitionIndex
 from lsskernels.reference import augmented_labels
 
-from .common import machine_stamp, markdown_table, matplotlib_pyplot, stamp_line
+from .common import machine_stamp, markdown_table, stamp_line, write_report
 
 PROBES = (1, 2, 4, 8, 16, 32, 64)
 WAYS = {"no split (0.9.6)": False, "split emptied (0.9.7)": True}
@@ -117,17 +115,7 @@ def main(argv=None) -> dict:
     note = ("\nfound@k: share of the test queries whose dense top-1 label is in the first k partitions "
             f"probed; rows@k: mean labels those k lists hold. Unfitted label-space index, default partition count.")
     print(table + note)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = "partition_balance-quick" if args.quick else "partition_balance"
-    (out / f"{name}.json").write_text(json.dumps({"machine": stamp, "results": rows},
-                                                 indent=2))
-    (out / f"{name}.md").write_text(stamp_line(stamp) + "\n\n" + table + "\n" + note + "\n")
-    try:
-        plt = matplotlib_pyplot()
-    except ImportError:
-        print("matplotlib not installed: no plot")
-    else:
+    def draw(plt):
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in rows:
             ks = [k for k in PROBES if f"found@{k}" in r]
@@ -138,8 +126,11 @@ def main(argv=None) -> dict:
         ax.set_ylabel("dense top-1 among them")
         ax.set_title("unfitted label-space partitions")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=120)
+        return fig
+
+    name = "partition_balance-quick" if args.quick else "partition_balance"
+    write_report(args.out, name, {"machine": stamp, "results": rows},
+                 stamp_line(stamp) + "\n\n" + table + "\n" + note + "\n", draw)
     return {"machine": stamp, "results": rows}
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
@@ -32,7 +31,7 @@ from lsskernels import _ops, fit_pairs
 from lsskernels import row_argmax as ra
 from lsskernels.partition import kmeans as km
 
-from .common import machine_stamp, markdown_table, matplotlib_pyplot, stamp_line
+from .common import machine_stamp, markdown_table, stamp_line, write_report
 
 D = 129
 
@@ -117,17 +116,7 @@ def main(argv=None) -> dict:
                      "same as gemm + max": f"{float((got == base).double().mean()):.6f}"})
     table = markdown_table(rows, ["step", "P", "way", "s / 100K rows", "x gemm + max", "same as gemm + max"])
     print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = "row_argmax-quick" if args.quick else "row_argmax"
-    import json
-    (out / f"{name}.json").write_text(json.dumps({"machine": stamp, "rows": n, "results": rows}, indent=2))
-    (out / f"{name}.md").write_text(stamp_line(stamp) + f", native bf16 dot products: {native}\n\n" + table + "\n")
-    try:
-        plt = matplotlib_pyplot()
-    except ImportError:
-        print("matplotlib not installed: no plot")
-    else:
+    def draw(plt):
         fig, ax = plt.subplots(figsize=(6, 4))
         for way in ways:
             pts = [(r["P"], r["s / 100K rows"]) for r in rows if r["way"] == way and r["step"] == "assignment"]
@@ -137,8 +126,11 @@ def main(argv=None) -> dict:
         ax.set_ylabel("s per 100,000 rows")
         ax.set_title("k-means assignment, d = 129")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=120)
+        return fig
+
+    name = "row_argmax-quick" if args.quick else "row_argmax"
+    write_report(args.out, name, {"machine": stamp, "rows": n, "results": rows},
+                 stamp_line(stamp) + f", native bf16 dot products: {native}\n\n" + table + "\n", draw)
     return {"machine": stamp, "results": rows}
 
 
