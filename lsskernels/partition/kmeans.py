@@ -78,7 +78,9 @@ def _split_largest(c: Tensor, counts: Tensor) -> Tensor:
     space, and under L2 the largest clusters of label vectors are where
     short vectors of unrelated directions pile up near the origin, whose
     mean scores low for every query (the MIPS probe misses them); FAISS's
-    Clustering splits in the same way. Returns c, updated in place."""
+    Clustering splits in the same way. A cluster of identical rows, or one
+    centred on the origin, does not split so (its rows stay on one side,
+    and the emptied centroid empties again). Returns c, updated in place."""
     empty = torch.nonzero(counts == 0).squeeze(1).tolist()
     if not empty:
         return c
