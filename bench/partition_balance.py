@@ -9,13 +9,14 @@ kept its place and stayed empty).
 For each synthetic layer (lsskernels.data.make_synthetic_task, N = 670,000,
 d = 128, 5,000 test queries; quick: 50,000, d = 64, 1,000), one generator
 seed a row, and each real-data task of the inference bench named in
---tasks (bench/tasks.py, built or loaded from DIR/cache), both ways build the partitions as an unfitted layer does
-(partition/fit.build_partitions: default partition count, seed 0) and report: empty
-lists, the largest list against the mean, the share of labels in lists
-over twice the mean, and for k = 1 ... 64 probes the share of test queries
-whose dense top-1 label sits in one of the first k partitions the probe
-ranks (what any setting can find at k probes) with the mean rows those k
-lists hold (what it scans). Prints a table, writes
+--tasks (bench/tasks.py, built or loaded from DIR/cache), both ways build
+the partitions as an unfitted layer does (partition/fit.build_partitions:
+default partition count, seed 0) and report: empty lists, the largest
+list against the mean, the share of labels in lists over twice the mean,
+and for k = 1 ... 64 probes the share of test queries whose dense top-1
+label sits in one of the first k partitions the probe ranks (what any
+setting can find at k probes) with the mean rows those k lists hold
+(what it scans). Prints a table, writes
 DIR/partition_balance[-quick].{json,md,png}.
 """
 from __future__ import annotations
@@ -113,8 +114,9 @@ def main(argv=None) -> dict:
                + [f"found@{k}" for k in shown] + [f"rows@{k}" for k in shown if k in (2, 8, 32)] + ["build s"])
     table = markdown_table(rows, columns)
     note = ("\nfound@k: share of the test queries whose dense top-1 label is in the first k partitions "
-            f"probed; rows@k: mean labels those k lists hold. Unfitted label-space index, default partition count.")
+            "probed; rows@k: mean labels those k lists hold. Unfitted label-space index, default partition count.")
     print(table + note)
+
     def draw(plt):
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in rows:

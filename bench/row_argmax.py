@@ -116,6 +116,7 @@ def main(argv=None) -> dict:
                      "same as gemm + max": f"{float((got == base).double().mean()):.6f}"})
     table = markdown_table(rows, ["step", "P", "way", "s / 100K rows", "x gemm + max", "same as gemm + max"])
     print(table)
+
     def draw(plt):
         fig, ax = plt.subplots(figsize=(6, 4))
         for way in ways:

@@ -43,7 +43,6 @@ def test_kmeans_is_a_function_of_its_rows_count_and_seed():
     assert spread(a) < spread(start)
 
 
-
 def test_no_partition_is_left_empty_where_rows_can_fill_it():
     # Duplicate rows (labels never trained keep one weight row, e.g. zeros)
     # seed several identical centroids; the nearest-centroid tie sends every
