@@ -27,6 +27,7 @@ import time
 import torch
 
 from lsskernels.data import make_synthetic_task
+from lsskernels.fit_pairs import dense_top1
 from lsskernels.partition import kmeans as km
 from lsskernels.partition.fit import PartitionFitConfig
 from lsskernels.partition.index import PartitionIndex
@@ -36,11 +37,6 @@ from .common import machine_stamp, markdown_table, stamp_line, write_report
 
 PROBES = (1, 2, 4, 8, 16, 32, 64)
 WAYS = {"no split (0.9.6)": False, "split emptied (0.9.7)": True}
-
-
-def _dense_top1(task, chunk: int = 500) -> torch.Tensor:
-    x = task.test_x
-    return torch.cat([(x[s : s + chunk] @ task.weight.T + task.bias).argmax(1) for s in range(0, x.shape[0], chunk)])
 
 
 def _build(task, split: bool):
@@ -64,7 +60,7 @@ def measure(task, split: bool) -> dict:
     mean = task.num_labels / p
     k_max = min(max(PROBES), p)
     probes = index.probe(task.test_x, k_max).to(torch.int64)
-    home = assign[_dense_top1(task)]
+    home = assign[dense_top1(task.weight, task.bias, task.test_x, screen=False)]
     found = (probes == home[:, None]).to(torch.float64).cumsum(1)
     rows = sizes[probes].to(torch.float64).cumsum(1).mean(0)
     out = {"partitions": p, "build s": seconds, "empty lists": int((sizes == 0).sum()),

@@ -144,11 +144,12 @@ def dense_top1(weight: Tensor, bias: Optional[Tensor], queries: Tensor, chunk: i
                screen: Optional[bool] = None) -> Tensor:
     """The full dense layer's argmax label for each query, int64 [n]
     (ties: the smaller label, as argmax), in chunks of queries and blocks of
-    labels (LABEL_BLOCK). A float32 weight goes through RowArgmax: exact,
-    or by default where row_argmax.screens_in_bf16 a bf16 screen with fp32
-    rescoring (the calibration's dense top-1 was most of its time at 10^7
-    labels; screen=False for a report's exact reference); other dtypes
-    through F.linear in their own precision."""
+    labels (LABEL_BLOCK). A float32 weight goes through RowArgmax, screen
+    as RowArgmax takes it: None (default) a bf16 screen with fp32
+    rescoring where row_argmax.screens_in_bf16 (the calibration's dense
+    top-1 was most of its time at 10^7 labels), else exact; False always
+    exact (a report's reference); other dtypes through F.linear in their
+    own precision."""
     out = torch.empty(queries.shape[0], dtype=torch.int64, device=queries.device)
     if weight.dtype != torch.float32:
         return _dense_top1_linear(weight, bias, queries, chunk, out)
@@ -156,7 +157,7 @@ def dense_top1(weight: Tensor, bias: Optional[Tensor], queries: Tensor, chunk: i
     rows = torch.cat([queries.to(torch.float32), queries.new_ones(queries.shape[0], 1, dtype=torch.float32)], 1)
     best_v = torch.empty(queries.shape[0], dtype=torch.float32, device=queries.device)
     for j, w, b in _label_blocks(weight, bias):
-        table = RowArgmax(augmented_labels(w, b), screen=False if screen is False else None)
+        table = RowArgmax(augmented_labels(w, b), screen=screen)
         for s in range(0, queries.shape[0], chunk):
             v, i = table.best(rows[s : s + chunk])
             if j == 0:
