@@ -60,7 +60,8 @@ def fit_pairs(queries: Tensor, labels: Tensor, num_labels: int, dim: int, device
         raise ValueError("queries is empty: fit() needs at least one (query, label) pair")
     queries = queries.to(device)
     y = labels_matrix(labels, queries.shape[0], num_labels, labels_name).to(device)
-    ok = torch.isfinite(queries).all(1)
+    # A block of rows at a time: torch.isfinite makes float temporaries of the whole input.
+    ok = torch.cat([torch.isfinite(queries[s : s + 8192]).all(1) for s in range(0, queries.shape[0], 8192)])
     dropped = int((~ok).sum())
     if dropped:
         if dropped == queries.shape[0]:
@@ -109,9 +110,10 @@ def label_recall(candidates: Callable[[Tensor], Tuple[Tensor, Tensor]], queries:
 
 
 # Labels per block of dense logits: a [chunk, N] block would be 10 GB at
-# N = 10^7 and chunk = 256; blocks of 2^16 labels keep it at 64 MB whatever
-# N, while every weight row is still read once per chunk of queries.
-LABEL_BLOCK = 1 << 16
+# N = 10^7 and chunk = 256. A block of 2^14 labels holds its table (fp32
+# and bf16, 13 MB at d = 128) and a [256, 2^14] score block (8 MB in bf16)
+# whatever N; 2^16 held ~1.7x a 10^5-label layer's weights in fit().
+LABEL_BLOCK = 1 << 14
 
 
 def _label_blocks(weight: Tensor, bias: Optional[Tensor]):
@@ -157,7 +159,7 @@ def dense_top1(weight: Tensor, bias: Optional[Tensor], queries: Tensor, chunk: i
     rows = torch.cat([queries.to(torch.float32), queries.new_ones(queries.shape[0], 1, dtype=torch.float32)], 1)
     best_v = torch.empty(queries.shape[0], dtype=torch.float32, device=queries.device)
     for j, w, b in _label_blocks(weight, bias):
-        table = RowArgmax(augmented_labels(w, b), screen=screen)
+        table = RowArgmax(w.detach(), screen=screen, bias=b.detach() if b is not None else w.new_zeros(w.shape[0]))
         for s in range(0, queries.shape[0], chunk):
             v, i = table.best(rows[s : s + chunk])
             if j == 0:

@@ -40,6 +40,8 @@ TWO_STAGE_MIN_ROWS = 4096
 # docs/performance.md, "0.9.6").
 SCREEN_KEEP = 4
 SCREEN_MIN_ROWS = 4096
+# Table rows centred and rounded together when the screen's copy is made.
+_CENTRE_BLOCK = 4096
 
 
 def screens_in_bf16(device: torch.device, num_rows: int) -> bool:
@@ -59,6 +61,21 @@ def first_argmax(scores: Tensor, out: Tensor) -> None:
     torch.add(within, block, alpha=_COLS, out=out)
 
 
+def _padded(table: Tensor, bias: Optional[Tensor], rows: int, transposed: bool = False) -> Tensor:
+    """float32 [rows, D] (or its transpose [D, rows], made as such): the
+    table ([table, bias] where bias is given) in one allocation, then
+    padding rows that never win (-inf in the last column, which the rows
+    being scored hold as 1)."""
+    p, d = table.shape[0], table.shape[1] + (bias is not None)
+    out = torch.zeros((d, rows) if transposed else (rows, d), dtype=torch.float32, device=table.device)
+    view = out.T if transposed else out  # [rows, D]
+    view[:p, : table.shape[1]] = table
+    if bias is not None:
+        view[:p, -1] = bias
+    view[p:, -1] = float("-inf")
+    return out
+
+
 class RowArgmax:
     """A table [P, D] (float32) ready for best(rows): padded to a multiple of
     _COLS with rows that never win, and where screens_in_bf16 a centred
@@ -66,30 +83,36 @@ class RowArgmax:
     call is mapped and page-faulted afresh where the allocator returns
     large blocks to the system: docs/performance.md, "0.9.5")."""
 
-    def __init__(self, table: Tensor, screen: Optional[bool] = None) -> None:
+    def __init__(self, table: Tensor, screen: Optional[bool] = None, *, bias: Optional[Tensor] = None) -> None:
+        """table [P, D]; or [P, D - 1] and bias [P], the table's last column
+        (label vectors [w, b] without a copy of them first)."""
         p = table.shape[0]
         self.num_rows = p
         self.screen = screens_in_bf16(table.device, p) if screen is None else screen
         cols = _COLS if (self.screen or p >= TWO_STAGE_MIN_ROWS) else 1
-        t = table.to(torch.float32)
-        pad = -p % cols
-        if pad:
-            never = t.new_zeros(pad, t.shape[1])
-            never[:, -1] = float("-inf")
-            t = torch.cat([t, never])
-        self.table = t  # [P', D]
+        d = table.shape[1] + (bias is not None)
+        self.padded_rows = p + (-p % cols)
+        self.device = table.device
         self.two_stage = cols > 1
         if self.screen:
-            centred = t[:p] - t[:p].mean(0)
-            self.low_t = torch.cat([centred, t[p:]]).T.to(torch.bfloat16).contiguous()  # [D, P']
+            t = _padded(table, bias, self.padded_rows)  # [P', D] fp32: the rescoring's rows
+            # Centred (see the module docstring) and rounded to bf16 a block
+            # of rows at a time: no second fp32 copy of the table.
+            mean = t[:p].mean(0)
+            self.low_t = torch.empty(d, t.shape[0], dtype=torch.bfloat16, device=t.device)  # [D, P']
+            for s in range(0, p, _CENTRE_BLOCK):
+                e = min(p, s + _CENTRE_BLOCK)
+                self.low_t[:, s:e] = (t[s:e] - mean).T
+            self.low_t[:, p:] = t[p:].T
+            self.table = t
         else:
-            self.table_t = t.T.contiguous()
+            self.table_t = _padded(table, bias, self.padded_rows, transposed=True)  # [D, P']
         self._scores: Optional[Tensor] = None
 
     def _buffer(self, n: int) -> Tensor:
         dtype = torch.bfloat16 if self.screen else torch.float32
         if self._scores is None or self._scores.shape[0] < n:
-            self._scores = torch.empty(n, self.table.shape[0], dtype=dtype, device=self.table.device)
+            self._scores = torch.empty(n, self.padded_rows, dtype=dtype, device=self.device)
         return self._scores[:n]
 
     def best(self, rows: Tensor, out: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -104,7 +127,7 @@ class RowArgmax:
             exact = torch.bmm(self.table[cand], rows.unsqueeze(2)).squeeze(2)
             best = exact.amax(1)
             top = exact == best.unsqueeze(1)
-            torch.amin(torch.where(top, cand, self.table.shape[0]), 1, out=ids)
+            torch.amin(torch.where(top, cand, self.padded_rows), 1, out=ids)
             # A row whose rescored scores are all NaN (a NaN in it or the
             # table) keeps a valid id: its first candidate.
             torch.where(top.any(1), ids, cand[:, 0], out=ids)

@@ -25,13 +25,18 @@ from .. import _checks as checks
 from .. import _ops
 from ..reference import QUANT_LEVELS
 
+# Label rows encoded together: two float32 [chunk, d] temporaries (the
+# gathered rows and the scaled copy), 4 MB each at d = 128, whatever N
+# (65,536 rows made them 1.3x a 10^5-label layer's weights).
+ENCODE_CHUNK = 1 << 13
+
 Tensor = torch.Tensor
 
 
 code_width = checks.code_width  # bytes per code row
 
 
-def encode_rows(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: int = 1 << 16,
+def encode_rows(weight: Tensor, bias: Optional[Tensor], ids: Tensor, chunk: int = ENCODE_CHUNK,
                 proj: Optional[Tensor] = None):
     """int8 codes [T, Dp] (Dp = d rounded up to 32, zero tail), scales and
     biases float32 [T] of the labels ids (int64 [T]): w ~ codes * scale.
@@ -101,12 +106,12 @@ class Int8Codec:
         return code_width(code_dim)
 
     def encode(self, weight: Tensor, bias: Optional[Tensor], ids: Tensor, proj: Optional[Tensor] = None,
-               chunk: int = 1 << 16):
+               chunk: int = ENCODE_CHUNK):
         """(codes, scales, biases) of the labels ids: encode_rows."""
         return encode_rows(weight, bias, ids, chunk, proj)
 
     def encode_labels(self, weight: Tensor, bias: Optional[Tensor], ids: Tensor, proj: Optional[Tensor] = None,
-                      chunk: int = 1 << 16):
+                      chunk: int = ENCODE_CHUNK):
         """(codes, scales, biases) of the labels ids, each from its own row: encode_labels."""
         return encode_labels(weight, bias, ids, chunk, proj)
 

@@ -155,17 +155,23 @@ def build_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Ten
                      sample: int = PartitionFitConfig.kmeans_sample, book: Optional[LabelCodes] = None) -> Tensor:
     """k-means partitions and each label's own list entry; returns the
     assignment int64 [N]."""
-    v = augmented_labels(weight, bias)
+    # [w, b] row by row chunk (bias=): never an [N, d + 1] copy of the weights.
+    w = weight.detach()
+    b = bias.detach() if bias is not None else w.new_zeros(w.shape[0])
     gen = torch.Generator().manual_seed(seed)
-    c = kmeans(v, index.num_partitions, iters=iters, sample=sample, gen=gen)
+    c = kmeans(w, index.num_partitions, iters=iters, sample=sample, gen=gen, bias=b)
     index.set_partitions(c[:, :-1], c[:, -1], "labels")
-    assign = nearest_centroid(v, c)
+    assign = nearest_centroid(w, c, bias=b)
     index.install_lists(assign, torch.arange(index.num_labels, device=weight.device), _codes_of(weight, bias, book))
     return assign
 
 
+# Labels scored against the query centroids together in label_homes.
+_HOMES_CHUNK = 2048
+
+
 @torch.no_grad()
-def label_homes(weight: Tensor, bias: Optional[Tensor], centroids: Tensor, chunk: int = 1 << 14,
+def label_homes(weight: Tensor, bias: Optional[Tensor], centroids: Tensor, chunk: int = 1 << 12,
                 rows: Optional[Tensor] = None) -> Tensor:
     """Each label's own partition in a query-space index, int64 [N] (or of
     the labels rows only, int64 [len(rows)], the statistics still over all): the
@@ -180,13 +186,13 @@ def label_homes(weight: Tensor, bias: Optional[Tensor], centroids: Tensor, chunk
     n = weight.shape[0]
     total = torch.zeros(ca.shape[1], dtype=torch.float64, device=weight.device)
     for s in range(0, n, chunk):
-        total += augmented_labels(weight[s : s + chunk], None if bias is None else bias[s : s + chunk]).to(
-            torch.float64).sum(0)
+        total += augmented_labels(weight[s : s + chunk], None if bias is None else bias[s : s + chunk],
+                                  torch.float64).sum(0)
     mu = total / max(1, n)
     cov = torch.zeros(ca.shape[1], ca.shape[1], dtype=torch.float64, device=weight.device)
     for s in range(0, n, chunk):
-        vc = augmented_labels(weight[s : s + chunk], None if bias is None else bias[s : s + chunk]).to(
-            torch.float64) - mu
+        vc = augmented_labels(weight[s : s + chunk], None if bias is None else bias[s : s + chunk], torch.float64)
+        vc -= mu
         cov += vc.T @ vc
     cov /= max(1, n)
     ca64 = ca.to(torch.float64)
@@ -195,31 +201,35 @@ def label_homes(weight: Tensor, bias: Optional[Tensor], centroids: Tensor, chunk
     shift = (ca64 @ mu).to(torch.float32)
     rows = torch.arange(n, device=weight.device) if rows is None else rows
     out = torch.empty(rows.shape[0], dtype=torch.int64, device=weight.device)
-    for s in range(0, rows.shape[0], chunk):
-        r = rows[s : s + chunk]
-        v = augmented_labels(weight[r], None if bias is None else bias[r])
-        out[s : s + chunk] = ((v @ ca.T - shift) * scale).argmax(1)
+    for s in range(0, rows.shape[0], _HOMES_CHUNK):  # [chunk, P] z-scores, a few MB
+        r = rows[s : s + _HOMES_CHUNK]
+        z = augmented_labels(weight[r], None if bias is None else bias[r]) @ ca.T
+        out[s : s + _HOMES_CHUNK] = z.sub_(shift).mul_(scale).argmax(1)
     return out
 
 
 @torch.no_grad()
 def build_query_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tensor], queries: Tensor, *,
                            seed: int, iters: int = PartitionFitConfig.kmeans_iters,
-                           sample: int = PartitionFitConfig.kmeans_sample, book: Optional[LabelCodes] = None) -> Tensor:
-    """Query-space partitions: k-means of the queries, probed by L2
-    distance, each label listed in its home partition (label_homes);
-    returns the homes int64 [N]."""
+                           sample: int = PartitionFitConfig.kmeans_sample, book: Optional[LabelCodes] = None,
+                           among: Optional[Tensor] = None) -> Tensor:
+    """Query-space partitions: k-means of the queries (of the rows `among`
+    names, int64 ascending, where given), probed by L2 distance, each label
+    listed in its home partition (label_homes); returns the homes int64 [N]."""
     gen = torch.Generator().manual_seed(seed)
-    c = kmeans(queries.to(torch.float32), index.num_partitions, iters=iters, sample=sample, gen=gen)
+    c = kmeans(queries, index.num_partitions, iters=iters, sample=sample, gen=gen, among=among)
     index.set_partitions(c, -0.5 * c.pow(2).sum(1), "queries")
     home = label_homes(weight, bias, c)
     index.install_lists(home, torch.arange(index.num_labels, device=weight.device), _codes_of(weight, bias, book))
     return home
 
 
-def _probe(index: "PartitionIndex", queries: Tensor, n: int, chunk: int = 4096) -> Tensor:
+def _probe(index: "PartitionIndex", queries: Tensor, n: int, chunk: int = 512) -> Tensor:
     """The first n partitions each query probes (as predict() probes them:
-    PartitionIndex.probe), int64 [n_q, n]."""
+    PartitionIndex.probe), int64 [n_q, n], `chunk` queries a call: the CPU
+    kernel keeps its per-query key buffers for the process, sized by the
+    largest call (4,096 queries held ~1.3x a 10^5-label layer's weights).
+    """
     out = torch.empty(queries.shape[0], n, dtype=torch.int64, device=queries.device)
     for s in range(0, queries.shape[0], chunk):
         out[s : s + chunk] = index.probe(queries[s : s + chunk].to(torch.float32), n).to(torch.int64)
@@ -232,7 +242,7 @@ def spill_pairs(index: "PartitionIndex", queries: Tensor, y: Tensor, assign: Ten
     the first `spill` partitions of its query, unless it is listed
     there already; at most cap per partition, most votes first, then
     smaller label. probes: the queries' first >= spill partitions, if
-    already known."""
+    already known (queries is then not read: None will do)."""
     N = index.num_labels
     width = min(spill, index.num_partitions)
     probes = _probe(index, queries, width) if probes is None else probes[:, :width]  # [n, s]
@@ -386,8 +396,8 @@ def fit_partitions(index: "PartitionIndex", weight: Tensor, bias: Optional[Tenso
                                     book=book)
         else:
             idx = query_space_index(index, train.numel())
-            home = build_query_partitions(idx, weight, bias, queries[train], seed=seed, iters=cfg.kmeans_iters,
-                                          sample=cfg.kmeans_sample, book=book)
+            home = build_query_partitions(idx, weight, bias, queries, seed=seed, iters=cfg.kmeans_iters,
+                                          sample=cfg.kmeans_sample, book=book, among=train)
         report.seconds["partitions"] += time.perf_counter() - t
         spill_probes[space] = (_probe(idx, queries, min(cfg.spill_probes, idx.num_partitions))
                                if cfg.spill_probes else None)
@@ -487,7 +497,8 @@ def _calibrate(index, weight, bias, queries, y, held, spaces, build, built, spil
         probes = _probe(idx, held_x, max(grid[-1], unfitted_nprobe))
         for spill in spill_variants(space, cfg.spill_probes):
             # Calibrate on held-out queries whose labels were not spilled from them.
-            _with_spill(idx, weight, bias, home, queries[held.train], y[held.train], spill, cap,
+            # (The training queries' probes are known: their rows need no copy.)
+            _with_spill(idx, weight, bias, home, None, y[held.train], spill, cap,
                         spill_probes[space][held.train] if spill else None, book)
             sizes = idx.list_sizes().to(torch.float64)
             rows_at = {p: float((weights * sizes[probes[:, :p]].sum(1)).sum())

@@ -19,6 +19,8 @@ instruction set and thread count, whatever the row chunking.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..row_argmax import RowArgmax, screens_in_bf16
@@ -33,8 +35,11 @@ def _scored(centroids: Tensor) -> Tensor:
     return torch.cat([c, -0.5 * c.pow(2).sum(1, keepdim=True)], 1)
 
 
-def nearest_centroid(v: Tensor, centroids: Tensor, block: int = 1 << 20) -> Tensor:
-    """Index of the nearest centroid (L2) of every row of v, int64 [n]: the
+def nearest_centroid(v: Tensor, centroids: Tensor, block: int = 1 << 20, *,
+                     bias: Optional[Tensor] = None) -> Tensor:
+    """Index of the nearest centroid (L2) of every row of v (of [v, bias]
+    where bias [n] is given: label vectors without an [N, d + 1] copy of
+    the weights), int64 [n]: the
     best of [v, 1] against [c, -|c|^2/2] (row_argmax.py: exact, or screened
     in bf16 where the CPU has it and P >= 4,096), in row chunks of `block`
     scores (4 MB of fp32: the reductions then read a block still in cache;
@@ -48,26 +53,40 @@ def nearest_centroid(v: Tensor, centroids: Tensor, block: int = 1 << 20) -> Tens
     if n_all == 0:
         return out
     c = centroids.to(torch.float32)
+    d = v.shape[1]
+    if c.shape[1] != d + (bias is not None):
+        raise ValueError(f"nearest_centroid: centroids have {c.shape[1]} columns, the rows {d + (bias is not None)}")
     # Centred for the screen only: the exact path keeps exact ties exact.
     mean = c.mean(0) if screens_in_bf16(v.device, p) else None
     table = RowArgmax(_scored(c if mean is None else c - mean))
     chunk = min(n_all, max(256, block // max(1, p)))
-    rows = torch.ones(chunk, v.shape[1] + 1, dtype=torch.float32, device=v.device)
+    rows = torch.ones(chunk, c.shape[1] + 1, dtype=torch.float32, device=v.device)
     for s in range(0, n_all, chunk):
         n = min(chunk, n_all - s)
-        if mean is None:
-            rows[:n, :-1] = v[s : s + n]
-        else:
-            torch.sub(v[s : s + n], mean, out=rows[:n, :-1])
+        rows[:n, :d] = v[s : s + n]
+        if bias is not None:
+            rows[:n, d] = bias[s : s + n]
+        if mean is not None:
+            rows[:n, :-1] -= mean
         table.best(rows[:n], out=out[s : s + n])
     return out
 
 
-def _sample(v: Tensor, k: int, sample: int, gen: torch.Generator) -> Tensor:
-    """A seeded sample of at most sample * k rows of v, in row order."""
-    n = v.shape[0]
-    pick = torch.randperm(n, generator=gen)[: min(n, max(k, sample * k))].to(v.device)
-    return v[pick.sort().values]
+def _sample(v: Tensor, k: int, sample: int, gen: torch.Generator, bias: Optional[Tensor] = None,
+            among: Optional[Tensor] = None) -> Tensor:
+    """A seeded sample of at most sample * k rows of v (of [v, bias]; of the
+    rows `among` names, int64 [n], only), in row order, float32."""
+    n = v.shape[0] if among is None else among.numel()
+    pick = torch.randperm(n, generator=gen)[: min(n, max(k, sample * k))].to(v.device).sort().values
+    if among is not None:
+        pick = among[pick]
+    d = v.shape[1]
+    rows = torch.empty(pick.numel(), d + (bias is not None), dtype=torch.float32, device=v.device)
+    for s in range(0, pick.numel(), 1 << 13):  # gathered a block at a time: one copy of the sample
+        rows[s : s + (1 << 13), :d] = v[pick[s : s + (1 << 13)]]
+    if bias is not None:
+        rows[:, d] = bias[pick]
+    return rows
 
 
 def _split_largest(c: Tensor, counts: Tensor) -> Tensor:
@@ -116,10 +135,13 @@ def _lloyd(s: Tensor, k: int, iters: int, gen: torch.Generator, split_empty: boo
     return c
 
 
-def kmeans(v: Tensor, k: int, *, iters: int, sample: int, gen: torch.Generator, split_empty: bool = True) -> Tensor:
-    """Lloyd's k-means of the rows of v (float32 [n, D]) on a seeded sample
+def kmeans(v: Tensor, k: int, *, iters: int, sample: int, gen: torch.Generator, split_empty: bool = True,
+           bias: Optional[Tensor] = None, among: Optional[Tensor] = None) -> Tensor:
+    """Lloyd's k-means of the rows of v (float32 [n, D]; of [v, bias] where
+    bias [n] is given, centroids [k, D + 1]; of the rows `among` names,
+    int64 ascending, only: no copy of them first) on a seeded sample
     of at most sample * k rows, seeded by k distinct sample rows. (A smaller
     sample is cheaper but unbalances the clusters, so a query scans more
     rows at the same probes: the development measurement is in
     docs/performance.md, "Measurements moved out of code comments".)"""
-    return _lloyd(_sample(v, k, sample, gen), k, iters, gen, split_empty)
+    return _lloyd(_sample(v, k, sample, gen, bias, among), k, iters, gen, split_empty)
