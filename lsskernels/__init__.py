@@ -41,7 +41,7 @@ from .sampled_loss import RowSparseAdagrad, SampledCrossEntropyLoss, sampled_cro
 from .sharded import ShardedLSSLinear, vocab_parallel_cross_entropy
 
 # The one version number: pyproject.toml reads it (dynamic), docs and bench stamps print it.
-__version__ = "0.9.7"
+__version__ = "0.9.8"
 
 __all__ = [
     "BACKENDS",

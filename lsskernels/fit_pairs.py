@@ -16,7 +16,6 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from . import _checks as checks
-from .reference import augmented_labels
 from .row_argmax import RowArgmax
 
 Tensor = torch.Tensor

@@ -1,5 +1,6 @@
 """lsskernels/partition/kmeans.py: the k-means the partition index is built
 with and its assignment."""
+import pytest
 import torch
 
 from lsskernels.partition import kmeans as km
@@ -68,3 +69,20 @@ def test_an_emptied_centroid_splits_the_largest_cluster():
     assert torch.equal(out[2], c[2] * (1 - step))
     # Nothing empty: unchanged.
     assert torch.equal(km._split_largest(c.clone(), torch.tensor([1, 2, 3, 4])), c)
+
+
+def test_label_vectors_without_a_copy_are_the_same():
+    # k-means of [w, b] given as weight + bias (bias=), and of the rows a
+    # subset names (among=), as of the copies fit() used to make.
+    w = clustered(3000, 11, 20, seed=4)
+    b = torch.randn(3000, generator=torch.Generator().manual_seed(9))
+    wb = torch.cat([w, b.unsqueeze(1)], 1)
+    gen = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    c = km.kmeans(wb, 40, iters=3, sample=16, gen=gen())
+    assert torch.equal(km.kmeans(w, 40, iters=3, sample=16, gen=gen(), bias=b), c)
+    assert torch.equal(km.nearest_centroid(w, c, bias=b), km.nearest_centroid(wb, c))
+    rows = torch.arange(0, 3000, 3)
+    assert torch.equal(km.kmeans(w, 40, iters=3, sample=16, gen=gen(), among=rows),
+                       km.kmeans(w[rows], 40, iters=3, sample=16, gen=gen()))
+    with pytest.raises(ValueError, match="centroids have 12 columns, the rows 11"):
+        km.nearest_centroid(w, c)

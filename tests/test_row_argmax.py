@@ -158,3 +158,16 @@ def test_dense_top1_screen_false_is_the_exact_path(forced_screen, monkeypatch):
     exact = fit_pairs.dense_top1(w, b, q, screen=False)
     monkeypatch.setattr(ra, "SCREEN_MIN_ROWS", 1 << 40)
     assert torch.equal(exact, fit_pairs.dense_top1(w, b, q))
+
+
+@pytest.mark.parametrize("screen", [False, True])
+def test_a_bias_column_is_the_tables_last_column(screen):
+    # RowArgmax(w, bias=b) is RowArgmax([w, b]) without the copy: the same
+    # scores, indices and padding, on both paths.
+    g = torch.Generator().manual_seed(5)
+    w, b = torch.randn(4100, 12, generator=g), torch.randn(4100, generator=g)
+    rows = torch.cat([torch.randn(300, 12, generator=g), torch.ones(300, 1)], 1)
+    want = ra.RowArgmax(torch.cat([w, b.unsqueeze(1)], 1), screen=screen).best(rows)
+    got = ra.RowArgmax(w, screen=screen, bias=b).best(rows)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert int(got[1].max()) < 4100  # padding rows never win
