@@ -240,6 +240,19 @@ def test_batch_one_with_many_rows_matches_reference():
         expect_equal(got, x, probes, lists, 20000, 100)
 
 
+def test_a_batch_larger_than_one_block_matches_reference():
+    # The CPU op runs a batch in blocks of queries (its scratch sized by the
+    # block): blocks, a ragged last one and the probe's shape (every query
+    # on the same lists) give the reference's bits.
+    require_backend("cpu", "quantized_candidates")
+    lists = random_partition_lists(4000, 40, 64, seed=51, mean_size=100)
+    x = queries(4500, 64, 52, torch.float32)
+    probes = random_probes(4500, 4, 40, 53)
+    expect_equal(run_qc("cpu", torch.device("cpu"), x, probes, lists, 4000, 20), x, probes, lists, 4000, 20)
+    one = torch.zeros(4500, 1, dtype=torch.int32)
+    expect_equal(run_qc("cpu", torch.device("cpu"), x, one, lists, 4000, 5), x, one, lists, 4000, 5)
+
+
 @pytest.mark.parametrize("partitions,empty", [(1, 0.0), (3, 0.0), (9, 0.4)])
 def test_a_partition_probed_by_the_whole_batch_is_shared_by_the_threads(partitions, empty):
     # The probe's shape: every query scans the same list(s); the batch path

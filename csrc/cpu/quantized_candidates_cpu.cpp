@@ -311,7 +311,8 @@ struct QuerySink {
 // The sinks' first places, one stretch per (thread slot, query), kept
 // across calls (no page faults per call; never shrunk). Not zeroed: a page
 // is touched only where a thread writes keys, so the slots of threads that
-// never score a query's partitions cost address space, not memory.
+// never score a query's partitions cost address space, not memory. Its size
+// is bounded by kBatchBlock queries (quantized_candidates_cpu).
 struct SinkArena {
   std::unique_ptr<uint64_t[]> keys;
   int64_t size = 0;
@@ -387,6 +388,9 @@ void make_room(QuerySink& q, int64_t n, const Problem& pr, Scratch& s) {
     q.size = size;
   }
 }
+
+// Queries of one run_batches call (docs/performance.md, "0.9.8").
+constexpr int64_t kBatchBlock = 1024;
 
 void run_batches(const Problem& pr, int64_t B, int32_t* out_ids, int32_t* out_count) {
   // Every query's spans (checked), in probe order, and its number of rows.
@@ -518,8 +522,16 @@ std::tuple<at::Tensor, at::Tensor> quantized_candidates_cpu(const at::Tensor& x,
   int32_t* cp = counts.data_ptr<int32_t>();
   if (B == 1) {
     run_query(pr, ip, cp);
-  } else {
-    run_batches(pr, B, ip, cp);
+    return {ids, counts};
+  }
+  // Blocks of kBatchBlock queries (a query's result does not depend on its
+  // batch): the arena and the per-call buffers are sized by the block, not
+  // by B (one call of 32,768 queries left ~450 MB resident in the arena).
+  for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
+    Problem block = pr;
+    block.x = pr.x + b0 * pr.d;
+    block.probes = pr.probes + b0 * pr.nprobe;
+    run_batches(block, std::min(kBatchBlock, B - b0), ip + b0 * M, cp + b0);
   }
   return {ids, counts};
 }
