@@ -63,11 +63,13 @@ def nearest_centroid(v: Tensor, centroids: Tensor, block: int = 1 << 20, *,
     rows = torch.ones(chunk, c.shape[1] + 1, dtype=torch.float32, device=v.device)
     for s in range(0, n_all, chunk):
         n = min(chunk, n_all - s)
-        rows[:n, :d] = v[s : s + n]
+        # One pass per column block: the copy, or where the screen centres, the difference.
+        if mean is None:
+            rows[:n, :d] = v[s : s + n]
+        else:
+            torch.sub(v[s : s + n], mean[:d], out=rows[:n, :d])
         if bias is not None:
-            rows[:n, d] = bias[s : s + n]
-        if mean is not None:
-            rows[:n, :-1] -= mean
+            rows[:n, d] = bias[s : s + n] if mean is None else bias[s : s + n] - mean[d]
         table.best(rows[:n], out=out[s : s + n])
     return out
 
@@ -82,8 +84,9 @@ def _sample(v: Tensor, k: int, sample: int, gen: torch.Generator, bias: Optional
         pick = among[pick]
     d = v.shape[1]
     rows = torch.empty(pick.numel(), d + (bias is not None), dtype=torch.float32, device=v.device)
-    for s in range(0, pick.numel(), 1 << 13):  # gathered a block at a time: one copy of the sample
-        rows[s : s + (1 << 13), :d] = v[pick[s : s + (1 << 13)]]
+    block = 1 << 13  # rows gathered at a time: one copy of the sample, not two
+    for s in range(0, pick.numel(), block):
+        rows[s : s + block, :d] = v[pick[s : s + block]]
     if bias is not None:
         rows[:, d] = bias[pick]
     return rows
